@@ -1,0 +1,1 @@
+"The operator's vocabulary. Every op here is imported into the console's namespace."

@@ -1,0 +1,69 @@
+"""`hyops`: the one command line. Subcommands import their module only when chosen, so a one-shot
+`hyops eval` does not pay for the console, the agent or the local cloud."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# subcommand -> "module:function"; each function takes the parsed arguments and returns an exit code
+HANDLERS = {
+    "repl": "repl.console:main",
+    "eval": "repl.oneshot:main",
+    "agent": "node.agent:main",
+    "up": "node.devcloud:up_main",
+    "down": "node.devcloud:down_main",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hyops",
+        description="Operate a self-organizing cloud on Docker Swarm from a Hy workspace.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("repl", help="open the Hy console in this workspace")
+    p.add_argument("--cloud", help="connect to this recorded cloud instead of the default")
+
+    p = sub.add_parser("eval", help="evaluate Hy forms, print each result, exit 0 or 1")
+    p.add_argument("forms", nargs="?", help="Hy source to evaluate")
+    p.add_argument("-f", "--file", help="evaluate the forms in this .hy file")
+    p.add_argument("--cloud", help="connect to this recorded cloud instead of the default")
+
+    p = sub.add_parser("agent", help="run the node agent (configured by one TOML file)")
+    p.add_argument("--config", required=True, help="the agent's TOML config file")
+
+    p = sub.add_parser("up", help="start (or restart) a local cloud of namespaced dockerd nodes")
+    p.add_argument("--nodes", type=int, default=3, help="how many nodes (default 3)")
+    p.add_argument("--name", default="local", help="the cloud's name in this workspace")
+    p.add_argument(
+        "--resources",
+        action="append",
+        default=[],
+        metavar="NODE=CPUS,MEMORY",
+        help="resource figures a node labels itself with, e.g. node-2=4,8GiB (repeatable)",
+    )
+
+    p = sub.add_parser("down", help="stop a local cloud (keeps its data unless --clean)")
+    p.add_argument("--name", default="local", help="the cloud's name in this workspace")
+    p.add_argument("--clean", action="store_true", help="also remove the cloud's data")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        args = parser.parse_args(["repl", *(argv or [])])
+    module_name, func_name = HANDLERS[args.command].split(":")
+    handler = getattr(importlib.import_module(module_name), func_name)
+    try:
+        return int(handler(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
