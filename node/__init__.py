@@ -2,3 +2,5 @@
 
 Rule: nothing under node/ imports repl/ or ops/.
 """
+
+__version__ = "0.1.0"

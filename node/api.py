@@ -1,0 +1,250 @@
+"""The node API: HTTP + JSON, served by every agent (docs/protocol.md section 4).
+
+Every route but `/v1/health` needs a request signed by a trusted key; control routes need the
+right role. Routes that only a manager can answer are forwarded verbatim (signature included) to
+a manager's agent when this node is a worker, so the manager checks the caller's signature itself.
+The OpenAPI document is at `/openapi.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any, Literal
+
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, Field
+
+from node.engine import EngineError
+from node.signing import AuthError, TrustedKey, require_role
+
+if TYPE_CHECKING:
+    from node.agent import Agent
+
+log = logging.getLogger("hyops.api")
+
+
+class ApiError(Exception):
+    """An answer other than success, with a code, a message and what to do."""
+
+    def __init__(self, status: int, code: str, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.hint = hint
+
+
+def error_response(status: int, code: str, message: str, hint: str = "") -> JSONResponse:
+    return JSONResponse({"error": code, "message": message, "hint": hint}, status_code=status)
+
+
+class ErrorBody(BaseModel):
+    error: str
+    message: str
+    hint: str = ""
+
+
+class Health(BaseModel):
+    ok: bool
+    name: str
+    version: str
+    state: str = Field(description="starting | joining | originating | active | error")
+    cloud_id: str | None = None
+
+
+class LabelsBody(BaseModel):
+    labels: dict[str, str] = Field(description="labels to set on the node (key: value)")
+
+
+class JoinTokenBody(BaseModel):
+    role: Literal["worker", "manager"] = "worker"
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "malformed request"},
+    401: {
+        "model": ErrorBody,
+        "description": "unsigned, unknown key, bad signature, expired, replayed",
+    },
+    403: {"model": ErrorBody, "description": "the key's role may not do this"},
+    404: {"model": ErrorBody, "description": "no such node, service or container"},
+    409: {"model": ErrorBody, "description": "refused as unsafe by Swarm's rules"},
+    502: {"model": ErrorBody, "description": "another agent or the engine failed"},
+    503: {"model": ErrorBody, "description": "this node is not ready (joining, or no manager)"},
+}
+
+
+def create_app(agent: Agent) -> FastAPI:
+    """The node API of `agent`, as an ASGI application."""
+    from node import __version__
+
+    app = FastAPI(
+        title="hyops node API",
+        version=__version__,
+        description="The API every hyops node agent serves. See docs/protocol.md.",
+        responses=ERRORS,
+    )
+
+    @app.exception_handler(AuthError)
+    async def _auth_error(request: Request, exc: AuthError) -> JSONResponse:
+        log.warning(
+            "refused %s %s: %s (%s)", request.method, request.url.path, exc.code, exc.message
+        )
+        return error_response(exc.status, exc.code, exc.message, exc.hint)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return error_response(exc.status, exc.code, exc.message, exc.hint)
+
+    @app.exception_handler(EngineError)
+    async def _engine_error(request: Request, exc: EngineError) -> JSONResponse:
+        status = exc.status if exc.status in (400, 404, 409) else 502
+        return error_response(status, "engine", str(exc), getattr(exc, "hint", "") or "")
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+            problems.append(f"{where}: {err.get('msg')}")
+        return error_response(
+            400,
+            "bad-request",
+            "; ".join(problems) or "malformed request",
+            "see /openapi.json for this route's parameters",
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return error_response(
+            500, "internal", f"unexpected {type(exc).__name__}", "see the agent's log"
+        )
+
+    async def caller(request: Request) -> TrustedKey:
+        body = await request.body()
+        path = request.url.path + (("?" + request.url.query) if request.url.query else "")
+        return agent.verifier.verify(request.method, path, body, request.headers)
+
+    def role(*roles: str):
+        async def check(key: TrustedKey = Depends(caller)) -> TrustedKey:
+            require_role(key, *roles)
+            return key
+
+        return check
+
+    readers = role("operator", "node")
+    operators = role("operator")
+    nodes_only = role("node")
+
+    async def manager_or_forward(request: Request) -> Response | None:
+        """None when this node can answer as a manager; else the answer of a manager's agent."""
+        if await agent.is_manager():
+            return None
+        return await agent.forward_to_manager(request)
+
+    @app.get("/v1/health", response_model=Health, tags=["state"])
+    async def health() -> Health:
+        """Whether the agent answers, and what it is doing. Open to anyone."""
+        return Health(
+            ok=agent.state != "error",
+            name=agent.config.name,
+            version=__version__,
+            state=agent.state,
+            cloud_id=agent.cloud_id,
+        )
+
+    @app.get("/v1/node", tags=["state"])
+    async def this_node(key: TrustedKey = Depends(readers)) -> dict[str, Any]:
+        """This node: id, name, address, role, leader or not, resources, engine state."""
+        return await agent.this_node()
+
+    @app.get("/v1/nodes", tags=["state"])
+    async def nodes(request: Request, key: TrustedKey = Depends(readers)) -> Any:
+        """The cloud's nodes (a worker's agent asks a manager's)."""
+        forwarded = await manager_or_forward(request)
+        if forwarded is not None:
+            return forwarded
+        return await agent.nodes()
+
+    @app.get("/v1/services", tags=["state"])
+    async def services(request: Request, key: TrustedKey = Depends(readers)) -> Any:
+        """The cloud's services with their replicas and running tasks."""
+        forwarded = await manager_or_forward(request)
+        if forwarded is not None:
+            return forwarded
+        return await agent.services()
+
+    @app.get("/v1/services/{name}/tasks", tags=["state"])
+    async def tasks(name: str, request: Request, key: TrustedKey = Depends(readers)) -> Any:
+        """The tasks of one service, with the node each runs on."""
+        forwarded = await manager_or_forward(request)
+        if forwarded is not None:
+            return forwarded
+        return await agent.tasks(name)
+
+    @app.get("/v1/logs", tags=["logs"])
+    async def logs(
+        container: str | None = Query(None, description="a container name or ID on this node"),
+        service: str | None = Query(None, description="every container of this service here"),
+        since: str | None = Query(None, description="30s, 10m, 2h, 1d, Unix time or RFC 3339"),
+        tail: int | None = Query(None, ge=0, description="last N lines of each container"),
+        follow: bool = Query(False, description="keep streaming new lines"),
+        key: TrustedKey = Depends(readers),
+    ) -> StreamingResponse:
+        """Logs of this node's containers as newline-delimited JSON records
+        (`node container service stream time line`), streamed."""
+        records = await agent.log_records(
+            container=container, service=service, since=since, tail=tail, follow=follow
+        )
+
+        async def ndjson() -> AsyncIterator[bytes]:
+            async for record in records:
+                yield (json.dumps(record) + "\n").encode()
+
+        return StreamingResponse(ndjson(), media_type="application/x-ndjson")
+
+    @app.post("/v1/nodes/{name}/promote", tags=["control"])
+    async def promote(name: str, request: Request, key: TrustedKey = Depends(operators)) -> Any:
+        """Make a worker a manager. Refused (409) where Swarm's rules call it unsafe."""
+        forwarded = await manager_or_forward(request)
+        if forwarded is not None:
+            return forwarded
+        return await agent.change_role(name, "manager", by=key.name)
+
+    @app.post("/v1/nodes/{name}/demote", tags=["control"])
+    async def demote(name: str, request: Request, key: TrustedKey = Depends(operators)) -> Any:
+        """Make a manager a worker. The last manager, or a change that loses quorum, is refused."""
+        forwarded = await manager_or_forward(request)
+        if forwarded is not None:
+            return forwarded
+        return await agent.change_role(name, "worker", by=key.name)
+
+    @app.post("/v1/nodes/{name}/labels", tags=["control"])
+    async def labels(
+        name: str,
+        body: LabelsBody,
+        request: Request,
+        key: TrustedKey = Depends(readers),
+    ) -> Any:
+        """Set labels on a node (workers cannot label themselves: their agents ask here)."""
+        forwarded = await manager_or_forward(request)
+        if forwarded is not None:
+            return forwarded
+        return await agent.set_labels(name, body.labels, by=key.name)
+
+    @app.post("/v1/join-token", tags=["control"])
+    async def join_token(
+        body: JoinTokenBody, request: Request, key: TrustedKey = Depends(nodes_only)
+    ) -> Any:
+        """A join token for a joining node (node-signed only; never logged)."""
+        forwarded = await manager_or_forward(request)
+        if forwarded is not None:
+            return forwarded
+        return await agent.join_token(body.role, by=key.name)
+
+    return app
