@@ -79,7 +79,7 @@ def load_record(workspace: Workspace, name: str | None = None) -> CloudRecord:
     if name is None:
         raise CloudError(
             "this workspace has no cloud recorded: start a local one with `hyops up`, "
-            "or connect to one with (connect! \"name\")"
+            'or connect to one with (connect! "name")'
         )
     path = workspace.clouds_dir / name / "cloud.toml"
     if not path.exists():
@@ -126,7 +126,9 @@ class Connection:
             source = open_list(self.record.list_url, cache)
             lst = await asyncio.to_thread(source.read)
         except ListError as exc:
-            raise CloudError(f"cannot read the bootstrap list of {self.record.name}: {exc}") from None
+            raise CloudError(
+                f"cannot read the bootstrap list of {self.record.name}: {exc}"
+            ) from None
         if lst.is_empty:
             raise CloudError(
                 f"the bootstrap list of {self.record.name} names no manager yet: "
@@ -152,9 +154,7 @@ class Connection:
                     if exc.status is None or exc.status in (502, 503):
                         failures.append(f"{url}: {exc.message}")
                         continue
-                    raise CloudError(
-                        exc.message + (f" ({exc.hint})" if exc.hint else "")
-                    ) from None
+                    raise CloudError(exc.message + (f" ({exc.hint})" if exc.hint else "")) from None
                 # the one that answered goes first next time
                 self._managers = [url, *[m for m in self._managers if m != url]]
                 return answer

@@ -1,0 +1,55 @@
+"""Small helpers shared by the tests: waiting on a condition, signed requests to a real agent."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+
+from node.signing import load_private_key, sign_headers
+
+T = TypeVar("T")
+
+
+def wait_until(condition: Callable[[], T], timeout: float, what: str, every: float = 0.25) -> T:
+    """Poll `condition` until it returns something truthy; fail with `what` after `timeout` s.
+
+    Exceptions raised by the condition count as "not yet" and the last one is reported.
+    """
+    deadline = time.monotonic() + timeout
+    last: BaseException | None = None
+    while True:
+        try:
+            value = condition()
+            if value:
+                return value
+        except Exception as exc:
+            last = exc
+        if time.monotonic() > deadline:
+            detail = f" (last error: {last!r})" if last else ""
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}{detail}")
+        time.sleep(every)
+
+
+def signed(
+    method: str,
+    url: str,
+    key_path: Path | Any,
+    body: Any = None,
+    *,
+    now: float | None = None,
+    timeout: float = 20.0,
+) -> httpx.Response:
+    """A request to a node API signed with the key at `key_path` (or an asyncssh key)."""
+    key = load_private_key(key_path) if isinstance(key_path, Path | str) else key_path
+    parts = httpx.URL(url)
+    path = parts.raw_path.decode()
+    data = b"" if body is None else json.dumps(body).encode()
+    headers = sign_headers(key, method, path, data, now=now)
+    if body is not None:
+        headers["Content-Type"] = "application/json"
+    return httpx.request(method, url, content=data or None, headers=headers, timeout=timeout)
