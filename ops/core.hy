@@ -1,0 +1,63 @@
+"The console's own helpers: help, the list of ops, reloading ops/, the last traceback."
+
+(import builtins
+        sys
+        traceback
+        repl.session [current]
+        repl.render [help-text vocabulary-lines])
+
+(setv _INTRO (.join "\n" [
+  "hyops console: evaluate Hy forms in this workspace; results come back as data."
+  "  (ops)          list every op, one line each"
+  "  (help name)    the docstring of an op, function or macro"
+  "  (pst)          the full traceback of the last error (*e holds the exception)"
+  "  (reload!)      reload every ops/ module (saved files reload on their own)"
+  "  *1 *2 *3       the last three results"]))
+
+(defn _macro-named [module name]
+  "The macro `name` would expand to in `module`, or None."
+  (setv key (hy.mangle name))
+  (or (.get (getattr module "_hy_macros" {}) key)
+      (.get (getattr builtins "_hy_macros" {}) key)))
+
+(defn _show-help [[name None] [thunk None] [macro None]]
+  "Print the help page for a value (from `thunk`) or a macro; the (help) macro calls this."
+  (cond
+    (is name None) (print _INTRO)
+    (is-not macro None) (print (help-text name macro :macro True))
+    True (print (help-text name (thunk)))))
+
+(defmacro help [_hy_compiler #* args]
+  "Show what a function, macro or value is and does: (help nodes), (help when), (help *1)."
+  (when (> (len args) 1)
+    (raise (TypeError "help takes one name, e.g. (help nodes)")))
+  (if (not args)
+    `(hy.I.ops/core._show-help)
+    (do
+      (setv [target] args)
+      (if (and (isinstance target hy.models.Symbol)
+               (_macro-named _hy_compiler.module (str target)))
+        `(hy.I.ops/core._show-help ~(str target)
+           :macro (hy.I.ops/core._macro-named (hy.I.sys.modules.get ~_hy_compiler.module.__name__) ~(str target)))
+        `(hy.I.ops/core._show-help ~(if (isinstance target hy.models.Symbol) (str target) (hy.repr target))
+           (fn [] ~target))))))
+
+(defn ops []
+  "List the workspace's vocabulary: every op with the first line of its docstring."
+  (print (vocabulary-lines (.vocabulary (current)))))
+
+(defn reload! []
+  "Reload every ops/ module from disk and re-require its macros; returns the modules reloaded."
+  (.reload (current)))
+
+(defn pst [[e None]]
+  "Print the full traceback of the last error (or of the exception `e`)."
+  (setv error (or e (. (current) last-error)))
+  (cond
+    (is error None) (print "no error yet")
+    True (do
+      (setv original (if (and (is e None) (. error original)) (. error original) error))
+      (if (isinstance original hy.errors.HyLanguageError)
+        ;; Hy's own rendering (file, line, the form with a caret) says more than its compiler's frames.
+        (print (str original))
+        (traceback.print-exception original :file sys.stdout)))))

@@ -1,0 +1,747 @@
+"""The Session: the one place where Hy is read, compiled and evaluated.
+
+Every front end (the console, `hyops eval`, later nREPL and runbooks) hands source text to a
+`Session` and gets Python values back. The Session owns:
+
+- a workspace module (`hyops_workspace`) whose namespace holds the operator's bindings and the
+  ops vocabulary: the public names of `ops/__init__.hy` and of every `ops/*.hy` module;
+- `*1 *2 *3` (the last three results) and `*e` (the last exception), as in Clojure;
+- one background asyncio loop, started on first use, which runs top-level `await` and every
+  coroutine an op hands to `Session.run`, so network clients made there survive between inputs;
+- reloading of `ops/` modules whose files changed (checked before each evaluation) or on request.
+
+Reading (`read_forms`: source text to forms with positions) is separate from evaluating one form
+(`Session.eval_form`), so a front end can report positions or evaluate forms one at a time.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import importlib
+import linecache
+import re
+import sys
+import threading
+import traceback
+import types
+from collections.abc import Callable, Coroutine, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import hy
+from hy.compiler import HyASTCompiler, hy_compile
+from hy.errors import HyLanguageError, HyMacroExpansionError
+from hy.macros import enable_readers, require
+from hy.reader import HyReader
+from hy.reader.exceptions import LexException, PrematureEndOfInput
+
+from repl.workspace import Workspace, find_workspace
+
+WORKSPACE_MODULE = "hyops_workspace"
+RESULT_NAMES = tuple(hy.mangle(f"*{i}") for i in (1, 2, 3))
+ERROR_NAME = hy.mangle("*e")
+_TOP_LEVEL_AWAIT = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
+_CO_COROUTINE = 0x0080  # inspect.CO_COROUTINE, without importing inspect's users
+
+_last_session: Session | None = None
+_evaluating: list[Session] = []
+
+
+def current() -> Session:
+    """The Session evaluating right now, else the one created last.
+
+    Ops written in Hy use it to reach the session's event loop: `(.run (current) (coro))`.
+    """
+    if _evaluating:
+        return _evaluating[-1]
+    if _last_session is None:
+        raise RuntimeError("no hyops Session exists yet: create one with repl.session.Session()")
+    return _last_session
+
+
+class HyopsEvalError(Exception):
+    """Evaluating Hy failed. The message is short and says what went wrong and where.
+
+    `kind` is one of "incomplete", "reader", "compile", "macro", "runtime", "reload";
+    `original` keeps the underlying exception (its traceback is what `(pst)` prints).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        kind: str,
+        original: BaseException | None = None,
+        filename: str | None = None,
+        line: int | None = None,
+        column: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.kind = kind
+        self.original = original
+        self.filename = filename
+        self.line = line
+        self.column = column
+
+    @property
+    def where(self) -> str:
+        """`file:line:column` (as much of it as is known), or ''."""
+        if not self.filename:
+            return ""
+        parts = [self.filename]
+        if self.line is not None:
+            parts.append(str(self.line))
+            if self.column is not None:
+                parts.append(str(self.column))
+        return ":".join(parts)
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.message}" if self.where else self.message
+
+
+class IncompleteInput(HyopsEvalError):
+    """The source ends inside an open form or string: more input is needed."""
+
+
+@dataclass(frozen=True)
+class Form:
+    """One top-level form read from source text, with where it starts and ends (1-based)."""
+
+    model: Any
+    filename: str
+    line: int
+    column: int
+    end_line: int
+    end_column: int
+
+
+def read_forms(
+    source: str, filename: str = "<input>", reader: HyReader | None = None
+) -> list[Form]:
+    """Read every top-level form of `source`, or raise `HyopsEvalError` naming the position.
+
+    All forms are read before any is evaluated, so a reader error anywhere means nothing of the
+    input ran.
+    """
+    try:
+        models = list(hy.read_many(source, filename=filename, reader=reader, skip_shebang=True))
+    except PrematureEndOfInput as e:
+        raise IncompleteInput(
+            f'incomplete input: {_reader_message(e)}; close the open ( [ {{ or "',
+            kind="incomplete",
+            original=e,
+            filename=filename,
+            line=e.lineno,
+            column=e.offset,
+        ) from None
+    except LexException as e:
+        raise HyopsEvalError(
+            f"reader error: {_reader_message(e)}",
+            kind="reader",
+            original=e,
+            filename=filename,
+            line=e.lineno,
+            column=e.offset,
+        ) from None
+    return [
+        Form(
+            model=m,
+            filename=filename,
+            line=getattr(m, "start_line", None) or 1,
+            column=getattr(m, "start_column", None) or 1,
+            end_line=getattr(m, "end_line", None) or 1,
+            end_column=getattr(m, "end_column", None) or 1,
+        )
+        for m in models
+    ]
+
+
+def is_complete(source: str) -> bool:
+    """False when `source` ends inside an open form or string (the console keeps reading)."""
+    try:
+        for _ in hy.read_many(source, filename="<input>"):
+            pass
+    except PrematureEndOfInput:
+        return False
+    except Exception:
+        # Other reader errors are complete input: evaluating it reports the error.
+        return True
+    return True
+
+
+def _reader_message(e: SyntaxError) -> str:
+    return (e.msg or str(e)).rstrip(".")
+
+
+@dataclass
+class OpsModule:
+    """One loaded module of the vocabulary and what it exported into the workspace."""
+
+    name: str
+    path: Path
+    stamp: tuple[int, int]
+    module: types.ModuleType | None = None
+    names: dict[str, Any] = field(default_factory=dict)
+    macros: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One op of the vocabulary, as `(ops)` lists it."""
+
+    name: str
+    module: str
+    kind: str  # "function", "macro", "class" or "value"
+    summary: str
+
+
+def public_names(module: types.ModuleType) -> tuple[dict[str, Any], list[str]]:
+    """What an ops module puts into the workspace: (mangled name -> value, macro names).
+
+    A module can say exactly, with Hy's `(export :objects [...] :macros [...])` (which sets
+    `__all__` and `_hy_export_macros`). Otherwise every function, class and macro *defined in
+    that module* whose name does not start with `_` is public; imported helpers are not.
+    """
+    own = module.__name__
+    namespace = vars(module)
+    if "__all__" in namespace:
+        names = {n: namespace[n] for n in namespace["__all__"] if n in namespace}
+    else:
+        names = {
+            n: v
+            for n, v in namespace.items()
+            if not n.startswith("_")
+            and isinstance(v, (types.FunctionType, type))
+            and getattr(v, "__module__", None) == own
+        }
+    macros_here = namespace.get("_hy_macros", {})
+    if "_hy_export_macros" in namespace:
+        macros = [m for m in namespace["_hy_export_macros"] if m in macros_here]
+    else:
+        macros = [
+            m
+            for m, fn in macros_here.items()
+            if not m.startswith("_") and getattr(fn, "__module__", None) == own
+        ]
+    return names, macros
+
+
+def _file_stamp(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return (st.st_mtime_ns, st.st_size)
+
+
+class Session:
+    """A workspace namespace with the ops vocabulary, where Hy source is evaluated."""
+
+    def __init__(self, workspace: Workspace | None = None) -> None:
+        global _last_session
+        self.workspace = workspace or find_workspace()
+        self.cloud_name: str | None = None
+        self.module = types.ModuleType(WORKSPACE_MODULE)
+        self.module.__file__ = str(self.workspace.root / "<workspace>")
+        sys.modules[WORKSPACE_MODULE] = self.module
+        self.namespace: dict[str, Any] = vars(self.module)
+        self.compiler = HyASTCompiler(self.module, WORKSPACE_MODULE)
+        self.reader = HyReader()
+        self.last_error: HyopsEvalError | None = None
+        self.ops_modules: dict[str, OpsModule] = {}
+        self._inputs = 0
+        self._loop: Any = None
+        self._loop_thread: threading.Thread | None = None
+        self._loop_lock = threading.Lock()
+
+        for name in (*RESULT_NAMES, ERROR_NAME):
+            self.namespace[name] = None
+        # Hy's prelude (`import hy` and friends) goes in once, like `hy.REPL` does it.
+        prelude = hy_compile(hy.read_many(""), self.module, compiler=self.compiler)
+        exec(compile(prelude, "<prelude>", "exec"), self.namespace)
+        _last_session = self
+        self._load_ops()
+
+    # ---------------------------------------------------------------- evaluation
+
+    def eval(
+        self,
+        source: str,
+        filename: str = "<input>",
+        on_result: Callable[[Any], None] | None = None,
+    ) -> list[Any]:
+        """Evaluate every top-level form of `source`; return their results in order.
+
+        `on_result` is called with each result as soon as its form is done (front ends print
+        there, so a long input shows progress). Errors raise `HyopsEvalError`; `*e` is set and
+        the results of forms evaluated before the error stay bound to `*1 *2 *3`.
+        """
+        self.reload_changed()
+        enable_readers(self.module, self.reader, self.namespace.get("_hy_reader_macros", {}))
+        name = self._register_source(source, filename)
+        try:
+            forms = read_forms(source, name, reader=self.reader)
+        except HyopsEvalError as e:
+            e.filename = filename
+            self._record_error(e)
+            raise
+        results = []
+        for form in forms:
+            value = self.eval_form(form, source, display_name=filename)
+            results.append(value)
+            if on_result is not None:
+                on_result(value)
+        return results
+
+    def eval_form(self, form: Form, source: str = "", display_name: str | None = None) -> Any:
+        """Compile and evaluate one form; bind `*1 *2 *3` to its value (or `*e` on error)."""
+        shown = display_name or form.filename
+        _evaluating.append(self)
+        try:
+            exec_code, eval_code = self._compile(form, source, shown)
+            try:
+                self._execute(exec_code)
+                value = self._execute(eval_code)
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as e:
+                error = self._runtime_error(e, form, shown)
+                self._record_error(error)
+                raise error from None
+        finally:
+            _evaluating.pop()
+        ns = self.namespace
+        ns[RESULT_NAMES[2]], ns[RESULT_NAMES[1]] = ns[RESULT_NAMES[1]], ns[RESULT_NAMES[0]]
+        ns[RESULT_NAMES[0]] = value
+        return value
+
+    def _compile(self, form: Form, source: str, shown: str) -> tuple[types.CodeType, Any]:
+        self.compiler.filename = form.filename
+        self.compiler.source = source
+        try:
+            body, expr = hy_compile(
+                form.model,
+                self.module,
+                root=ast.Module,
+                get_expr=True,
+                compiler=self.compiler,
+                filename=form.filename,
+                source=source,
+                import_stdlib=False,
+            )
+            flags = _TOP_LEVEL_AWAIT
+            exec_code = compile(body, form.filename, "exec", flags=flags, dont_inherit=True)
+            eval_code = compile(expr, form.filename, "eval", flags=flags, dont_inherit=True)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as e:
+            error = self._compile_error(e, form, shown)
+            self._record_error(error)
+            raise error from None
+        return exec_code, eval_code
+
+    def _execute(self, code: types.CodeType) -> Any:
+        if code.co_flags & _CO_COROUTINE:
+            # Top-level `await`: the code object returns a coroutine; it runs on the session's
+            # loop so whatever it creates (connections, tasks) lives on for later inputs.
+            return self.run(eval(code, self.namespace))
+        return eval(code, self.namespace)
+
+    def _register_source(self, source: str, filename: str) -> str:
+        """Put pseudo-file input into linecache under a unique name, so tracebacks show it."""
+        if not filename.startswith("<"):
+            return filename
+        self._inputs += 1
+        name = f"{filename[:-1]}#{self._inputs}>" if filename.endswith(">") else filename
+        lines = [line + "\n" for line in source.splitlines()]
+        linecache.cache[name] = (len(source), None, lines, name)
+        return name
+
+    def _record_error(self, error: HyopsEvalError) -> None:
+        self.last_error = error
+        self.namespace[ERROR_NAME] = error.original if error.original is not None else error
+
+    def _compile_error(self, e: BaseException, form: Form, shown: str) -> HyopsEvalError:
+        line = getattr(e, "lineno", None) or form.line
+        column = getattr(e, "offset", None) or form.column
+        if isinstance(e, HyMacroExpansionError):
+            parts = [part.strip() for part in (e.msg or str(e)).strip().splitlines()]
+            return HyopsEvalError(
+                f"error {': '.join(p for p in parts if p)}",
+                kind="macro",
+                original=e,
+                filename=shown,
+                line=line,
+                column=column,
+            )
+        if isinstance(e, HyLanguageError):
+            msg = e.msg if isinstance(e.msg, str) else str(e)
+            return HyopsEvalError(
+                f"cannot compile: {msg.strip()}",
+                kind="compile",
+                original=e,
+                filename=shown,
+                line=line,
+                column=column,
+            )
+        return HyopsEvalError(
+            f"cannot compile: {type(e).__name__}: {e}",
+            kind="compile",
+            original=e,
+            filename=shown,
+            line=line,
+            column=column,
+        )
+
+    def _runtime_error(self, e: BaseException, form: Form, shown: str) -> HyopsEvalError:
+        _drop_session_frames(e)
+        input_line = form.line
+        inner: tuple[str, int, str] | None = None
+        root = str(self.workspace.root)
+        for frame, lineno in traceback.walk_tb(e.__traceback__):
+            fname = frame.f_code.co_filename
+            if fname == form.filename:
+                input_line = lineno
+                inner = None
+            elif fname.startswith(root) and not fname.endswith(".py"):
+                inner = (str(Path(fname).relative_to(root)), lineno, frame.f_code.co_name)
+        message = f"{type(e).__name__}: {_hy_message(e)}"
+        if inner is not None:
+            where, lineno, func = inner
+            message += f" (in {hy.unmangle(func)} at {where}:{lineno})"
+        return HyopsEvalError(message, kind="runtime", original=e, filename=shown, line=input_line)
+
+    # ---------------------------------------------------------------- the event loop
+
+    @property
+    def loop(self) -> Any:
+        """The session's asyncio loop, running in a daemon thread (started on first use)."""
+        with self._loop_lock:
+            if self._loop is None:
+                import asyncio
+
+                loop = asyncio.new_event_loop()
+                ready = threading.Event()
+
+                def serve() -> None:
+                    asyncio.set_event_loop(loop)
+                    loop.call_soon(ready.set)
+                    loop.run_forever()
+
+                thread = threading.Thread(target=serve, name="hyops-session-loop", daemon=True)
+                thread.start()
+                ready.wait(10)
+                self._loop, self._loop_thread = loop, thread
+        return self._loop
+
+    def run(self, coro: Coroutine[Any, Any, Any], timeout: float | None = None) -> Any:
+        """Run `coro` on the session's loop and return its result, blocking until it is done.
+
+        Ctrl-C (KeyboardInterrupt in the calling thread) cancels the coroutine and re-raises;
+        after `timeout` seconds it is cancelled and `TimeoutError` is raised.
+        """
+        import asyncio
+        import concurrent.futures
+
+        loop = self.loop
+        if threading.current_thread() is self._loop_thread:
+            coro.close()
+            raise RuntimeError(
+                "Session.run was called from inside the session's event loop: "
+                "await the coroutine there instead"
+            )
+        future = asyncio.run_coroutine_threadsafe(coro, loop)
+        try:
+            return future.result(timeout)
+        except KeyboardInterrupt:
+            future.cancel()
+            raise
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise TimeoutError(f"gave up after {timeout} s; the work was cancelled") from None
+
+    def close(self) -> None:
+        """Stop the background loop (if it was started)."""
+        loop, thread = self._loop, self._loop_thread
+        if loop is None or thread is None:
+            return
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        if not thread.is_alive():
+            loop.close()
+        self._loop = self._loop_thread = None
+
+    # ---------------------------------------------------------------- the ops vocabulary
+
+    def _ops_files(self) -> dict[str, Path]:
+        """Module name -> file, for the package and every public module under `ops/`."""
+        ops_dir = self.workspace.ops_dir
+        files: dict[str, Path] = {}
+        init = ops_dir / "__init__.hy"
+        if init.is_file():
+            files["ops"] = init
+        for path in sorted(ops_dir.glob("*.hy")):
+            if not path.stem.startswith("_"):
+                files[f"ops.{path.stem}"] = path
+        return files
+
+    def _load_ops(self) -> None:
+        root = str(self.workspace.root)
+        if sys.path[:1] != [root]:
+            sys.path.insert(0, root)
+        loaded = sys.modules.get("ops")
+        if loaded is not None and not _module_is_under(loaded, self.workspace.ops_dir):
+            # Another workspace's `ops` was imported in this process: forget it.
+            for name in [n for n in sys.modules if n == "ops" or n.startswith("ops.")]:
+                del sys.modules[name]
+        importlib.invalidate_caches()
+        for name, path in self._ops_files().items():
+            self._import_ops_module(name, path, reload=False)
+
+    def _import_ops_module(self, name: str, path: Path, reload: bool) -> bool:
+        """Import (or reload) one ops module and bind its public names. False if it failed."""
+        entry = self.ops_modules.get(name)
+        stamp = _file_stamp(path)
+        try:
+            with _compiled_cache(self.workspace):
+                if reload and name in sys.modules:
+                    _forget_bytecode(path)
+                    module = importlib.reload(sys.modules[name])
+                else:
+                    module = importlib.import_module(name)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as e:
+            if entry is not None:
+                entry.stamp = stamp  # don't retry on every input until the file changes again
+            else:
+                self.ops_modules[name] = OpsModule(name, path, stamp)
+            rel = path.relative_to(self.workspace.root)
+            keep = "; the previous version stays in use" if reload and entry else ""
+            print(f"hyops: {rel} did not load: {_short(e)}{keep}", file=sys.stderr)
+            return False
+        names, macros = public_names(module)
+        if entry is not None:
+            self._unbind(entry)
+        for key, value in names.items():
+            self.namespace[key] = value
+        if macros:
+            require(module, self.module, assignments=[(m, m) for m in macros])
+        self.ops_modules[name] = OpsModule(name, path, stamp, module, names, macros)
+        return True
+
+    def _unbind(self, entry: OpsModule) -> None:
+        """Remove what an older version of a module exported (unless the operator rebound it)."""
+        for key, value in entry.names.items():
+            if self.namespace.get(key) is value:
+                del self.namespace[key]
+        macros = self.namespace.get("_hy_macros", {})
+        for m in entry.macros:
+            fn = macros.get(m)
+            if fn is not None and getattr(fn, "__module__", None) == entry.name:
+                del macros[m]
+
+    def reload_changed(self) -> list[str]:
+        """Reload the ops modules whose files changed, appeared or went away since last loaded."""
+        files = self._ops_files()
+        changed = [
+            name
+            for name, path in files.items()
+            if name not in self.ops_modules or self.ops_modules[name].stamp != _file_stamp(path)
+        ]
+        gone = [name for name in self.ops_modules if name not in files]
+        for name in gone:
+            self._unbind(self.ops_modules.pop(name))
+            sys.modules.pop(name, None)
+        return self._reload(changed, files)
+
+    def reload(self) -> list[str]:
+        """Reload every ops module (compiling them afresh) and re-require their macros.
+
+        Everything is reloaded, not only changed files, because a module that used a changed
+        macro holds the old expansion until it is compiled again. Returns the modules reloaded.
+        """
+        self.reload_changed()
+        files = self._ops_files()
+        return self._reload(list(files), files)
+
+    def _reload(self, names: Iterable[str], files: dict[str, Path]) -> list[str]:
+        done = []
+        importlib.invalidate_caches()
+        for name in names:
+            if self._import_ops_module(name, files[name], reload=name in sys.modules):
+                done.append(name)
+        return done
+
+    def vocabulary(self) -> list[Entry]:
+        """Every op the workspace offers, module by module, with its docstring's first line."""
+        entries = []
+        macros = self.namespace.get("_hy_macros", {})
+        for mod in self.ops_modules.values():
+            for m in mod.macros:
+                entries.append(Entry(hy.unmangle(m), mod.name, "macro", _summary(macros.get(m))))
+            for key, value in mod.names.items():
+                kind = (
+                    "class"
+                    if isinstance(value, type)
+                    else "function"
+                    if callable(value)
+                    else "value"
+                )
+                summary = _summary(value) if kind != "value" else hy.repr(value)[:60]
+                entries.append(Entry(hy.unmangle(key), mod.name, kind, summary))
+        return entries
+
+    # ---------------------------------------------------------------- help and completion
+
+    def macro(self, name: str) -> Callable[..., Any] | None:
+        """The macro a call `(name ...)` would expand in the workspace, or None."""
+        key = hy.mangle(name)
+        found = self.namespace.get("_hy_macros", {}).get(key)
+        return found or getattr(builtins, "_hy_macros", {}).get(key)
+
+    def lookup(self, name: str) -> Any:
+        """The value a symbol names in the workspace (dotted names follow attributes)."""
+        first, *rest = name.split(".")
+        key = hy.mangle(first)
+        if key in self.namespace:
+            value = self.namespace[key]
+        elif hasattr(builtins, key):
+            value = getattr(builtins, key)
+        else:
+            raise NameError(f"{name} is not defined in the workspace")
+        for part in rest:
+            value = getattr(value, hy.mangle(part))
+        return value
+
+    def completions(self, prefix: str, head: str | None = None) -> list[str]:
+        """Names that complete `prefix`, in Hy spelling.
+
+        `:kw` prefixes complete the keyword arguments of the function `head` (the first symbol
+        of the enclosing form); dotted prefixes complete attributes.
+        """
+        if prefix.startswith(":"):
+            return [f":{p}" for p in self._keywords(head) if p.startswith(prefix[1:])]
+        if "." in prefix[1:]:
+            base, _, attr = prefix.rpartition(".")
+            try:
+                obj = self.lookup(base)
+            except Exception:
+                return []
+            names = {hy.unmangle(n) for n in dir(obj)}
+            hidden = not attr.startswith("_")
+            return sorted(
+                f"{base}.{n}" for n in names if n.startswith(attr) and not (hidden and n[0] == "_")
+            )
+        pools: list[Iterable[str]] = [
+            self.namespace,
+            vars(builtins),
+            self.namespace.get("_hy_macros", {}),
+            getattr(builtins, "_hy_macros", {}),
+        ]
+        found = set()
+        for pool in pools:
+            for key in pool:
+                if not isinstance(key, str):
+                    continue
+                name = hy.unmangle(key)
+                if name.startswith(prefix) and (prefix.startswith("_") or not name[0] == "_"):
+                    found.add(name)
+        return sorted(found, key=lambda n: (len(n) > len(prefix) and n[0] == "*", n))
+
+    def _keywords(self, head: str | None) -> list[str]:
+        if not head:
+            return []
+        try:
+            target = self.lookup(head)
+        except Exception:
+            return []
+        import inspect
+
+        try:
+            params = inspect.signature(target).parameters.values()
+        except (TypeError, ValueError):
+            return []
+        kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        return [hy.unmangle(p.name) for p in params if p.kind in kinds]
+
+
+def _summary(obj: Any) -> str:
+    doc = getattr(obj, "__doc__", None) or ""
+    lines = doc.strip().splitlines()
+    return lines[0].strip() if lines else ""
+
+
+def _hy_message(e: BaseException) -> str:
+    """The exception's message, with Python's mangled names spelled back in Hy."""
+    text = str(e)
+    if isinstance(e, NameError):
+        text = re.sub(r"name '([^']+)'", lambda m: f"name '{hy.unmangle(m.group(1))}'", text)
+    return _unmangle_all(text)
+
+
+def _unmangle_all(text: str) -> str:
+    return re.sub(r"hyx_\w+", lambda m: hy.unmangle(m.group(0)), text)
+
+
+def _short(e: BaseException) -> str:
+    if isinstance(e, HyLanguageError):
+        msg = e.msg if isinstance(e.msg, str) else str(e)
+        line = f" (line {e.lineno})" if getattr(e, "lineno", None) else ""
+        return " ".join(msg.split()) + line
+    return f"{type(e).__name__}: {e}"
+
+
+def _drop_session_frames(e: BaseException) -> None:
+    """Start the traceback at the operator's code, not at this module's eval plumbing."""
+    tb = e.__traceback__
+    here = __file__
+    while tb is not None and tb.tb_frame.f_code.co_filename == here:
+        tb = tb.tb_next
+    if tb is not None:
+        e.__traceback__ = tb
+
+
+def _module_is_under(module: types.ModuleType, folder: Path) -> bool:
+    paths = list(getattr(module, "__path__", []) or [])
+    if getattr(module, "__file__", None):
+        paths.append(str(Path(module.__file__).parent))
+    return any(Path(p).resolve() == folder.resolve() for p in paths)
+
+
+class _compiled_cache:
+    """Keep compiled `ops/` modules under `.hyops/cache/`, even when PYTHONDONTWRITEBYTECODE is set.
+
+    Compiling Hy is the slow part of start-up; caching the bytecode in the workspace's own
+    git-ignored state folder keeps `hyops eval` fast without writing `__pycache__` into `ops/`.
+    """
+
+    def __init__(self, workspace: Workspace) -> None:
+        self.prefix = str(workspace.state_dir / "cache")
+        self.workspace = workspace
+
+    def __enter__(self) -> None:
+        self.saved = (sys.dont_write_bytecode, sys.pycache_prefix)
+        try:
+            self.workspace.ensure_state_dir()
+        except OSError:
+            return  # read-only workspace: compile without caching
+        sys.dont_write_bytecode = False
+        sys.pycache_prefix = self.prefix
+
+    def __exit__(self, *exc: object) -> None:
+        sys.dont_write_bytecode, sys.pycache_prefix = self.saved
+
+
+def _forget_bytecode(path: Path) -> None:
+    """Remove a module's cached bytecode so a reload compiles the source again.
+
+    The cache is validated by whole-second mtime and size, so an edit within the same second
+    that keeps the size would otherwise be missed.
+    """
+    import importlib.util
+
+    try:
+        Path(importlib.util.cache_from_source(str(path))).unlink(missing_ok=True)
+    except (NotImplementedError, ValueError, OSError):
+        pass
