@@ -1,0 +1,79 @@
+"""The node API's `/v1/nodes` against the Engine API's own `/nodes` on the same manager.
+
+Starts a 3-node local cloud in a temporary workspace, then alternates the two requests (each over
+a kept-alive connection: httpx to the agent over the bridge, httpx to dockerd over its unix
+socket) and prints both medians and the ratio. Aim: at most 1.5x.
+Run: .venv/bin/python bench/api_nodes.py
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import tempfile
+import time
+import tomllib
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from node.devcloud import LocalCloud  # noqa: E402
+from node.signing import load_private_key, sign_headers  # noqa: E402
+
+ROUNDS = 200
+
+
+def main() -> int:
+    with tempfile.TemporaryDirectory(prefix="hyops-bench-") as tmp:
+        workspace = Path(tmp)
+        (workspace / "ops").symlink_to(REPO / "ops")
+        cloud = LocalCloud(workspace / ".hyops", name="bench")
+        try:
+            cloud.up(nodes=3)
+            record = tomllib.loads(cloud.record_path.read_text())
+            key = load_private_key(Path(record["operator_key"]))
+            deadline = time.monotonic() + 120
+            manager = None
+            while manager is None and time.monotonic() < deadline:
+                for node in record["node"]:
+                    health = httpx.get(node["api"] + "/v1/health", timeout=5).json()
+                    info = cloud.docker(
+                        node["name"], "info", "--format", "{{.Swarm.ControlAvailable}}"
+                    )
+                    if health["state"] == "active" and info.stdout.strip() == "true":
+                        manager = node
+                        break
+                else:
+                    time.sleep(0.5)
+            if manager is None:
+                print("no manager became active in 120 s", file=sys.stderr)
+                return 1
+            agent = httpx.Client(base_url=manager["api"])
+            engine = httpx.Client(
+                transport=httpx.HTTPTransport(uds=manager["docker_socket"]),
+                base_url="http://docker",
+            )
+            ours, theirs = [], []
+            for _ in range(ROUNDS):
+                t = time.perf_counter()
+                r = agent.get("/v1/nodes", headers=sign_headers(key, "GET", "/v1/nodes", b""))
+                ours.append(time.perf_counter() - t)
+                assert r.status_code == 200, r.text
+                t = time.perf_counter()
+                r = engine.get("/v1.41/nodes")
+                theirs.append(time.perf_counter() - t)
+                assert r.status_code == 200, r.text
+            a, b = statistics.median(ours), statistics.median(theirs)
+            print(f"node API GET /v1/nodes    median {a * 1000:.2f} ms over {ROUNDS} requests")
+            print(f"Engine API GET /nodes     median {b * 1000:.2f} ms over {ROUNDS} requests")
+            print(f"ratio (ours / engine)     {a / b:.2f}x   (aim: at most 1.5x)")
+        finally:
+            cloud.down(clean=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,195 @@
+"""Bad requests to a real agent: unsigned, forged, tampered, expired, replayed, wrong role,
+malformed, and a bounded schemathesis fuzz of the OpenAPI document. Each gets a clear error,
+nothing changes in the cloud, and the agent keeps answering."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import asyncssh
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+from node.signing import load_private_key, sign_headers
+from tests.helpers import signed, wait_until
+from tests.test_agent import api, docker_nodes, new_cloud, node_key, operator_key
+
+pytestmark = pytest.mark.cloud
+
+
+@pytest.fixture(scope="module")
+def one(tmp_path_factory: pytest.TempPathFactory):
+    cloud = new_cloud(tmp_path_factory, 1)
+    url = api(cloud, "node-1")
+    wait_until(
+        lambda: httpx.get(url + "/v1/health", timeout=5).json()["state"] == "active",
+        90,
+        "the agent to be active",
+    )
+    yield cloud
+    cloud.down(clean=True)
+
+
+def cloud_state(cloud) -> tuple:
+    nodes = docker_nodes(cloud, "node-1")
+    services = cloud.docker("node-1", "service", "ls", "-q").stdout.split()
+    return ({k: (v["role"], v["status"]) for k, v in nodes.items()}, sorted(services))
+
+
+def check_error(response: httpx.Response, status: int, code: str) -> dict:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["error"] == code, body
+    assert body["message"] and isinstance(body["hint"], str)
+    return body
+
+
+def test_unsigned_request_is_refused(one) -> None:
+    r = httpx.get(api(one, "node-1") + "/v1/nodes", timeout=10)
+    body = check_error(r, 401, "unsigned")
+    assert "sign" in (body["message"] + body["hint"]).lower()
+
+
+def test_unknown_key_is_refused(one, tmp_path: Path) -> None:
+    stranger = asyncssh.generate_private_key("ssh-ed25519")
+    r = signed("GET", api(one, "node-1") + "/v1/nodes", stranger)
+    check_error(r, 401, "unknown-key")
+
+
+def test_forged_signature_is_refused(one) -> None:
+    """A stranger signs but names the operator's key."""
+    url = api(one, "node-1") + "/v1/nodes/node-1/demote"
+    stranger = asyncssh.generate_private_key("ssh-ed25519")
+    headers = sign_headers(stranger, "POST", "/v1/nodes/node-1/demote", b"")
+    real = sign_headers(load_private_key(operator_key(one)), "POST", "/v1/nodes/node-1/demote", b"")
+    headers["X-Hyops-Key"] = real["X-Hyops-Key"]
+    before = cloud_state(one)
+    check_error(httpx.post(url, headers=headers, timeout=10), 401, "bad-signature")
+    assert cloud_state(one) == before
+
+
+def test_tampered_path_and_body_are_refused(one) -> None:
+    key = load_private_key(operator_key(one))
+    base = api(one, "node-1")
+    headers = sign_headers(key, "GET", "/v1/services", b"")
+    check_error(httpx.get(base + "/v1/nodes", headers=headers, timeout=10), 401, "bad-signature")
+    body = json.dumps({"labels": {"a": "1"}}).encode()
+    headers = sign_headers(key, "POST", "/v1/nodes/node-1/labels", body)
+    headers["Content-Type"] = "application/json"
+    tampered = json.dumps({"labels": {"a": "2"}}).encode()
+    r = httpx.post(base + "/v1/nodes/node-1/labels", content=tampered, headers=headers, timeout=10)
+    check_error(r, 401, "bad-signature")
+
+
+@pytest.mark.parametrize("skew", [-600, 600])
+def test_expired_or_future_requests_are_refused(one, skew: int) -> None:
+    r = signed("GET", api(one, "node-1") + "/v1/nodes", operator_key(one), now=time.time() + skew)
+    check_error(r, 401, "expired")
+
+
+def test_replayed_request_is_refused(one) -> None:
+    key = load_private_key(operator_key(one))
+    headers = sign_headers(key, "GET", "/v1/nodes", b"")
+    url = api(one, "node-1") + "/v1/nodes"
+    assert httpx.get(url, headers=headers, timeout=10).status_code == 200
+    check_error(httpx.get(url, headers=headers, timeout=10), 401, "replayed")
+
+
+def test_node_key_may_not_promote_and_operator_key_may_not_take_a_join_token(one) -> None:
+    base = api(one, "node-1")
+    before = cloud_state(one)
+    r = signed("POST", base + "/v1/nodes/node-1/demote", node_key(one))
+    body = check_error(r, 403, "wrong-role")
+    assert "operator" in body["message"] + body["hint"]
+    r = signed("POST", base + "/v1/join-token", operator_key(one), {"role": "worker"})
+    check_error(r, 403, "wrong-role")
+    assert "SWMTKN" not in r.text
+    assert cloud_state(one) == before
+
+
+def test_node_key_gets_a_join_token(one) -> None:
+    r = signed("POST", api(one, "node-1") + "/v1/join-token", node_key(one), {"role": "worker"})
+    assert r.status_code == 200, r.text
+    assert r.json()["token"].startswith("SWMTKN-")
+    assert r.json()["managers"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"{not json", b'{"labels": "x"}', b'{"labels": {"a": 1}}', b"[]"],
+)
+def test_malformed_bodies_get_a_clear_400(one, body: bytes) -> None:
+    key = load_private_key(operator_key(one))
+    headers = sign_headers(key, "POST", "/v1/nodes/node-1/labels", body)
+    headers["Content-Type"] = "application/json"
+    before = cloud_state(one)
+    r = httpx.post(
+        api(one, "node-1") + "/v1/nodes/node-1/labels", content=body, headers=headers, timeout=10
+    )
+    err = check_error(r, 400, "bad-request")
+    assert "labels" in err["message"] or "JSON" in err["message"] or "body" in err["message"]
+    assert cloud_state(one) == before
+
+
+def test_bad_since_is_explained(one) -> None:
+    r = signed("GET", api(one, "node-1") + "/v1/logs?since=yesterday", operator_key(one))
+    err = check_error(r, 400, "bad-request")
+    assert "10m" in err["message"]
+
+
+def test_fuzzing_the_openapi_document_never_breaks_the_agent(one) -> None:
+    import schemathesis
+    from schemathesis import GenerationMode
+
+    base = api(one, "node-1")
+    schema = schemathesis.openapi.from_url(base + "/openapi.json")
+    key = load_private_key(operator_key(one))
+    before = cloud_state(one)
+    seen: dict[int, int] = {}
+    client = httpx.Client(timeout=15)
+
+    def send(case) -> None:
+        query = dict(case.query or {})
+        if str(query.get("follow", "")).lower() in ("true", "1"):
+            query["follow"] = "false"  # a followed log never ends; the fuzz must
+        request = client.build_request(
+            case.method,
+            base + case.formatted_path,
+            params=query or None,
+            content=json.dumps(case.body).encode() if case.body is not None else None,
+        )
+        path = request.url.raw_path.decode()
+        headers = sign_headers(key, case.method, path, request.content or b"")
+        request.headers.update(headers)
+        request.headers["Content-Type"] = "application/json"
+        response = client.send(request)
+        seen[response.status_code] = seen.get(response.status_code, 0) + 1
+        assert response.status_code < 500, f"{case.method} {path}: {response.text}"
+        if response.status_code >= 400:
+            assert set(response.json()) >= {"error", "message", "hint"}
+
+    for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+        strategy = schema.as_strategy(generation_mode=mode)
+
+        @given(case=strategy)
+        @settings(
+            max_examples=120,
+            deadline=None,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
+        def fuzz(case) -> None:
+            if case.formatted_path.endswith("/demote") or case.formatted_path.endswith("/promote"):
+                # fuzzed names are random; the one real node must keep its role
+                if case.formatted_path.split("/")[3] in ("node-1",):
+                    return
+            send(case)
+
+        fuzz()
+    client.close()
+    assert sum(seen.values()) > 50
+    assert cloud_state(one) == before
+    assert httpx.get(base + "/v1/health", timeout=5).json()["ok"] is True
