@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("repl", help="open the Hy console in this workspace")
     p.add_argument("--cloud", help="connect to this recorded cloud instead of the default")
+    p.add_argument("--vi", action="store_true", help="start in Vi editing mode (F4 toggles)")
 
     p = sub.add_parser("eval", help="evaluate Hy forms, print each result, exit 0 or 1")
     p.add_argument("forms", nargs="?", help="Hy source to evaluate")

@@ -1,0 +1,57 @@
+"""`hyops eval 'FORMS'` and `hyops eval -f FILE.hy`: evaluate without a console.
+
+Each result is printed with `hy.repr` as soon as its form finishes (None is not printed, as at
+the console). The exit status is 0, or 1 with a one-line message on stderr for any error
+(reader, compile, runtime), so scripts and CI can rely on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def main(args: argparse.Namespace) -> int:
+    """Evaluate the forms given on the command line or in a file; returns the exit code."""
+    forms, path = getattr(args, "forms", None), getattr(args, "file", None)
+    if (forms is None) == (path is None):
+        print(
+            "hyops eval: give either Hy forms, e.g. hyops eval '(+ 1 2)', "
+            "or a file with -f FILE.hy (not both)",
+            file=sys.stderr,
+        )
+        return 2
+    if path is not None:
+        try:
+            source = Path(path).read_text(encoding="utf-8")
+        except OSError as e:
+            print(f"hyops eval: cannot read {path}: {e.strerror}", file=sys.stderr)
+            return 1
+        filename = str(path)
+    else:
+        source, filename = forms, "<eval>"
+
+    import hy
+
+    from repl.session import HyopsEvalError, Session
+    from repl.workspace import WorkspaceError
+
+    def show(value: object) -> None:
+        if value is not None:
+            print(hy.repr(value), flush=True)
+
+    try:
+        session = Session()
+    except WorkspaceError as e:
+        print(f"hyops eval: {e}", file=sys.stderr)
+        return 1
+    session.cloud_name = getattr(args, "cloud", None)
+    try:
+        session.eval(source, filename=filename, on_result=show)
+    except HyopsEvalError as e:
+        print(f"hyops eval: {e}", file=sys.stderr)
+        return 1
+    finally:
+        session.close()
+    return 0
