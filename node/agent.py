@@ -462,7 +462,12 @@ class Agent:
 
     def _not_found(self, kind: str, name: str, known: list[str]) -> Exception:
         close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
-        hint = f"did you mean {', '.join(close)}?" if close else f"known: {', '.join(known[:10])}"
+        if close:
+            hint = f"did you mean {', '.join(close)}?"
+        elif known:
+            hint = f"known: {', '.join(known[:10])}"
+        else:
+            hint = f"there is no {kind} yet"
         return self._api_error(404, f"unknown-{kind}", f"no {kind} named {name!r}", hint)
 
     async def _find_node(self, name: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -497,6 +502,14 @@ class Agent:
             except EngineError as exc:
                 if "out of sequence" in str(exc):
                     continue
+                if "raft memberlist" in str(exc):
+                    # promoted a moment ago: Raft has not taken it in yet
+                    raise self._api_error(
+                        409,
+                        "busy",
+                        f"{record['name']} is still joining the managers' Raft group",
+                        "try again in a few seconds",
+                    ) from None
                 raise
             self._manager_cache = None
             log.info("%s is now a %s (asked by %s)", record["name"], role, by)
@@ -641,6 +654,9 @@ def setup_logging() -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # one line per HTTP request is noise in an agent's log
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -143,6 +143,7 @@ def create_app(agent: Agent) -> FastAPI:
 
     async def manager_or_forward(request: Request) -> Response | None:
         """None when this node can answer as a manager; else the answer of a manager's agent."""
+        agent._require_swarm()
         if await agent.is_manager():
             return None
         return await agent.forward_to_manager(request)
