@@ -343,12 +343,17 @@ class ListSource:
             "on a machine whose list is a git repository or a file, and publish that"
         )
 
-    def _check_same_cloud(self, current: BootstrapList, lst: BootstrapList) -> None:
-        if current.cloud_id and lst.cloud_id and current.cloud_id != lst.cloud_id:
+    def _of_same_cloud(self, current: BootstrapList, lst: BootstrapList) -> BootstrapList:
+        """`lst`, naming the cloud `current` names when it names none (a cloud id never
+        changes); ListError if the two name different clouds."""
+        if lst.cloud_id is None:
+            return dataclasses.replace(lst, cloud_id=current.cloud_id)
+        if current.cloud_id and current.cloud_id != lst.cloud_id:
             raise ListError(
                 f"{self.where}: names cloud {current.cloud_id}, not {lst.cloud_id}; refusing to "
                 "overwrite another cloud's list. Point this node at its own cloud's list"
             )
+        return lst
 
 
 @contextlib.contextmanager
@@ -408,7 +413,7 @@ class FileList(ListSource):
     def publish(self, lst: BootstrapList, by: str, message: str) -> bool:
         with self._writing():
             current = self.read()
-            self._check_same_cloud(current, lst)
+            lst = self._of_same_cloud(current, lst)
             if current.same_cloud_state(lst):
                 return False
             self._write(_stamped(lst, by))
@@ -680,7 +685,7 @@ class GitList(ListSource):
             for _ in range(PUBLISH_TRIES):
                 branch, head = self._fetch()
                 current = self._read_at(head)
-                self._check_same_cloud(current, lst)
+                lst = self._of_same_cloud(current, lst)
                 if current.same_cloud_state(lst):
                     return False
                 commit = self._commit(head, _stamped(lst, by), by, message)

@@ -555,3 +555,18 @@ def test_the_clone_is_kept_and_reused(tmp_path):
     (source.clone_dir / ".git" / "HEAD").unlink()
     os.remove(marker)
     assert open_list(f"git+file://{repo}", tmp_path / "a").read().managers == (M1,)
+
+
+@pytest.mark.parametrize("kind", ["file", "git"])
+def test_publish_without_a_cloud_id_keeps_the_lists_cloud_id(tmp_path, kind):
+    """An agent that resumed without knowing its cloud's id still publishes under that id."""
+    if kind == "file":
+        url = f"file://{tmp_path}/list.toml"
+    else:
+        url = f"git+file://{bare_repo(tmp_path)}"
+    source = open_list(url, tmp_path / "a")
+    source.claim(one(M1), by="node-1")
+    assert source.publish(BootstrapList(None, (M1, M2)), by="node-1", message="two") is True
+    lst = open_list(url, tmp_path / "b").read()
+    assert (lst.cloud_id, lst.managers) == ("c-5f0c8a1e", (M1, M2))
+    assert source.publish(BootstrapList(None, (M2, M1)), by="node-1", message="same") is False
