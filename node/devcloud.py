@@ -369,25 +369,27 @@ def _run_async(make_coro: Callable[[], Any]) -> Any:
 # --- keys, trust and the image ------------------------------------------------------------------
 
 
-def _generate_key(path: Path, comment: str) -> str:
-    """An ed25519 key in OpenSSH format (mode 0600) with its `.pub`; returns the public line.
-    Kept when it exists. (node.signing is the shared home for key work; this mirrors its format.)"""
-    import asyncssh  # imported here: only `up` needs it
+def _ensure_key(path: Path, comment: str) -> str:
+    """The public line of the ed25519 key at `path`, generated (node.signing) when missing."""
+    from node.signing import generate_key, load_private_key  # asyncssh: only `up` pays for it
 
     if path.exists():
-        return asyncssh.read_private_key(str(path)).export_public_key().decode().strip()
-    key = asyncssh.generate_private_key("ssh-ed25519", comment=comment)
-    _write_private(path, key.export_private_key())
-    public = key.export_public_key().decode().strip()
-    _write_private(path.with_name(path.name + ".pub"), public + "\n")
+        return load_private_key(path).export_public_key().decode().strip()
+    public = generate_key(path, comment)
+    os.chmod(path.with_name(path.name + ".pub"), 0o600)  # everything under .hyops/ is 0600
     return public
 
 
-def _write_trust(path: Path, keys: list[tuple[str, str, str]]) -> None:
-    """The cloud's trust file (docs/protocol.md section 3): [[key]] name, role, public."""
-    _write_private(
-        path, toml_dumps({"key": [{"name": n, "role": r, "public": p} for n, r, p in keys]})
-    )
+def _ensure_trust(path: Path, operator: str, node: str) -> None:
+    """The cloud's trust file (docs/protocol.md section 3): the operator key, the nodes' key."""
+    from node.signing import TrustedKey, write_trust
+
+    keys = [
+        TrustedKey.from_public("operator", "operator", operator),
+        TrustedKey.from_public("node", "node", node),
+    ]
+    write_trust(path, keys)
+    os.chmod(path, 0o600)
 
 
 def busybox_rootfs(cache: Path) -> Path:
@@ -553,17 +555,20 @@ class LocalCloud:
 
     def up(
         self,
-        nodes: int = 3,
+        nodes: int | None = None,
         resources: dict[str, tuple[float | None, int | None]] | None = None,
         agents: bool = True,
         timeout: float = 180,
     ) -> dict[str, Any]:
-        """Create this cloud, or restart it when it is recorded (same prefix, subnet, addresses
-        and dockerd data: the same swarm). A recorded cloud with fewer nodes than `nodes` gets
-        the missing ones; `resources` maps node names to (cpus, memory bytes) figures.
-        With `agents`, waits until the swarm is formed and every agent answers."""
+        """Create this cloud with `nodes` nodes (default 3), or restart it when it is recorded
+        (same prefix, subnet, addresses and dockerd data: the same swarm, with all its recorded
+        nodes; a larger `nodes` adds the missing ones). `resources` maps node names to
+        (cpus, memory bytes) figures. With `agents`, waits until the swarm is formed and every
+        agent answers; without, until every dockerd answers."""
         started = time.monotonic()
         deadline = started + timeout
+        if nodes is None:
+            nodes = 3 if self.load_record() is None else 1
         if not 1 <= nodes <= 200:
             raise DevCloudError(f"--nodes {nodes}: a local cloud has 1 to 200 nodes")
         resources = dict(resources or {})
@@ -640,11 +645,9 @@ class LocalCloud:
         self.cloud_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         for folder in (self.state_dir, self.state_dir / "clouds", self.cloud_dir):
             os.chmod(folder, 0o700)
-        operator = _generate_key(Path(record["operator_key"]), "operator@hyops-workspace")
-        node_key = _generate_key(Path(record["node_key"]), f"node@hyops-{self.name}")
-        _write_trust(
-            Path(record["trust"]), [("operator", "operator", operator), ("node", "node", node_key)]
-        )
+        operator = _ensure_key(Path(record["operator_key"]), "operator@hyops-workspace")
+        node_key = _ensure_key(Path(record["node_key"]), f"node@hyops-{self.name}")
+        _ensure_trust(Path(record["trust"]), operator, node_key)
         list_repo = self.cloud_dir / "list.git"
         if not (list_repo / "HEAD").exists():
             _run(["git", "init", "-q", "--bare", "--initial-branch=main", str(list_repo)])
