@@ -92,7 +92,7 @@ def parse_size(value: str | int) -> int:
         return value
     if not isinstance(value, str):
         raise ValueError(f"expected {expected}, got {value!r}")
-    match = _SIZE.match(value)
+    match = _SIZE.fullmatch(value)
     if not match or match.group(2).lower() not in _UNITS:
         raise ValueError(f'expected {expected}, got "{value}"')
     number, unit = float(match.group(1)), _UNITS[match.group(2).lower()]
@@ -130,7 +130,7 @@ def _valid_host(host: str) -> bool:
         ipaddress.ip_address(host)
         return True
     except ValueError:
-        return bool(_HOSTNAME.match(host)) and ":" not in host
+        return bool(_HOSTNAME.fullmatch(host)) and ":" not in host
 
 
 class _Reader:
@@ -204,7 +204,7 @@ def _string(pattern: re.Pattern[str] | None, expected: str):
     def check(value: Any) -> str:
         if not isinstance(value, str) or not value:
             raise ValueError(f"expected {expected}, got {_show(value)}")
-        if pattern is not None and not pattern.match(value):
+        if pattern is not None and not pattern.fullmatch(value):
             raise ValueError(f"expected {expected}, got {_show(value)}")
         return value
 

@@ -221,10 +221,10 @@ def _field(
             problems.append(f"{prefix}: missing; expected {expected}")
         return None
     value = table[key]
-    if not isinstance(value, str) or not pattern.match(value):
+    if not isinstance(value, str) or not pattern.fullmatch(value):
         problems.append(f"{prefix}: expected {expected}, got {_show(value)}")
         return None
-    if pattern is _HOST_PORT and not 1 <= int(pattern.match(value).group(2)) <= 65535:
+    if pattern is _HOST_PORT and not 1 <= int(pattern.fullmatch(value).group(2)) <= 65535:
         problems.append(f"{prefix}: expected {expected} with a port 1-65535, got {_show(value)}")
         return None
     return value

@@ -397,14 +397,14 @@ class Verifier:
         fp, when_text, nonce, sig_text = (lower[h.lower()].strip() for h in HEADERS)
         key = self.trust.by_fingerprint(fp)
         if key is None:
-            shown = fp if _FINGERPRINT.match(fp) else "a malformed fingerprint"
+            shown = fp if _FINGERPRINT.fullmatch(fp) else "a malformed fingerprint"
             raise AuthError(
                 401,
                 "unknown-key",
                 f"the cloud does not trust the key {shown}",
                 "add its public key to the cloud's trust file, or sign with a trusted key",
             )
-        if not _DIGITS.match(when_text) or not _NONCE.match(nonce):
+        if not _DIGITS.fullmatch(when_text) or not _NONCE.fullmatch(nonce):
             raise AuthError(
                 401,
                 "bad-signature",

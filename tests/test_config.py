@@ -102,6 +102,7 @@ def test_each_missing_cloud_key_is_named(tmp_path, key):
             '[node] name: expected a hostname-like name, e.g. "node-1", got "node 1"',
         ),
         ('name = "node-1"', "name = 7", "[node] name: expected a hostname-like name"),
+        ('name = "node-1"', 'name = "node-1\\n"', "[node] name: expected a hostname-like name"),
         (
             'advertise_addr = "10.213.7.11"',
             'advertise_addr = "10.213.7.11:2377"',

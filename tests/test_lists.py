@@ -144,6 +144,10 @@ WRONG_FIELDS = [
         HEAD + NAME + ADDR + API + "[[manager]]\n" + NAME + ADDR + API,
         "'n' is listed more than once",
     ),
+    (
+        HEAD + 'name = "n\\n"\n' + ADDR + API,
+        '[[manager]] #1 name: expected a node name like "node-1"',
+    ),
     ("format = [\n", "not valid TOML"),
 ]
 
