@@ -70,6 +70,15 @@ _HOST_PORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9.-]*):(\d{1,
 _WRITTEN = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
 # Swarm join tokens, and any PEM or OpenSSH private key: never in a public list.
 _SECRET = re.compile(r"SWMTKN-|PRIVATE KEY|BEGIN OPENSSH")
+_GIT_LOCATION_VARS = {
+    "GIT_DIR",
+    "GIT_WORK_TREE",
+    "GIT_INDEX_FILE",
+    "GIT_OBJECT_DIRECTORY",
+    "GIT_ALTERNATE_OBJECT_DIRECTORIES",
+    "GIT_COMMON_DIR",
+    "GIT_NAMESPACE",
+}
 _CREDENTIALS = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/\s@]+@")
 
 
@@ -517,8 +526,10 @@ class GitList(ListSource):
         by: str = "hyops-agent",
     ) -> subprocess.CompletedProcess[bytes]:
         """Run git non-interactively, isolated from the user's config, with a timeout."""
+        # Variables that would point git at another repository than the one we mean.
+        inherited = {k: v for k, v in os.environ.items() if k not in _GIT_LOCATION_VARS}
         full_env = {
-            **os.environ,
+            **inherited,
             "GIT_TERMINAL_PROMPT": "0",
             "GIT_CONFIG_NOSYSTEM": "1",
             "GIT_CONFIG_GLOBAL": os.devnull,

@@ -287,6 +287,7 @@ def test_processes_racing_to_claim_a_file_list_make_one_winner(tmp_path):
         "import sys, time, pathlib\n"
         "from node.lists import open_list, BootstrapList, Manager\n"
         "name, url, go = sys.argv[1], sys.argv[2], pathlib.Path(sys.argv[3])\n"
+        "(go.parent / f'ready-{name}').touch()\n"
         "deadline = time.monotonic() + 30\n"
         "while not go.exists() and time.monotonic() < deadline:\n"
         "    time.sleep(0.001)\n"
@@ -303,7 +304,10 @@ def test_processes_racing_to_claim_a_file_list_make_one_winner(tmp_path):
         )
         for i in range(4)
     ]
-    time.sleep(0.3)  # let the interpreters start; the race itself is gated by the go file
+    deadline = time.monotonic() + 30  # all interpreters up and waiting, then start the race
+    while len(list(tmp_path.glob("ready-*"))) < 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(list(tmp_path.glob("ready-*"))) == 4
     go.touch()
     outputs = [p.communicate(timeout=60)[0].strip() for p in procs]
     assert sorted(outputs) == ["lost", "lost", "lost", "won"]
@@ -574,3 +578,14 @@ def test_publish_without_a_cloud_id_keeps_the_lists_cloud_id(tmp_path, kind):
     lst = open_list(url, tmp_path / "b").read()
     assert (lst.cloud_id, lst.managers) == ("c-5f0c8a1e", (M1, M2))
     assert source.publish(BootstrapList(None, (M2, M1)), by="node-1", message="same") is False
+
+
+def test_git_ignores_repository_variables_from_the_environment(tmp_path, monkeypatch):
+    """An agent started from inside some other git context still talks to its own list."""
+    repo = bare_repo(tmp_path)
+    monkeypatch.setenv("GIT_DIR", str(tmp_path / "elsewhere.git"))
+    monkeypatch.setenv("GIT_INDEX_FILE", str(tmp_path / "elsewhere-index"))
+    source = open_list(f"git+file://{repo}", tmp_path / "a")
+    assert source.claim(one(M1), by="node-1") is True
+    assert source.read().managers == (M1,)
+    assert not (tmp_path / "elsewhere.git").exists()

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import asyncssh
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from node.signing import (
     HEADER_KEY,
@@ -419,3 +421,21 @@ def test_key_files_are_never_world_readable_even_with_a_lax_umask(tmp_path):
     assert stat.S_IMODE((tmp_path / "k").stat().st_mode) == 0o600
     assert stat.S_IMODE((tmp_path / "k.pub").stat().st_mode) == 0o644
     assert not [p for p in Path(tmp_path).iterdir() if p.name.endswith(".tmp")]
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    method=st.sampled_from(["GET", "POST", "DELETE"]),
+    path=st.from_regex(r"/v1/[a-z/?=&0-9-]{0,30}", fullmatch=True),
+    body=st.binary(max_size=64),
+    flip=st.integers(0, 2),
+)
+def test_any_change_to_method_path_or_body_breaks_the_signature(keys, method, path, body, flip):
+    headers = sign_headers(keys["operator"], method, path, body, now=NOW)
+    changed = [
+        ("PATCH", path, body),
+        (method, path + "x", body),
+        (method, path, body + b"\0"),
+    ][flip]
+    assert refused(verifier(keys), *changed, headers).code == "bad-signature"
+    assert verifier(keys).verify(method, path, body, headers).name == "operator"
