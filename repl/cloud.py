@@ -162,6 +162,14 @@ class Connection:
             f"no manager of {self.record.name} answered: " + "; ".join(dict.fromkeys(failures))
         )
 
+    async def node(self, api_url: str) -> Any:
+        """A signed client of one node's own agent (for what only that node has: its logs,
+        its containers). Raises node.client.NodeApiError on failure."""
+        from node.client import NodeClient
+
+        await self._setup()
+        return NodeClient(api_url, self._key, self._http)
+
     async def aclose(self) -> None:
         if self._http is not None:
             await self._http.aclose()
