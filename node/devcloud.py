@@ -424,9 +424,10 @@ def busybox_rootfs(cache: Path) -> Path:
     return cache
 
 
-def check_prerequisites(agents: bool = True) -> None:
-    """Refuse early, with what to do, when this machine cannot run a local cloud."""
-    if os.geteuid() != 0:
+def check_prerequisites(agents: bool = True, *, euid: int | None = None) -> None:
+    """Refuse early, with what to do, when this machine cannot run a local cloud (as the user
+    `euid`, by default the one running this)."""
+    if (os.geteuid() if euid is None else euid) != 0:
         raise DevCloudError(
             "the local cloud needs root (network namespaces, bridges, dockerd): "
             "run it as root, e.g. `sudo .venv/bin/hyops up`"
@@ -458,6 +459,7 @@ class LocalCloud:
         self.name = name
         self.cloud_dir = self.state_dir / "clouds" / name
         self._record: dict[str, Any] | None = None
+        self._spawned: dict[tuple[str, str], subprocess.Popen] = {}  # (what, node) -> latest
 
     def __repr__(self) -> str:
         return f"LocalCloud({str(self.state_dir)!r}, {self.name!r})"
@@ -615,7 +617,7 @@ class LocalCloud:
             for name in names:
                 if not self._agent_pid(name):
                     self.start_agent(name)
-            self.wait_ready(max(1.0, deadline - time.monotonic()))
+            self.wait_ready(max(1.0, deadline - time.monotonic()), agents=True)
         return {**self.describe(), "seconds": round(time.monotonic() - started, 2)}
 
     def describe(self) -> dict[str, Any]:
@@ -693,9 +695,23 @@ class LocalCloud:
     # -- dockerd ------------------------------------------------------------------------------
 
     def _dockerd_pid(self, node: str) -> int | None:
+        if pid := self._spawned_pid("dockerd", node):
+            return pid
         socket = self.run_dir(node) / "docker.sock"
         pids = [p for p in _pids_matching("dockerd", f"unix://{socket}") if _pid_alive(p)]
         return pids[0] if pids else None
+
+    def _dockerd_running(self, node: str) -> bool:
+        proc = self._spawned.get(("dockerd", node))
+        if proc is not None:
+            return proc.poll() is None
+        return self._dockerd_pid(node) is not None
+
+    def _spawned_pid(self, what: str, node: str) -> int | None:
+        """The pid of what this object started last for `node`, while it runs (just after the
+        start, its command line may not show the program yet, so a /proc scan would miss it)."""
+        proc = self._spawned.get((what, node))
+        return proc.pid if proc is not None and proc.poll() is None else None
 
     def _spawn_dockerd(self, node: str) -> None:
         entry = self.node_info(node)
@@ -704,6 +720,12 @@ class LocalCloud:
         node_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         pidfile = run_dir / "dockerd.pid"
         pidfile.unlink(missing_ok=True)  # only reached when no dockerd of this node runs
+        # dockerd reuses a containerd whose pid still "exists": a killed one can linger as a
+        # zombie (this host's init may not reap), and dockerd would wait for it in vain
+        containerd_pidfile = run_dir / "exec" / "containerd" / "containerd.pid"
+        with contextlib.suppress(OSError, ValueError):
+            if not _pid_alive(int(containerd_pidfile.read_text().strip())):
+                containerd_pidfile.unlink()
         config = node_dir / "daemon.json"  # our own, so /etc/docker/daemon.json never leaks in
         if not config.exists():
             _write_private(config, "{}\n")
@@ -723,9 +745,9 @@ class LocalCloud:
             # dockerd would share the host's containerd: keep each node's containers apart
             cmd += ["--containerd-namespace", f"{self.prefix}-{node}"]
             cmd += ["--containerd-plugins-namespace", f"{self.prefix}-{node}-plugins"]
-        self._spawn_in_uts(node, cmd, node_dir / "dockerd.log")
+        self._spawned["dockerd", node] = self._spawn_in_uts(node, cmd, node_dir / "dockerd.log")
 
-    def _spawn_in_uts(self, hostname: str, cmd: list[str], log: Path) -> int:
+    def _spawn_in_uts(self, hostname: str, cmd: list[str], log: Path) -> subprocess.Popen:
         """Start `cmd` detached, in a new UTS namespace whose hostname is `hostname` (dockerd
         reports it, so `docker node ls` names the node). Through nsenter, not `ip netns exec`,
         which remounts /sys and breaks dockerd."""
@@ -740,14 +762,14 @@ class LocalCloud:
                 cwd="/",
             )
         _children[proc.pid] = proc
-        return proc.pid
+        return proc
 
     def _wait_engines(self, names: list[str], deadline: float) -> None:
         async def answers(name: str) -> str | None:
             socket = self.node_info(name)["docker_socket"]
             last = "no answer yet"
             while time.monotonic() < deadline:
-                if not self._dockerd_pid(name):
+                if not self._dockerd_running(name):
                     return "dockerd exited"
                 try:
                     async with Engine(socket, timeout=5) as engine:
@@ -832,6 +854,8 @@ class LocalCloud:
         }
 
     def _agent_pid(self, node: str) -> int | None:
+        if pid := self._spawned_pid("agent", node):
+            return pid
         config = self.node_dir(node) / "agent.toml"
         pids = _pids_matching("node.agent", str(config))
         return pids[0] if pids else None
@@ -848,21 +872,25 @@ class LocalCloud:
             "nsenter", f"--net={NETNS_DIR / entry['netns']}",
             sys.executable, "-m", "node.agent", "--config", str(config),
         ]  # fmt: skip
-        pid = self._spawn_in_uts(node, cmd, self.node_dir(node) / "agent.log")
+        proc = self._spawn_in_uts(node, cmd, self.node_dir(node) / "agent.log")
+        self._spawned["agent", node] = proc
         self.run_dir(node).mkdir(parents=True, exist_ok=True, mode=0o700)
-        _write_private(self.run_dir(node) / "agent.pid", f"{pid}\n")
+        _write_private(self.run_dir(node) / "agent.pid", f"{proc.pid}\n")
 
     def kill_agent(self, node: str, sig: int = signal.SIGKILL) -> None:
         pid = self._agent_pid(node)
         if pid:
             _stop([pid], grace=10, sig=sig)
 
-    def wait_ready(self, timeout: float) -> None:
+    def wait_ready(self, timeout: float, agents: bool | None = None) -> None:
         """Wait until every node's engine is an active member of one swarm that lists every node
-        as ready, and (when agents run) every agent's `GET /v1/health` says ok."""
+        as ready, and with `agents` (default: when agents run) every agent's `GET /v1/health`
+        says ok."""
         deadline = time.monotonic() + timeout
         nodes = self.nodes
-        with_agents = any(self._agent_pid(n["name"]) for n in nodes)
+        with_agents = (
+            agents if agents is not None else any(self._agent_pid(n["name"]) for n in nodes)
+        )
 
         async def check() -> list[str]:
             problems, cluster_ids, member_ids = [], set(), {}
