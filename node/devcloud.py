@@ -162,7 +162,7 @@ def toml_dumps(data: dict[str, Any]) -> str:
         for item in items:
             lines += ["", f"[[{key}]]"]
             lines += [f"{k} = {_toml_value(v)}" for k, v in item.items() if v is not None]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines).lstrip("\n") + "\n"
 
 
 def _write_private(path: Path, text: str | bytes) -> None:
@@ -1087,7 +1087,19 @@ def cleanup_stale(prefix_glob: str = "hy????") -> list[str]:
             continue
         _remove_prefix_network(prefix)
         removed.append(prefix)
+    for lock in RUN_ROOT.glob("hy????.lock") if RUN_ROOT.exists() else []:
+        prefix = lock.name.removesuffix(".lock")
+        gone = not (RUN_ROOT / prefix).exists() and not _cloud_exists(prefix)
+        if fnmatch(prefix, prefix_glob) and gone and _lock_is_free(prefix):
+            lock.unlink(missing_ok=True)  # nothing of that cloud is left on this host
     return removed
+
+
+def _cloud_exists(prefix: str) -> bool:
+    """Whether a namespace or interface of that cloud prefix exists on this host."""
+    if any(ns.startswith(f"{prefix}-n") for ns in _netns_list()):
+        return True
+    return any(p.name.startswith(prefix) for p in Path("/sys/class/net").iterdir())
 
 
 # --- the command line -------------------------------------------------------------------------
