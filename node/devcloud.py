@@ -601,24 +601,38 @@ class LocalCloud:
         for entry in record["node"]:
             if entry["name"] in resources:
                 entry["cpus"], entry["memory"] = resources[entry["name"]]
+        phases: dict[str, float] = {}
+        mark = time.monotonic()
+
+        def phase(name: str) -> None:
+            nonlocal mark
+            now = time.monotonic()
+            phases[name] = round(now - mark, 2)
+            mark = now
+
         self._prepare_files()
         self._save_record()
-
+        phase("files")
         self._ensure_bridge()
         for entry in record["node"]:
             self._ensure_node_network(entry)
+        phase("network")
         for entry in record["node"]:
             if not self._dockerd_pid(entry["name"]):
                 self._spawn_dockerd(entry["name"])
         names = [n["name"] for n in record["node"]]
         self._wait_engines(names, deadline)
+        phase("engines")
         self._import_image(names, deadline)
+        phase("image")
         if agents:
             for name in names:
                 if not self._agent_pid(name):
                     self.start_agent(name)
             self.wait_ready(max(1.0, deadline - time.monotonic()), agents=True)
-        return {**self.describe(), "seconds": round(time.monotonic() - started, 2)}
+            phase("agents and swarm")
+        seconds = round(time.monotonic() - started, 2)
+        return {**self.describe(), "seconds": seconds, "phases": phases}
 
     def describe(self) -> dict[str, Any]:
         """What `hyops up` prints and tests read: the record plus where it lives."""
