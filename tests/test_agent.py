@@ -293,6 +293,14 @@ def test_killing_the_leader_leaves_another_managers_api_answering(
                     "POST", api(cloud, leader) + f"/v1/nodes/{node}/promote", operator_key(cloud)
                 )
                 assert r.status_code == 200, r.text
+                # one membership change at a time: the next waits until Raft has this one
+                wait_until(
+                    lambda node=node: (
+                        docker_nodes(cloud, leader)[node]["manager_status"] == "Reachable"
+                    ),
+                    60,
+                    f"{node} to be a reachable manager",
+                )
         wait_until(
             lambda: all(
                 v["manager_status"] in ("Leader", "Reachable")
