@@ -17,6 +17,7 @@ from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from node.engine import EngineError
 from node.signing import AuthError, TrustedKey, require_role
@@ -104,6 +105,16 @@ def create_app(agent: Agent) -> FastAPI:
     async def _engine_error(request: Request, exc: EngineError) -> JSONResponse:
         status = exc.status if exc.status in (400, 404, 409) else 502
         return error_response(status, "engine", str(exc), getattr(exc, "hint", "") or "")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        codes = {404: "no-route", 405: "method-not-allowed"}
+        return error_response(
+            exc.status_code,
+            codes.get(exc.status_code, f"http-{exc.status_code}"),
+            f"{request.method} {request.url.path}: {exc.detail}",
+            "see /openapi.json for the routes and their methods",
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
