@@ -1138,6 +1138,7 @@ def find_state_dir(start: Path | None = None) -> Path:
 
 def up_main(args: argparse.Namespace) -> int:
     """`hyops up [--nodes N] [--name NAME] [--resources NODE=CPUS,MEMORY ...]`."""
+    cloud = None
     try:
         cloud = LocalCloud(find_state_dir(), args.name)
         resources = parse_resources(args.resources)
@@ -1145,6 +1146,8 @@ def up_main(args: argparse.Namespace) -> int:
         info = cloud.up(nodes=args.nodes, resources=resources)
     except DevCloudError as exc:
         print(f"hyops up: {exc}", file=sys.stderr)
+        if cloud is not None and cloud.record_path.exists():
+            print(f"`hyops down --name {args.name}` stops what was started", file=sys.stderr)
         return 1
     print(f"local cloud {info['name']!r} ready in {info['seconds']:.1f} s ({info['subnet']})")
     for node in info["nodes"]:
@@ -1157,6 +1160,9 @@ def down_main(args: argparse.Namespace) -> int:
     """`hyops down [--name NAME] [--clean]`."""
     try:
         cloud = LocalCloud(find_state_dir(), args.name)
+        if cloud.load_record() is None and not cloud.cloud_dir.exists():
+            print(f"no local cloud {args.name!r} in this workspace: nothing to stop")
+            return 0
         if os.geteuid() != 0:
             raise DevCloudError("stopping the local cloud needs root: run it as root")
         cloud.down(clean=args.clean)

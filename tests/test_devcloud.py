@@ -337,3 +337,27 @@ def test_up_over_a_killed_sessions_leftovers_starts_clean(make_cloud: MakeCloud)
     info = cloud.up(agents=False, timeout=60)
     assert [n["name"] for n in info["nodes"]] == ["node-1", "node-2"]
     assert cloud.docker("node-2", "info", "--format", "{{.Name}}").stdout.strip() == "node-2"
+
+
+def test_hyops_up_prints_every_node_and_down_clean_removes_the_cloud(tmp_path: Path) -> None:
+    (tmp_path / "ops").symlink_to(Path(__file__).resolve().parent.parent / "ops")
+    env = {**os.environ, "HYOPS_WORKSPACE": str(tmp_path)}
+    hyops = str(Path(sys.executable).with_name("hyops"))
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([hyops, *args], env=env, capture_output=True, text=True, timeout=180)
+
+    try:
+        up = run("up", "--nodes", "2", "--name", "cli")
+        assert up.returncode == 0, up.stderr
+        cloud = LocalCloud(tmp_path / ".hyops", "cli")
+        for node in cloud.nodes:  # name, address and API URL on one line each
+            assert f"{node['name']}" in up.stdout and f"{node['addr']}" in up.stdout
+            assert node["api"] in up.stdout
+        assert "SWMTKN" not in up.stdout + up.stderr
+    finally:
+        down = run("down", "--clean", "--name", "cli")
+    assert down.returncode == 0, down.stderr
+    assert "removed its data" in down.stdout
+    assert not (tmp_path / ".hyops" / "clouds" / "cli").exists()
+    assert run("down", "--name", "cli").stdout.startswith("no local cloud 'cli'")
