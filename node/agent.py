@@ -516,6 +516,25 @@ class Agent:
             return {**node_record(await self.engine.node(node["ID"])), "changed": True}
         raise self._api_error(409, "conflict", f"node {name} kept changing; try again")
 
+    async def set_availability(self, name: str, availability: str, by: str) -> dict[str, Any]:
+        """Set a node's availability ("active", "pause" or "drain"); Swarm moves the tasks."""
+        self._require_swarm()
+        for _ in range(5):
+            node, _ = await self._find_node(name)
+            record = node_record(node)
+            if record["availability"] == availability:
+                return {**record, "changed": False}
+            spec = {**node["Spec"], "Availability": availability}
+            try:
+                await self.engine.node_update(node["ID"], node["Version"]["Index"], spec)
+            except EngineError as exc:
+                if "out of sequence" in str(exc):
+                    continue
+                raise
+            log.info("%s is now %s (asked by %s)", record["name"], availability, by)
+            return {**node_record(await self.engine.node(node["ID"])), "changed": True}
+        raise self._api_error(409, "conflict", f"node {name} kept changing; try again")
+
     async def set_labels(self, name: str, labels: dict[str, str], by: str) -> dict[str, Any]:
         self._require_swarm()
         node, _ = await self._find_node(name)

@@ -61,6 +61,12 @@ class LabelsBody(BaseModel):
     labels: dict[str, str] = Field(description="labels to set on the node (key: value)")
 
 
+class AvailabilityBody(BaseModel):
+    availability: Literal["active", "pause", "drain"] = Field(
+        description="drain: move its tasks away; pause: no new tasks; active: take tasks"
+    )
+
+
 class JoinTokenBody(BaseModel):
     role: Literal["worker", "manager"] = "worker"
 
@@ -235,6 +241,19 @@ def create_app(agent: Agent) -> FastAPI:
         if forwarded is not None:
             return forwarded
         return await agent.change_role(name, "worker", by=key.name)
+
+    @app.post("/v1/nodes/{name}/availability", tags=["control"])
+    async def availability(
+        name: str,
+        body: AvailabilityBody,
+        request: Request,
+        key: TrustedKey = Depends(operators),
+    ) -> Any:
+        """Drain a node (its tasks move elsewhere), pause it, or make it active again."""
+        forwarded = await manager_or_forward(request)
+        if forwarded is not None:
+            return forwarded
+        return await agent.set_availability(name, body.availability, by=key.name)
 
     @app.post("/v1/nodes/{name}/labels", tags=["control"])
     async def labels(

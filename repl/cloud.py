@@ -19,7 +19,34 @@ from repl.workspace import Workspace, find_workspace
 
 
 class CloudError(Exception):
-    """The cloud cannot be reached or named; the message says what to do."""
+    """The cloud cannot be reached, named or asked; the message says what to do.
+
+    `status` and `code` are the node API's answer when an agent refused (e.g. 409 "unsafe"),
+    `hint` what the operator can do about it.
+    """
+
+    def __init__(
+        self, message: str, *, status: int | None = None, code: str = "", hint: str = ""
+    ) -> None:
+        self.message = message
+        self.status = status
+        self.code = code
+        self.hint = hint
+        super().__init__(message + (f" ({hint})" if hint else ""))
+
+
+def unknown_name(kind: str, name: str, known: list[str]) -> CloudError:
+    """The error for a name nobody has: it suggests the close ones, like the agent does."""
+    import difflib
+
+    close = difflib.get_close_matches(str(name), known, n=3, cutoff=0.5)
+    if close:
+        hint = f"did you mean {', '.join(close)}?"
+    elif known:
+        hint = f"known: {', '.join(known[:10])}"
+    else:
+        hint = f"there is no {kind} yet"
+    return CloudError(f"no {kind} named {name!r}", status=404, code=f"unknown-{kind}", hint=hint)
 
 
 @dataclass(frozen=True)
@@ -29,8 +56,24 @@ class CloudRecord:
     name: str
     list_url: str
     operator_key: Path
-    path: Path
+    path: Path | None = None  # None: connected by list URL, not recorded
     nodes: tuple[dict[str, Any], ...] = ()
+
+    @classmethod
+    def from_url(cls, url: str, operator_key: Path) -> CloudRecord:
+        """A cloud known only by its bootstrap list's URL (`git+file://`, `file://`, `http://`)."""
+        from node.lists import redact_url
+
+        return cls(name=redact_url(url), list_url=url, operator_key=operator_key)
+
+    @property
+    def cache_name(self) -> str:
+        """A folder name for what is cached about this cloud (its list, its managers)."""
+        if self.path is not None:
+            return self.name
+        import hashlib
+
+        return "url-" + hashlib.sha256(self.list_url.encode()).hexdigest()[:12]
 
     @classmethod
     def load(cls, path: Path) -> CloudRecord:
@@ -53,6 +96,14 @@ class CloudRecord:
             path=path,
             nodes=tuple(data.get("node", ())),
         )
+
+
+LIST_SCHEMES = ("git+", "file://", "http://", "https://")
+
+
+def operator_key_path(workspace: Workspace) -> Path:
+    """Where the workspace keeps the operator's private key (`hyops up` makes it)."""
+    return workspace.state_dir / "operator_ed25519"
 
 
 def recorded_clouds(workspace: Workspace) -> list[str]:
@@ -89,18 +140,31 @@ def load_record(workspace: Workspace, name: str | None = None) -> CloudRecord:
 
 
 class Connection:
-    """Signed requests to a cloud's managers, with failover. Async; runs on the Session's loop."""
+    """Signed requests to a cloud's managers, with failover. Async; runs on the Session's loop.
+
+    The managers' API URLs come from the bootstrap list; the last ones seen are kept in
+    `.hyops/cache/` so a one-shot `hyops eval` need not read the list (a git fetch) before its
+    first request. When no manager answers, the list is read again and every manager it names
+    is tried before giving up.
+    """
 
     def __init__(self, record: CloudRecord, workspace: Workspace) -> None:
         self.record = record
         self.workspace = workspace
+        self.cloud_id: str | None = None
+        self.answering: str | None = None  # API URL of the manager that answered last
         self._key: Any = None
         self._http: Any = None
         self._managers: list[str] = []
-        self._lock = asyncio.Lock()
 
     def __repr__(self) -> str:
-        return f"<cloud {self.record.name} via {self.record.list_url}>"
+        from node.lists import redact_url
+
+        return f"<cloud {self.record.name} via {redact_url(self.record.list_url)}>"
+
+    @property
+    def _cache_dir(self) -> Path:
+        return self.workspace.state_dir / "cache" / "lists" / self.record.cache_name
 
     async def _setup(self) -> None:
         if self._http is not None:
@@ -115,38 +179,81 @@ class Connection:
             raise CloudError(f"cannot use the operator key: {exc}") from None
         self._http = httpx.AsyncClient(timeout=10.0)
 
+    def operator(self) -> str:
+        """The operator key's fingerprint (`SHA256:...`), once the connection has loaded it."""
+        from node.signing import fingerprint
+
+        return fingerprint(self._key) if self._key is not None else ""
+
+    def _cached_managers(self) -> list[str]:
+        import json
+
+        try:
+            data = json.loads((self._cache_dir / "managers.json").read_text())
+            self.cloud_id = self.cloud_id or data.get("cloud_id")
+            return [str(u) for u in data.get("managers", [])]
+        except (OSError, ValueError, AttributeError):
+            return []
+
+    def _remember_managers(self) -> None:
+        import json
+        import os
+
+        self._cache_dir.mkdir(parents=True, exist_ok=True)
+        path = self._cache_dir / "managers.json"
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"cloud_id": self.cloud_id, "managers": self._managers}, f)
+        os.replace(tmp, path)
+
     async def managers(self, refresh: bool = False) -> list[str]:
         """API URLs of the managers' agents, as the bootstrap list names them."""
-        if self._managers and not refresh:
-            return self._managers
+        if not refresh:
+            if not self._managers:
+                self._managers = self._cached_managers()
+            if self._managers:
+                return self._managers
         from node.lists import ListError, open_list
 
-        cache = self.workspace.state_dir / "cache" / "lists" / self.record.name
         try:
-            source = open_list(self.record.list_url, cache)
+            source = open_list(self.record.list_url, self._cache_dir)
             lst = await asyncio.to_thread(source.read)
         except ListError as exc:
             raise CloudError(
-                f"cannot read the bootstrap list of {self.record.name}: {exc}"
+                f"cannot read the bootstrap list of {self.record.name}: {exc}",
+                hint="check the list URL, or connect to another cloud with (connect! ...)",
             ) from None
         if lst.is_empty:
             raise CloudError(
-                f"the bootstrap list of {self.record.name} names no manager yet: "
-                "is the cloud starting? (hyops up starts a local one)"
+                f"the bootstrap list of {self.record.name} names no manager yet",
+                hint="is the cloud starting? (hyops up starts a local one)",
             )
-        self._managers = [m.api for m in lst.managers]
+        self.cloud_id = lst.cloud_id
+        fresh = [m.api for m in lst.managers]
+        # keep the one that answered last in front
+        self._managers = sorted(fresh, key=lambda u: u != self.answering)
+        self._remember_managers()
         return self._managers
 
     async def request(
         self, method: str, path: str, *, params: dict[str, Any] | None = None, body: Any = None
     ) -> Any:
-        """Send a signed request to a manager; on no answer, try the next one."""
+        """Send a signed request to a manager; on no answer, try the next one.
+
+        A refusal (4xx) is the cloud's answer and is not retried elsewhere: it raises
+        CloudError with the agent's status, code, reason and hint.
+        """
         from node.client import NodeApiError, NodeClient
 
         await self._setup()
         failures: list[str] = []
+        tried: set[str] = set()
         for refresh in (False, True):
             for url in await self.managers(refresh=refresh):
+                if url in tried:
+                    continue
+                tried.add(url)
                 client = NodeClient(url, self._key, self._http)
                 try:
                     answer = await client.request(method, path, params=params, body=body)
@@ -154,13 +261,36 @@ class Connection:
                     if exc.status is None or exc.status in (502, 503):
                         failures.append(f"{url}: {exc.message}")
                         continue
-                    raise CloudError(exc.message + (f" ({exc.hint})" if exc.hint else "")) from None
-                # the one that answered goes first next time
-                self._managers = [url, *[m for m in self._managers if m != url]]
+                    raise CloudError(
+                        exc.message, status=exc.status, code=exc.code, hint=exc.hint
+                    ) from None
+                if url != self.answering:
+                    self.answering = url
+                    self._managers = [url, *[m for m in self._managers if m != url]]
+                    self._remember_managers()
                 return answer
         raise CloudError(
-            f"no manager of {self.record.name} answered: " + "; ".join(dict.fromkeys(failures))
+            f"no manager of {self.record.name} answered: " + "; ".join(dict.fromkeys(failures)),
+            code="unreachable",
+            hint="are its nodes up? (`hyops up` restarts a local cloud); "
+            "the workspace is fine and keeps working",
         )
+
+    async def describe(self) -> dict[str, Any]:
+        """What `(cloud)` shows: name, list URL, the manager answering, cloud id, managers."""
+        from node.lists import redact_url
+
+        me = await self.request("GET", "/v1/node")
+        self.cloud_id = me.get("cloud_id") or self.cloud_id
+        return {
+            "name": self.record.name,
+            "list": redact_url(self.record.list_url),
+            "cloud_id": self.cloud_id,
+            "manager": me.get("name"),
+            "manager_api": self.answering,
+            "managers": list(self._managers),
+            "operator": self.operator(),
+        }
 
     async def node(self, api_url: str) -> Any:
         """A signed client of one node's own agent (for what only that node has: its logs,
@@ -197,3 +327,52 @@ def call(method: str, path: str, *, params: dict[str, Any] | None = None, body: 
     session = current()
     conn = connection(session)
     return session.run(conn.request(method, path, params=params, body=body))
+
+
+def describe() -> dict[str, Any]:
+    """What the Session evaluating now is connected to (asks a manager, so it is current)."""
+    from repl.session import current
+
+    session = current()
+    return session.run(connection(session).describe())
+
+
+def connect(target: str, *, key: str | Path | None = None) -> dict[str, Any]:
+    """Connect the Session evaluating now to another cloud: a recorded name or a list URL.
+
+    The new cloud must answer (a signed request to one of its managers) before the switch, so
+    a wrong name, URL or key leaves the current connection as it was.
+    """
+    from repl.session import current
+
+    session = current()
+    workspace = getattr(session, "workspace", None) or find_workspace()
+    target = str(target).strip()
+    if not target:
+        raise CloudError(
+            "connect! needs a cloud: a recorded name or a bootstrap list URL",
+            hint=f"recorded here: {', '.join(recorded_clouds(workspace)) or 'none'}",
+        )
+    if "://" in target:
+        if not target.startswith(LIST_SCHEMES):
+            raise CloudError(
+                f"{target!r} is not a bootstrap list URL",
+                hint="use git+file://, git+https://, file://, http:// or https://",
+            )
+        record = CloudRecord.from_url(target, Path(key) if key else operator_key_path(workspace))
+    else:
+        record = load_record(workspace, target)
+        if key:
+            record = CloudRecord(record.name, record.list_url, Path(key), record.path, record.nodes)
+    fresh = Connection(record, workspace)
+    try:
+        answer = session.run(fresh.describe())
+    except BaseException:
+        session.run(fresh.aclose())
+        raise
+    old = getattr(session, "cloud_connection", None)
+    if old is not None:
+        session.run(old.aclose())
+    session.cloud_connection = fresh
+    session.cloud_name = record.name if record.path is not None else None
+    return answer
