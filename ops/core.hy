@@ -59,5 +59,5 @@
       (setv original (if (and (is e None) (. error original)) (. error original) error))
       (if (isinstance original hy.errors.HyLanguageError)
         ;; Hy's own rendering (file, line, the form with a caret) says more than its compiler's frames.
-        (print (str original))
+        (print (.rstrip (.join "" (traceback.format-exception-only original))))
         (traceback.print-exception original :file sys.stdout)))))

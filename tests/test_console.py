@@ -1,0 +1,214 @@
+"""The real console (`hyops repl`) driven through a pseudo-terminal, as an operator types."""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import sys
+import time
+from pathlib import Path
+
+import pexpect
+import pytest
+
+from repl.console import enclosing_head, indentation, open_brackets
+from repl.workspace import Workspace
+from tests.test_session import make_workspace
+
+HYOPS = str(Path(sys.executable).parent / "hyops")
+ANSI = re.compile(r"\x1b\[[0-9;? ]*[a-zA-Z]")
+UP = "\x1b[A"
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Workspace:
+    return make_workspace(tmp_path / "ws")
+
+
+class Console:
+    """A console in a pseudo-terminal, read as a person sees it (colour codes stripped)."""
+
+    def __init__(self, child: pexpect.spawn) -> None:
+        self.child = child
+        self.raw = ""
+        self.pos = 0
+
+    def send(self, keys: str) -> None:
+        self.child.send(keys)
+
+    def submit(self, line: str) -> None:
+        """Type a line the way a person does, then press Enter."""
+        self.child.send(line)
+        self.child.send("\r")
+
+    def wait_for(self, pattern: str, timeout: float = 20) -> re.Match[str]:
+        """Wait until `pattern` shows up after what was matched before; fail with the screen."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        while True:
+            text = ANSI.sub("", self.raw)
+            match = regex.search(text, self.pos)
+            if match:
+                self.pos = match.end()
+                return match
+            if time.monotonic() > deadline:
+                raise AssertionError(f"did not see {pattern!r}; the console showed {text[-800:]!r}")
+            try:
+                self.raw += self.child.read_nonblocking(4096, timeout=0.2)
+            except pexpect.TIMEOUT:
+                pass
+
+    def quit(self) -> None:
+        self.child.send("\x04")
+        self.child.expect(pexpect.EOF, timeout=20)
+        self.child.close()
+        assert self.child.exitstatus == 0
+
+
+def start_console(workspace: Workspace, *args: str) -> Console:
+    env = {
+        **os.environ,
+        "HYOPS_WORKSPACE": str(workspace.root),
+        "TERM": "xterm-256color",
+        # pexpect is not a terminal that answers cursor-position requests.
+        "PROMPT_TOOLKIT_NO_CPR": "1",
+    }
+    child = pexpect.spawn(
+        HYOPS,
+        ["repl", *args],
+        env=env,
+        cwd=str(workspace.root),
+        encoding="utf-8",
+        dimensions=(40, 120),
+        timeout=20,
+    )
+    console = Console(child)
+    console.wait_for(f"hyops console: workspace {re.escape(str(workspace.root))}")
+    console.wait_for("=>")
+    return console
+
+
+# ------------------------------------------------------------------ pure editing helpers
+
+
+def test_open_brackets_ignore_strings_and_comments() -> None:
+    assert open_brackets('(print ")" ; (\n') == [("(", 0, 0)]
+    assert open_brackets("(defn f [x]\n  (+ x {:a 1}))") == []
+
+
+def test_indentation_is_lisp_style() -> None:
+    assert indentation("(defn sq [x]") == 2
+    assert indentation("(setv xs [1 2") == 10
+    assert indentation("(do\n  (foo {:a 1") == 8
+    assert indentation("(+ 1 2)") == 0
+
+
+def test_enclosing_head_is_the_called_name() -> None:
+    assert enclosing_head('(nodes "web" :si') == "nodes"
+    assert enclosing_head("(->> (logs :since") == "logs"
+    assert enclosing_head("[1 2") is None
+
+
+# ------------------------------------------------------------------ the console itself
+
+
+def test_multi_line_defn_typed_line_by_line(workspace: Workspace) -> None:
+    c = start_console(workspace)
+    c.submit("(defn sq [x]")
+    # The form is open: Enter continued it on an indented line instead of evaluating.
+    c.wait_for(r"\.\.\.")
+    c.submit("(* x x))")
+    c.submit("(sq 12)")
+    c.wait_for(r"\n144\r*\n")
+    c.quit()
+    history = workspace.history_file.read_text()
+    assert "+(defn sq [x]\n+  (* x x))" in history
+
+
+def test_tab_completes_ops_in_hy_spelling(workspace: Workspace) -> None:
+    c = start_console(workspace)
+    c.send("(reloa")
+    c.send("\t")
+    c.wait_for("reload!")
+    c.submit(")")
+    # (reload!) ran: it answers with the modules it reloaded.
+    c.wait_for(r'\["ops" "ops.core" "ops.testops"\]')
+    c.send("(nodes :si")
+    c.send("\t")
+    c.wait_for(":since")
+    c.submit(' "1h")')
+    c.wait_for(r"node-2 +worker")
+    c.quit()
+
+
+def test_results_are_highlighted_hy(workspace: Workspace) -> None:
+    c = start_console(workspace)
+    c.submit('(+ "pr" "od")')
+    c.wait_for(r'\n"prod"\r*\n')
+    # The result (not only the input) carries colour codes around the string.
+    assert re.search(r'\x1b\[[0-9;]*m"prod"', c.raw), repr(c.raw[-300:])
+    c.quit()
+
+
+def test_records_print_as_a_table(workspace: Workspace) -> None:
+    c = start_console(workspace)
+    c.submit("(nodes)")
+    c.wait_for(r"name +role")
+    c.wait_for(r"node-1 +manager")
+    c.wait_for(r"node-2 +worker")
+    c.quit()
+
+
+def test_errors_are_short_and_the_session_survives(workspace: Workspace) -> None:
+    c = start_console(workspace)
+    c.submit("(setv kept 5) (fail-op)")
+    c.wait_for(r"<input>:1: RuntimeError: node-9 unreachable \(in fail-op at ops/testops\.hy:\d+\)")
+    c.submit("(+ 1 2))")
+    c.wait_for(r"<input>:1:8: reader error: Ran into a '\)'")
+    c.submit("[kept (type *e)]")
+    c.wait_for(r"\[5 <class 'hy.reader.exceptions.LexException'>\]")
+    c.submit("(pst)")
+    c.wait_for("LexException")
+    c.quit()
+
+
+def test_ctrl_c_stops_a_running_evaluation_and_keeps_the_session(workspace: Workspace) -> None:
+    c = start_console(workspace)
+    c.submit("(setv kept 7)")
+    c.submit('(import time) (print "sleeping-now") (time.sleep 30)')
+    c.wait_for(r"\nsleeping-now")
+    pressed = time.monotonic()
+    c.send("\x03")
+    c.wait_for("Interrupted", timeout=10)
+    assert time.monotonic() - pressed < 10
+    c.submit("(+ kept 35)")
+    c.wait_for(r"\n42\r*\n")
+    c.quit()
+
+
+def test_history_survives_a_restart_and_stays_private(workspace: Workspace) -> None:
+    c = start_console(workspace)
+    c.submit("(+ 1000 337)")
+    c.wait_for(r"\n1337\r*\n")
+    c.quit()
+    assert stat.S_IMODE(workspace.history_file.stat().st_mode) == 0o600
+
+    c = start_console(workspace)
+    c.send(UP)
+    c.wait_for(re.escape("(+ 1000 337)"))
+    c.send("\r")
+    c.wait_for(r"\n1337\r*\n")
+    c.quit()
+
+
+def test_vi_mode_keeps_working(workspace: Workspace) -> None:
+    c = start_console(workspace, "--vi")
+    c.send("(+ 1 9)")
+    c.send("\x1b")  # to navigation mode: the cursor sits on the closing paren
+    c.send("h")
+    c.send("r2")  # replace the 9 with 2
+    c.send("A")  # append at the end, back in insert mode
+    c.send("\r")
+    c.wait_for(r"\n3\r*\n")
+    c.quit()
