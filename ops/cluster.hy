@@ -1,11 +1,99 @@
 "Questions about the cloud's state. Answers are plain data: dicts with string keys, lists of them."
 
-(import repl.cloud [call])
+(import urllib.parse [quote :as url-quote]
+        repl.cloud [call describe connect unknown-name]
+        node.policy [quorum is-manager is-reachable-manager])
 
+(export :objects [cloud connect! nodes node managers leader services tasks status])
+
+
+(defn cloud []
+  "What this workspace is connected to: name, bootstrap list, the manager answering, cloud id.
+
+  Asks a manager, so the answer is current:
+    (cloud)  ; => {\"name\" \"local\"  \"manager\" \"node-1\"  \"cloud_id\" \"c-…\" …}"
+  (describe))
+
+(defn connect! [target * [key None]]
+  "Connect to another cloud: a recorded name, or a bootstrap list URL signed with the operator key.
+
+    (connect! \"staging\")                          ; recorded in .hyops/clouds/staging/
+    (connect! \"git+file:///srv/lists/prod.git\")   ; any list: git+…, file://, http(s)://
+    (connect! \"http://lists.example/prod\" :key \"/path/to/operator_ed25519\")
+
+  The new cloud must answer first; a wrong name, URL or key leaves the current connection as
+  it was. Returns what (cloud) returns for the new connection."
+  (connect target :key key))
 
 (defn nodes []
-  "The cloud's nodes, managers first: name, role, state, leader, addr, reachability, cpus, memory, labels.
+  "The cloud's nodes, managers first, as records: name, role, state, leader, availability, addr.
 
+  Also: id, reachability (managers), cpus, memory, labels, engine version, api.
   Each node is a dict with string keys, so `(:role n)` works:
     (->> (nodes) (filter (fn [n] (= (:role n) \"manager\"))) (list))"
   (call "GET" "/v1/nodes"))
+
+(defn node [name]
+  "One node's record, by name or id: (node \"node-2\"). An unknown name suggests the close ones."
+  (setv all (nodes))
+  (for [n all]
+    (when (in name [(get n "name") (get n "id")])
+      (return n)))
+  (raise (unknown-name "node" name (lfor n all :if (get n "name") (get n "name")))))
+
+(defn managers []
+  "The managers' records (leader included), as (nodes) gives them."
+  (lfor n (nodes) :if (is-manager n) n))
+
+(defn leader []
+  "The Raft leader's node record, or None while the managers have no leader."
+  (next (gfor n (nodes) :if (get n "leader") n) None))
+
+(defn services []
+  "The cloud's services: name, id, mode, replicas (desired), running, image, labels."
+  (call "GET" "/v1/services"))
+
+(defn tasks [service]
+  "The tasks of one service (name or id): slot, node, state, desired state, message, container.
+  An unknown service suggests the close ones."
+  (call "GET" (+ "/v1/services/" (url-quote (str service) :safe "") "/tasks")))
+
+(defn _quorum-view [records]
+  "The managers' safety numbers over node records (pure): how many managers, how many count
+  towards quorum, the quorum, the margin above it, and how many managers may be lost."
+  (setv total (len (lfor n records :if (is-manager n) n))
+        reachable (len (lfor n records :if (is-reachable-manager n) n))
+        q (quorum total))
+  {"managers" total
+   "reachable" reachable
+   "quorum" q
+   "margin" (- reachable q)
+   "tolerates" (max 0 (- reachable q))})
+
+(defn _summary [about records services]
+  "The (status) summary from a (cloud) answer, node records and service records (pure)."
+  (setv view (_quorum-view records)
+        workers (lfor n records :if (not (is-manager n)) n)
+        lead (next (gfor n records :if (get n "leader") n) None))
+  {"cloud" (get about "name")
+   "cloud_id" (get about "cloud_id")
+   "leader" (when lead (get lead "name"))
+   "managers" f"{(get view "reachable")}/{(get view "managers")} reachable"
+   "quorum" (get view "quorum")
+   "quorum_margin" (get view "margin")
+   "workers" (len workers)
+   "workers_ready" (len (lfor n workers :if (= (get n "state") "ready") n))
+   "nodes_down" (lfor n records :if (!= (get n "state") "ready") (get n "name"))
+   "services" (lfor s services
+                {"name" (get s "name")
+                 "mode" (get s "mode")
+                 "replicas" f"{(get s "running")}/{(get s "replicas")}"})})
+
+(defn status []
+  "One summary of the cloud: id, leader, managers reachable/total, quorum margin, workers, services.
+
+  quorum_margin is how many more managers may be lost before Raft stops every change; services
+  show their replicas as running/desired; nodes_down names the nodes that are not ready.
+
+    (:quorum-margin (status))  ; 0: losing one more manager stops every change"
+  (_summary (cloud) (nodes) (services)))

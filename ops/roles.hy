@@ -1,0 +1,161 @@
+"Changing the cloud's nodes: roles, availability, labels. Each op shows its plan, asks first,
+and writes who/what/when/result to the workspace's audit log (.hyops/audit.jsonl)."
+
+(import urllib.parse [quote :as url-quote]
+        repl.cloud [call unknown-name]
+        repl.mutate [Plan perform]
+        node.policy [check-promote check-demote is-manager]
+        ops.cluster [nodes services tasks _quorum-view])
+
+(export :objects [promote! demote! drain! activate! label!])
+
+
+;; --- plans: pure functions of node records ---------------------------------------------------
+
+(defn _find [records name]
+  (for [n records]
+    (when (in name [(get n "name") (get n "id")])
+      (return n)))
+  (raise (unknown-name "node" name (lfor n records :if (get n "name") (get n "name")))))
+
+(defn _with [records target changes]
+  "The records with `target`'s record changed (what the cloud would look like after)."
+  (lfor n records (if (is n target) (| n changes) n)))
+
+(defn plan-role [records name role]
+  "The plan to make node `name` a `role` (\"manager\" or \"worker\"), checked by Swarm's rules."
+  (setv n (_find records name)
+        target (get n "name")
+        promote (= role "manager")
+        refusal ((if promote check-promote check-demote) records target)
+        after (_with records n (if promote
+                                 {"role" "manager" "reachability" "reachable"}
+                                 {"role" "worker" "reachability" None "leader" False}))
+        before-view (_quorum-view records)
+        after-view (_quorum-view after)
+        notes [])
+  (when (and (!= (get n "role") role) (is refusal None))
+    (when (and (get after-view "managers") (= 0 (% (get after-view "managers") 2)))
+      (.append notes (+ f"{(get after-view "managers")} managers tolerate no more losses than "
+                        f"{(- (get after-view "managers") 1)}: an odd number is the safe one")))
+    (when (and (not promote) (get n "leader"))
+      (.append notes f"{target} is the leader: the other managers elect a new one first")))
+  (Plan :action (if promote "promote" "demote")
+        :target target
+        :changes (if (= (get n "role") role) [] [f"role: {(get n "role")} -> {role}"])
+        :before before-view
+        :after after-view
+        :notes notes
+        :refusal (when refusal #((. refusal reason) (. refusal hint)))))
+
+(defn plan-availability [records name availability running]
+  "The plan to set node `name`'s availability; `running` are the task records running there."
+  (setv n (_find records name)
+        target (get n "name")
+        view (_quorum-view records)
+        current (get n "availability")
+        notes [])
+  (when (and (!= current availability) (= availability "drain"))
+    (when running
+      (.append notes (+ f"{(len running)} running task(s) move off {target}: "
+                        (.join ", " (sorted (sfor t running f"{(get t "service")}.{(get t "slot")}"))))))
+    (setv others (lfor o records
+                   :if (and (!= (get o "name") target) (= (get o "state") "ready")
+                            (= (get o "availability") "active"))
+                   o))
+    (when (not others)
+      (.append notes "no other node is ready and active: these tasks wait unscheduled"))
+    (when (is-manager n)
+      (.append notes f"{target} stays a manager: draining moves tasks, not Raft votes")))
+  (when (and (!= current availability) (= availability "active"))
+    (.append notes "running tasks are not moved back; new and rescheduled ones may land here"))
+  (Plan :action (if (= availability "drain") "drain" "activate")
+        :target target
+        :changes (if (= current availability) [] [f"availability: {current} -> {availability}"])
+        :before view
+        :after view
+        :notes notes))
+
+(defn plan-label [records name key value]
+  "The plan to set label `key` to `value` on node `name`. hyops.* labels are the agent's own."
+  (when (or (not (isinstance key str)) (not (.strip key)) (any (gfor c key (.isspace c))))
+    (raise (ValueError f"label key {(hy.repr key)}: use a non-empty string without spaces, e.g. \"zone\"")))
+  (when (.startswith key "hyops.")
+    (raise (ValueError (+ f"label {key}: hyops.* labels are set by the node's agent "
+                          "(its API address and resources); choose another key"))))
+  (setv n (_find records name)
+        target (get n "name")
+        value (str value)
+        current (.get (or (get n "labels") {}) key)
+        view (_quorum-view records))
+  (Plan :action "label"
+        :target target
+        :changes (if (= current value) [] [f"label {key}: {(or current "(unset)")} -> {value}"])
+        :before view
+        :after view
+        :args {"key" key "value" value}))
+
+
+;; --- the ops ----------------------------------------------------------------------------------
+
+(defn _post [target what [body None]]
+  "What acting means for a node op: one signed POST to a manager's agent."
+  (setv path (+ "/v1/nodes/" (url-quote target :safe "") "/" what))
+  (fn [] (call "POST" path :body body)))
+
+(defn _running-on [target]
+  "Task records running on node `target`, with their service's name."
+  (lfor s (services)
+        t (tasks (get s "name"))
+        :if (and (= (get t "node") target) (= (get t "state") "running"))
+        (| t {"service" (get s "name")})))
+
+(defn promote! [name * [yes False] [dry-run False]]
+  "Make a worker a manager, if Swarm's rules allow it (the node is ready, quorum holds).
+
+  Shows the plan (managers, reachable, quorum before -> after) and asks y/N at a terminal;
+  :yes True acts without asking, :dry-run True returns the plan and changes nothing.
+  Without a terminal, :yes True is needed. Every outcome is written to the audit log.
+    (promote! \"node-3\" :dry-run True)
+    (promote! \"node-3\" :yes True)"
+  (setv plan (plan-role (nodes) name "manager"))
+  (perform plan (_post plan.target "promote") :yes yes :dry-run dry-run))
+
+(defn demote! [name * [yes False] [dry-run False]]
+  "Make a manager a worker, unless that loses quorum or removes the last manager.
+
+  A refusal says why and what to do instead (e.g. promote another node first). Plan, y/N,
+  :yes, :dry-run and the audit log as for promote!.
+    (demote! \"node-2\" :dry-run True)"
+  (setv plan (plan-role (nodes) name "worker"))
+  (perform plan (_post plan.target "demote") :yes yes :dry-run dry-run))
+
+(defn drain! [name * [yes False] [dry-run False]]
+  "Drain a node: Swarm moves its tasks to other nodes and schedules nothing new there.
+
+  The plan lists the running tasks that will move. Managers stay managers. Undo with activate!.
+  Plan, y/N, :yes, :dry-run and the audit log as for promote!.
+    (drain! \"node-3\" :yes True)"
+  (setv records (nodes)
+        plan (plan-availability records name "drain" (_running-on (get (_find records name) "name"))))
+  (perform plan (_post plan.target "availability" {"availability" "drain"})
+           :yes yes :dry-run dry-run))
+
+(defn activate! [name * [yes False] [dry-run False]]
+  "Make a drained (or paused) node active again: Swarm may schedule tasks there.
+
+  Plan, y/N, :yes, :dry-run and the audit log as for promote!.
+    (activate! \"node-3\" :yes True)"
+  (setv plan (plan-availability (nodes) name "active" []))
+  (perform plan (_post plan.target "availability" {"availability" "active"})
+           :yes yes :dry-run dry-run))
+
+(defn label! [name key value * [yes False] [dry-run False]]
+  "Set label `key` to `value` on a node (services place tasks by labels: node.labels.KEY).
+
+  hyops.* labels belong to the node's agent and are refused. Plan, y/N, :yes, :dry-run and
+  the audit log as for promote!.
+    (label! \"node-2\" \"zone\" \"eu-1\" :yes True)"
+  (setv plan (plan-label (nodes) name key value))
+  (perform plan (_post plan.target "labels" {"labels" {(get plan.args "key") (get plan.args "value")}})
+           :yes yes :dry-run dry-run))
