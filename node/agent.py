@@ -115,16 +115,35 @@ class Agent:
                 lifespan="off",
             )
         )
+        ssh = await self._start_ssh()
         life = asyncio.create_task(self.lifecycle(), name="lifecycle")
         try:
             await server.serve()
         finally:
             life.cancel()
+            if ssh is not None:
+                ssh.close()
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(ssh.wait_closed(), 5)
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await life
             await self.http.aclose()
             await self.engine.aclose()
             log.info("agent %s stopped", self.config.name)
+
+    async def _start_ssh(self) -> Any:
+        """The embedded SSH server (node/sshd.py) when the config has an [ssh] section. A host
+        key or address that cannot be used is logged and the agent serves on without SSH."""
+        if self.config.ssh is None:
+            return None
+        from node.sshd import SshdError, start_ssh
+
+        api = (self.config.api_host, self.config.api_port)
+        try:
+            return await start_ssh(self.config.ssh, self.config.trust_path, api)
+        except SshdError as exc:
+            log.error("%s: this agent runs without SSH", exc)
+            return None
 
     async def lifecycle(self) -> None:
         try:

@@ -17,7 +17,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-__all__ = ["AgentConfig", "ConfigError", "load_config", "parse_size", "split_host_port"]
+__all__ = [
+    "AgentConfig",
+    "ConfigError",
+    "SshConfig",
+    "load_config",
+    "parse_size",
+    "split_host_port",
+]
 
 LIST_SCHEMES = ("file", "http", "https", "git+file", "git+https", "git+ssh")
 
@@ -47,6 +54,16 @@ class ConfigError(Exception):
 
 
 @dataclass(frozen=True)
+class SshConfig:
+    """The optional `[ssh]` section: the agent's embedded SSH server (node/sshd.py)."""
+
+    host: str
+    port: int
+    host_key: Path
+    logs: Path  # the folder whose *.log files operators may read over SFTP
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     """Everything the agent needs to know, as read from its config file."""
 
@@ -63,6 +80,7 @@ class AgentConfig:
     memory: int | None  # bytes
     list_url: str
     trust_path: Path
+    ssh: SshConfig | None = None  # no [ssh] section: no SSH server
 
     @property
     def api_addr(self) -> str:
@@ -266,8 +284,10 @@ def load_config(path: str | Path) -> AgentConfig:
 
     r = _Reader(data, path.parent)
     for section in data:
-        if section not in ("node", "resources", "cloud"):
-            r.problems.append(f"[{section}]: unknown section (known: [node], [resources], [cloud])")
+        if section not in ("node", "resources", "cloud", "ssh"):
+            r.problems.append(
+                f"[{section}]: unknown section (known: [node], [resources], [cloud], [ssh])"
+            )
     node = r.table("node", required=True)
     resources = r.table("resources", required=False)
     cloud = r.table("cloud", required=True)
@@ -303,6 +323,18 @@ def load_config(path: str | Path) -> AgentConfig:
     trust = r.get("cloud", cloud, "trust", "the path of the cloud's trust file", r.path)
     r.unknown("cloud", cloud, {"list", "trust"})
 
+    ssh = None
+    if "ssh" in data:
+        table = r.table("ssh", required=False)
+        listen = r.get(
+            "ssh", table, "listen", '"host:port", e.g. "10.0.0.11:7322"', split_host_port
+        )
+        host_key = r.get("ssh", table, "host_key", "the path of the node's SSH host key", r.path)
+        logs = r.get("ssh", table, "logs", "the folder of the node's log files", r.path)
+        r.unknown("ssh", table, {"listen", "host_key", "logs"})
+        if listen and host_key and logs:
+            ssh = SshConfig(host=listen[0], port=listen[1], host_key=host_key, logs=logs)
+
     if r.problems:
         raise ConfigError(path, r.problems)
     return AgentConfig(
@@ -319,4 +351,5 @@ def load_config(path: str | Path) -> AgentConfig:
         memory=memory,
         list_url=list_url,
         trust_path=trust,
+        ssh=ssh,
     )

@@ -49,6 +49,7 @@ RUN_ROOT = Path("/run/hyops")
 NETNS_DIR = Path("/run/netns")
 SUBNET_PREFIX = "10.213"
 API_PORT = 7300
+SSH_PORT = 7322  # each agent's embedded SSH server (node/sshd.py)
 IMAGE_REPO, IMAGE_TAG = "local/busybox", "1"
 BUSYBOX = Path("/bin/busybox")
 INSTALL_HINT = "run `make setup`, or `apt-get install docker.io busybox-static`"
@@ -523,6 +524,7 @@ class LocalCloud:
             "name": name,
             "addr": addr,
             "api": f"http://{addr}:{API_PORT}",
+            "ssh": f"{addr}:{SSH_PORT}",
             "netns": f"{self.record['prefix']}-n{index}",
             "veth": f"{self.record['prefix']}v{index}",
             "docker_socket": str(RUN_ROOT / self.record["prefix"] / name / "docker.sock"),
@@ -548,6 +550,7 @@ class LocalCloud:
                 "operator_key": str(self.state_dir / "operator_ed25519"),
                 "node_key": str(self.cloud_dir / "node_ed25519"),
                 "trust": str(self.cloud_dir / "trust.toml"),
+                "known_hosts": str(self.cloud_dir / "known_hosts"),
                 "node": [],
             }
             self._ensure_bridge()
@@ -674,6 +677,21 @@ class LocalCloud:
         (self.cloud_dir / "nodes").mkdir(exist_ok=True, mode=0o700)
         for entry in record["node"]:
             self.node_dir(entry["name"]).mkdir(exist_ok=True, mode=0o700)
+        self._ensure_host_keys()
+
+    def _ensure_host_keys(self) -> None:
+        """Each node's SSH host key, and the cloud's known_hosts naming every node's key: the
+        workspace checks nodes against it and never trusts an unknown host key."""
+        record = self.record
+        record.setdefault("known_hosts", str(self.cloud_dir / "known_hosts"))
+        lines = []
+        for entry in record["node"]:
+            entry.setdefault("ssh", f"{entry['addr']}:{SSH_PORT}")
+            key = self.node_dir(entry["name"]) / "ssh_host_ed25519"
+            public = _ensure_key(key, f"host@{entry['name']}").split()[:2]
+            host, port = entry["ssh"].rsplit(":", 1)
+            lines.append(f"[{host}]:{port} {' '.join(public)}")
+        _write_private(Path(record["known_hosts"]), "\n".join(lines) + "\n")
 
     # -- network ------------------------------------------------------------------------------
 
@@ -865,6 +883,11 @@ class LocalCloud:
             },
             "resources": {k: v for k, v in resources.items() if v is not None} or None,
             "cloud": {"list": record["list"], "trust": record["trust"]},
+            "ssh": {
+                "listen": entry.get("ssh") or f"{entry['addr']}:{SSH_PORT}",
+                "host_key": str(self.node_dir(node) / "ssh_host_ed25519"),
+                "logs": str(self.node_dir(node)),  # its *.log files: agent.log, dockerd.log
+            },
         }
 
     def _agent_pid(self, node: str) -> int | None:
