@@ -163,10 +163,14 @@ class HyRepl(PythonRepl):
             & has_focus(DEFAULT_BUFFER),
         )
         def _(event: KeyPressEvent) -> None:
-            """Submit complete forms; otherwise continue on a new, indented line."""
+            """Submit complete forms; otherwise continue on a new, indented line.
+
+            As in IPython: a one-line input runs wherever the cursor is (a recalled history
+            entry, a search hit); in a multi-line input Enter in the middle adds a line.
+            """
             buffer = event.current_buffer
             doc = buffer.document
-            at_end = not doc.text_after_cursor.strip()
+            at_end = not doc.text_after_cursor.strip() or "\n" not in doc.text
             if at_end and is_complete(doc.text):
                 buffer.validate_and_handle()
             else:
