@@ -184,6 +184,15 @@ def test_ctrl_c_stops_a_running_evaluation_and_keeps_the_session(workspace: Work
     assert time.monotonic() - pressed < 10
     c.submit("(+ kept 35)")
     c.wait_for(r"\n42\r*\n")
+    # The same for a top-level await, which runs on the session's event loop.
+    c.submit('(import asyncio) (print "waiting-now") (await (asyncio.sleep 30))')
+    c.wait_for(r"\nwaiting-now")
+    pressed = time.monotonic()
+    c.send("\x03")
+    c.wait_for("Interrupted", timeout=10)
+    assert time.monotonic() - pressed < 10
+    c.submit("(await (asyncio.sleep 0 :result (+ kept 1)))")
+    c.wait_for(r"\n8\r*\n")
     c.quit()
 
 
@@ -197,6 +206,13 @@ def test_history_survives_a_restart_and_stays_private(workspace: Workspace) -> N
     c = start_console(workspace)
     c.send(UP)
     c.wait_for(re.escape("(+ 1000 337)"))
+    c.send("\r")
+    c.wait_for(r"\n1337\r*\n")
+    # Reverse search finds it too; Enter accepts the hit, Enter again runs it.
+    c.send("\x12")
+    c.send("1000")
+    c.wait_for("I-search backward")
+    c.send("\r")
     c.send("\r")
     c.wait_for(r"\n1337\r*\n")
     c.quit()
