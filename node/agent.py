@@ -34,6 +34,7 @@ from node.config import AgentConfig, ConfigError, load_config
 from node.engine import Engine, EngineError
 from node.lists import BootstrapList, ListError, Manager, open_list
 from node.policy import check_demote, check_promote
+from node.reconciler import Autopilot
 from node.records import (
     LABEL_API,
     LABEL_CPUS,
@@ -82,6 +83,7 @@ class Agent:
         self._published: tuple[tuple[str, str, str], ...] | None = None
         self._state_file = config.data_dir / "state.json"
         self.cloud_id = self._load_state().get("cloud_id")
+        self.autopilot = Autopilot(self)  # idles until this node leads; keeps the given spec
 
     # --- state kept across restarts -------------------------------------------------------
 
@@ -117,10 +119,12 @@ class Agent:
         )
         ssh = await self._start_ssh()
         life = asyncio.create_task(self.lifecycle(), name="lifecycle")
+        pilot = asyncio.create_task(self.autopilot.run(), name="autopilot")
         try:
             await server.serve()
         finally:
             life.cancel()
+            pilot.cancel()
             if ssh is not None:
                 ssh.close()
                 with contextlib.suppress(Exception):

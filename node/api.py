@@ -268,6 +268,41 @@ def create_app(agent: Agent) -> FastAPI:
             return forwarded
         return await agent.set_labels(name, body.labels, by=key.name)
 
+    @app.put("/v1/spec", tags=["autopilot"])
+    async def put_spec(
+        spec: dict[str, Any], request: Request, key: TrustedKey = Depends(operators)
+    ) -> Any:
+        """Give the cloud a new spec (managers, resources, systems). Checked whole: an invalid
+        spec is refused (400) with every problem listed and nothing kept."""
+        from node.spec import SpecError
+
+        forwarded = await manager_or_forward(request)
+        if forwarded is not None:
+            return forwarded
+        try:
+            return await agent.autopilot.apply(spec, by=key.name)
+        except SpecError as exc:
+            raise ApiError(
+                400,
+                "invalid-spec",
+                f"spec refused, nothing changed: {len(exc.problems)} problem(s): "
+                + "; ".join(exc.problems),
+                "fix every problem listed and apply again (docs/autopilot.md)",
+            ) from None
+
+    @app.get("/v1/spec", tags=["autopilot"])
+    async def get_spec(key: TrustedKey = Depends(readers)) -> Any:
+        """The spec this cloud follows (the default one when none was given)."""
+        return await agent.autopilot.spec_answer()
+
+    @app.get("/v1/autopilot", tags=["autopilot"])
+    async def autopilot(request: Request, key: TrustedKey = Depends(readers)) -> Any:
+        """What the autopilot (on the leader) sees, wants and did recently, with reasons."""
+        forwarded = await manager_or_forward(request)
+        if forwarded is not None:
+            return forwarded
+        return await agent.autopilot.answer(request)
+
     @app.post("/v1/join-token", tags=["control"])
     async def join_token(
         body: JoinTokenBody, request: Request, key: TrustedKey = Depends(nodes_only)

@@ -564,12 +564,14 @@ class LocalCloud:
         resources: dict[str, tuple[float | None, int | None]] | None = None,
         agents: bool = True,
         timeout: float = 180,
+        spec: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Create this cloud with `nodes` nodes (default 3), or restart it when it is recorded
         (same prefix, subnet, addresses and dockerd data: the same swarm, with all its recorded
         nodes; a larger `nodes` adds the missing ones). `resources` maps node names to
         (cpus, memory bytes) figures. With `agents`, waits until the swarm is formed and every
-        agent answers; without, until every dockerd answers."""
+        agent answers; without, until every dockerd answers. A new cloud with agents is given
+        `spec` (checked spec data), or else the workspace's `cloud/` spec when there is one."""
         started = time.monotonic()
         deadline = started + timeout
         if nodes is None:
@@ -592,6 +594,9 @@ class LocalCloud:
                 f"--resources names {', '.join(unknown)}, which this cloud will not have "
                 f"(nodes: node-1 .. node-{max(nodes, len(known))})"
             )
+        is_new = self._record is None
+        if spec is None and is_new and agents:
+            spec = workspace_spec(self.state_dir)  # SpecError before anything starts
         if self._record is None:
             self._create_record()
         else:
@@ -634,6 +639,9 @@ class LocalCloud:
                     self.start_agent(name)
             self.wait_ready(max(1.0, deadline - time.monotonic()), agents=True)
             phase("agents and swarm")
+            if is_new and spec is not None:
+                self.apply_spec(spec, timeout=max(5.0, deadline - time.monotonic()))
+                phase("spec")
         seconds = round(time.monotonic() - started, 2)
         return {**self.describe(), "seconds": seconds, "phases": phases}
 
@@ -1025,6 +1033,37 @@ class LocalCloud:
             )
         return result
 
+    def apply_spec(self, spec: dict[str, Any], timeout: float = 30) -> dict[str, Any]:
+        """Give the cloud `spec` (PUT /v1/spec signed with the operator's key), through the first
+        agent that takes it. Raises DevCloudError with the agents' answers when none does."""
+        from node.signing import load_private_key, sign_headers
+
+        key = load_private_key(Path(self.record["operator_key"]))
+        body = json.dumps(spec).encode()
+        deadline = time.monotonic() + timeout
+        problems: list[str] = []
+        while True:
+            problems = []
+            for entry in self.nodes:
+                headers = sign_headers(key, "PUT", "/v1/spec", body)
+                headers["Content-Type"] = "application/json"
+                try:
+                    answer = httpx.put(
+                        entry["api"] + "/v1/spec", content=body, headers=headers, timeout=10,
+                        trust_env=False,
+                    )  # fmt: skip
+                except httpx.HTTPError as exc:
+                    problems.append(f"{entry['name']}: {type(exc).__name__}")
+                    continue
+                if answer.status_code == 200:
+                    return answer.json()
+                problems.append(f"{entry['name']}: {answer.status_code} {answer.text[:300]}")
+                if answer.status_code == 400:
+                    raise DevCloudError("the cloud refused the spec: " + problems[-1])
+            if time.monotonic() > deadline:
+                raise DevCloudError("no agent took the spec: " + "; ".join(problems))
+            time.sleep(0.5)
+
     def engine(self, node: str) -> Engine:
         """An Engine for that node (use it with `async with`)."""
         return Engine(self.node_info(node)["docker_socket"])
@@ -1140,6 +1179,22 @@ def _cloud_exists(prefix: str) -> bool:
 
 
 # --- the command line -------------------------------------------------------------------------
+
+
+def workspace_spec(state_dir: Path) -> dict[str, Any] | None:
+    """The checked spec in the workspace's `cloud/` folder (beside `.hyops/`), or None when the
+    workspace has no `cloud/cloud.toml`. A wrong spec raises DevCloudError listing every problem."""
+    from node.spec import SpecError, load_spec
+
+    folder = Path(state_dir).parent / "cloud"
+    if not (folder / "cloud.toml").is_file():
+        return None
+    try:
+        return load_spec(folder)
+    except SpecError as exc:
+        raise DevCloudError(
+            f"{exc}\nfix the spec, or move {folder} away to start without it"
+        ) from None
 
 
 def find_state_dir(start: Path | None = None) -> Path:

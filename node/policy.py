@@ -18,13 +18,18 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
+    "LABEL_DEAD",
     "Refusal",
+    "Step",
     "check_demote",
     "check_promote",
     "fault_tolerance",
     "is_manager",
     "is_reachable_manager",
+    "manager_target",
+    "plan_step",
     "quorum",
+    "score",
 ]
 
 Node = Mapping[str, Any]
@@ -154,3 +159,202 @@ def check_promote(nodes: Sequence[Node], name: str) -> Refusal | None:
             "must re-form the cloud from a surviving manager (swarm init --force-new-cluster)",
         )
     return None
+
+
+# --- the autopilot's manager target and its one-step planner ------------------------------------
+
+# the label the autopilot puts on a dead manager it demotes, so whichever agent leads next knows
+# to remove that node from the swarm (level-triggered: the mark lives in Raft, not in memory)
+LABEL_DEAD = "hyops.dead-manager"
+
+
+def manager_target(ready: int, managers_spec: Mapping[str, Any]) -> int:
+    """How many managers a cloud with `ready` ready nodes wants: the spec's `targets` table
+    ([ready nodes from, managers] pairs), kept within minimum..maximum, never more than the ready
+    nodes, and always odd (an even count tolerates no more failures than one less)."""
+    want = 1
+    for nodes, managers in managers_spec["targets"]:
+        if ready >= nodes:
+            want = managers
+    want = max(int(managers_spec["minimum"]), min(int(managers_spec["maximum"]), want))
+    want = min(want, max(ready, 1))
+    if want % 2 == 0:
+        want -= 1
+    return max(want, 1)
+
+
+def score(node: Node, weights: Mapping[str, float]) -> float:
+    """How good a manager `node` would be: CPUs and memory (GiB) by the spec's weights."""
+    cpus = float(node.get("cpus") or 0)
+    memory = float(node.get("memory") or 0) / 2**30
+    return cpus * float(weights.get("cpus", 1.0)) + memory * float(weights.get("memory", 1.0))
+
+
+@dataclass(frozen=True)
+class Step:
+    """One decision of the autopilot: `action` on `node` (None for wait/none), and why.
+
+    Actions: "promote", "demote", "demote-dead" (demote and mark for removal), "remove",
+    "wait" (something must happen first; nothing is changed), "none" (the managers are right).
+    """
+
+    action: str
+    node: str | None
+    reason: str
+
+
+def _ready(node: Node) -> bool:
+    return node.get("state") == "ready"
+
+
+def _eligible(node: Node) -> bool:
+    """A node that may be a manager: ready, taking tasks, and not a dead manager being removed."""
+    return (
+        _ready(node)
+        and node.get("availability") in (None, "active")
+        and LABEL_DEAD not in (node.get("labels") or {})
+    )
+
+
+def _fmt(node: Node, weights: Mapping[str, float]) -> str:
+    memory = float(node.get("memory") or 0) / 2**30
+    return (
+        f"{node.get('name')} ({float(node.get('cpus') or 0):g} CPUs, {memory:.1f} GiB, "
+        f"score {score(node, weights):.1f})"
+    )
+
+
+def plan_step(
+    nodes: Sequence[Node],
+    managers_spec: Mapping[str, Any],
+    weights: Mapping[str, float],
+    now: float,
+    ready_since: Mapping[str, float],
+    unreachable_since: Mapping[str, float],
+) -> Step:
+    """The one membership change to make now (or why none), as a pure function.
+
+    `ready_since[name]` is when the node was first seen ready without a break,
+    `unreachable_since[name]` when a manager was first seen not reachable (both by the caller's
+    clock `now`). Order, each step one change:
+
+    1. quorum lost: change nothing (Raft could not commit it; recovery is an operator's job and
+       the autopilot never forces a new cluster);
+    2. a manager unreachable for `dead_after`: demote it (only where quorum stays), mark it;
+    3. a marked dead node that is no longer a manager: remove it from the swarm;
+    4. a manager not reachable yet (just promoted, or briefly away): wait for it;
+    5. fewer managers than the target: promote the best node ready for `stabilization`
+       (from an odd count only when two can be promoted, so the count never rests even);
+    6. more than the target: demote the weakest (the leader last among equals);
+    7. at the target: a node better by `better_by` than the weakest manager is promoted, and
+       step 6 then demotes the weakest: a swap that never drops below the target.
+    """
+    managers = [n for n in nodes if is_manager(n)]
+    reachable = [n for n in managers if is_reachable_manager(n)]
+    count = len(managers)
+    if count == 0:
+        return Step("wait", None, "no manager is known: nothing can be changed")
+    if len(reachable) < quorum(count):
+        return Step(
+            "wait",
+            None,
+            f"quorum lost: {len(reachable)} of {count} managers reachable, {quorum(count)} "
+            "needed; an operator must bring managers back (the autopilot never forces a new "
+            "cluster)",
+        )
+    dead_after = float(managers_spec["dead_after"])
+    unreachable = [n for n in managers if not is_reachable_manager(n)]
+    for node in sorted(unreachable, key=lambda n: str(n.get("name"))):
+        name = str(node.get("name"))
+        away = now - unreachable_since.get(name, now)
+        if away < dead_after:
+            continue
+        refusal = check_demote(nodes, name)
+        if refusal is None:
+            return Step(
+                "demote-dead",
+                name,
+                f"{name} has been unreachable for {away:.0f} s (dead after {dead_after:g} s): "
+                "demoting it before any replacement is promoted",
+            )
+    for node in sorted(nodes, key=lambda n: str(n.get("name"))):
+        if (
+            not is_manager(node)
+            and LABEL_DEAD in (node.get("labels") or {})
+            and not node.get("reachability")
+        ):
+            return Step(
+                "remove",
+                str(node.get("name")),
+                f"{node.get('name')} was a dead manager and is demoted: removing it from the swarm",
+            )
+    if unreachable:
+        names = ", ".join(sorted(str(n.get("name")) for n in unreachable))
+        return Step(
+            "wait",
+            None,
+            f"waiting for {names} to be reachable before any other change "
+            f"(a manager away for {dead_after:g} s counts as dead)",
+        )
+    eligible = [n for n in nodes if _eligible(n)]
+    target = manager_target(len(eligible), managers_spec)
+    stabilization = float(managers_spec["stabilization"])
+    workers = [n for n in eligible if not is_manager(n)]
+    stable = [n for n in workers if now - ready_since.get(str(n.get("name")), now) >= stabilization]
+    stable.sort(key=lambda n: (-score(n, weights), str(n.get("name"))))
+    maximum = int(managers_spec["maximum"])
+
+    def weakest() -> Node:
+        return min(
+            managers,
+            key=lambda n: (score(n, weights), bool(n.get("leader")), str(n.get("name"))),
+        )
+
+    if count < target and count < maximum:
+        if not stable:
+            waiting = [
+                f"{n.get('name')} ({now - ready_since.get(str(n.get('name')), now):.0f} s)"
+                for n in workers
+            ]
+            return Step(
+                "wait",
+                None,
+                f"{count} managers, {target} wanted for {len(eligible)} ready nodes: waiting for "
+                f"a node ready for {stabilization:g} s"
+                + (f" ({', '.join(waiting)})" if waiting else ""),
+            )
+        if count % 2 == 1 and len(stable) < 2:
+            return Step(
+                "wait",
+                None,
+                f"{count} managers, {target} wanted: only {_fmt(stable[0], weights)} is stable; "
+                "waiting for a second so the count does not rest even",
+            )
+        best = stable[0]
+        return Step(
+            "promote",
+            str(best.get("name")),
+            f"{count} managers, {target} wanted for {len(eligible)} ready nodes: promoting "
+            f"the best stable node {_fmt(best, weights)}",
+        )
+    if count > target:
+        victim = weakest()
+        why = f"{count} managers, {target} wanted for {len(eligible)} ready nodes"
+        refusal = check_demote(nodes, str(victim.get("name")))
+        if refusal is not None:
+            return Step("wait", None, f"{why}, but {refusal.reason}")
+        return Step(
+            "demote",
+            str(victim.get("name")),
+            f"{why}: demoting the weakest manager {_fmt(victim, weights)}",
+        )
+    if stable and count < maximum:
+        best, victim = stable[0], weakest()
+        if score(best, weights) > score(victim, weights) * (1 + float(managers_spec["better_by"])):
+            return Step(
+                "promote",
+                str(best.get("name")),
+                f"{_fmt(best, weights)} is better than the manager {_fmt(victim, weights)}: "
+                f"promoting it first; {victim.get('name')} is demoted once it is reachable",
+            )
+    return Step("none", None, f"{count} managers, as wanted for {len(eligible)} ready nodes")
