@@ -744,14 +744,16 @@ class LocalCloud:
     def _dockerd_running(self, node: str) -> bool:
         proc = self._spawned.get(("dockerd", node))
         if proc is not None:
-            return proc.poll() is None
+            return proc.poll() is None and _pid_alive(proc.pid)
         return self._dockerd_pid(node) is not None
 
     def _spawned_pid(self, what: str, node: str) -> int | None:
         """The pid of what this object started last for `node`, while it runs (just after the
         start, its command line may not show the program yet, so a /proc scan would miss it)."""
         proc = self._spawned.get((what, node))
-        return proc.pid if proc is not None and proc.poll() is None else None
+        # a killed process can stay a zombie that waitpid cannot reap yet: ask /proc too
+        alive = proc is not None and proc.poll() is None and _pid_alive(proc.pid)
+        return proc.pid if alive else None
 
     def _spawn_dockerd(self, node: str) -> None:
         entry = self.node_info(node)

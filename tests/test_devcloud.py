@@ -361,3 +361,17 @@ def test_hyops_up_prints_every_node_and_down_clean_removes_the_cloud(tmp_path: P
     assert "removed its data" in down.stdout
     assert not (tmp_path / ".hyops" / "clouds" / "cli").exists()
     assert run("down", "--name", "cli").stdout.startswith("no local cloud 'cli'")
+
+
+def test_a_killed_agent_can_be_started_again_at_once(make_cloud: MakeCloud) -> None:
+    import httpx
+
+    cloud = make_cloud(nodes=1, agents=True)
+    api = cloud.node_info("node-1")["api"] + "/v1/health"
+    http = httpx.Client(timeout=2, trust_env=False)  # straight to the node, never via a proxy
+    cloud.kill_agent("node-1")  # right away: the process may still be a zombie for a moment
+    with pytest.raises(httpx.ConnectError):
+        http.get(api)
+    cloud.start_agent("node-1")
+    health = wait_until(lambda: http.get(api).json(), 30, "the new agent")
+    assert health["ok"] is True and health["name"] == "node-1"
