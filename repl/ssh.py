@@ -1,0 +1,268 @@
+"""SSH to a cloud's nodes from the workspace: log files over SFTP, commands, a tunnel to the API.
+
+Each node's agent embeds an SSH server (node/sshd.py). The workspace logs in with the operator's
+key and checks every node's host key against the cloud's recorded `known_hosts` file (written by
+`hyops up`, or published with the cloud). There is no "trust anything" fallback: a node whose key
+is missing from that file or differs from it is refused, with a message saying which file to look
+at. Connections live on the Session's background loop and are kept between inputs, one per node.
+
+Where a node's SSH server listens comes from the cloud record (`[[node]] ssh = "addr:port"`), else
+from the node's address with the default port 7322.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SSH_PORT = 7322
+USERNAME = "operator"  # the server checks the key, not the name; the name shows in its log
+
+
+class SshError(Exception):
+    """A node cannot be reached over SSH, or refused us; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class SshTarget:
+    """Where one node's SSH server listens."""
+
+    node: str
+    host: str
+    port: int
+
+    @property
+    def where(self) -> str:
+        return f"{self.node} at {self.host}:{self.port}"
+
+
+def split_addr(text: str, default_port: int = SSH_PORT) -> tuple[str, int]:
+    """("10.0.0.1", 7322) from "10.0.0.1:7322" or "10.0.0.1"; "[::1]:22" for IPv6."""
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        return host, int(rest[1:]) if rest.startswith(":") else default_port
+    if text.count(":") == 1:
+        host, port = text.split(":")
+        return host, int(port)
+    return text, default_port
+
+
+def known_hosts_line(host: str, port: int, public_key: str) -> str:
+    """A known_hosts line for a server on `host:port` (`[host]:port key` unless port 22)."""
+    pattern = host if port == 22 else f"[{host}]:{port}"
+    return f"{pattern} {public_key.strip()}"
+
+
+def _host_is_listed(known_hosts: Path, host: str, port: int) -> bool:
+    pattern = host if port == 22 else f"[{host}]:{port}"
+    try:
+        lines = known_hosts.read_text().splitlines()
+    except OSError:
+        return False
+    return any(pattern in line.split(maxsplit=1)[0].split(",") for line in lines if line.strip())
+
+
+class NodeShell:
+    """SSH connections to one cloud's nodes, kept open between inputs (one per node).
+
+    `key_path` is the operator's private key, `known_hosts` the cloud's recorded host keys.
+    Every method is async and runs on the Session's loop.
+    """
+
+    def __init__(self, key_path: Path, known_hosts: Path, targets: dict[str, SshTarget]) -> None:
+        self.key_path = Path(key_path)
+        self.known_hosts = Path(known_hosts)
+        self.targets = dict(targets)
+        self._key: Any = None
+        self._conns: dict[str, Any] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def __repr__(self) -> str:
+        return f"<ssh to {len(self.targets)} nodes, host keys from {self.known_hosts}>"
+
+    def remember(self, node: str, addr: str) -> SshTarget:
+        """Take `addr` (the node's address, or "addr:port") as where `node`'s SSH server is."""
+        host, port = split_addr(addr)
+        self.targets[node] = SshTarget(node, host, port)
+        return self.targets[node]
+
+    def target(self, node: str, addr: str | None = None) -> SshTarget:
+        """Where `node`'s SSH server is: the record's address, else `addr` with port 7322."""
+        if node in self.targets:
+            return self.targets[node]
+        if addr:
+            host, port = split_addr(addr)
+            return SshTarget(node, host, port)
+        import difflib
+
+        close = difflib.get_close_matches(node, list(self.targets), n=3, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}?" if close else f"known: {', '.join(self.targets)}"
+        raise SshError(f"no node named {node!r} has an SSH address on record ({hint})")
+
+    async def connection(self, node: str, addr: str | None = None) -> Any:
+        """The open connection to `node`, made (and its host key checked) on first use."""
+        import asyncssh
+
+        lock = self._locks.setdefault(node, asyncio.Lock())
+        async with lock:
+            conn = self._conns.get(node)
+            if conn is not None and not conn.is_closed():
+                return conn
+            target = self.target(node, addr)
+            if self._key is None:
+                from node.signing import KeyFileError, load_private_key
+
+                try:
+                    self._key = load_private_key(self.key_path)
+                except KeyFileError as exc:
+                    raise SshError(f"cannot use the operator key: {exc}") from None
+            if not self.known_hosts.is_file():
+                raise SshError(
+                    f"no recorded SSH host keys ({self.known_hosts} is missing): the cloud's "
+                    "known_hosts comes from `hyops up` or with the cloud's record; hyops never "
+                    "trusts an unknown host key"
+                )
+            try:
+                conn = await asyncio.wait_for(
+                    asyncssh.connect(
+                        target.host,
+                        target.port,
+                        username=USERNAME,
+                        client_keys=[self._key],
+                        known_hosts=str(self.known_hosts),
+                        agent_path=None,
+                        config=None,
+                        agent_forwarding=False,
+                        keepalive_interval=30,
+                    ),
+                    15,
+                )
+            except asyncssh.HostKeyNotVerifiable:
+                if _host_is_listed(self.known_hosts, target.host, target.port):
+                    raise SshError(
+                        f"refused to connect to {target.where}: its SSH host key is not the one "
+                        f"recorded in {self.known_hosts}. Someone may be in the middle; if the "
+                        "node was rebuilt on purpose, replace its line in that file"
+                    ) from None
+                raise SshError(
+                    f"refused to connect to {target.where}: no host key for it is recorded in "
+                    f"{self.known_hosts} (add the node's public host key there; hyops never "
+                    "trusts an unknown one)"
+                ) from None
+            except asyncssh.PermissionDenied:
+                from node.signing import fingerprint
+
+                raise SshError(
+                    f"{target.where} refused the operator key ({fingerprint(self._key)}): is it "
+                    "in the cloud's trust file with role operator?"
+                ) from None
+            except (OSError, asyncssh.Error, TimeoutError) as exc:
+                reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+                raise SshError(
+                    f"cannot reach SSH of {target.where}: {reason} (is the node up and its "
+                    "agent running?)"
+                ) from None
+            self._conns[node] = conn
+            return conn
+
+    async def run(self, node: str, command: str, *, timeout: float = 60) -> dict[str, Any]:
+        """Run `command` on `node`; returns {"node", "exit", "stdout", "stderr"}."""
+        conn = await self.connection(node)
+        result = await asyncio.wait_for(conn.run(command, check=False), timeout)
+        return {
+            "node": node,
+            "exit": result.exit_status,
+            "stdout": result.stdout,
+            "stderr": result.stderr,
+        }
+
+    async def fetch(self, node: str, name: str, dest: Path) -> Path:
+        """Copy the log file `name` of `node` to `dest` over SFTP (written whole, then renamed)."""
+        import asyncssh
+
+        conn = await self.connection(node)
+        dest = Path(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.part")
+        try:
+            async with conn.start_sftp_client() as sftp:
+                await sftp.get(name, str(tmp), block_size=256 * 1024, max_requests=16)
+        except asyncssh.SFTPError as exc:
+            tmp.unlink(missing_ok=True)
+            files = await self.list_logs(node)
+            raise SshError(
+                f"{node} cannot give {name!r}: {exc.reason} (its log files: "
+                f"{', '.join(files) or 'none'})"
+            ) from None
+        tmp.chmod(0o600)
+        tmp.replace(dest)
+        return dest
+
+    async def list_logs(self, node: str) -> list[str]:
+        """The names of the log files `node` serves over SFTP."""
+        import asyncssh
+
+        conn = await self.connection(node)
+        try:
+            async with conn.start_sftp_client() as sftp:
+                return sorted(n for n in await sftp.listdir("/") if n not in (".", ".."))
+        except asyncssh.SFTPError:
+            return []
+
+    async def tunnel(self, node: str, api_host: str, api_port: int) -> Any:
+        """A local port (on 127.0.0.1) forwarded to `node`'s API; `.get_port()`, `.close()`."""
+        conn = await self.connection(node)
+        return await conn.forward_local_port("127.0.0.1", 0, api_host, api_port)
+
+    async def aclose(self) -> None:
+        for conn in self._conns.values():
+            conn.close()
+        for conn in self._conns.values():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.wait_closed(), 5)
+        self._conns.clear()
+
+
+def shell_for(record_path: Path, operator_key: Path) -> NodeShell:
+    """The NodeShell of the cloud recorded at `record_path` (its cloud.toml)."""
+    try:
+        data = tomllib.loads(Path(record_path).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise SshError(f"cannot read the cloud record {record_path}: {exc}") from None
+    known = data.get("known_hosts")
+    if not known:
+        raise SshError(
+            f"the cloud record {record_path} names no known_hosts file, so no node's SSH host "
+            "key can be checked: record the cloud again (hyops up does it for local clouds)"
+        )
+    targets = {}
+    for node in data.get("node", []):
+        if node.get("ssh"):
+            host, port = split_addr(node["ssh"])
+            targets[node["name"]] = SshTarget(node["name"], host, port)
+    return NodeShell(operator_key, Path(known), targets)
+
+
+def node_shell(session: Any = None) -> NodeShell:
+    """The NodeShell of the cloud `session` is connected to (default: the Session evaluating
+    now), kept on the session until it connects to another cloud."""
+    from repl.cloud import connection
+    from repl.session import current
+
+    session = session or current()
+    record = connection(session).record
+    kept = getattr(session, "node_shell", None)
+    if kept is not None and kept[0] == record:
+        return kept[1]
+    if record.path is None:
+        raise SshError(
+            f"{record.name} is connected by its list URL, so no node host keys are recorded: "
+            "SSH needs the cloud recorded in the workspace with its known_hosts"
+        )
+    shell = shell_for(record.path, record.operator_key)
+    session.node_shell = (record, shell)
+    return shell

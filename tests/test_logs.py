@@ -1,0 +1,276 @@
+"""`(logs ...)` and `(tail! ...)` on a real 3-node local cloud, checked against the docker CLI.
+
+One cloud for the module, with two global services (one task on every node): `counted` prints
+50 numbered lines and then sleeps (so its logs are fixed and can be compared exactly with
+`docker service logs`), `chatter` prints a line every 0.2 s (for following). The test that kills
+a node's agent runs last and starts it again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from node.devcloud import LocalCloud
+from repl.session import HyopsEvalError, Session
+from repl.workspace import Workspace
+from tests.conftest import MakeCloud
+from tests.helpers import wait_until
+
+pytestmark = pytest.mark.cloud
+NAMES = ["node-1", "node-2", "node-3"]
+COUNTED = 'for i in $(seq 1 50); do echo "counted line $i"; done; exec sleep 100000'
+CHATTER = 'i=0; while true; do i=$((i+1)); echo "chatter $i"; sleep 0.2; done'
+
+
+def manager_of(cloud: LocalCloud) -> str | None:
+    for node in NAMES:
+        info = cloud.docker(node, "info", "--format", "{{json .Swarm}}", check=False).stdout
+        if info.strip() and json.loads(info).get("ControlAvailable"):
+            return node
+    return None
+
+
+@pytest.fixture(scope="module")
+def cloud(make_module_cloud: MakeCloud) -> LocalCloud:
+    cloud = make_module_cloud(nodes=3)
+    manager = wait_until(lambda: manager_of(cloud), 90, "a manager")
+    for name, script in (("counted", COUNTED), ("chatter", CHATTER)):
+        cloud.docker(
+            manager,
+            *("service", "create", "--detach", "--no-resolve-image", "--mode", "global"),
+            *("--name", name, "local/busybox:1", "sh", "-c", script),
+        )
+    return cloud
+
+
+@pytest.fixture(scope="module")
+def manager(cloud: LocalCloud) -> str:
+    return wait_until(lambda: manager_of(cloud), 30, "a manager")
+
+
+@pytest.fixture(scope="module")
+def session(cloud: LocalCloud) -> Iterator[Session]:
+    s = Session(Workspace(cloud.state_dir.parent))
+    wait_until(
+        lambda: len([n for n in ev(s, "(nodes)") if n["api"] and n["state"] == "ready"]) == 3,
+        90,
+        "three ready, labelled nodes",
+    )
+    # every node runs its task of `counted` and has written all 50 lines
+    wait_until(
+        lambda: len(ev(s, '(:lines (logs "counted"))')) == 150,
+        120,
+        "150 lines of counted from three nodes",
+    )
+    yield s
+    s.close()
+
+
+def ev(session: Session, source: str):
+    return session.eval(source)[-1]
+
+
+def docker_service_lines(cloud: LocalCloud, manager: str, *args: str) -> list[str]:
+    out = cloud.docker(
+        manager, "service", "logs", "--raw", "--no-task-ids", *args, "counted"
+    ).stdout
+    return [line for line in out.splitlines() if line.strip()]
+
+
+# --- a whole service, and the options ------------------------------------------------------------
+
+
+def test_service_logs_hold_every_line_docker_service_logs_shows(
+    cloud: LocalCloud, manager: str, session: Session
+) -> None:
+    result = ev(session, '(logs "counted")')
+    ours = Counter(r["line"] for r in result["lines"])
+    assert ours == Counter(docker_service_lines(cloud, manager))
+    assert {r["node"] for r in result["lines"]} == set(NAMES)
+    assert result["failed"] == []
+    # each node's lines arrive in order, and the answer is ordered by time
+    times = [r["time"] for r in result["lines"]]
+    assert len(times) == 150
+    for node in NAMES:
+        numbers = [int(r["line"].split()[-1]) for r in result["lines"] if r["node"] == node]
+        assert numbers == list(range(1, 51))
+
+
+def test_printed_lines_are_prefixed_by_node_and_task(session: Session) -> None:
+    text = repr(ev(session, '(logs "counted")'))
+    lines = text.splitlines()
+    assert re.fullmatch(r"node-\d counted │ counted line \d+", lines[0])
+    assert {re.match(r"(node-\d)", line).group(1) for line in lines[:-1]} == set(NAMES)
+    assert lines[-1] == ";; 150 lines of counted from 3 sources"
+
+
+def test_grep_keeps_matching_lines_only(session: Session) -> None:
+    result = ev(session, '(logs "counted" :grep "line [1-4]?7$")')
+    assert sorted(r["line"] for r in result["lines"]) == sorted(
+        f"counted line {n}" for n in (7, 17, 27, 37, 47) for _ in NAMES
+    )
+
+
+def test_tail_is_the_last_lines_of_each_container(
+    cloud: LocalCloud, manager: str, session: Session
+) -> None:
+    result = ev(session, '(logs "counted" :tail 5)')
+    assert Counter(r["line"] for r in result["lines"]) == Counter(
+        docker_service_lines(cloud, manager, "--tail", "5")
+    )
+    assert sorted(r["line"] for r in result["lines"]) == sorted(
+        f"counted line {n}" for n in range(46, 51) for _ in NAMES
+    )
+
+
+def test_since_leaves_out_older_lines(session: Session) -> None:
+    assert len(ev(session, '(:lines (logs "counted" :since "1h"))')) == 150
+    # the lines were written at start-up; soon none of them is younger than 2 s
+    wait_until(
+        lambda: ev(session, '(:lines (logs "counted" :since "2s"))') == [],
+        30,
+        "no line of counted in the last 2 s",
+    )
+
+
+def test_a_node_target_gives_every_container_on_that_node(session: Session) -> None:
+    result = ev(session, '(logs "node-2" :tail 3)')
+    assert {r["node"] for r in result["lines"]} == {"node-2"}
+    assert {r["service"] for r in result["lines"]} == {"counted", "chatter"}
+
+
+def test_a_container_target_is_found_on_its_node(cloud: LocalCloud, session: Session) -> None:
+    name = cloud.docker("node-3", "ps", "--filter", "name=counted", "--format", "{{.Names}}")
+    container = name.stdout.strip()
+    result = ev(session, f'(logs "{container}")')
+    assert {r["node"] for r in result["lines"]} == {"node-3"}
+    assert len(result["lines"]) == 50
+    assert result["failed"] == []
+
+
+def test_unknown_target_suggests_close_names(session: Session) -> None:
+    with pytest.raises(HyopsEvalError) as caught:
+        ev(session, '(logs "countd")')
+    assert 'no node, service or container is named "countd"' in str(caught.value)
+    assert "did you mean counted" in str(caught.value)
+    assert ev(session, "(+ 1 2)") == 3  # the session lives on
+
+
+def test_bad_options_are_refused_before_asking_any_node(session: Session) -> None:
+    with pytest.raises(HyopsEvalError, match=r"since='yesterday' is not a time"):
+        ev(session, '(logs "counted" :since "yesterday")')
+    with pytest.raises(HyopsEvalError, match=r":grep \"\(\" is not a regular expression"):
+        ev(session, '(logs "counted" :grep "(")')
+    with pytest.raises(HyopsEvalError, match=r":tail -1: give a whole number"):
+        ev(session, '(logs "counted" :tail -1)')
+
+
+def test_help_and_ops_describe_the_log_ops(session: Session, capsys) -> None:
+    session.eval("(ops)")
+    listed = capsys.readouterr().out
+    for op in ("logs", "tail!", "node-file", "edit"):
+        assert re.search(rf"^\s+{re.escape(op)}\s+\S", listed, re.M), op
+    session.eval("(help logs)")
+    assert ":grep" in capsys.readouterr().out
+
+
+def test_edit_writes_logs_to_a_stable_private_file(
+    session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for variable in ("HYOPS_EDITOR", "VISUAL", "EDITOR"):
+        monkeypatch.delenv(variable, raising=False)
+    first = ev(session, '(edit (logs "counted" :tail 1) :name "t/counted")')
+    again = ev(session, '(edit (logs "counted" :tail 2) :name "t/counted")')
+    assert first == again
+    path = Path(first)
+    assert path.parent.parent == Path(session.workspace.logs_dir)
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    text = path.read_text().splitlines()
+    assert len(text) == 6 + 1  # the last 2 lines of 3 containers, and the summary
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\S+Z node-\d counted │ counted line 49", text[0])
+
+
+# --- following -----------------------------------------------------------------------------------
+
+
+def test_tail_follows_new_lines_until_ctrl_c(cloud: LocalCloud) -> None:
+    workspace = cloud.state_dir.parent
+    env = {**os.environ, "HYOPS_WORKSPACE": str(workspace), "NO_COLOR": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "repl.cli", "eval", '(tail! "chatter" :tail 1)'],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    seen: list[str] = []
+    reader = threading.Thread(target=lambda: seen.extend(proc.stdout), daemon=True)
+    reader.start()
+    try:
+        # new lines keep coming from every node: a number higher than the first one seen
+        def growing_everywhere() -> bool:
+            per_node: dict[str, list[int]] = {}
+            for line in list(seen):
+                m = re.match(r"(node-\d) chatter\s* │ chatter (\d+)$", line.rstrip("\n"))
+                if m:
+                    per_node.setdefault(m.group(1), []).append(int(m.group(2)))
+            return len(per_node) == 3 and all(max(v) > min(v) + 2 for v in per_node.values())
+
+        wait_until(growing_everywhere, 60, "tail! to print new lines from all three nodes")
+        assert proc.poll() is None, "tail! stopped by itself"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 0, proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    reader.join(5)
+    assert re.search(r";; \d+ lines of chatter from 3 sources \(followed", "".join(seen))
+
+
+# --- a node down ---------------------------------------------------------------------------------
+
+
+def test_a_node_down_does_not_spoil_the_answer(cloud: LocalCloud, session: Session) -> None:
+    cloud.kill_agent("node-3")
+    try:
+        result = ev(session, '(logs "counted")')
+        assert {r["node"] for r in result["lines"]} == {"node-1", "node-2"}
+        assert len(result["lines"]) == 100
+        [failure] = result["failed"]
+        assert failure["source"] == "node-3"
+        assert "no answer" in failure["error"]
+        assert repr(result).splitlines()[-1].startswith(";; failed: node-3: no answer")
+        # docker's own `service logs` still answers here (dockerd is up); the agent is not
+    finally:
+        cloud.start_agent("node-3")
+    wait_until(
+        lambda: len(ev(session, '(:lines (logs "counted"))')) == 150,
+        90,
+        "node-3's lines back once its agent runs again",
+    )
+
+
+def test_a_node_whose_dockerd_is_dead_is_named_failed(cloud: LocalCloud, session: Session) -> None:
+    cloud.kill_dockerd("node-2")
+    try:
+        result = wait_until(
+            lambda: (r := ev(session, '(logs "node-2")'))["failed"] and r,
+            60,
+            "node-2 to be reported failed",
+        )
+        assert result["lines"] == []
+        assert result["failed"][0]["source"].startswith("node-2")
+    finally:
+        cloud.start_dockerd("node-2")
