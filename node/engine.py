@@ -153,7 +153,8 @@ class Engine:
         self.timeout = timeout
         self.api_version: str | None = None
         self._client = httpx.AsyncClient(
-            transport=httpx.AsyncHTTPTransport(uds=str(self.socket_path)),
+            # one retry of a failed connect: a dockerd that just restarted recreates its socket
+            transport=httpx.AsyncHTTPTransport(uds=str(self.socket_path), retries=1),
             base_url="http://docker",
             timeout=timeout,
             trust_env=False,  # a proxy from the environment must never see engine traffic
