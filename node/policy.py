@@ -319,7 +319,7 @@ def plan_step(
             return Step(
                 "wait",
                 None,
-                f"{count} managers, {target} wanted for {len(eligible)} ready nodes: waiting for "
+                f"{_plural(count, 'manager')}, {target} wanted for {len(eligible)} ready nodes: waiting for "
                 f"a node ready for {stabilization:g} s"
                 + (f" ({', '.join(waiting)})" if waiting else ""),
             )
@@ -327,19 +327,19 @@ def plan_step(
             return Step(
                 "wait",
                 None,
-                f"{count} managers, {target} wanted: only {_fmt(stable[0], weights)} is stable; "
+                f"{_plural(count, 'manager')}, {target} wanted: only {_fmt(stable[0], weights)} is stable; "
                 "waiting for a second so the count does not rest even",
             )
         best = stable[0]
         return Step(
             "promote",
             str(best.get("name")),
-            f"{count} managers, {target} wanted for {len(eligible)} ready nodes: promoting "
+            f"{_plural(count, 'manager')}, {target} wanted for {len(eligible)} ready nodes: promoting "
             f"the best stable node {_fmt(best, weights)}",
         )
     if count > target:
         victim = weakest()
-        why = f"{count} managers, {target} wanted for {len(eligible)} ready nodes"
+        why = f"{_plural(count, 'manager')}, {target} wanted for {len(eligible)} ready nodes"
         refusal = check_demote(nodes, str(victim.get("name")))
         if refusal is not None:
             return Step("wait", None, f"{why}, but {refusal.reason}")
@@ -357,4 +357,4 @@ def plan_step(
                 f"{_fmt(best, weights)} is better than the manager {_fmt(victim, weights)}: "
                 f"promoting it first; {victim.get('name')} is demoted once it is reachable",
             )
-    return Step("none", None, f"{count} managers, as wanted for {len(eligible)} ready nodes")
+    return Step("none", None, f"{_plural(count, 'manager')}, as wanted for {len(eligible)} ready nodes")

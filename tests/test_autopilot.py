@@ -1,0 +1,329 @@
+"""The autopilot on real local clouds: managers follow the nodes, dead ones are replaced, better
+nodes swap in, a cut-off minority changes nothing unsafe, systems start and stop by `min_nodes`,
+and the bootstrap list in git follows every manager change.
+
+Specs here use a small target table (1, 3, 5, 7 managers from 1, 3, 5, 7 ready nodes) and short
+times, so the behaviour shows on small clouds within a few minutes. A watcher thread samples the
+managers through a node's API during each test and records every unsafe moment it sees.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from node.devcloud import LocalCloud
+from node.policy import quorum
+from tests.helpers import signed, wait_until
+
+pytestmark = pytest.mark.cloud
+
+SMALL = {
+    "managers": {
+        "targets": [[1, 1], [3, 3], [5, 5], [7, 7]],
+        "stabilization": "1s",
+        "dead_after": "3s",
+        "better_by": 0.25,
+    },
+    "resources": {"cpus": 1.0, "memory": 0.0},
+}
+
+
+def operator_key(cloud: LocalCloud) -> Path:
+    return Path(cloud.record["operator_key"])
+
+
+def api_get(cloud: LocalCloud, path: str, skip: tuple[str, ...] = ()) -> Any:
+    """GET `path` from the first node's agent that answers 200 (workers forward to managers)."""
+    last = None
+    for entry in cloud.nodes:
+        if entry["name"] in skip:
+            continue
+        try:
+            answer = signed("GET", entry["api"] + path, operator_key(cloud), timeout=5)
+        except Exception as exc:
+            last = exc
+            continue
+        if answer.status_code == 200:
+            return answer.json()
+        last = answer.text
+    raise AssertionError(f"no agent answered {path}: {last}")
+
+
+def managers(cloud: LocalCloud, skip: tuple[str, ...] = ()) -> dict[str, dict]:
+    return {n["name"]: n for n in api_get(cloud, "/v1/nodes", skip) if n["role"] == "manager"}
+
+
+def settled(
+    cloud: LocalCloud, count: int, skip: tuple[str, ...] = (), ready: int | None = None
+) -> dict[str, dict] | None:
+    """The managers when there are exactly `count`, all reachable, nothing left to do, and (when
+    given) exactly `ready` nodes ready."""
+    nodes = api_get(cloud, "/v1/nodes", skip)
+    if ready is not None and sum(1 for n in nodes if n["state"] == "ready") != ready:
+        return None
+    found = {n["name"]: n for n in nodes if n["role"] == "manager"}
+    if len(found) != count or any(m["reachability"] != "reachable" for m in found.values()):
+        return None
+    status = api_get(cloud, "/v1/autopilot", skip)
+    if (status.get("next") or {}).get("action") != "none":
+        return None
+    return found
+
+
+def list_managers(cloud: LocalCloud, tmp: Path) -> list[str]:
+    url = cloud.record["list"].removeprefix("git+")
+    dest = tmp / f"list-{os.urandom(3).hex()}"
+    subprocess.run(["git", "clone", "-q", url, str(dest)], check=True, timeout=30)
+    data = tomllib.loads((dest / "hyops-list.toml").read_text())
+    return sorted(m["name"] for m in data.get("manager", []))
+
+
+def kill_node(cloud: LocalCloud, name: str) -> None:
+    cloud.kill_agent(name)
+    cloud.kill_dockerd(name)
+
+
+class Watch:
+    """Samples the managers every half second in a thread; `violations` lists unsafe moments:
+    no manager, more than the maximum, fewer reachable than a quorum of the settled managers.
+
+    A node promoted a moment ago is a manager before it is reachable (it is still joining Raft,
+    as with `docker node promote`); such a joining manager is counted apart for up to 20 s, so
+    the check is on the managers that were already voting.
+    """
+
+    def __init__(self, cloud: LocalCloud, maximum: int = 7) -> None:
+        self.cloud = cloud
+        self.maximum = maximum
+        self.skip: tuple[str, ...] = ()
+        self.violations: list[str] = []
+        self.samples = 0
+        self._voted: set[str] = set()
+        self._joining: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Watch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
+            try:
+                found = managers(self.cloud, self.skip)
+            except AssertionError:
+                continue  # between leaders nobody answers: not a sample
+            self.samples += 1
+            now = time.monotonic()
+            reachable = {n for n, m in found.items() if m["reachability"] == "reachable"}
+            for name in set(found) - reachable - self._voted:
+                self._joining.setdefault(name, now)
+            joining = {n for n, t in self._joining.items() if n in found and now - t < 20}
+            self._voted |= reachable
+            self._joining = {n: t for n, t in self._joining.items() if n not in reachable}
+            voting = len(found) - len(joining - reachable)
+            if not found:
+                self.violations.append("no manager")
+            elif len(found) > self.maximum:
+                self.violations.append(f"{len(found)} managers, above {self.maximum}")
+            elif len(reachable) < quorum(voting):
+                self.violations.append(
+                    f"{len(reachable)} of {voting} voting managers reachable "
+                    f"({sorted(found)}) at {time.strftime('%H:%M:%S')}"
+                )
+
+
+def test_managers_grow_to_three_five_seven_and_shrink_back_to_one(
+    make_cloud, tmp_path: Path
+) -> None:
+    cloud = make_cloud(nodes=1)
+    cloud.apply_spec(SMALL)
+    with Watch(cloud) as watch:
+        for want, nodes in ((3, 3), (5, 5), (7, 7)):
+            while len(cloud.nodes) < nodes:
+                cloud.add_node(cpus=1, memory=2**30)
+            found = wait_until(
+                lambda want=want: settled(cloud, want), 120, f"{want} settled managers"
+            )
+            wait_until(
+                lambda found=found: list_managers(cloud, tmp_path) == sorted(found),
+                30,
+                f"the git list to name the {want} managers",
+            )
+        dead: list[str] = []
+        for ready, want in ((6, 5), (5, 5), (4, 3), (3, 3), (2, 1), (1, 1)):
+            leader = next(n for n, m in managers(cloud, tuple(dead)).items() if m["leader"])
+            victim = max(
+                (n["name"] for n in cloud.nodes if n["name"] not in dead and n["name"] != leader),
+                key=lambda name: int(name.split("-")[1]),
+            )
+            kill_node(cloud, victim)
+            dead.append(victim)
+            watch.skip = tuple(dead)
+            found = wait_until(
+                lambda want=want, ready=ready: settled(cloud, want, tuple(dead), ready),
+                120,
+                f"{want} settled managers with {ready} nodes left",
+            )
+            assert victim not in found
+    assert watch.samples > 20
+    assert watch.violations == []
+    status = api_get(cloud, "/v1/autopilot", tuple(dead))
+    actions = [a["action"] for a in status["recent"]]
+    assert "promote" in actions and "demote" in actions and "demote-dead" in actions
+    assert all(a["reason"] for a in status["recent"])
+
+
+def recent(cloud: LocalCloud, skip: tuple[str, ...] = ()) -> list[dict]:
+    return api_get(cloud, "/v1/autopilot", skip)["recent"]
+
+
+def first(actions: list[dict], action: str, node: str) -> int:
+    return next(i for i, a in enumerate(actions) if a["action"] == action and a["node"] == node)
+
+
+def test_dead_manager_replaced_better_node_swaps_in_minority_cut_off(
+    make_cloud, tmp_path: Path
+) -> None:
+    small = {n: (1.0, 2**30) for n in ("node-1", "node-2", "node-3", "node-4")}
+    cloud = make_cloud(nodes=4, resources=small)
+    cloud.apply_spec(SMALL)
+    with Watch(cloud) as watch:
+        found = wait_until(lambda: settled(cloud, 3, ready=4), 90, "3 managers of 4 nodes")
+        wait_until(lambda: list_managers(cloud, tmp_path) == sorted(found), 30, "the git list")
+
+        # a manager's dockerd dies: demoted and removed first, then the worker is promoted
+        victim = sorted(n for n, m in found.items() if not m["leader"])[-1]
+        spare = next(n["name"] for n in cloud.nodes if n["name"] not in found)
+        kill_node(cloud, victim)
+        watch.skip = (victim,)
+        found = wait_until(
+            lambda: settled(cloud, 3, (victim,), ready=3), 90, f"{victim} to be replaced"
+        )
+        assert victim not in found and spare in found
+        assert victim not in [n["name"] for n in api_get(cloud, "/v1/nodes", (victim,))]
+        actions = recent(cloud, (victim,))
+        assert first(actions, "demote-dead", victim) < first(actions, "remove", victim)
+        assert first(actions, "remove", victim) < first(actions, "promote", spare)
+        wait_until(lambda: list_managers(cloud, tmp_path) == sorted(found), 30, "the git list")
+
+        # a better node joins: promoted first, then the weakest manager is demoted
+        better = cloud.add_node(cpus=8, memory=2**30)["name"]
+        found = wait_until(
+            lambda: (f := settled(cloud, 3, (victim,), ready=4)) and better in f and f,
+            90,
+            f"{better} to swap in",
+        )
+        actions = recent(cloud, (victim,))
+        demoted = next(a["node"] for a in actions[first(actions, "promote", better) :]
+                       if a["action"] == "demote")  # fmt: skip
+        assert demoted not in found
+        assert "better than the manager" in actions[first(actions, "promote", better)]["reason"]
+        wait_until(lambda: list_managers(cloud, tmp_path) == sorted(found), 30, "the git list")
+
+        # a minority (one manager) is cut off: the majority replaces it, nothing unsafe
+        leader = next(n for n, m in found.items() if m["leader"])
+        cut = sorted(n for n in found if n != leader)[0]
+        cloud.partition(cut)
+        watch.skip = (victim, cut)
+        found = wait_until(
+            lambda: settled(cloud, 3, (victim, cut), ready=3), 90, f"{cut} cut off to be replaced"
+        )
+        assert cut not in found
+        cut_log = (cloud.node_dir(cut) / "agent.log").read_text()
+        assert "autopilot: promote" not in cut_log and "autopilot: demote" not in cut_log
+        cloud.heal(cut)
+        found = wait_until(
+            lambda: settled(cloud, 3, (victim, cut)), 60, "3 managers after the heal"
+        )
+        assert cut not in found
+    assert watch.samples > 20
+    assert watch.violations == []
+
+
+SYSTEM_TOML = """
+image = "local/busybox:1"
+command = "date >> /data/started; sleep 100000"
+volumes = ["store-data:/data"]
+placement = ["node.hostname==node-1"]
+min_nodes = 3
+below = "stop"
+"""
+
+
+def test_spec_from_the_workspace_systems_start_and_stop_by_min_nodes(
+    make_cloud, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    workspace = tmp_path_factory.mktemp("ws")
+    (workspace / "ops").symlink_to(Path(__file__).resolve().parent.parent / "ops")
+    (workspace / "cloud" / "systems").mkdir(parents=True)
+    (workspace / "cloud" / "cloud.toml").write_text(
+        '[managers]\ntargets = [[1, 1]]\nstabilization = "1s"\ndead_after = "3s"\n'
+    )
+    (workspace / "cloud" / "systems" / "store.toml").write_text(SYSTEM_TOML)
+    cloud = LocalCloud(workspace / ".hyops", "sys")
+    try:
+        cloud.up(nodes=3)
+        spec = api_get(cloud, "/v1/spec")
+        assert spec["given"] and spec["systems"]["store"]["min_nodes"] == 3
+        kept = spec["version"]
+
+        # an invalid spec is refused whole, every problem listed, the old one kept
+        bad = {"managers": {"maximum": 9, "minimum": 2}, "systems": {"x": {"below": "later"}}}
+        answer = signed("PUT", cloud.nodes[0]["api"] + "/v1/spec", operator_key(cloud), bad)
+        assert answer.status_code == 400, answer.text
+        message = answer.json()["message"]
+        for words in ("maximum", "minimum: 2 is even", "image: required", "below"):
+            assert words in message
+        assert api_get(cloud, "/v1/spec")["version"] == kept
+
+        def store() -> dict | None:
+            return next((s for s in api_get(cloud, "/v1/services") if s["name"] == "store"), None)
+
+        def started_lines() -> list[str]:
+            out = cloud.docker("node-1", "run", "--rm", "-v", "store-data:/data",
+                               "local/busybox:1", "cat", "/data/started").stdout  # fmt: skip
+            return out.splitlines()
+
+        wait_until(lambda: (s := store()) and s["running"] == 1, 60, "store to run at 3 nodes")
+        wait_until(lambda: len(started_lines()) == 1, 30, "store to write its volume")
+
+        cloud.kill_dockerd("node-3")
+        wait_until(lambda: (s := store()) and s["replicas"] == 0, 60, "store to stop at 2 nodes")
+        wait_until(lambda: store()["running"] == 0, 30, "store's task to end")
+        assert len(started_lines()) == 1  # the data is kept
+
+        cloud.start_dockerd("node-3")
+        wait_until(lambda: (s := store()) and s["running"] == 1, 60, "store back at 3 nodes")
+        wait_until(lambda: len(started_lines()) == 2, 30, "store to start on its kept data")
+        actions = [(a["action"], a["node"]) for a in recent(cloud)]
+        assert ("start", "store") in actions and ("stop", "store") in actions
+
+        # the agent keeps the spec it was given across a restart
+        leader = next(n for n, m in managers(cloud).items() if m["leader"])
+        cloud.kill_agent(leader)
+        cloud.start_agent(leader)
+        entry = cloud.node_info(leader)
+        wait_until(
+            lambda: (
+                signed("GET", entry["api"] + "/v1/spec", operator_key(cloud)).json()["version"]
+                == kept
+            ),
+            60,
+            "the restarted agent to answer with the same spec",
+        )
+        assert (cloud.node_dir(leader) / "agent" / "spec.json").exists()
+    finally:
+        cloud.down(clean=True)
