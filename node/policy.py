@@ -297,6 +297,7 @@ def plan_step(
             f"(a manager away for {dead_after:g} s counts as dead)",
         )
     eligible = [n for n in nodes if _eligible(n)]
+    have = _plural(count, "manager")
     target = manager_target(len(eligible), managers_spec)
     stabilization = float(managers_spec["stabilization"])
     workers = [n for n in eligible if not is_manager(n)]
@@ -319,7 +320,7 @@ def plan_step(
             return Step(
                 "wait",
                 None,
-                f"{_plural(count, 'manager')}, {target} wanted for {len(eligible)} ready nodes: waiting for "
+                f"{have}, {target} wanted for {len(eligible)} ready nodes: waiting for "
                 f"a node ready for {stabilization:g} s"
                 + (f" ({', '.join(waiting)})" if waiting else ""),
             )
@@ -327,19 +328,19 @@ def plan_step(
             return Step(
                 "wait",
                 None,
-                f"{_plural(count, 'manager')}, {target} wanted: only {_fmt(stable[0], weights)} is stable; "
+                f"{have}, {target} wanted: only {_fmt(stable[0], weights)} is stable; "
                 "waiting for a second so the count does not rest even",
             )
         best = stable[0]
         return Step(
             "promote",
             str(best.get("name")),
-            f"{_plural(count, 'manager')}, {target} wanted for {len(eligible)} ready nodes: promoting "
+            f"{have}, {target} wanted for {len(eligible)} ready nodes: promoting "
             f"the best stable node {_fmt(best, weights)}",
         )
     if count > target:
         victim = weakest()
-        why = f"{_plural(count, 'manager')}, {target} wanted for {len(eligible)} ready nodes"
+        why = f"{have}, {target} wanted for {len(eligible)} ready nodes"
         refusal = check_demote(nodes, str(victim.get("name")))
         if refusal is not None:
             return Step("wait", None, f"{why}, but {refusal.reason}")
@@ -357,4 +358,4 @@ def plan_step(
                 f"{_fmt(best, weights)} is better than the manager {_fmt(victim, weights)}: "
                 f"promoting it first; {victim.get('name')} is demoted once it is reachable",
             )
-    return Step("none", None, f"{_plural(count, 'manager')}, as wanted for {len(eligible)} ready nodes")
+    return Step("none", None, f"{have}, as wanted for {len(eligible)} ready nodes")
