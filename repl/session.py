@@ -20,6 +20,7 @@ import ast
 import builtins
 import importlib
 import linecache
+import os
 import re
 import sys
 import threading
@@ -40,6 +41,8 @@ from hy.reader.exceptions import LexException, PrematureEndOfInput
 from repl.workspace import Workspace, find_workspace
 
 WORKSPACE_MODULE = "hyops_workspace"
+MANIFEST = "vocabulary.json"  # in .hyops/: each ops module's exports, by file mtime and size
+MANIFEST_VERSION = 1
 RESULT_NAMES = tuple(hy.mangle(f"*{i}") for i in (1, 2, 3))
 ERROR_NAME = hy.mangle("*e")
 _TOP_LEVEL_AWAIT = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
@@ -178,7 +181,11 @@ def _reader_message(e: SyntaxError) -> str:
 
 @dataclass
 class OpsModule:
-    """One loaded module of the vocabulary and what it exported into the workspace."""
+    """One module of the vocabulary: what it exports, and whether it is imported yet.
+
+    `info` describes every public name (mangled name -> kind, summary, keywords) even before
+    the module is imported, from the manifest kept in `.hyops/vocabulary.json`.
+    """
 
     name: str
     path: Path
@@ -186,6 +193,32 @@ class OpsModule:
     module: types.ModuleType | None = None
     names: dict[str, Any] = field(default_factory=dict)
     macros: list[str] = field(default_factory=list)
+    info: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+class LazyOp:
+    """Stands in the namespace for an op whose module is not imported yet.
+
+    The Session imports a module as soon as a form mentions one of its names, so an operator
+    rarely meets this object; calling it (e.g. from Python, or via `hy.eval`) imports too.
+    """
+
+    def __init__(self, session: Session, module: str, key: str, summary: str) -> None:
+        self._session, self._module, self._key = session, module, key
+        self.__doc__ = summary
+
+    def _resolve(self) -> Any:
+        self._session._load_module(self._module)
+        value = self._session.namespace.get(self._key)
+        if value is self or isinstance(value, LazyOp):
+            raise NameError(f"{hy.unmangle(self._key)} did not load from {self._module}")
+        return value
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._resolve()(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<op {hy.unmangle(self._key)} from {self._module}, not imported yet>"
 
 
 @dataclass(frozen=True)
@@ -229,6 +262,35 @@ def public_names(module: types.ModuleType) -> tuple[dict[str, Any], list[str]]:
     return names, macros
 
 
+def describe(value: Any, kind: str | None = None) -> dict[str, Any]:
+    """What the vocabulary records about a public name without keeping the object."""
+    if kind is None:
+        kind = "class" if isinstance(value, type) else "function" if callable(value) else "value"
+    summary = _summary(value) if kind != "value" else hy.repr(value)[:60]
+    keywords: list[str] = []
+    if kind == "function":
+        import inspect
+
+        try:
+            params = inspect.signature(value).parameters.values()
+        except (TypeError, ValueError):
+            params = []  # type: ignore[assignment]
+        kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        keywords = [hy.unmangle(p.name) for p in params if p.kind in kinds]
+    return {"kind": kind, "summary": summary, "keywords": keywords}
+
+
+def symbols(model: Any) -> Iterable[str]:
+    """Every symbol in a form, at any depth (quoted ones too: a cheap over-approximation)."""
+    stack = [model]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, hy.models.Symbol):
+            yield str(item)
+        elif isinstance(item, hy.models.Sequence):
+            stack.extend(item)
+
+
 def _file_stamp(path: Path) -> tuple[int, int]:
     st = path.stat()
     return (st.st_mtime_ns, st.st_size)
@@ -249,6 +311,8 @@ class Session:
         self.reader = HyReader()
         self.last_error: HyopsEvalError | None = None
         self.ops_modules: dict[str, OpsModule] = {}
+        self._lazy: dict[str, str] = {}  # mangled name -> module not imported yet
+        self._manifest: dict[str, Any] = {}
         self._inputs = 0
         self._loop: Any = None
         self._loop_thread: threading.Thread | None = None
@@ -300,6 +364,7 @@ class Session:
         shown = display_name or form.filename
         _evaluating.append(self)
         try:
+            self._load_referenced(form.model)
             exec_code, eval_code = self._compile(form, source, shown)
             try:
                 self._execute(exec_code)
@@ -442,7 +507,6 @@ class Session:
         Ctrl-C (KeyboardInterrupt in the calling thread) cancels the coroutine and re-raises;
         after `timeout` seconds it is cancelled and `TimeoutError` is raised.
         """
-        import asyncio
         import concurrent.futures
 
         loop = self.loop
@@ -452,8 +516,35 @@ class Session:
                 "Session.run was called from inside the session's event loop: "
                 "await the coroutine there instead"
             )
-        future = asyncio.run_coroutine_threadsafe(coro, loop)
+        # The future exists before the coroutine is scheduled, so a Ctrl-C that lands at any
+        # moment after scheduling can still cancel it (asyncio.run_coroutine_threadsafe
+        # leaves a window where the caller has no handle yet).
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+        def start() -> None:
+            if future.cancelled():
+                coro.close()
+                return
+            task = loop.create_task(coro)
+
+            def settle(done: Any) -> None:
+                try:
+                    if done.cancelled():
+                        future.cancel()
+                    elif done.exception() is not None:
+                        future.set_exception(done.exception())
+                    else:
+                        future.set_result(done.result())
+                except concurrent.futures.InvalidStateError:
+                    pass  # the caller cancelled first
+
+            task.add_done_callback(settle)
+            future.add_done_callback(
+                lambda f: loop.call_soon_threadsafe(task.cancel) if f.cancelled() else None
+            )
+
         try:
+            loop.call_soon_threadsafe(start)
             return future.result(timeout)
         except KeyboardInterrupt:
             future.cancel()
@@ -467,6 +558,18 @@ class Session:
         loop, thread = self._loop, self._loop_thread
         if loop is None or thread is None:
             return
+        import asyncio
+
+        async def cancel_pending() -> None:
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        try:
+            asyncio.run_coroutine_threadsafe(cancel_pending(), loop).result(5)
+        except Exception:
+            pass  # stopping anyway; a task that ignores cancellation is left behind
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
         if not thread.is_alive():
@@ -488,6 +591,12 @@ class Session:
         return files
 
     def _load_ops(self) -> None:
+        """Register the vocabulary; import only the modules the manifest cannot vouch for.
+
+        A module whose file is unchanged since its exports were recorded stays unimported
+        until a form mentions one of its names: `hyops eval '(+ 1 2)'` imports no ops at all,
+        however heavy their dependencies.
+        """
         root = str(self.workspace.root)
         if sys.path[:1] != [root]:
             sys.path.insert(0, root)
@@ -497,8 +606,77 @@ class Session:
             for name in [n for n in sys.modules if n == "ops" or n.startswith("ops.")]:
                 del sys.modules[name]
         importlib.invalidate_caches()
+        self._manifest = self._read_manifest()
         for name, path in self._ops_files().items():
-            self._import_ops_module(name, path, reload=False)
+            known = self._manifest.get(name)
+            if known and tuple(known.get("stamp", ())) == _file_stamp(path):
+                self._register_lazy(name, path, known)
+            else:
+                # Already imported in this process (by an earlier Session)? It may be stale.
+                self._import_ops_module(name, path, reload=name in sys.modules)
+        self._write_manifest()
+
+    def _register_lazy(self, name: str, path: Path, known: dict[str, Any]) -> None:
+        info = {key: dict(value) for key, value in known["info"].items()}
+        entry = OpsModule(name, path, tuple(known["stamp"]), info=info)  # type: ignore[arg-type]
+        for key, about in info.items():
+            self._lazy[key] = name
+            if about["kind"] != "macro":
+                stub = LazyOp(self, name, key, about["summary"])
+                self.namespace[key] = entry.names[key] = stub
+        self.ops_modules[name] = entry
+
+    def _load_referenced(self, model: Any) -> None:
+        """Import the not-yet-imported ops modules whose names this form mentions."""
+        if not self._lazy:
+            return
+        for symbol in symbols(model):
+            head = symbol.split(".", 1)[0]
+            if not head:
+                continue
+            try:
+                module = self._lazy.get(hy.mangle(head))
+            except Exception:
+                continue
+            if module is not None:
+                self._load_module(module)
+
+    def _load_module(self, name: str) -> None:
+        entry = self.ops_modules.get(name)
+        if entry is not None and entry.module is None:
+            self._import_ops_module(name, entry.path, reload=False)
+            self._write_manifest()
+
+    def _read_manifest(self) -> dict[str, Any]:
+        import json
+
+        try:
+            data = json.loads((self.workspace.state_dir / MANIFEST).read_text())
+        except (OSError, ValueError):
+            return {}
+        if not isinstance(data, dict) or data.get("version") != MANIFEST_VERSION:
+            return {}
+        return data.get("modules", {})
+
+    def _write_manifest(self) -> None:
+        """Record each imported module's exports, keyed by its file's mtime and size."""
+        import json
+
+        modules = {
+            name: {"stamp": list(entry.stamp), "info": entry.info}
+            for name, entry in self.ops_modules.items()
+            if entry.module is not None or name in self._manifest
+        }
+        if modules == self._manifest:
+            return
+        self._manifest = modules
+        try:
+            state = self.workspace.ensure_state_dir()
+            tmp = state / f"{MANIFEST}.{os.getpid()}.tmp"
+            tmp.write_text(json.dumps({"version": MANIFEST_VERSION, "modules": modules}))
+            os.replace(tmp, state / MANIFEST)
+        except OSError:
+            pass  # a read-only workspace just imports everything at each start
 
     def _import_ops_module(self, name: str, path: Path, reload: bool) -> bool:
         """Import (or reload) one ops module and bind its public names. False if it failed."""
@@ -518,8 +696,9 @@ class Session:
                 entry.stamp = stamp  # don't retry on every input until the file changes again
             else:
                 self.ops_modules[name] = OpsModule(name, path, stamp)
+            self._manifest.pop(name, None)
             rel = path.relative_to(self.workspace.root)
-            keep = "; the previous version stays in use" if reload and entry else ""
+            keep = "; the previous version stays in use" if entry and entry.module else ""
             print(f"hyops: {rel} did not load: {_short(e)}{keep}", file=sys.stderr)
             return False
         names, macros = public_names(module)
@@ -531,11 +710,16 @@ class Session:
             # A dict target spares `require` its stack inspection (10 ms at start-up).
             target = self.namespace.setdefault("_hy_macros", {})
             require(module, target, assignments=[(m, m) for m in macros])
-        self.ops_modules[name] = OpsModule(name, path, stamp, module, names, macros)
+        info = {m: describe(module._hy_macros[m], "macro") for m in macros}
+        info.update({key: describe(value) for key, value in names.items()})
+        self.ops_modules[name] = OpsModule(name, path, stamp, module, names, macros, info)
         return True
 
     def _unbind(self, entry: OpsModule) -> None:
         """Remove what an older version of a module exported (unless the operator rebound it)."""
+        for key in entry.info:
+            if self._lazy.get(key) == entry.name:
+                del self._lazy[key]
         for key, value in entry.names.items():
             if self.namespace.get(key) is value:
                 del self.namespace[key]
@@ -557,7 +741,10 @@ class Session:
         for name in gone:
             self._unbind(self.ops_modules.pop(name))
             sys.modules.pop(name, None)
-        return self._reload(changed, files)
+        done = self._reload(changed, files)
+        if changed or gone:
+            self._write_manifest()
+        return done
 
     def reload(self) -> list[str]:
         """Reload every ops module (compiling them afresh) and re-require their macros.
@@ -567,34 +754,27 @@ class Session:
         """
         self.reload_changed()
         files = self._ops_files()
-        return self._reload(list(files), files)
+        done = self._reload(list(files), files)
+        self._write_manifest()
+        return done
 
     def _reload(self, names: Iterable[str], files: dict[str, Path]) -> list[str]:
         done = []
         importlib.invalidate_caches()
         for name in names:
-            if self._import_ops_module(name, files[name], reload=name in sys.modules):
+            entry = self.ops_modules.get(name)
+            loaded = entry is not None and entry.module is not None and name in sys.modules
+            if self._import_ops_module(name, files[name], reload=loaded):
                 done.append(name)
         return done
 
     def vocabulary(self) -> list[Entry]:
         """Every op the workspace offers, module by module, with its docstring's first line."""
-        entries = []
-        macros = self.namespace.get("_hy_macros", {})
-        for mod in self.ops_modules.values():
-            for m in mod.macros:
-                entries.append(Entry(hy.unmangle(m), mod.name, "macro", _summary(macros.get(m))))
-            for key, value in mod.names.items():
-                kind = (
-                    "class"
-                    if isinstance(value, type)
-                    else "function"
-                    if callable(value)
-                    else "value"
-                )
-                summary = _summary(value) if kind != "value" else hy.repr(value)[:60]
-                entries.append(Entry(hy.unmangle(key), mod.name, kind, summary))
-        return entries
+        return [
+            Entry(hy.unmangle(key), mod.name, about["kind"], about["summary"])
+            for mod in self.ops_modules.values()
+            for key, about in mod.info.items()
+        ]
 
     # ---------------------------------------------------------------- help and completion
 
@@ -639,6 +819,7 @@ class Session:
             )
         pools: list[Iterable[str]] = [
             self.namespace,
+            self._lazy,
             vars(builtins),
             self.namespace.get("_hy_macros", {}),
             getattr(builtins, "_hy_macros", {}),
@@ -656,6 +837,10 @@ class Session:
     def _keywords(self, head: str | None) -> list[str]:
         if not head:
             return []
+        module = self._lazy.get(hy.mangle(head))
+        if module is not None:
+            # Known from the manifest: completion need not import the module.
+            return list(self.ops_modules[module].info[hy.mangle(head)]["keywords"])
         try:
             target = self.lookup(head)
         except Exception:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -113,3 +114,22 @@ def test_outside_a_workspace_says_what_to_do(tmp_path: Path) -> None:
     )
     assert out.returncode == 1
     assert "no hyops workspace" in out.stderr and "HYOPS_WORKSPACE" in out.stderr
+
+
+def test_ops_modules_are_imported_only_when_used(workspace: Workspace) -> None:
+    marker = workspace.root / "heavy-imported"
+    (workspace.ops_dir / "heavy.hy").write_text(
+        f'(import pathlib)\n(.touch (pathlib.Path "{marker}"))\n'
+        '(defn heavy-op [] "Needs a heavy import." 5)\n'
+    )
+    assert hyops(workspace, "eval", "(+ 1 2)").returncode == 0  # first run records the ops
+    marker.unlink()
+    out = hyops(workspace, "eval", "(+ 1 2)")
+    assert (out.returncode, out.stdout) == (0, "3\n")
+    assert not marker.exists()
+    out = hyops(workspace, "eval", "(ops)")
+    assert re.search(r"\n  heavy-op +Needs a heavy import\.\n", out.stdout), out.stdout
+    assert not marker.exists()
+    out = hyops(workspace, "eval", "(heavy-op)")
+    assert (out.returncode, out.stdout) == (0, "5\n")
+    assert marker.exists()

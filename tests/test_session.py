@@ -376,3 +376,37 @@ def test_ctrl_c_cancels_the_running_coroutine_and_the_session_goes_on(session: S
     assert time.monotonic() - start < 10
     assert cancelled.wait(5)
     assert session.eval("(+ 1 2)") == [3]
+
+
+# ------------------------------------------------------------------ lazy vocabulary
+
+
+def test_unchanged_ops_modules_wait_until_a_form_mentions_them(workspace: Workspace) -> None:
+    Session(workspace).close()  # records each module's exports in .hyops/vocabulary.json
+    s = Session(workspace)
+    try:
+        assert s.ops_modules["ops.testops"].module is None
+        # Listing, completion and keyword completion work from the record alone.
+        assert "nodes" in [e.name for e in s.vocabulary()]
+        assert "with-env" in s.completions("with-")
+        assert s.completions(":li", head="nodes") == [":limit"]
+        assert s.ops_modules["ops.testops"].module is None
+        assert s.eval("(+ 1 2)") == [3]
+        assert s.ops_modules["ops.testops"].module is None
+        # Mentioning an op (here a macro) imports its module before the form is compiled.
+        assert s.eval("(with-env {} (len (nodes)))") == [2]
+        assert s.ops_modules["ops.testops"].module is not None
+    finally:
+        s.close()
+
+
+def test_an_edited_module_is_imported_again_at_start(workspace: Workspace) -> None:
+    Session(workspace).close()
+    path = workspace.ops_dir / "testops.hy"
+    path.write_text(path.read_text() + '\n(defn added-op [] "Added later." 9)\n')
+    s = Session(workspace)
+    try:
+        assert s.ops_modules["ops.testops"].module is not None
+        assert s.eval("(added-op)") == [9]
+    finally:
+        s.close()
