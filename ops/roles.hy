@@ -3,11 +3,12 @@ and writes who/what/when/result to the workspace's audit log (.hyops/audit.jsonl
 
 (import urllib.parse [quote :as url-quote]
         repl.cloud [call unknown-name]
-        repl.mutate [Plan perform]
+        repl.mutate [Plan perform read-audit]
+        repl.session [current]
         node.policy [check-promote check-demote is-manager]
         ops.cluster [nodes services tasks _quorum-view])
 
-(export :objects [promote! demote! drain! activate! label!])
+(export :objects [promote! demote! drain! activate! label! audit-log])
 
 
 ;; --- plans: pure functions of node records ---------------------------------------------------
@@ -159,3 +160,19 @@ and writes who/what/when/result to the workspace's audit log (.hyops/audit.jsonl
   (setv plan (plan-label (nodes) name key value))
   (perform plan (_post plan.target "labels" {"labels" {(get plan.args "key") (get plan.args "value")}})
            :yes yes :dry-run dry-run))
+
+(defn audit-log [[last 20]]
+  "The last changes made from this workspace (.hyops/audit.jsonl), oldest first, as records:
+  time, user, cloud, action, target, mode (dry-run/ask/confirmed/yes), result, reason.
+
+    (audit-log)       ; the last 20
+    (audit-log 100)"
+  (lfor e (cut (read-audit (. (current) workspace)) (- last) None)
+    {"time" (get e "time")
+     "user" (.get (.get e "who" {}) "user")
+     "cloud" (.get e "cloud")
+     "action" (get e "action")
+     "target" (get e "target")
+     "mode" (.get e "mode")
+     "result" (get e "result")
+     "reason" (.get e "reason")}))

@@ -451,6 +451,10 @@ def test_the_audit_log_says_who_did_what_when_and_how_it_ended(
         ("label", "done"),
     } <= seen
     assert "PRIVATE KEY" not in log.read_text()
+    table = ev(session, "(audit-log 3)")
+    assert [(r["action"], r["result"]) for r in table] == [
+        (e["action"], e["result"]) for e in entries[-3:]
+    ]
 
 
 @pytest.mark.cloud
