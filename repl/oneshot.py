@@ -38,7 +38,12 @@ def main(args: argparse.Namespace) -> int:
     from repl.workspace import WorkspaceError
 
     def show(value: object) -> None:
-        if value is not None:
+        if value is None:
+            return
+        if type(value) in (int, bool):
+            # Same text as hy.repr, without loading Hy's printer (about 18 ms on first use).
+            print(repr(value), flush=True)
+        else:
             print(hy.repr(value), flush=True)
 
     try:
