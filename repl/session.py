@@ -762,9 +762,9 @@ class Session:
         done = []
         importlib.invalidate_caches()
         for name in names:
-            entry = self.ops_modules.get(name)
-            loaded = entry is not None and entry.module is not None and name in sys.modules
-            if self._import_ops_module(name, files[name], reload=loaded):
+            # Reload whatever this process imported before, even if this Session has not yet
+            # used it: the module object may predate the file's last edit.
+            if self._import_ops_module(name, files[name], reload=name in sys.modules):
                 done.append(name)
         return done
 
@@ -826,7 +826,9 @@ class Session:
         ]
         found = set()
         for pool in pools:
-            for key in pool:
+            # list() copies in one step: the console completes in a thread while an
+            # evaluation may be binding names.
+            for key in list(pool):
                 if not isinstance(key, str):
                     continue
                 name = hy.unmangle(key)
