@@ -10,6 +10,7 @@ inputs.
 from __future__ import annotations
 
 import asyncio
+import time
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,6 +100,10 @@ class CloudRecord:
 
 
 LIST_SCHEMES = ("git+", "file://", "http://", "https://")
+# How long the managers last read from a list are used without reading it again (a one-shot
+# `hyops eval` then skips a git fetch). Agents publish manager changes within seconds, and a
+# manager that stopped answering makes the connection read the list at once.
+MANAGERS_CACHED_FOR = 300.0
 
 
 def operator_key_path(workspace: Workspace) -> Path:
@@ -176,6 +181,7 @@ class Connection:
         self._key: Any = None
         self._http: Any = None
         self._managers: list[str] = []
+        self._list_read = 0.0  # when the bootstrap list was last read (Unix time)
 
     def __repr__(self) -> str:
         from node.lists import redact_url
@@ -212,14 +218,31 @@ class Connection:
 
         return fingerprint(self._key) if self._key is not None else ""
 
+    def _record_stamp(self) -> list[int] | None:
+        try:
+            st = self.record.path.stat() if self.record.path is not None else None
+        except OSError:
+            return None
+        return [st.st_mtime_ns, st.st_size] if st is not None else None
+
     def _cached_managers(self) -> list[str]:
+        """The managers last read from the list, if that was recently and the cloud's record
+        has not changed since (`hyops up` may have made a new cloud at the same addresses)."""
         import json
 
         try:
             data = json.loads((self._cache_dir / "managers.json").read_text())
+            fresh = (
+                data["list"] == self.record.list_url
+                and data["record"] == self._record_stamp()
+                and 0 <= time.time() - float(data["read"]) < MANAGERS_CACHED_FOR
+            )
+            if not fresh:
+                return []
+            self._list_read = float(data["read"])
             self.cloud_id = self.cloud_id or data.get("cloud_id")
-            return [str(u) for u in data.get("managers", [])]
-        except (OSError, ValueError, AttributeError):
+            return [str(u) for u in data["managers"]]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return []
 
     def _remember_managers(self) -> None:
@@ -228,10 +251,19 @@ class Connection:
 
         self._cache_dir.mkdir(parents=True, exist_ok=True)
         path = self._cache_dir / "managers.json"
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
-            json.dump({"cloud_id": self.cloud_id, "managers": self._managers}, f)
+            json.dump(
+                {
+                    "list": self.record.list_url,
+                    "record": self._record_stamp(),
+                    "read": self._list_read,
+                    "cloud_id": self.cloud_id,
+                    "managers": self._managers,
+                },
+                f,
+            )
         os.replace(tmp, path)
 
     async def managers(self, refresh: bool = False) -> list[str]:
@@ -257,6 +289,7 @@ class Connection:
                 hint="is the cloud starting? (hyops up starts a local one)",
             )
         self.cloud_id = lst.cloud_id
+        self._list_read = time.time()
         fresh = [m.api for m in lst.managers]
         # keep the one that answered last in front
         self._managers = sorted(fresh, key=lambda u: u != self.answering)
