@@ -32,6 +32,7 @@ __all__ = [
     "default_spec",
     "load_spec",
     "parse_seconds",
+    "spec_changes",
     "spec_version",
 ]
 
@@ -326,3 +327,45 @@ def check_spec(data: Any) -> dict[str, Any]:
     if isinstance(data.get("source"), str):
         spec["source"] = data["source"]
     return spec
+
+
+def _flat(prefix: str, value: Any) -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, inner in value.items():
+            out.update(_flat(f"{prefix}.{key}" if prefix else str(key), inner))
+        return out
+    return {prefix: value}
+
+
+def spec_changes(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:
+    """What applying `new` over `old` changes, one line each in the operator's words (empty when
+    nothing does). `old` None is a cloud that was never given a spec."""
+    if old is None:
+        old_body: dict[str, Any] = {}
+        lines = [f"the cloud follows a spec from now on (version {new.get('version')})"]
+    else:
+        old_body, lines = old, []
+    for section in ("managers", "resources"):
+        before = _flat(section, old_body.get(section, {}))
+        after = _flat(section, new.get(section, {}))
+        for key in sorted(set(before) | set(after)):
+            if before.get(key) != after.get(key) and old is not None:
+                lines.append(f"{key}: {before.get(key)!r} -> {after.get(key)!r}")
+    old_systems = old_body.get("systems", {}) or {}
+    new_systems = new.get("systems", {}) or {}
+    for name in sorted(set(old_systems) | set(new_systems)):
+        if name not in old_systems:
+            s = new_systems[name]
+            lines.append(
+                f"system {name}: added ({s['image']}, from {s['min_nodes']} ready nodes, "
+                f"below: {s['below']})"
+            )
+        elif name not in new_systems:
+            lines.append(f"system {name}: no longer in the spec (its service is left as it is)")
+        else:
+            before, after = _flat("", old_systems[name]), _flat("", new_systems[name])
+            for key in sorted(set(before) | set(after)):
+                if before.get(key) != after.get(key):
+                    lines.append(f"system {name} {key}: {before.get(key)!r} -> {after.get(key)!r}")
+    return lines

@@ -7,13 +7,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from node.policy import (
+    LABEL_DEAD,
     Refusal,
     check_demote,
     check_promote,
     fault_tolerance,
     is_reachable_manager,
+    manager_target,
+    plan_step,
     quorum,
 )
+from node.spec import check_spec
 
 
 def manager(name: str, reachable: bool = True, leader: bool = False) -> dict:
@@ -217,3 +221,214 @@ def test_an_allowed_promotion_is_of_a_ready_node_in_a_cloud_with_quorum(nodes, p
     else:
         assert target["state"] != "ready" or reachable < quorum(len(managers))
         assert refusal.reason and refusal.hint
+
+
+# --- the autopilot: manager target and the one-step planner -------------------------------------
+
+
+DEFAULT = check_spec({})["managers"]
+WEIGHTS = {"cpus": 1.0, "memory": 1.0}
+
+
+@pytest.mark.parametrize(
+    ("ready", "want"),
+    [(0, 1), (1, 1), (2, 1), (3, 3), (6, 3), (7, 5), (19, 5), (20, 7), (1000, 7)],
+)
+def test_the_default_target_is_the_issues_table(ready, want):
+    assert manager_target(ready, DEFAULT) == want
+
+
+@given(
+    ready=st.integers(0, 200),
+    targets=st.lists(st.tuples(st.integers(1, 30), st.sampled_from([1, 3, 5, 7])), min_size=1),
+    maximum=st.sampled_from([1, 3, 5, 7]),
+)
+def test_the_target_is_odd_within_bounds_and_never_above_the_ready_nodes(ready, targets, maximum):
+    table = sorted({n: m for n, m in [(1, 1), *targets]}.items())
+    spec = {**DEFAULT, "targets": [list(p) for p in table], "maximum": maximum}
+    want = manager_target(ready, spec)
+    assert want % 2 == 1 and 1 <= want <= maximum
+    assert want <= max(ready, 1)
+
+
+def node(name, role="worker", state="ready", reachable=None, leader=False, cpus=1.0, **more):
+    return {
+        "name": name,
+        "role": role,
+        "state": state,
+        "availability": "active",
+        "reachability": reachable if reachable is not None else (
+            "reachable" if role == "manager" and state == "ready" else None
+        ),
+        "leader": leader,
+        "cpus": cpus,
+        "memory": 0,
+        "labels": dict(more.get("labels", {})),
+    }  # fmt: skip
+
+
+def plan(nodes, spec=None, now=100.0, ready_since=None, away=None):
+    spec = spec or {**DEFAULT, "stabilization": 10.0, "dead_after": 10.0}
+    since = {n["name"]: 0.0 for n in nodes} if ready_since is None else ready_since
+    return plan_step(nodes, spec, WEIGHTS, now, since, away or {})
+
+
+def test_a_dead_manager_is_demoted_then_removed_before_a_replacement_is_promoted():
+    nodes = [node("a", "manager", leader=True), node("b", "manager"),
+             node("c", "manager", "down", "unreachable"), node("d")]  # fmt: skip
+    assert plan(nodes, away={"c": 95.0}).action == "wait"  # away 5 s of 10
+    step = plan(nodes, away={"c": 80.0})
+    assert (step.action, step.node) == ("demote-dead", "c")
+    nodes[2] = node("c", "worker", "down", labels={LABEL_DEAD: "t"})
+    assert (plan(nodes).action, plan(nodes).node) == ("remove", "c")
+    del nodes[2]
+    assert (plan(nodes).action, plan(nodes).node) == ("promote", "d")
+
+
+def test_a_node_is_promoted_only_after_the_stabilization_time():
+    nodes = [node("a", "manager", leader=True), node("b"), node("c")]
+    assert plan(nodes, ready_since={"a": 0, "b": 95, "c": 95}).action == "wait"
+    assert plan(nodes, ready_since={"a": 0, "b": 85, "c": 85}).action == "promote"
+
+
+def test_from_an_odd_count_two_stable_nodes_are_needed_so_the_count_never_rests_even():
+    nodes = [node("a", "manager", leader=True), node("b"), node("c")]
+    step = plan(nodes, ready_since={"a": 0, "b": 0, "c": 95})
+    assert step.action == "wait" and "does not rest even" in step.reason
+
+
+def test_a_better_node_is_promoted_first_then_the_weakest_is_demoted_leader_last():
+    nodes = [node("a", "manager", leader=True), node("b", "manager"), node("c", "manager"),
+             node("big", cpus=8)]  # fmt: skip
+    step = plan(nodes)
+    assert (step.action, step.node) == ("promote", "big")
+    nodes[3] = node("big", "manager", cpus=8)
+    step = plan(nodes)
+    assert (step.action, step.node) == ("demote", "b")  # equals: not the leader, by name
+    nodes[1] = node("b")
+    assert plan(nodes).action == "none"
+
+
+def test_a_not_quite_better_node_does_not_swap_in():
+    nodes = [node("a", "manager", leader=True), node("b", "manager"), node("c", "manager"),
+             node("d", cpus=1.2)]  # fmt: skip
+    assert plan(nodes).action == "none"
+
+
+def test_nothing_is_changed_without_quorum_and_never_forced():
+    nodes = [node("a", "manager", leader=True), node("b", "manager", "down", "unreachable"),
+             node("c", "manager", "down", "unreachable"), node("d")]  # fmt: skip
+    step = plan(nodes, away={"b": 0.0, "c": 0.0})
+    assert step.action == "wait" and "quorum lost" in step.reason
+
+
+@st.composite
+def autopilot_clouds(draw):
+    """A cloud the autopilot may find: up to 12 nodes, managers reachable or not, one leader."""
+    count = draw(st.integers(1, 12))
+    nodes = []
+    for i in range(count):
+        role = draw(st.sampled_from(["manager", "worker"]))
+        state = draw(st.sampled_from(["ready", "ready", "ready", "down"]))
+        reachable = role == "manager" and state == "ready" and draw(st.booleans())
+        nodes.append(
+            node(
+                f"n{i}",
+                role,
+                state,
+                ("reachable" if reachable else "unreachable") if role == "manager" else None,
+                cpus=draw(st.sampled_from([1.0, 2.0, 8.0])),
+            )
+        )
+    managers = [n for n in nodes if n["role"] == "manager"]
+    if not managers:
+        nodes[0].update(role="manager", state="ready", reachability="reachable")
+        managers = [nodes[0]]
+    live = [n for n in managers if n["reachability"] == "reachable"] or managers
+    live[0]["leader"] = True
+    return nodes
+
+
+def apply(nodes, step):
+    """What a step does to the cloud, as the engine does it (the promoted node joins Raft)."""
+    out = []
+    for n in nodes:
+        n = dict(n)
+        if n["name"] == step.node:
+            if step.action == "remove":
+                continue
+            if step.action == "promote":
+                n.update(role="manager", reachability="reachable")
+            if step.action in ("demote", "demote-dead"):
+                n.update(role="worker", reachability=None, leader=False)
+                if step.action == "demote-dead":
+                    n["labels"] = {**n["labels"], LABEL_DEAD: "t"}
+        out.append(n)
+    if not any(n["leader"] for n in out):  # the demoted leader handed over leadership
+        for n in out:
+            if n["role"] == "manager" and n["reachability"] == "reachable":
+                n["leader"] = True
+                break
+    return out
+
+
+def safety(nodes):
+    managers = [n for n in nodes if n["role"] == "manager"]
+    reachable = [n for n in managers if is_reachable_manager(n)]
+    return len(managers), len(reachable)
+
+
+EVENTS = st.lists(
+    st.tuples(st.sampled_from(["step", "step", "step", "kill", "revive", "join", "wait"]),
+              st.integers(0, 20)),
+    max_size=40,
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(nodes=autopilot_clouds(), events=EVENTS, maximum=st.sampled_from([3, 5, 7]))
+def test_every_step_keeps_quorum_a_manager_and_the_maximum(nodes, events, maximum):
+    spec = {**DEFAULT, "maximum": maximum, "targets": [[1, 1], [3, 3], [5, 5], [7, 7]],
+            "stabilization": 2.0, "dead_after": 3.0}  # fmt: skip
+    now, since, away = 0.0, {}, {}
+    count, _ = safety(nodes)
+    start_above_max = count > maximum
+    for kind, pick in [*events, *[("step", 0)] * 30]:
+        if kind == "kill" and nodes:
+            victim = nodes[pick % len(nodes)]
+            victim.update(state="down")
+            if victim["role"] == "manager":
+                victim["reachability"] = "unreachable"
+            continue
+        if kind == "revive" and nodes:
+            back = nodes[pick % len(nodes)]
+            back.update(state="ready")
+            if back["role"] == "manager":
+                back["reachability"] = "reachable"
+            continue
+        if kind == "join":
+            nodes.append(node(f"j{len(nodes)}-{pick}", cpus=float(pick % 9 + 1)))
+            continue
+        now += 1.0 if kind == "step" else 5.0
+        for n in nodes:
+            since.setdefault(n["name"], now) if n["state"] == "ready" else since.pop(n["name"], 0)
+            if n["role"] == "manager" and not is_reachable_manager(n):
+                away.setdefault(n["name"], now)
+            else:
+                away.pop(n["name"], None)
+        step = plan_step(nodes, spec, WEIGHTS, now, since, away)
+        before_count, before_reachable = safety(nodes)
+        had_quorum = before_reachable >= quorum(before_count)
+        if step.action in ("wait", "none"):
+            continue
+        assert had_quorum, f"{step} taken without quorum"
+        nodes = apply(nodes, step)
+        after_count, after_reachable = safety(nodes)
+        assert after_count >= 1, f"{step} left no manager"
+        assert after_reachable >= quorum(after_count), f"{step} lost quorum"
+        if step.action == "promote":
+            assert after_count <= maximum or start_above_max, f"{step} went above {maximum}"
+    count, _ = safety(nodes)
+    final = plan_step(nodes, spec, WEIGHTS, now + 100, since, away)
+    if final.action == "none" and not start_above_max:
+        assert count % 2 == 1, f"at rest with {count} managers"
