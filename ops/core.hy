@@ -1,10 +1,9 @@
 "The console's own helpers: help, the list of ops, reloading ops/, the last traceback."
 
 (import builtins
-        sys
         traceback
         repl.session [current]
-        repl.render [help-text vocabulary-lines])
+        repl.render [help-text redact-text vocabulary-lines])
 
 (setv _INTRO (.join "\n" [
   "hyops console: evaluate Hy forms in this workspace; results come back as data."
@@ -59,5 +58,5 @@
       (setv original (if (and (is e None) (. error original)) (. error original) error))
       (if (isinstance original hy.errors.HyLanguageError)
         ;; Hy's own rendering (file, line, the form with a caret) says more than its compiler's frames.
-        (print (.rstrip (.join "" (traceback.format-exception-only original))))
-        (traceback.print-exception original :file sys.stdout)))))
+        (print (redact-text (.rstrip (.join "" (traceback.format-exception-only original)))))
+        (print (redact-text (.rstrip (.join "" (traceback.format-exception original)))))))))

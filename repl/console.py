@@ -33,7 +33,7 @@ from ptpython.prompt_style import PromptStyle
 from ptpython.repl import PythonRepl
 from pygments.lexers.lisp import HyLexer
 
-from repl.render import is_records, render
+from repl.render import is_records, redact_text, render
 from repl.session import HyopsEvalError, Session, is_complete
 from repl.workspace import Workspace, WorkspaceError
 
@@ -217,7 +217,7 @@ class HyRepl(PythonRepl):
 
     def _show_error(self, error: HyopsEvalError) -> None:
         hint = "   ; (pst) shows the traceback" if error.kind in ("runtime", "macro") else ""
-        self._print([("ansired", str(error)), ("ansibrightblack", hint)])
+        self._print([("ansired", redact_text(str(error))), ("ansibrightblack", hint)])
 
     def _print(self, text: Any) -> None:
         if isinstance(text, list):

@@ -32,8 +32,7 @@ def main(args: argparse.Namespace) -> int:
     else:
         source, filename = forms, "<eval>"
 
-    import hy
-
+    from repl.render import redact, redact_text
     from repl.session import HyopsEvalError, Session
     from repl.workspace import WorkspaceError
 
@@ -44,7 +43,9 @@ def main(args: argparse.Namespace) -> int:
             # Same text as hy.repr, without loading Hy's printer (about 18 ms on first use).
             print(repr(value), flush=True)
         else:
-            print(hy.repr(value), flush=True)
+            import hy
+
+            print(hy.repr(redact(value)), flush=True)
 
     try:
         session = Session()
@@ -55,7 +56,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         session.eval(source, filename=filename, on_result=show)
     except HyopsEvalError as e:
-        print(f"hyops eval: {e}", file=sys.stderr)
+        print(f"hyops eval: {redact_text(str(e))}", file=sys.stderr)
         return 1
     finally:
         session.close()

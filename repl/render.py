@@ -7,19 +7,59 @@ records (dicts that all have the same keys, such as `(nodes)` answers) reads bet
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import hy
 
 MAX_CELL = 48
+REDACTED = "<redacted>"
+# Values under keys like these are never shown, whatever the op returned.
+SECRET_KEY = re.compile(r"token|secret|password|passphrase|private.?key|api.?key", re.I)
+# Secrets recognisable by their shape, wherever they appear in text.
+SECRET_TEXT = re.compile(
+    r"SWMTKN-1-[0-9A-Za-z-]+"
+    r"|-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(?:-----END [A-Z ]*PRIVATE KEY-----|\Z)",
+    re.S,
+)
 
 
 def render(value: Any, width: int | None = None) -> str:
-    """The text a front end prints for a result: a table for records, else `hy.repr`."""
+    """The text a front end prints for a result: a table for records, else `hy.repr`.
+
+    Secrets are redacted on the way out (the value itself, bound to `*1`, is untouched).
+    """
+    value = redact(value)
     if is_records(value):
         return table(value, width=width)
     return hy.repr(value)
+
+
+def redact(value: Any, depth: int = 0) -> Any:
+    """A copy of `value` fit to show: secret-named fields and secret-shaped text replaced."""
+    if depth > 20:
+        return value
+    if isinstance(value, str):
+        return SECRET_TEXT.sub(REDACTED, value)
+    if isinstance(value, dict):
+        return {
+            k: REDACTED if v is not None and _is_secret_key(k) else redact(v, depth + 1)
+            for k, v in value.items()
+        }
+    if type(value) in (list, tuple):
+        return type(value)(redact(v, depth + 1) for v in value)
+    return value
+
+
+def redact_text(text: str) -> str:
+    """`text` with secret-shaped parts (join tokens, private keys) replaced."""
+    return SECRET_TEXT.sub(REDACTED, text)
+
+
+def _is_secret_key(key: Any) -> bool:
+    name = key.name if isinstance(key, hy.models.Keyword) else key
+    return isinstance(name, str) and bool(SECRET_KEY.search(name))
 
 
 def is_records(value: Any) -> bool:

@@ -133,3 +133,18 @@ def test_ops_modules_are_imported_only_when_used(workspace: Workspace) -> None:
     out = hyops(workspace, "eval", "(heavy-op)")
     assert (out.returncode, out.stdout) == (0, "5\n")
     assert marker.exists()
+
+
+def test_secrets_are_redacted_from_results_and_errors(workspace: Workspace) -> None:
+    out = hyops(
+        workspace,
+        "eval",
+        '{"name" "node-1" "join-token" "SWMTKN-1-abc" "note" "join with SWMTKN-1-xyz"}',
+    )
+    assert (
+        out.stdout
+        == '{"name" "node-1"  "join-token" "<redacted>"  "note" "join with <redacted>"}\n'
+    )
+    out = hyops(workspace, "eval", '(raise (ValueError "bad token SWMTKN-1-secret"))')
+    assert out.returncode == 1
+    assert "SWMTKN-1-secret" not in out.stderr and "<redacted>" in out.stderr
