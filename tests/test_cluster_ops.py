@@ -297,3 +297,48 @@ def test_nodes_answer_from_another_manager_when_the_answering_one_stops(
         assert now != answering
     finally:
         cloud.start_agent(answering)
+
+
+# --- the managers cache (no cloud needed: file lists) ---------------------------------------
+
+
+def test_managers_are_cached_briefly_and_forgotten_when_the_record_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    import repl.cloud
+    from repl.cloud import CloudRecord, Connection
+
+    listed = tmp_path / "list.toml"
+
+    def publish(port: int) -> str:
+        api = f"http://127.0.0.1:{port}"
+        lst = BootstrapList("c-00000001", (Manager("m", "127.0.0.1:2377", api),))
+        listed.write_text(render_list(lst))
+        return api
+
+    (tmp_path / "ops").mkdir()
+    ws = Workspace(tmp_path)
+    record = ws.clouds_dir / "x" / "cloud.toml"
+    record.parent.mkdir(parents=True)
+    record.write_text(f'name = "x"\nlist = "file://{listed}"\noperator_key = "/nonexistent"\n')
+
+    def managers() -> list[str]:
+        return asyncio.run(Connection(CloudRecord.load(record), ws).managers())
+
+    first = publish(7301)
+    assert managers() == [first]
+    publish(7302)
+    assert managers() == [first], "a fresh cache spares reading the list"
+    record.write_text(record.read_text() + "# recorded again\n")
+    assert managers() == ["http://127.0.0.1:7302"], "a changed record forgets the cache"
+    third = publish(7303)
+    monkeypatch.setattr(repl.cloud, "MANAGERS_CACHED_FOR", 0.0)
+    assert managers() == [third], "an old cache is not used"
+    cache = ws.state_dir / "cache" / "lists" / "x" / "managers.json"
+    assert stat_mode(cache) == 0o600
+
+
+def stat_mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
