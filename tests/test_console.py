@@ -228,3 +228,14 @@ def test_vi_mode_keeps_working(workspace: Workspace) -> None:
     c.send("\r")
     c.wait_for(r"\n3\r*\n")
     c.quit()
+
+
+def test_emacs_keys_edit_the_line(workspace: Workspace) -> None:
+    c = start_console(workspace)
+    c.send("+ 20 3)")
+    c.send("\x01")  # Ctrl-A: to the start of the line
+    c.send("(")
+    c.send("\x05")  # Ctrl-E: back to the end
+    c.send("\r")
+    c.wait_for(r"\n23\r*\n")
+    c.quit()
