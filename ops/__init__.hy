@@ -1,1 +1,3 @@
-"The operator's vocabulary. Every op here is imported into the console's namespace."
+"The operator's vocabulary. The public names of this package and of every ops/*.hy module
+(functions, classes and macros defined there, or what `export` lists) become the console's
+namespace; see docs/console.md."
