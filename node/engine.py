@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import struct
 import time
@@ -24,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+log = logging.getLogger("hyops.engine")
 
 # The highest Engine API version this adapter was written against (Debian bookworm's dockerd 20.10).
 WRITTEN_FOR = "1.41"
@@ -297,6 +300,7 @@ class Engine:
         except EngineError as exc:
             if "continue in the background" not in exc.message:
                 raise
+        log.info("%s continues in the background: waiting for the node to be active", operation)
         while True:
             state = (await self.info()).get("Swarm", {})
             if state.get("LocalNodeState") == "active":

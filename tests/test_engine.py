@@ -4,7 +4,9 @@ engines themselves), plus its pure parts: version choice, `since`, stream demult
 from __future__ import annotations
 
 import asyncio
+import logging
 import struct
+import subprocess
 import time
 from pathlib import Path
 
@@ -320,3 +322,38 @@ async def test_an_unknown_node_is_the_engines_404(cloud: LocalCloud, swarm: dict
             await engine.node("no-such-node")
     assert caught.value.status == 404
     assert "no-such-node" in caught.value.message and "not found" in caught.value.message
+
+
+async def test_a_join_slower_than_the_engines_20_s_is_awaited_until_active(
+    cloud: LocalCloud, swarm: dict, caplog: pytest.LogCaptureFixture
+) -> None:
+    """dockerd answers a join after 20 s that it "will continue in the background"; the adapter
+    then waits until the node is active. Packets to node-1 go nowhere for 22 s (a wrong
+    neighbour entry inside node-4), then the entry is removed and the join goes through."""
+    four, one = cloud.node_info("node-4"), cloud.node_info("node-1")
+    token = swarm["swarm"]["JoinTokens"]["Worker"]
+    neighbour = ["ip", "-n", four["netns"], "neigh"]
+    nowhere = ["lladdr", "02:00:00:00:00:01", "dev", "eth0", "nud", "permanent"]
+    subprocess.run([*neighbour, "replace", one["addr"], *nowhere], check=True)
+    fix = asyncio.get_running_loop().call_later(
+        22, lambda: subprocess.run([*neighbour, "del", one["addr"], "dev", "eth0"], check=True)
+    )
+    started = time.monotonic()
+    try:
+        with caplog.at_level(logging.INFO, logger="hyops.engine"):
+            async with cloud.engine("node-4") as engine:
+                await engine.swarm_join(
+                    four["addr"],
+                    [f"{one['addr']}:2377"],
+                    token,
+                    listen_addr=f"{four['addr']}:2377",
+                    deadline=90,
+                )
+                info = await engine.info()
+    finally:
+        fix.cancel()
+        subprocess.run([*neighbour, "del", one["addr"], "dev", "eth0"], capture_output=True)
+    assert time.monotonic() - started > 20
+    assert info["Swarm"]["LocalNodeState"] == "active"
+    assert "continues in the background" in caplog.text
+    assert token not in caplog.text
