@@ -26,7 +26,7 @@ import sys
 import threading
 import traceback
 import types
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,46 @@ RESULT_NAMES = tuple(hy.mangle(f"*{i}") for i in (1, 2, 3))
 ERROR_NAME = hy.mangle("*e")
 _TOP_LEVEL_AWAIT = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
 _CO_COROUTINE = 0x0080  # inspect.CO_COROUTINE, without importing inspect's users
+
+
+class ResultSlots(dict):
+    """One front end's own `*1 *2 *3 *e`, apart from the workspace's (mangled name -> value).
+
+    nREPL gives each of its sessions one, so two editors (or an editor and the console) do not
+    overwrite each other's last results. Forms evaluated with slots see them at top level.
+    """
+
+    def __init__(self) -> None:
+        super().__init__({name: None for name in (*RESULT_NAMES, ERROR_NAME)})
+
+
+class _WithSlots(MutableMapping):
+    """The locals of a top-level form evaluated with slots: `*1 *2 *3 *e` from the slots,
+    every other name read from and written to the workspace namespace."""
+
+    def __init__(self, namespace: dict[str, Any], slots: ResultSlots) -> None:
+        self.namespace, self.slots = namespace, slots
+
+    def __getitem__(self, key: str) -> Any:
+        if key in self.slots:
+            return self.slots[key]
+        return self.namespace[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if key in self.slots:
+            self.slots[key] = value
+        else:
+            self.namespace[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        del self.namespace[key]
+
+    def __iter__(self) -> Any:
+        return iter(self.namespace)
+
+    def __len__(self) -> int:
+        return len(self.namespace)
+
 
 _last_session: Session | None = None
 _evaluating: list[Session] = []
@@ -317,6 +357,10 @@ class Session:
         self._loop: Any = None
         self._loop_thread: threading.Thread | None = None
         self._loop_lock = threading.Lock()
+        # Front ends on other threads (nREPL) evaluate at the same time as the console: reading,
+        # compiling and (re)loading ops share the reader and compiler, so one thread at a time.
+        self._compile_lock = threading.RLock()
+        self._thread = threading.local()  # .slots: the ResultSlots of this thread's evaluation
 
         for name in (*RESULT_NAMES, ERROR_NAME):
             self.namespace[name] = None
@@ -333,39 +377,50 @@ class Session:
         source: str,
         filename: str = "<input>",
         on_result: Callable[[Any], None] | None = None,
+        slots: ResultSlots | None = None,
     ) -> list[Any]:
         """Evaluate every top-level form of `source`; return their results in order.
 
         `on_result` is called with each result as soon as its form is done (front ends print
         there, so a long input shows progress). Errors raise `HyopsEvalError`; `*e` is set and
-        the results of forms evaluated before the error stay bound to `*1 *2 *3`.
+        the results of forms evaluated before the error stay bound to `*1 *2 *3`. With `slots`,
+        `*1 *2 *3 *e` are read from and bound there instead of the workspace's.
         """
-        self.reload_changed()
-        # Reader macros defined by earlier inputs (`defreader`) apply to this one. (Hy's
-        # `enable_readers` does the same but inspects the whole stack to find the module.)
-        self.reader.reader_macros.update(self.namespace.get("_hy_reader_macros", {}))
-        name = self._register_source(source, filename)
-        try:
-            forms = read_forms(source, name, reader=self.reader)
-        except HyopsEvalError as e:
-            e.filename = filename
-            self._record_error(e)
-            raise
+        with self._compile_lock:
+            self.reload_changed()
+            # Reader macros defined by earlier inputs (`defreader`) apply to this one. (Hy's
+            # `enable_readers` does the same but inspects the whole stack to find the module.)
+            self.reader.reader_macros.update(self.namespace.get("_hy_reader_macros", {}))
+            name = self._register_source(source, filename)
+            try:
+                forms = read_forms(source, name, reader=self.reader)
+            except HyopsEvalError as e:
+                e.filename = filename
+                self._record_error(e, slots)
+                raise
         results = []
         for form in forms:
-            value = self.eval_form(form, source, display_name=filename)
+            value = self.eval_form(form, source, display_name=filename, slots=slots)
             results.append(value)
             if on_result is not None:
                 on_result(value)
         return results
 
-    def eval_form(self, form: Form, source: str = "", display_name: str | None = None) -> Any:
+    def eval_form(
+        self,
+        form: Form,
+        source: str = "",
+        display_name: str | None = None,
+        slots: ResultSlots | None = None,
+    ) -> Any:
         """Compile and evaluate one form; bind `*1 *2 *3` to its value (or `*e` on error)."""
         shown = display_name or form.filename
         _evaluating.append(self)
+        saved, self._thread.slots = getattr(self._thread, "slots", None), slots
         try:
-            self._load_referenced(form.model)
-            exec_code, eval_code = self._compile(form, source, shown)
+            with self._compile_lock:
+                self._load_referenced(form.model)
+                exec_code, eval_code = self._compile(form, source, shown)
             try:
                 self._execute(exec_code)
                 value = self._execute(eval_code)
@@ -376,8 +431,9 @@ class Session:
                 self._record_error(error)
                 raise error from None
         finally:
-            _evaluating.pop()
-        ns = self.namespace
+            self._thread.slots = saved
+            _evaluating.remove(self)
+        ns = self.namespace if slots is None else slots
         ns[RESULT_NAMES[2]], ns[RESULT_NAMES[1]] = ns[RESULT_NAMES[1]], ns[RESULT_NAMES[0]]
         ns[RESULT_NAMES[0]] = value
         return value
@@ -411,8 +467,12 @@ class Session:
         if code.co_flags & _CO_COROUTINE:
             # Top-level `await`: the code object returns a coroutine; it runs on the session's
             # loop so whatever it creates (connections, tasks) lives on for later inputs.
-            return self.run(eval(code, self.namespace))
-        return eval(code, self.namespace)
+            return self.run(eval(code, self.namespace, self._locals()))
+        return eval(code, self.namespace, self._locals())
+
+    def _locals(self) -> Any:
+        slots = getattr(self._thread, "slots", None)
+        return self.namespace if slots is None else _WithSlots(self.namespace, slots)
 
     def _register_source(self, source: str, filename: str) -> str:
         """Put pseudo-file input into linecache under a unique name, so tracebacks show it."""
@@ -424,9 +484,12 @@ class Session:
         linecache.cache[name] = (len(source), None, lines, name)
         return name
 
-    def _record_error(self, error: HyopsEvalError) -> None:
+    def _record_error(self, error: HyopsEvalError, slots: ResultSlots | None = None) -> None:
         self.last_error = error
-        self.namespace[ERROR_NAME] = error.original if error.original is not None else error
+        target = slots if slots is not None else getattr(self._thread, "slots", None)
+        if target is None:
+            target = self.namespace
+        target[ERROR_NAME] = error.original if error.original is not None else error
 
     def _compile_error(self, e: BaseException, form: Form, shown: str) -> HyopsEvalError:
         line = getattr(e, "lineno", None) or form.line
@@ -545,7 +608,9 @@ class Session:
 
         try:
             loop.call_soon_threadsafe(start)
-            return future.result(timeout)
+            if threading.current_thread() is threading.main_thread():
+                return future.result(timeout)
+            return _wait_interruptibly(future, timeout)
         except KeyboardInterrupt:
             future.cancel()
             raise
@@ -855,6 +920,23 @@ class Session:
             return []
         kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
         return [hy.unmangle(p.name) for p in params if p.kind in kinds]
+
+
+def _wait_interruptibly(future: Any, timeout: float | None) -> Any:
+    """`future.result(timeout)` in short slices, so that an exception sent to this thread (an
+    nREPL interrupt) lands within a tenth of a second: a thread blocked in one long wait on a
+    lock only sees it when the wait ends."""
+    import concurrent.futures
+    import time
+
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        left = 0.1 if deadline is None else min(0.1, max(deadline - time.monotonic(), 0))
+        try:
+            return future.result(left)
+        except concurrent.futures.TimeoutError:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise
 
 
 def _summary(obj: Any) -> str:
