@@ -253,6 +253,16 @@ def test_demoting_the_last_manager_is_refused_with_the_reason(
 
 
 @pytest.mark.cloud
+def test_an_unknown_node_suggests_close_ones_and_nothing_is_attempted(session: Session) -> None:
+    logged = len(read_audit(session.workspace))
+    with pytest.raises(HyopsEvalError) as err:
+        session.eval('(drain! "node-9" :yes True)')
+    assert "no node named 'node-9' (did you mean node-" in str(err.value)
+    assert len(read_audit(session.workspace)) == logged
+    assert session.eval("(+ 1 2)") == [3]
+
+
+@pytest.mark.cloud
 def test_the_agents_own_refusal_is_explained(
     cloud: LocalCloud, session: Session, names: SimpleNamespace
 ) -> None:
