@@ -60,3 +60,13 @@
         ;; Hy's own rendering (file, line, the form with a caret) says more than its compiler's frames.
         (print (redact-text (.rstrip (.join "" (traceback.format-exception-only original)))))
         (print (redact-text (.rstrip (.join "" (traceback.format-exception original)))))))))
+
+(defn nrepl! [* [port 0] [host "127.0.0.1"]]
+  "Serve this console's session to your editor over nREPL; returns the server.
+
+  The editor and the console then share definitions, *1-style history aside (each editor
+  session has its own *1 *2 *3 *e), and the connection to the cloud. Loopback only; the port
+  goes to .nrepl-port, where CIDER, Calva and Conjure look for it. (.stop *1) stops serving.
+  :port 7888 picks the port (default: any free one)."
+  (import repl.nrepl [serve])
+  (serve (current) :port port :host host))

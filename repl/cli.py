@@ -11,6 +11,7 @@ import sys
 HANDLERS = {
     "repl": "repl.console:main",
     "eval": "repl.oneshot:main",
+    "nrepl": "repl.nrepl:main",
     "agent": "node.agent:main",
     "up": "node.devcloud:up_main",
     "down": "node.devcloud:down_main",
@@ -31,6 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate Hy forms, print each result, exit 0 or 1")
     p.add_argument("forms", nargs="?", help="Hy source to evaluate")
     p.add_argument("-f", "--file", help="evaluate the forms in this .hy file")
+    p.add_argument("--cloud", help="connect to this recorded cloud instead of the default")
+
+    p = sub.add_parser("nrepl", help="serve this workspace to editors over nREPL (loopback)")
+    p.add_argument("--port", type=int, default=0, help="TCP port (default: any free port)")
+    p.add_argument("--host", default="127.0.0.1", help="loopback address (default 127.0.0.1)")
     p.add_argument("--cloud", help="connect to this recorded cloud instead of the default")
 
     p = sub.add_parser("agent", help="run the node agent (configured by one TOML file)")

@@ -20,6 +20,7 @@ import secrets
 import shlex
 import shutil
 import subprocess
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,11 +95,65 @@ def launch_for(
     return [words[0], *args, *goto, path], True
 
 
+_requesting = threading.local()  # .editor: the editor family an nREPL evaluation came from
+
+# The command that hands a file to an editor that is already running, by editor family.
+_EDITOR_COMMANDS = {"emacs": "emacsclient -n", "vscode": "code -r", "nvim": "nvim --remote"}
+
+
+def set_requesting_editor(family: str | None) -> None:
+    """Say (for this thread) that the forms being evaluated came from an editor over nREPL:
+    "emacs", "vscode", "nvim", or "nrepl" when the client did not say which editor it is."""
+    _requesting.editor = family
+
+
+def requesting_editor() -> str | None:
+    """The editor family this thread evaluates for (see `set_requesting_editor`), or None."""
+    return getattr(_requesting, "editor", None)
+
+
+def editor_for_client(
+    family: str, configured: str | None, env: Mapping[str, str] | None = None
+) -> str | None:
+    """Which editor command opens files for an nREPL client of `family`, or None.
+
+    The client's own editor when its command is installed (Neovim needs $NVIM, the address
+    of the running instance); else the operator's configured editor, but only one that
+    returns at once: a terminal editor has no terminal when evaluation comes from an editor.
+    """
+    env = os.environ if env is None else env
+    own = _EDITOR_COMMANDS.get(family)
+    if own is not None and shutil.which(own.split()[0], path=env.get("PATH")) is not None:
+        if family != "nvim" or env.get("NVIM"):
+            return own
+    if configured is not None:
+        try:
+            _, wait = launch_for(configured, "x", None, env)
+        except (EditorError, ValueError):
+            return None
+        if not wait:
+            return configured
+    return None
+
+
 def plan_launch(
     path: Path | str, line: int | None = None, env: Mapping[str, str] | None = None
 ) -> Launch:
     """Which editor opens `path` and how; EditorError when none is set."""
     env = os.environ if env is None else env
+    family = requesting_editor()
+    if family is not None:
+        chosen_editor = choose_editor(env)
+        command = editor_for_client(family, chosen_editor[1] if chosen_editor else None, env)
+        if command is None:
+            raise EditorError(
+                f"evaluated from an editor ({family}), which hyops cannot open files in: set "
+                f"$HYOPS_EDITOR to one that returns at once (emacsclient -n, code -r, nvim "
+                f"--server ADDR --remote); the file is at {path}"
+            )
+        argv, wait = launch_for(command, path, line, env)
+        variable = chosen_editor[0] if chosen_editor and command == chosen_editor[1] else family
+        return Launch(argv, wait, variable)
     chosen = choose_editor(env)
     if chosen is None:
         raise EditorError(
