@@ -15,6 +15,8 @@ HANDLERS = {
     "agent": "node.agent:main",
     "up": "node.devcloud:up_main",
     "down": "node.devcloud:down_main",
+    "run": "repl.runbook:run_main",
+    "notebooks": "repl.runbook:list_main",
 }
 
 
@@ -38,6 +40,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=0, help="TCP port (default: any free port)")
     p.add_argument("--host", default="127.0.0.1", help="loopback address (default 127.0.0.1)")
     p.add_argument("--cloud", help="connect to this recorded cloud instead of the default")
+
+    p = sub.add_parser("run", help="run a runbook (notebooks/NAME.hy) step by step, with a report")
+    p.add_argument("notebook", metavar="NOTEBOOK", help="notebooks/NAME.hy, or just NAME")
+    p.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="set one of the runbook's parameters (repeatable); see hyops notebooks",
+    )
+    p.add_argument(
+        "--dry-run", action="store_true", help="every change returns its plan; nothing changes"
+    )
+    p.add_argument(
+        "--yes", action="store_true", help="make changes without asking (needed without a terminal)"
+    )
+    p.add_argument("--cloud", help="run against this recorded cloud instead of the default")
+
+    sub.add_parser("notebooks", help="list the runbooks with their summary and parameters")
 
     p = sub.add_parser("agent", help="run the node agent (configured by one TOML file)")
     p.add_argument("--config", required=True, help="the agent's TOML config file")

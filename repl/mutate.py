@@ -192,6 +192,12 @@ def perform(
 
     session = session or current()
     show = show or (lambda text: print(text, flush=True))
+    # A runbook's --dry-run / --yes reach every change its steps make, and the audit log
+    # links each change to the run's report.
+    run = getattr(session, "runbook", None)
+    if run is not None:
+        dry_run = dry_run or bool(run.dry_run)
+        yes = yes or bool(run.yes)
     conn = getattr(session, "cloud_connection", None)
     entry: dict[str, Any] = {
         "time": _now(),
@@ -206,6 +212,8 @@ def perform(
         "after": plan.after,
         "mode": "dry-run" if dry_run else "yes" if yes else "ask",
     }
+    if run is not None:
+        entry["runbook"], entry["report"] = run.name, run.report
 
     def record(result: str, **more: Any) -> None:
         audit(session.workspace, {**entry, "result": result, **more})

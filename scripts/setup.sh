@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up everything hyops needs on a fresh Debian machine, as root. Idempotent and quick when done.
 #   system: docker.io (dockerd, for the local cloud), busybox-static (the tiny service image),
-#           iproute2 + util-linux (namespaces), git (bootstrap lists), tmux (console tests)
+#           iproute2 + util-linux (namespaces), git (bootstrap lists), tmux (console tests),
+#           chromium (headless: the runbook report test)
 #   python: a virtualenv in .venv with hyops installed in editable mode, with its dev tools
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +19,7 @@ command -v ip >/dev/null || need+=(iproute2)
 command -v nsenter >/dev/null || need+=(util-linux)
 command -v git >/dev/null || need+=(git)
 command -v tmux >/dev/null || need+=(tmux)
+command -v chromium >/dev/null || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
   echo "hyops setup: installing ${need[*]}"
   apt-get update -qq
