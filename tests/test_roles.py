@@ -492,3 +492,19 @@ def test_every_op_has_help_and_is_listed(session: Session, capsys: pytest.Captur
     page = capsys.readouterr().out
     assert "(promote! name * [yes False] [dry-run False])" in page
     assert ":dry-run True returns the plan" in page
+
+
+def test_a_runbooks_dry_run_and_yes_reach_every_change(bare: SimpleNamespace) -> None:
+    acted = []
+    run = {"name": "tour", "report": "reports/tour.html"}
+    bare.runbook = SimpleNamespace(**run, dry_run=True, yes=False)
+    out = perform(_plan(), lambda: acted.append(1), session=bare, show=lambda _: None)
+    assert acted == [] and out["result"] == "dry-run"
+    bare.runbook = SimpleNamespace(**run, dry_run=False, yes=True)
+    out = perform(_plan(), lambda: acted.append(1), session=bare, show=lambda _: None)
+    assert acted == [1] and out["result"] == "done"
+    entries = read_audit(bare.workspace)
+    assert [(e["mode"], e["runbook"], e["report"]) for e in entries] == [
+        ("dry-run", "tour", "reports/tour.html"),
+        ("yes", "tour", "reports/tour.html"),
+    ]
