@@ -195,16 +195,22 @@ _routing_lock = threading.Lock()
 _routing_users = 0
 
 
-def _route_streams(on: bool) -> None:
-    """Put the routing streams in place (first server) or take them away (last server)."""
+def _route_streams(on: bool | None) -> None:
+    """Put the routing streams in place (a server starts, or None: an evaluation starts) or
+    take them away (the last server stops).
+
+    Checked again at every evaluation because whoever replaced sys.stdout since (a test
+    runner's capture, `redirect_stdout`) would otherwise take the editor's output.
+    """
     global _routing_users
     with _routing_lock:
-        _routing_users += 1 if on else -1
+        if on is not None:
+            _routing_users += 1 if on else -1
         for name in ("stdout", "stderr", "stdin"):
             stream = getattr(sys, name)
-            if on and _routing_users == 1 and not isinstance(stream, _Routed):
+            if on is not False and _routing_users > 0 and not isinstance(stream, _Routed):
                 setattr(sys, name, _Routed(name, stream))
-            elif not on and _routing_users == 0 and isinstance(stream, _Routed):
+            elif on is False and _routing_users == 0 and isinstance(stream, _Routed):
                 setattr(sys, name, stream._original)
 
 
@@ -681,6 +687,7 @@ class Server:
 
         request, nsession = job.request, job.session
         source, filename, last_only = _source_of(request)
+        _route_streams(None)
         _current.job = job
         editor.set_requesting_editor(nsession.client or "nrepl")
         try:
