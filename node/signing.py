@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import heapq
 import json
@@ -29,8 +30,13 @@ import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import asyncssh
+if TYPE_CHECKING:
+    import asyncssh
+
+# asyncssh costs ~150 ms to import: it is imported where a key is made, parsed or verified, so a
+# one-shot `hyops eval` that only signs (load_signing_key + sign_headers) never pays for it.
 
 __all__ = [
     "HEADER_KEY",
@@ -47,6 +53,7 @@ __all__ = [
     "fingerprint",
     "generate_key",
     "load_private_key",
+    "load_signing_key",
     "require_role",
     "sign_headers",
     "signed_string",
@@ -90,6 +97,8 @@ def generate_key(path: Path, comment: str, *, overwrite: bool = False) -> str:
     if path.exists() and not overwrite:
         raise KeyFileError(f"key {path} already exists; use it, or move it away to make a new one")
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    import asyncssh
+
     key = asyncssh.generate_private_key("ssh-ed25519", comment=comment)
     public = key.export_public_key().decode().strip()
     _write_atomic(path, key.export_private_key(), 0o600)
@@ -113,11 +122,8 @@ def _write_atomic(path: Path, data: bytes, mode: int) -> None:
         raise
 
 
-def load_private_key(path: Path) -> asyncssh.SSHKey:
-    """The ed25519 private key at `path`; KeyFileError saying what to do if it is unusable.
-
-    Like ssh, a key file that group or others may read is refused.
-    """
+def _read_key_file(path: Path) -> bytes:
+    """The bytes of a private key file, refusing a missing or group/other-readable one."""
     path = Path(path)
     try:
         st = path.stat()
@@ -133,6 +139,18 @@ def load_private_key(path: Path) -> asyncssh.SSHKey:
             f"key {path}: permissions {stat.S_IMODE(st.st_mode):04o} are too open for a "
             f"private key; run: chmod 600 {path}"
         )
+    return data
+
+
+def load_private_key(path: Path) -> asyncssh.SSHKey:
+    """The ed25519 private key at `path` as an asyncssh key (for SSH as well as signing);
+    KeyFileError saying what to do if it is unusable.
+
+    Like ssh, a key file that group or others may read is refused.
+    """
+    import asyncssh
+
+    data = _read_key_file(path)
     try:
         key = asyncssh.import_private_key(data)
     except (asyncssh.KeyImportError, ValueError) as e:
@@ -149,13 +167,80 @@ def load_private_key(path: Path) -> asyncssh.SSHKey:
     return key
 
 
-def fingerprint(key_or_public_line: asyncssh.SSHKey | str | bytes) -> str:
+class SigningKey:
+    """An ed25519 private key that only signs requests, on `cryptography` alone (cheap to load).
+
+    It answers the two calls `sign_headers` makes of an asyncssh key: `sign` (an SSH signature
+    blob, as asyncssh makes) and `get_fingerprint`. Its repr shows the fingerprint only.
+    """
+
+    algorithm = ALGORITHM
+
+    def __init__(self, private: Any) -> None:
+        from cryptography.hazmat.primitives import serialization
+
+        self._private = private
+        raw = private.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+        self._public_blob = _ssh_string(ALGORITHM) + _ssh_string(raw)
+
+    def sign(self, data: bytes, algorithm: bytes = ALGORITHM) -> bytes:
+        return _ssh_string(ALGORITHM) + _ssh_string(self._private.sign(data))
+
+    def get_fingerprint(self, hash_name: str = "sha256") -> str:
+        digest = hashlib.sha256(self._public_blob).digest()
+        return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+    def __repr__(self) -> str:
+        return f"<SigningKey {self.get_fingerprint()}>"
+
+
+@functools.lru_cache(maxsize=256)
+def _public_key(line: str) -> asyncssh.SSHKey:
+    """A trusted public key line parsed once (the verifier checks every request against it)."""
+    import asyncssh
+
+    return asyncssh.import_public_key(line)
+
+
+def _ssh_string(data: bytes) -> bytes:
+    return len(data).to_bytes(4, "big") + data
+
+
+def load_signing_key(path: Path) -> SigningKey:
+    """The ed25519 private key at `path`, for signing requests only (no asyncssh import).
+
+    Same checks and messages as `load_private_key`.
+    """
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    data = _read_key_file(path)
+    try:
+        private = serialization.load_ssh_private_key(data, password=None)
+    except (ValueError, TypeError) as e:
+        reason = "it is encrypted" if "password" in str(e).lower() else "unreadable format"
+        raise KeyFileError(
+            f"key {path}: not an unencrypted OpenSSH private key ({reason}); "
+            "make one with ssh-keygen -t ed25519 -N ''"
+        ) from None
+    if not isinstance(private, Ed25519PrivateKey):
+        raise KeyFileError(
+            f"key {path}: is not an ed25519 key; make one with ssh-keygen -t ed25519 -N ''"
+        )
+    return SigningKey(private)
+
+
+def fingerprint(key_or_public_line: asyncssh.SSHKey | SigningKey | str | bytes) -> str:
     """The key's SHA256 fingerprint as `ssh-keygen -l` prints it (`SHA256:…`).
 
     Takes a key object (private or public) or a public key line `ssh-ed25519 AAAA… comment`.
     """
     key = key_or_public_line
     if isinstance(key, str | bytes):
+        import asyncssh
+
         try:
             key = asyncssh.import_public_key(key)
         except (asyncssh.KeyImportError, ValueError):
@@ -182,6 +267,8 @@ class TrustedKey:
         """A TrustedKey from a public key line; ValueError if the line or role is wrong."""
         if role not in ROLES:
             raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+        import asyncssh
+
         try:
             key = asyncssh.import_public_key(public)
         except (asyncssh.KeyImportError, ValueError):
@@ -318,7 +405,7 @@ def signed_string(method: str, path_with_query: str, body: bytes, when: int, non
 
 
 def sign_headers(
-    key: asyncssh.SSHKey,
+    key: asyncssh.SSHKey | SigningKey,
     method: str,
     path_with_query: str,
     body: bytes = b"",
@@ -413,10 +500,12 @@ class Verifier:
                 "sign requests with hyops's node.signing.sign_headers",
             )
         when = int(when_text)
+        import asyncssh
+
         try:
             signature = base64.b64decode(sig_text, validate=True)
             data = signed_string(method, path_with_query, body, when, nonce)
-            valid = asyncssh.import_public_key(key.public).verify(data, signature)
+            valid = _public_key(key.public).verify(data, signature)
         except (binascii.Error, ValueError, RuntimeError, asyncssh.KeyImportError):
             valid = False
         if not valid:

@@ -197,10 +197,10 @@ class Connection:
             return
         import httpx
 
-        from node.signing import load_private_key
+        from node.signing import load_signing_key
 
         try:
-            self._key = load_private_key(self.record.operator_key)
+            self._key = load_signing_key(self.record.operator_key)
         except Exception as exc:
             raise CloudError(f"cannot use the operator key: {exc}") from None
         # Agents speak plain HTTP on their own network, so the TLS context (40 ms of loading
