@@ -471,6 +471,9 @@ class Server:
                 sock, _ = listener.accept()
             except OSError:
                 return  # stopped
+            # Replies go out as several small writes (value, then done): without this, Nagle's
+            # algorithm holds the last one back until the client's delayed ACK (40 ms).
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             connection = Connection(self, sock)
             with self._lock:
                 self.connections.add(connection)
