@@ -371,9 +371,12 @@ class Agent:
                     urls.append(f"http://{host}:{self.config.api_port}")
         except EngineError:
             pass
-        with contextlib.suppress(ListError):
-            lst = await asyncio.to_thread(self.lists.read)
-            urls += [m.api for m in lst.managers if m.api != self.api_url]
+        if not urls:
+            # the engine knows no manager (not joined yet, or cut off): the list does, at the
+            # price of a read (a git fetch), so only then
+            with contextlib.suppress(ListError):
+                lst = await asyncio.to_thread(self.lists.read)
+                urls += [m.api for m in lst.managers if m.api != self.api_url]
         return list(dict.fromkeys(urls))
 
     async def _ask_manager(self, method: str, path: str, body: Any = None) -> Any:

@@ -6,6 +6,7 @@ import base64
 import os
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import asyncssh
@@ -439,3 +440,26 @@ def test_any_change_to_method_path_or_body_breaks_the_signature(keys, method, pa
     ][flip]
     assert refused(verifier(keys), *changed, headers).code == "bad-signature"
     assert verifier(keys).verify(method, path, body, headers).name == "operator"
+
+
+def test_signing_key_signs_as_asyncssh_verifies_without_importing_it(tmp_path):
+    """The workspace's cheap signer (cryptography only) makes signatures the agent accepts."""
+    from node.signing import Trust, TrustedKey, Verifier, load_signing_key, sign_headers
+
+    path = tmp_path / "k"
+    public = generate_key(path, "operator")
+    code = (
+        "import sys; from node.signing import load_signing_key, sign_headers;"
+        f"k = load_signing_key({str(path)!r}); sign_headers(k, 'GET', '/v1/nodes');"
+        "print('asyncssh' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+    key = load_signing_key(path)
+    assert key.get_fingerprint() == fingerprint(public)
+    assert "PRIVATE" not in repr(key) and fingerprint(public) in repr(key)
+    verifier = Verifier(Trust.from_keys([TrustedKey.from_public("op", "operator", public)]))
+    headers = sign_headers(key, "POST", "/v1/nodes/n/promote", b"{}")
+    assert verifier.verify("POST", "/v1/nodes/n/promote", b"{}", headers).name == "op"
+    with pytest.raises(AuthError):
+        verifier.verify("POST", "/v1/nodes/n/demote", b"{}", sign_headers(key, "POST", "/x", b""))
