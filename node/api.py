@@ -291,8 +291,11 @@ def create_app(agent: Agent) -> FastAPI:
             ) from None
 
     @app.get("/v1/spec", tags=["autopilot"])
-    async def get_spec(key: TrustedKey = Depends(readers)) -> Any:
-        """The spec this cloud follows (the default one when none was given)."""
+    async def get_spec(request: Request, key: TrustedKey = Depends(readers)) -> Any:
+        """The spec this cloud follows (`given` false: none was, this is the default one)."""
+        forwarded = await manager_or_forward(request)
+        if forwarded is not None:
+            return forwarded
         return await agent.autopilot.spec_answer()
 
     @app.get("/v1/autopilot", tags=["autopilot"])

@@ -13,6 +13,7 @@ Node records are the node API's dicts with string keys: `name`, `role` ("manager
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -302,7 +303,8 @@ def plan_step(
     stabilization = float(managers_spec["stabilization"])
     workers = [n for n in eligible if not is_manager(n)]
     stable = [n for n in workers if now - ready_since.get(str(n.get("name")), now) >= stabilization]
-    stable.sort(key=lambda n: (-score(n, weights), str(n.get("name"))))
+    # the best two are all any step needs: no full sort over a large cloud
+    stable = heapq.nsmallest(2, stable, key=lambda n: (-score(n, weights), str(n.get("name"))))
     maximum = int(managers_spec["maximum"])
 
     def weakest() -> Node:

@@ -204,6 +204,8 @@ class Autopilot:
 
     async def run(self) -> None:
         """Tick forever; only the leader acts. Errors are logged and the next tick tries again."""
+        log.info("autopilot: started (spec %s); it acts while this node leads",
+                 (self.spec or {}).get("version", "none given"))  # fmt: skip
         while True:
             try:
                 await self.tick()
@@ -211,6 +213,8 @@ class Autopilot:
                 raise
             except (EngineError, SpecError, OSError, ValueError, KeyError) as exc:
                 log.warning("autopilot: this look at the cloud failed: %s", exc)
+            except Exception:  # the loop must outlive any surprise; the next tick tries again
+                log.exception("autopilot: unexpected error in this look at the cloud")
             await asyncio.sleep(TICK)
 
     async def tick(self) -> Step | None:

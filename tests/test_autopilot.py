@@ -21,6 +21,10 @@ import pytest
 
 from node.devcloud import LocalCloud
 from node.policy import quorum
+from repl.mutate import read_audit
+from repl.session import HyopsEvalError, Session
+from repl.workspace import Workspace
+from tests.conftest import _keep_logs
 from tests.helpers import signed, wait_until
 
 pytestmark = pytest.mark.cloud
@@ -300,12 +304,14 @@ def test_spec_from_the_workspace_systems_start_and_stop_by_min_nodes(
         wait_until(lambda: (s := store()) and s["running"] == 1, 60, "store to run at 3 nodes")
         wait_until(lambda: len(started_lines()) == 1, 30, "store to write its volume")
 
-        cloud.kill_dockerd("node-3")
+        # a worker (not node-1, where the store runs) goes away: 2 ready nodes
+        gone = next(n for n in ("node-3", "node-2") if n not in managers(cloud))
+        cloud.kill_dockerd(gone)
         wait_until(lambda: (s := store()) and s["replicas"] == 0, 60, "store to stop at 2 nodes")
         wait_until(lambda: store()["running"] == 0, 30, "store's task to end")
         assert len(started_lines()) == 1  # the data is kept
 
-        cloud.start_dockerd("node-3")
+        cloud.start_dockerd(gone)
         wait_until(lambda: (s := store()) and s["running"] == 1, 60, "store back at 3 nodes")
         wait_until(lambda: len(started_lines()) == 2, 30, "store to start on its kept data")
         actions = [(a["action"], a["node"]) for a in recent(cloud)]
@@ -325,5 +331,40 @@ def test_spec_from_the_workspace_systems_start_and_stop_by_min_nodes(
             "the restarted agent to answer with the same spec",
         )
         assert (cloud.node_dir(leader) / "agent" / "spec.json").exists()
+
+        # the console: (spec-diff), (apply-spec!) with dry run and audit, (autopilot)
+        session = Session(Workspace(workspace))
+        try:
+            assert session.eval("(spec-diff)")[-1] == []
+            main = workspace / "cloud" / "cloud.toml"
+            main.write_text(main.read_text().replace('"1s"', '"2s"'))
+            assert "managers.stabilization: 1.0 -> 2.0" in session.eval("(spec-diff)")[-1]
+            assert session.eval("(apply-spec! :dry-run True)")[-1]["result"] == "dry-run"
+            assert api_get(cloud, "/v1/spec")["version"] == kept
+            done = session.eval("(apply-spec! :yes True)")[-1]
+            assert done["result"] == "done"
+            assert api_get(cloud, "/v1/spec")["version"] == done["target"] != kept
+            audit = [e["result"] for e in read_audit(session.workspace)
+                     if e["action"] == "apply-spec"]  # fmt: skip
+            assert audit == ["dry-run", "done"]
+            seen = wait_until(
+                lambda: (
+                    (a := session.eval("(autopilot)")[-1])["spec"] == done["target"]
+                    and a["leading"]
+                    and a
+                ),
+                30,
+                "the autopilot to follow the new spec",
+            )
+            assert seen["sees"]["ready"] == 3, repr(seen)
+            assert seen["next"]["reason"]
+            main.write_text("[managers]\nmaximum = 9\nminimum = 2\n")
+            with pytest.raises(HyopsEvalError) as err:
+                session.eval("(apply-spec! :yes True)")
+            assert "maximum" in str(err.value) and "minimum: 2 is even" in str(err.value)
+            assert api_get(cloud, "/v1/spec")["version"] == done["target"]
+        finally:
+            session.close()
     finally:
+        _keep_logs(cloud)
         cloud.down(clean=True)
