@@ -730,7 +730,8 @@ class Server:
                     job.reply(
                         {"value": _printed(results[-1] if results else None), "ns": NAMESPACE}
                     )
-            job.reply({"status": ["done"]})
+            # `ns` on the last reply too: Calva's handshake reads it there after an error.
+            job.reply({"ns": NAMESPACE, "status": ["done"]})
         finally:
             _current.job = None
             editor.set_requesting_editor(None)

@@ -444,6 +444,42 @@ def test_console_and_editor_share_one_session(workspace: Workspace) -> None:
             console.child.terminate(force=True)
 
 
+def test_edit_from_an_editor_opens_in_that_editor(
+    client: Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bin_dir, record = tmp_path / "bin", tmp_path / "opened"
+    bin_dir.mkdir()
+    stub = bin_dir / "emacsclient"  # stands in for a running Emacs: records what it was given
+    stub.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {record}.tmp && mv {record}.tmp {record}\n')
+    stub.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    for name in ("HYOPS_EDITOR", "VISUAL", "EDITOR"):
+        monkeypatch.delenv(name, raising=False)
+    open_it = (
+        "(import repl.editor [edit-value] repl.session [current])"
+        ' (get (edit-value "some text" (. (current) workspace logs-dir) :line 3) 1)'
+    )
+    emacs = client.clone(**{"client-name": "CIDER"})
+    assert values(client.call(op="eval", session=emacs, code=open_it))[-1] == "None"
+    deadline = time.monotonic() + 10
+    while not record.exists():
+        assert time.monotonic() < deadline, "emacsclient was not started"
+        time.sleep(0.05)
+    assert record.read_text().split() == ["-n", "+3", str(client_logs(client) / "value.txt")]
+    # VS Code is not installed here and vim needs a terminal: the file's path, no editor.
+    monkeypatch.setenv("HYOPS_EDITOR", "vim")
+    vscode = client.clone(**{"client-name": "Calva"})
+    [problem] = values(client.call(op="eval", session=vscode, code=open_it))[-1:]
+    assert "the file is at" in problem and "$HYOPS_EDITOR" in problem
+
+
+def client_logs(client: Client) -> Path:
+    [value] = values(
+        client.call(op="eval", code="(str (. (hy.I.repl/session.current) workspace logs-dir))")
+    )
+    return Path(value.strip('"'))
+
+
 # ----------------------------------------------------------------------------- pure parts
 
 
