@@ -120,7 +120,7 @@ def to_markdown(run: Any) -> str:
             mark = _STATUS_MARK.get(step.status, "")
             timing = f", {step.seconds:.2f} s" if step.status != "not run" else ""
             out += [f"### Step {step.number} · line {block.line} · {mark} {step.status}{timing}"]
-            out += ["", "```hy", block.text, "```", ""]
+            out += ["", "```hy", redact_text(block.text), "```", ""]
             if step.output.strip():
                 out += ["Output:", "", "```text", step.output.rstrip(), "```", ""]
             if step.status == "ok" and step.value is not None:
@@ -210,7 +210,7 @@ def to_html(run: Any) -> str:
                 f'<section class="step {e(css)}" id="step-{step.number}">',
                 f"<header><span>Step {step.number} · line {block.line}</span>"
                 f'<span class="status">{mark} {e(step.status)}{timing}</span></header>',
-                highlight(block.text, lexer, formatter),
+                highlight(redact_text(block.text), lexer, formatter),
             ]
             if step.output.strip():
                 parts.append(f'<pre class="output">{e(step.output.rstrip())}</pre>')

@@ -448,7 +448,9 @@ class _Tee(io.TextIOBase):
     def write(self, text: str) -> int:
         self.buffer_.write(text)
         if self.echo is not None:
-            self.echo.write(text)
+            from repl.render import redact_text
+
+            self.echo.write(redact_text(text))
             self.echo.flush()
         return len(text)
 
@@ -518,7 +520,7 @@ def run_runbook(
     try:
         for step in run.steps:
             if echo is not None:
-                first = step.block.text.splitlines()[0]
+                first = redact_text(step.block.text.splitlines()[0])
                 print(
                     f"\n── step {step.number}/{len(run.steps)} (line {step.block.line}): {first}",
                     file=echo,

@@ -1,0 +1,325 @@
+"""Runbooks without a cloud: the format, parameters and their errors, a failing step, the
+report (Markdown, and HTML rendered by headless Chromium), and the way --dry-run / --yes reach
+`repl.mutate.perform`. Runbooks run through the real command line (`hyops run`, no terminal) in
+a temporary workspace whose ops/ is the repository's.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from repl.runbook import Param, RunbookError, convert, parse, resolve_params
+from tests.conftest import REPO
+
+ARTIFACTS = REPO / "test-artifacts"
+
+DEMO = """\
+;; # Demo runbook
+;;
+;; Counts things and *then* fails.
+;; Second line of the first paragraph.
+
+(defparams
+  count 2 "how many rows"
+  label "x" "a label for each row"
+  loud False "shout?"
+  ratio 0.5 "a number")
+
+;; ## Rows
+;; A table of records.
+
+(lfor i (range count) {"i" i "label" label "loud" loud})
+
+(do
+  ;; a comment inside a form is code, not prose
+  (print "hello from" label)
+  (.write-text (hy.I.pathlib.Path "step2-ran") "yes"))
+
+;; ## Breaks
+(/ 1 0)
+
+(.write-text (hy.I.pathlib.Path "step4-ran") "yes")
+"""
+
+
+@pytest.fixture
+def ws(tmp_path: Path) -> Path:
+    (tmp_path / "ops").symlink_to(REPO / "ops")
+    (tmp_path / "notebooks").mkdir()
+    (tmp_path / "notebooks" / "demo.hy").write_text(DEMO)
+    return tmp_path
+
+
+def hyops(ws: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HYOPS_WORKSPACE": str(ws)}
+    return subprocess.run(
+        [sys.executable, "-m", "repl.cli", *args],
+        cwd=ws,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def report_of(result: subprocess.CompletedProcess, ws: Path) -> Path:
+    line = next(ln for ln in result.stdout.splitlines() if "report: " in ln)
+    return ws / line.split("report: ", 1)[1].split()[0]
+
+
+# --- the format -----------------------------------------------------------------------------------
+
+
+def test_comments_are_prose_forms_are_steps_parameters_come_first() -> None:
+    book = parse(DEMO, "notebooks/demo.hy")
+    assert book.name == "demo" and book.title == "Demo runbook"
+    assert book.summary == "Counts things and *then* fails. Second line of the first paragraph."
+    assert [b.kind for b in book.blocks] == [
+        "prose", "params", "prose", "step", "step", "prose", "step", "step",
+    ]  # fmt: skip
+    assert [s.line for s in book.steps] == [15, 17, 23, 25]
+    assert "a comment inside a form is code" in book.steps[1].text
+    assert book.blocks[2].text == "## Rows\nA table of records."
+    assert [(p.name, p.default, p.kind) for p in book.params] == [
+        ("count", 2, "int"), ("label", "x", "str"), ("loud", False, "bool"),
+        ("ratio", 0.5, "float"),
+    ]  # fmt: skip
+    assert book.params[0].doc == "how many rows"
+
+
+@pytest.mark.parametrize(
+    ("source", "line", "says"),
+    [
+        ('(print 1)\n\n(print "open)\n', 3, "incomplete input"),
+        ("(print 1)\n(foo ]\n", 2, "reader error"),
+        ('(print 1)\n(defparams a 1 "doc")\n', 2, "declared once"),
+        ("(defparams a 1)\n", 1, "triples of name, default and docstring"),
+        ('(defparams a (+ 1 2) "doc")\n', 1, "must be a number, a string, True, False or None"),
+        ('(defparams a 1 "")\n', 1, "needs a docstring"),
+        ('(defparams a 1 "x" a 2 "y")\n', 1, "declared twice"),
+    ],
+)
+def test_a_bad_runbook_is_refused_with_its_line(source: str, line: int, says: str) -> None:
+    with pytest.raises(RunbookError) as err:
+        parse(source, "notebooks/bad.hy")
+    assert err.value.line == line
+    assert says in err.value.message and f"notebooks/bad.hy:{line}" in err.value.message
+
+
+def test_parameter_values_are_checked_and_converted() -> None:
+    book = parse(DEMO, "notebooks/demo.hy")
+    got = resolve_params(book, {"count": "5", "loud": "yes", "ratio": "2"}, from_text=True)
+    assert got == {"count": 5, "label": "x", "loud": True, "ratio": 2.0}
+    assert resolve_params(book, {"count": 7}, from_text=False)["count"] == 7
+    with pytest.raises(RunbookError, match=r"unknown parameter 'cont'.*did you mean count"):
+        resolve_params(book, {"cont": "5"}, from_text=True)
+    with pytest.raises(RunbookError, match=r"count: abc is not a whole number \(default 2"):
+        resolve_params(book, {"count": "abc"}, from_text=True)
+    with pytest.raises(RunbookError, match="loud: maybe is not true or false"):
+        resolve_params(book, {"loud": "maybe"}, from_text=True)
+    with pytest.raises(RunbookError, match='count: "5" is not a whole number'):
+        resolve_params(book, {"count": "5"}, from_text=False)
+    with pytest.raises(RunbookError, match="count: True is not a whole number"):
+        resolve_params(book, {"count": True}, from_text=False)
+    optional = Param("system", None, "a system", 1)
+    assert convert(optional, "", from_text=True) is None
+    assert convert(optional, "web", from_text=True) == "web"
+
+
+# --- running from the command line ----------------------------------------------------------------
+
+
+def test_a_failing_step_stops_the_run_and_the_report_says_where(ws: Path) -> None:
+    result = hyops(ws, "run", "notebooks/demo.hy", "--param", "count=3")
+    assert result.returncode == 1
+    assert "demo: failed at step 3 (line 23)" in result.stdout
+    assert "ZeroDivisionError: division by zero" in result.stdout
+    assert (ws / "step2-ran").exists() and not (ws / "step4-ran").exists()
+    html = report_of(result, ws)
+    assert re.fullmatch(r"demo-\d{8}T\d{6}Z\.html", html.name) and html.parent == ws / "reports"
+    md = html.with_suffix(".md").read_text()
+    assert "FAILED: step 3 (line 23) failed: ZeroDivisionError: division by zero." in md
+    assert "2 of 4 steps passed; the 1 after it did not run." in md
+    assert "### Step 4 · line 25 · – not run" in md
+    assert "| 2 | x | False |" in md  # the records of step 1 as a table
+    assert "hello from x" in md  # what step 2 printed
+    assert "| count | `3` | `2` | how many rows |" in md
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--param", "cont=3"], "unknown parameter 'cont' for runbook demo: did you mean count?"),
+        (["--param", "count=many"], "parameter count: many is not a whole number"),
+        (["--param", "count"], "write --param NAME=VALUE"),
+    ],
+)
+def test_bad_parameters_are_refused_before_any_step_runs(
+    ws: Path, args: list[str], says: str
+) -> None:
+    result = hyops(ws, "run", "demo", *args)
+    assert result.returncode == 2
+    assert says in result.stderr
+    assert not (ws / "step2-ran").exists()
+    md = report_of(result, ws).with_suffix(".md").read_text()
+    assert "REFUSED before any step ran" in md and says in md
+
+
+def test_a_reader_error_is_refused_with_its_line_before_any_step(ws: Path) -> None:
+    (ws / "notebooks" / "broken.hy").write_text(
+        '(.write-text (hy.I.pathlib.Path "first-ran") "yes")\n\n(print "oops)\n'
+    )
+    result = hyops(ws, "run", "broken")
+    assert result.returncode == 2
+    assert "broken.hy:3: incomplete input" in result.stderr
+    assert "nothing was run" in result.stderr
+    assert not (ws / "first-ran").exists()
+
+
+def test_an_unknown_runbook_names_the_known_ones(ws: Path) -> None:
+    result = hyops(ws, "run", "demi")
+    assert result.returncode == 2
+    assert "no runbook 'demi' (did you mean demo?" in result.stderr
+
+
+def test_notebooks_lists_each_runbook_with_its_summary_and_parameters(ws: Path) -> None:
+    shutil.copy(REPO / "notebooks" / "rolling-restart.hy", ws / "notebooks")
+    result = hyops(ws, "notebooks")
+    assert result.returncode == 0
+    out = result.stdout
+    assert "demo\n  Counts things and *then* fails. Second line of the first paragraph." in out
+    assert "--param count=2  how many rows" in out
+    assert "rolling-restart\n  Restart a system one node at a time" in out
+    assert "--param system=None  the system (service) to restart; None: every system" in out
+
+
+def test_defparams_binds_the_defaults_when_evaluated_outside_a_run(ws: Path) -> None:
+    result = hyops(ws, "eval", '(defparams n 4 "how many" who "me" "who") [n who]')
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == '[4 "me"]'
+
+
+def test_secrets_printed_by_a_step_are_redacted_in_the_report(ws: Path) -> None:
+    token = "SWMTKN-1-" + "3" * 50 + "-" + "a" * 25
+    (ws / "notebooks" / "leak.hy").write_text(
+        f';; # Leak\n(print "token {token}")\n{{"join_token" "{token}" "ok" 1}}\n'
+    )
+    result = hyops(ws, "run", "leak")
+    assert result.returncode == 0, result.stdout + result.stderr
+    html = report_of(result, ws)
+    for text in (html.read_text(), html.with_suffix(".md").read_text(), result.stdout):
+        assert token not in text
+        assert "<redacted>" in text or "&lt;redacted&gt;" in text
+
+
+# --- changes under a run: --dry-run, --yes, no terminal, the audit log ---------------------------
+
+CHANGE = """\
+;; # Change
+(import repl.mutate [Plan perform])
+(perform (Plan :action "touch" :target "thing" :changes ["file: absent -> present"])
+         (fn [] (.write-text (hy.I.pathlib.Path "acted") "yes") "did it"))
+(dry-run?)
+"""
+
+
+@pytest.mark.parametrize(
+    ("flags", "code", "acted", "result"),
+    [
+        (["--dry-run"], 0, False, "dry-run"),
+        ([], 1, False, "refused"),
+        (["--yes"], 0, True, "done"),
+    ],
+)
+def test_dry_run_and_yes_of_a_run_reach_every_change_and_the_audit_log_links_the_report(
+    ws: Path, flags: list[str], code: int, acted: bool, result: str
+) -> None:
+    import json
+
+    (ws / "notebooks" / "change.hy").write_text(CHANGE)
+    run = hyops(ws, "run", "change", *flags)
+    assert run.returncode == code, run.stdout + run.stderr
+    assert (ws / "acted").exists() == acted
+    report = report_of(run, ws)
+    entries = [json.loads(x) for x in (ws / ".hyops" / "audit.jsonl").read_text().splitlines()]
+    assert [(e["action"], e["result"]) for e in entries] == [("touch", result)]
+    assert entries[0]["report"] == str(report.relative_to(ws))
+    assert entries[0]["runbook"] == "change"
+    md = report.with_suffix(".md").read_text()
+    assert "## Changes (audit log)" in md and f"| touch | thing | {result} |" in md
+    if not flags:
+        assert "no terminal to ask for confirmation" in md
+        assert "pass :yes True" in md
+    if flags == ["--dry-run"]:
+        assert "```hy\nTrue\n```" in md  # (dry-run?) said so
+
+
+# --- the HTML report in a real browser ------------------------------------------------------------
+
+
+def chromium(*args: str, tmp: Path) -> subprocess.CompletedProcess:
+    exe = shutil.which("chromium")
+    if exe is None:
+        pytest.fail("chromium is not installed: run scripts/setup.sh")
+    profile = tmp / f"profile-{os.urandom(3).hex()}"
+    return subprocess.run(
+        [
+            exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+            "--no-first-run", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )  # fmt: skip
+
+
+def console_errors(stderr: str) -> list[str]:
+    return [
+        line
+        for line in stderr.splitlines()
+        if "CONSOLE" in line or "Uncaught" in line or "Content Security Policy" in line
+    ]
+
+
+def test_the_console_error_check_sees_a_broken_page(tmp_path: Path) -> None:
+    page = tmp_path / "broken.html"
+    page.write_text("<html><body><script>undefinedThing()</script>hi</body></html>")
+    result = chromium("--dump-dom", page.as_uri(), tmp=tmp_path)
+    assert any("undefinedThing" in line for line in console_errors(result.stderr))
+
+
+def test_the_html_report_renders_in_chromium_with_its_steps(ws: Path, tmp_path: Path) -> None:
+    run = hyops(ws, "run", "demo")
+    assert run.returncode == 1
+    page = report_of(run, ws)
+    dom = chromium("--dump-dom", page.as_uri(), tmp=tmp_path)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert console_errors(dom.stderr) == []
+    text = re.sub(r"<[^>]+>", " ", dom.stdout)
+    text = " ".join(text.split())
+    assert "Demo runbook" in text
+    assert "Counts things and then fails." in text  # Markdown rendered: *then* lost its stars
+    assert "<em>then</em>" in dom.stdout
+    assert "Step 1 · line 15 ✔ ok" in text
+    assert "Step 3 · line 23 ✘ failed" in text
+    assert "Step 4 · line 25 – not run" in text
+    assert "ZeroDivisionError: division by zero" in text
+    assert "<th>label</th>" in dom.stdout  # the records as a real table
+    assert 'class="highlight"' in dom.stdout  # code highlighted by pygments
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "runbook-report.png"
+    shot.unlink(missing_ok=True)
+    pic = chromium(f"--screenshot={shot}", "--window-size=1200,1600", page.as_uri(), tmp=tmp_path)
+    assert pic.returncode == 0, pic.stderr[-2000:]
+    assert console_errors(pic.stderr) == []
+    assert shot.stat().st_size > 10_000
