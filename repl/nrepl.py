@@ -841,7 +841,7 @@ def describe_name(session: Session, name: str) -> dict[str, Any] | None:
         info["doc"] = about.get("summary", "")
         info["ns"] = target._module
         args = " ".join(about.get("keywords", []))
-        info["arglists-str"] = info["arglists"] = f"[{args}]"
+        info["arglists-str"], info["arglists"] = f"[{args}]", [f"[{args}]"]
         path = session.ops_modules[target._module].path
         info["file"] = str(path)
         return info
@@ -853,7 +853,7 @@ def describe_name(session: Session, name: str) -> dict[str, Any] | None:
     if callable(target):
         arglist = hy_arglist(target, macro=kind == "macro")
         if arglist is not None:
-            info["arglists-str"] = info["arglists"] = arglist
+            info["arglists-str"], info["arglists"] = arglist, [arglist]
         module = getattr(target, "__module__", None)
         if module:
             info["ns"] = module

@@ -246,6 +246,8 @@ def test_completions_and_lookup(client: Client) -> None:
     info = reply["info"]
     assert info["doc"].startswith("The nodes of the cloud")
     assert info["arglists-str"] == '[[role None] * [since "10m"] [limit 5]]'
+    assert info["arglists"] == [info["arglists-str"]]
+    assert info["file"].endswith("ops/testops.hy") and info["line"] > 1
     client.call(op="eval", session=sid, code='(defn greet [name] "Say hello." name)')
     [reply] = client.call(op="lookup", session=sid, sym="greet")
     assert reply["info"]["doc"] == "Say hello." and reply["info"]["arglists-str"] == "[name]"
