@@ -192,15 +192,31 @@ _children: dict[int, subprocess.Popen] = {}  # what this process started, so it 
 
 
 def _pid_alive(pid: int) -> bool:
-    """True while `pid` runs; a zombie counts as gone (and is reaped when we started it)."""
-    if pid in _children and _children[pid].poll() is not None:
+    """True until `pid` has wholly exited.
+
+    A process we started is alive until it can be reaped (then it is). Any other process is
+    alive while one of its threads runs: a zombie whose threads are all gone counts as dead,
+    because this host's init may never reap it; but a thread-group leader shows "Z" while its
+    other threads still exit and hold its files (a listening socket, say), so that is not dead.
+    """
+    proc = _children.get(pid)
+    if proc is not None:
+        if proc.poll() is None:
+            return True
         del _children[pid]
         return False
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
     except OSError:
         return False
-    return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
+    for task in tasks:
+        try:
+            state = (task / "stat").read_text().rsplit(")", 1)[-1].split()[0]
+        except OSError:
+            continue
+        if state not in ("Z", "X"):
+            return True
+    return False
 
 
 def _pids_matching(*needles: str) -> list[int]:
@@ -744,16 +760,14 @@ class LocalCloud:
     def _dockerd_running(self, node: str) -> bool:
         proc = self._spawned.get(("dockerd", node))
         if proc is not None:
-            return proc.poll() is None and _pid_alive(proc.pid)
+            return proc.poll() is None  # until it has wholly exited and is reaped
         return self._dockerd_pid(node) is not None
 
     def _spawned_pid(self, what: str, node: str) -> int | None:
         """The pid of what this object started last for `node`, while it runs (just after the
         start, its command line may not show the program yet, so a /proc scan would miss it)."""
         proc = self._spawned.get((what, node))
-        # a killed process can stay a zombie that waitpid cannot reap yet: ask /proc too
-        alive = proc is not None and proc.poll() is None and _pid_alive(proc.pid)
-        return proc.pid if alive else None
+        return proc.pid if proc is not None and proc.poll() is None else None
 
     def _spawn_dockerd(self, node: str) -> None:
         entry = self.node_info(node)
