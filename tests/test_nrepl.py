@@ -323,6 +323,20 @@ def test_interrupt_stops_while_true_and_the_session_goes_on(client: Client) -> N
     assert values(client.call(op="eval", session=sid, code="(> n 0)")) == ["True"]
 
 
+def test_interrupt_stops_a_wait_on_the_session_loop(client: Client) -> None:
+    sid = client.clone()
+    waiting = client.send(
+        op="eval", session=sid, code="(import asyncio) (await (asyncio.sleep 60)) (setv after 1)"
+    )
+    assert values([client.read()]) == ["None"]  # the import; the await is running now
+    started = time.monotonic()
+    client.send(op="interrupt", session=sid, **{"interrupt-id": waiting})
+    replies = [client.read(), client.read(), client.read()]
+    assert [r["status"] for r in replies if r["id"] == waiting] == [["interrupted"], ["done"]]
+    assert time.monotonic() - started < 5
+    assert "NameError" in out(client.call(op="eval", session=sid, code="after"), "err")
+
+
 def test_stdin_round_trip(client: Client) -> None:
     sid = client.clone()
     asking = client.send(op="eval", session=sid, code='(input "name? ")')
