@@ -14,7 +14,8 @@
 
 (import datetime [datetime UTC]
         pathlib [Path]
-        repl.editor [open-in-editor write-private EditorError])
+        repl.editor [open-in-editor write-private EditorError]
+        repl.session [current])
 
 ;; ## The folder
 ;;

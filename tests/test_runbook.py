@@ -323,3 +323,38 @@ def test_the_html_report_renders_in_chromium_with_its_steps(ws: Path, tmp_path: 
     assert pic.returncode == 0, pic.stderr[-2000:]
     assert console_errors(pic.stderr) == []
     assert shot.stat().st_size > 10_000
+
+
+# --- from the console -------------------------------------------------------------------------------
+
+
+def test_run_notebook_from_the_console_runs_apart_and_raises_on_a_failed_step(
+    ws: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys as _sys
+
+    from repl import session as sessions
+    from repl.session import HyopsEvalError, Session
+    from repl.workspace import Workspace
+
+    monkeypatch.chdir(ws)
+    (ws / "notebooks" / "fine.hy").write_text(
+        ';; # Fine\n(defparams n 2 "how many")\n(setv shared "from the runbook")\n(* n 10)\n'
+    )
+    console = Session(Workspace(ws))
+    try:
+        done = console.eval('(run-notebook "fine" :n 4)')[-1]
+        assert done["status"] == "ok" and done["steps"] == 2
+        md = (ws / done["report"]).with_suffix(".md").read_text()
+        assert "40" in md and "| n | `4` | `2` | how many |" in md
+        # the runbook ran on its own Session: the console's namespace and session are its own
+        assert "shared" not in console.namespace
+        assert sessions.current() is console
+        assert _sys.modules[sessions.WORKSPACE_MODULE] is console.module
+        with pytest.raises(HyopsEvalError, match=r"RunbookFailed: demo: failed at step 3"):
+            console.eval('(run-notebook "demo")')
+        with pytest.raises(HyopsEvalError, match=r'parameter n: "4" is not a whole number'):
+            console.eval('(run-notebook "fine" :n "4")')
+        assert console.eval("(+ 1 2)") == [3]
+    finally:
+        console.close()
