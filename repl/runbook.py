@@ -26,6 +26,7 @@ import difflib
 import io
 import re
 import sys
+import textwrap
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -696,7 +697,7 @@ def listing(found: list[Runbook | RunbookError]) -> str:
             continue
         lines = [item.name]
         if item.summary:
-            lines.append("  " + item.summary)
+            lines += textwrap.wrap(item.summary, 98, initial_indent="  ", subsequent_indent="  ")
         for p in item.params:
             lines.append(f"  --param {p.name}={_shown_default(p)}  {p.doc}")
         parts.append("\n".join(lines))

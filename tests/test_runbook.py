@@ -196,9 +196,11 @@ def test_notebooks_lists_each_runbook_with_its_summary_and_parameters(ws: Path) 
     assert result.returncode == 0
     out = result.stdout
     assert "demo\n  Counts things and *then* fails. Second line of the first paragraph." in out
+    assert max(len(line) for line in out.splitlines()) <= 100
     assert "--param count=2  how many rows" in out
     assert "rolling-restart\n  Restart a system one node at a time" in out
     assert "--param system=None  the system (service) to restart; None: every system" in out
+    assert "--param timeout=120  seconds to wait" in out
 
 
 def test_defparams_binds_the_defaults_when_evaluated_outside_a_run(ws: Path) -> None:
@@ -325,7 +327,7 @@ def test_the_html_report_renders_in_chromium_with_its_steps(ws: Path, tmp_path: 
     assert shot.stat().st_size > 10_000
 
 
-# --- from the console -------------------------------------------------------------------------------
+# --- from the console ----------------------------------------------------------------------------
 
 
 def test_run_notebook_from_the_console_runs_apart_and_raises_on_a_failed_step(
