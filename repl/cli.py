@@ -64,7 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="the agent's TOML config file")
 
     p = sub.add_parser("up", help="start (or restart) a local cloud of namespaced dockerd nodes")
-    p.add_argument("--nodes", type=int, default=3, help="how many nodes (default 3)")
+    p.add_argument(
+        "--nodes",
+        type=int,
+        default=None,
+        help="how many nodes (default: 3 for a new cloud; a recorded cloud comes back as it was)",
+    )
     p.add_argument("--name", default="local", help="the cloud's name in this workspace")
     p.add_argument(
         "--resources",
