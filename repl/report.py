@@ -266,7 +266,7 @@ def _html_result(value: Any) -> str:
 def _meta_lines(run: Any, markdown: bool) -> list[str]:
     e = (lambda s: s) if markdown else html.escape
     book = run.runbook
-    source = str(book.path) if book.path else book.name
+    source = run.source or (str(book.path) if book.path else book.name)
     mode = (
         "dry run (every change returned its plan)"
         if run.dry_run

@@ -24,6 +24,7 @@ import argparse
 import contextlib
 import difflib
 import io
+import os
 import re
 import sys
 import textwrap
@@ -421,6 +422,7 @@ class Run:
     error: str = ""
     steps: list[StepResult] = field(default_factory=list)
     seconds: float = 0.0
+    source: str = ""  # the runbook's file as the report names it (relative to the workspace)
     report: Path | None = None  # the HTML report (the Markdown one beside it)
     changes: list[dict[str, Any]] = field(default_factory=list)  # audit entries of this run
 
@@ -512,6 +514,7 @@ def run_runbook(
     run = Run(runbook, dict(params), started, dry_run=dry_run, yes=yes, cloud=cloud)
     run.steps = [StepResult(i, b) for i, b in enumerate(runbook.steps, start=1)]
     run.report = report_path(workspace, runbook.name, started)
+    run.source = _source_of(runbook, workspace.root)
     relative = _relative(run.report, workspace.root)
     saved_context = getattr(session, "runbook", None)
     session.runbook = RunContext(runbook.name, relative, dry_run, yes)
@@ -539,6 +542,8 @@ def run_runbook(
     finally:
         if run.status == "running":
             run.status = "interrupted"
+            bad = run.failed_step
+            run.error = bad.error if bad is not None else "interrupted between steps"
         run.seconds = time.monotonic() - t0
         session.runbook = saved_context
         run.changes = _changes_of(workspace, relative)
@@ -560,6 +565,7 @@ def refused_run(
     run = Run(book, {}, started, status="refused", error=error.message, **how)
     run.steps = [StepResult(i, b) for i, b in enumerate(book.steps, start=1)]
     run.report = report_path(workspace, book.name, started)
+    run.source = _source_of(book, workspace.root)
     reports.save(run)
     return run
 
@@ -598,6 +604,13 @@ def _echo_result(step: StepResult, echo: TextIO) -> None:
         print(f"   ok in {step.seconds:.2f} s", file=echo, flush=True)
     else:
         print(f"   FAILED after {step.seconds:.2f} s: {step.error}", file=echo, flush=True)
+
+
+def _source_of(runbook: Runbook, root: Path) -> str:
+    if runbook.path is None:
+        return runbook.name
+    # abspath, not resolve: a notebooks/ folder linked from elsewhere keeps its workspace name
+    return _relative(Path(os.path.abspath(runbook.path)), Path(root))
 
 
 def _relative(path: Path, root: Path) -> str:

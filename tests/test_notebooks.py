@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +24,7 @@ from repl.mutate import read_audit
 from repl.workspace import Workspace
 from tests.conftest import REPO, MakeCloud
 from tests.helpers import wait_until
+from tests.test_runbook import ARTIFACTS, chromium, console_errors
 
 pytestmark = pytest.mark.cloud
 NAMES = ["node-1", "node-2", "node-3", "node-4"]
@@ -168,7 +170,9 @@ def test_unknown_system_suggests_the_close_one(cloud: LocalCloud) -> None:
     assert "no system named 'wbe'" in result.stdout and "did you mean web?" in result.stdout
 
 
-def test_rolling_restart_restarts_every_task_one_node_at_a_time(cloud: LocalCloud) -> None:
+def test_rolling_restart_restarts_every_task_one_node_at_a_time(
+    cloud: LocalCloud, tmp_path: Path
+) -> None:
     old = running_tasks(cloud)
     assert len(old) == 2
     result = hyops(cloud, "run", "rolling-restart", "--param", "system=web", "--yes")
@@ -186,6 +190,16 @@ def test_rolling_restart_restarts_every_task_one_node_at_a_time(cloud: LocalClou
     order = [(e["action"], e["target"]) for e in entries]
     for i in range(0, len(order), 2):
         assert order[i][0] == "drain" and order[i + 1] == ("activate", order[i][1])
+    # the record, as a browser shows it
+    dom = chromium("--dump-dom", html.as_uri(), tmp=tmp_path)
+    assert dom.returncode == 0 and console_errors(dom.stderr) == []
+    text = " ".join(re.sub(r"<[^>]+>", " ", dom.stdout).split())
+    assert "Rolling restart" in text and "OK: all 10 steps passed" in text
+    assert "Changes (audit log)" in text and f"drain {drained[0]} done" in text
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "rolling-restart-report.png"
+    pic = chromium(f"--screenshot={shot}", "--window-size=1200,2400", html.as_uri(), tmp=tmp_path)
+    assert pic.returncode == 0 and shot.stat().st_size > 10_000
 
 
 # --- collect logs ---------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pexpect
 import pytest
 
 from repl.runbook import Param, RunbookError, convert, parse, resolve_params
@@ -360,3 +361,58 @@ def test_run_notebook_from_the_console_runs_apart_and_raises_on_a_failed_step(
         assert console.eval("(+ 1 2)") == [3]
     finally:
         console.close()
+
+
+# --- at a terminal --------------------------------------------------------------------------------
+
+
+def spawn_run(ws: Path, *args: str) -> pexpect.spawn:
+    return pexpect.spawn(
+        sys.executable,
+        ["-m", "repl.cli", "run", *args],
+        env={**os.environ, "HYOPS_WORKSPACE": str(ws), "TERM": "dumb"},
+        cwd=str(ws),
+        encoding="utf-8",
+        dimensions=(40, 120),
+        timeout=30,
+    )
+
+
+@pytest.mark.parametrize(("answer", "code", "acted"), [("n", 1, False), ("y", 0, True)])
+def test_at_a_terminal_each_change_asks_first(
+    ws: Path, answer: str, code: int, acted: bool
+) -> None:
+    (ws / "notebooks" / "change.hy").write_text(CHANGE)
+    child = spawn_run(ws, "change")
+    child.expect_exact("plan: touch thing")
+    child.expect_exact("touch thing? [y/N] ")
+    child.sendline(answer)
+    child.expect(r"report: (\S+)")
+    report = ws / child.match.group(1)
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == code
+    assert (ws / "acted").exists() == acted
+    md = report.with_suffix(".md").read_text()
+    if acted:
+        assert "OK: all" in md and "| touch | thing | done |" in md
+    else:
+        assert "declined at the prompt" in md and "| touch | thing | declined |" in md
+
+
+def test_ctrl_c_stops_the_run_and_the_report_says_which_step(ws: Path) -> None:
+    (ws / "notebooks" / "slow.hy").write_text(
+        ';; # Slow\n(print "first")\n(hy.I.time.sleep 60)\n(print "never")\n'
+    )
+    child = spawn_run(ws, "slow")
+    child.expect_exact("step 2/3 (line 3)")
+    child.sendintr()
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 130
+    reports = sorted((ws / "reports").glob("slow-*.md"))
+    assert len(reports) == 1
+    md = reports[0].read_text()
+    assert "INTERRUPTED: step 2 (line 3) was interrupted: interrupted (Ctrl-C)" in md
+    assert "1 of 3 steps passed; the 1 after it did not run." in md
+    assert "runbook: notebooks/slow.hy" in md
