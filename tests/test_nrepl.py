@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -494,6 +495,49 @@ def client_logs(client: Client) -> Path:
         client.call(op="eval", code="(str (. (hy.I.repl/session.current) workspace logs-dir))")
     )
     return Path(value.strip('"'))
+
+
+REFERENCE_JARS = [
+    Path("/usr/share/java") / jar
+    for jar in ("clojure.jar", "nrepl.jar", "spec.alpha.jar", "core.specs.alpha.jar")
+]
+REFERENCE_CLIENT = """
+(require '[nrepl.core :as nrepl])
+(with-open [conn (nrepl/connect :port PORT)]
+  (let [client (nrepl/client conn 10000)
+        session (nrepl/client-session client)
+        run (fn [msg] (nrepl/combine-responses (nrepl/message session msg)))]
+    (prn (-> (nrepl/message client {:op "describe"}) nrepl/combine-responses :versions keys sort))
+    (prn (nrepl/response-values (nrepl/message session {:op "eval" :code "(+ 1 2) (setv xs 1)"})))
+    (prn (select-keys (run {:op "eval" :code "(print 'hi) (/ 1 0)"}) [:out :ex :status]))
+    (prn (:value (run {:op "eval" :code "(+ 40 2) *1"})))
+    (prn (:status (nrepl/combine-responses (nrepl/message client {:op "nope"}))))))
+(shutdown-agents)
+"""
+
+
+@pytest.mark.skipif(
+    not all(jar.exists() for jar in REFERENCE_JARS) or not shutil.which("java"),
+    reason="the reference nREPL client needs Debian's clojure and libnrepl-clojure packages",
+)
+def test_the_reference_clojure_nrepl_client_talks_to_us(server: Server, tmp_path: Path) -> None:
+    script = tmp_path / "client.clj"
+    script.write_text(REFERENCE_CLIENT.replace("PORT", str(server.port)))
+    classpath = ":".join(map(str, REFERENCE_JARS))
+    run = subprocess.run(
+        ["java", "-cp", classpath, "clojure.main", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines() == [
+        "(:hy :hyops :nrepl :python)",
+        "[3 None]",
+        '{:out "hi\\n", :ex "ZeroDivisionError", :status #{"eval-error" "done"}}',
+        '["42" "42"]',
+        '#{"error" "unknown-op" "done"}',
+    ]
 
 
 # ----------------------------------------------------------------------------- pure parts
