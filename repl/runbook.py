@@ -647,6 +647,14 @@ def run_main(args: argparse.Namespace) -> int:
         print(f"hyops run: {e}", file=sys.stderr)
         return 2
     how = {"dry_run": args.dry_run, "yes": args.yes, "cloud": args.cloud}
+    if args.cloud:
+        from repl.cloud import CloudError, load_record
+
+        try:
+            load_record(workspace, args.cloud)  # a typo is refused before any step runs
+        except CloudError as e:
+            print(f"hyops run: --cloud: {e}", file=sys.stderr)
+            return 2
     runbook = None
     try:
         path = find(workspace, args.notebook)
@@ -747,6 +755,10 @@ def run_notebook(
     outer = sessions.current()
     workspace = outer.workspace
     cloud = getattr(outer, "cloud_name", None)
+    running = getattr(outer, "runbook", None)
+    if running is not None:
+        # a runbook run from a runbook inherits its --dry-run and --yes
+        dry_run, yes = dry_run or running.dry_run, yes or running.yes
     how = {"dry_run": dry_run, "yes": yes, "cloud": cloud}
     runbook = None
     try:

@@ -185,10 +185,24 @@ def test_a_reader_error_is_refused_with_its_line_before_any_step(ws: Path) -> No
     assert not (ws / "first-ran").exists()
 
 
-def test_an_unknown_runbook_names_the_known_ones(ws: Path) -> None:
+def test_an_unknown_runbook_or_cloud_is_refused_before_any_step(ws: Path) -> None:
     result = hyops(ws, "run", "demi")
     assert result.returncode == 2
     assert "no runbook 'demi' (did you mean demo?" in result.stderr
+    result = hyops(ws, "run", "demo", "--cloud", "prod")
+    assert result.returncode == 2
+    assert "--cloud: no cloud named 'prod' is recorded in this workspace" in result.stderr
+    assert not (ws / "step2-ran").exists()
+
+
+def test_a_runbook_run_from_a_dry_run_runbook_is_a_dry_run_too(ws: Path) -> None:
+    (ws / "notebooks" / "change.hy").write_text(CHANGE)
+    (ws / "notebooks" / "outer.hy").write_text(';; # Outer\n(:status (run-notebook "change"))\n')
+    result = hyops(ws, "run", "outer", "--dry-run")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert not (ws / "acted").exists()
+    inner = sorted((ws / "reports").glob("change-*.md"))
+    assert len(inner) == 1 and "| touch | thing | dry-run |" in inner[0].read_text()
 
 
 def test_notebooks_lists_each_runbook_with_its_summary_and_parameters(ws: Path) -> None:
