@@ -142,12 +142,20 @@ def _plain(value: Any) -> Any:
 _current = threading.local()  # .job: the Job this thread is evaluating, if any
 
 
-class _Routed(io.TextIOBase):
+class _Routed:
     """Stands in for sys.stdout/stderr/stdin: a thread evaluating for nREPL reads and writes
-    through its job; every other thread (the console, the server) gets the real stream."""
+    through its job; every other thread (the console, the server) gets the real stream.
+
+    Not an io.TextIOBase: its defaults (encoding None, writable() False) would hide the real
+    stream's answers, which every other thread must keep getting.
+    """
 
     def __init__(self, name: str, original: Any) -> None:
         self._name, self._original = name, original
+
+    @property
+    def encoding(self) -> str:
+        return "utf-8" if self._job() is not None else self._original.encoding
 
     def _job(self) -> Job | None:
         return getattr(_current, "job", None)
@@ -277,9 +285,16 @@ class NreplSession:
         try:
             yield
         finally:
-            with self.lock:
-                self.running = None
-                _raise_in_thread(threading.get_ident(), None)
+            while True:
+                try:
+                    with self.lock:
+                        self.running = None
+                        _raise_in_thread(threading.get_ident(), None)
+                    break
+                except KeyboardInterrupt:
+                    # An interrupt sent as the evaluation ended: it has nothing left to stop,
+                    # and must not stay set, or a later interrupt would hit an idle worker.
+                    continue
 
     def interrupt(self, interrupt_id: Any = None) -> str:
         """Interrupt the running evaluation: "interrupted", "session-idle" or "mismatch"."""
