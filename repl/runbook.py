@@ -140,10 +140,6 @@ def parse(source: str, filename: str = "<runbook>", name: str | None = None) -> 
             f"{where}: {e.message}; fix the runbook (nothing was run)", line=e.line, kind="reader"
         ) from None
     lines = source.splitlines()
-    covered: dict[int, Form] = {}
-    for form in forms:
-        for n in range(form.line, form.end_line + 1):
-            covered.setdefault(n, form)
     blocks: list[Block] = []
     prose: list[tuple[int, str]] = []
 
@@ -155,39 +151,51 @@ def parse(source: str, filename: str = "<runbook>", name: str | None = None) -> 
             blocks.append(Block("prose", text, prose[0][0], prose[-1][0]))
         prose.clear()
 
-    params: list[Param] | None = None
-    n = 1
-    while n <= len(lines):
-        form = covered.get(n)
-        if form is not None:
-            flush_prose()
-            code = "\n".join(lines[form.line - 1 : form.end_line]).strip()
-            if _is_params(form.model):
-                if params is not None or any(b.kind == "step" for b in blocks):
-                    raise RunbookError(
-                        f"{filename}:{form.line}: parameters are declared once, with "
-                        f"({PARAMS_FORM} ...) before the first step",
-                        line=form.line,
-                        kind="params",
-                    )
-                params = _read_params(form, filename)
-                blocks.append(Block("params", code, form.line, form.end_line, form))
-            else:
-                blocks.append(Block("step", code, form.line, form.end_line, form))
-            n = form.end_line + 1
-            continue
-        text = lines[n - 1]
-        if _COMMENT.match(text):
-            prose.append((n, _COMMENT.sub("", text, count=1).rstrip()))
-        elif not text.strip():
-            if prose:
+    def between(first: int, last: int) -> None:
+        """Lines outside any form: comments are prose, blank lines break paragraphs."""
+        for n in range(first, last + 1):
+            text = lines[n - 1]
+            if _COMMENT.match(text):
+                prose.append((n, _COMMENT.sub("", text, count=1).rstrip()))
+            elif not text.strip() and prose:
                 prose.append((n, ""))
-        # anything else outside a form (a shebang) is not part of the record
-        n += 1
+            # anything else outside a form (a shebang) is not part of the record
+
+    params: list[Param] | None = None
+    done = 0  # the last line that belongs to a form already taken
+    for i, form in enumerate(forms):
+        between(done + 1, form.line - 1)
+        flush_prose()
+        code = _form_text(lines, form, forms[i - 1] if i else None, forms[i + 1 : i + 2])
+        if _is_params(form.model):
+            if params is not None or any(b.kind == "step" for b in blocks):
+                raise RunbookError(
+                    f"{filename}:{form.line}: parameters are declared once, with "
+                    f"({PARAMS_FORM} ...) before the first step",
+                    line=form.line,
+                    kind="params",
+                )
+            params = _read_params(form, filename)
+            blocks.append(Block("params", code, form.line, form.end_line, form))
+        else:
+            blocks.append(Block("step", code, form.line, form.end_line, form))
+        done = max(done, form.end_line)
+    between(done + 1, len(lines))
     flush_prose()
     stem = name or (Path(filename).stem if not filename.startswith("<") else "runbook")
     path = None if filename.startswith("<") else Path(filename)
     return Runbook(stem, path, source, blocks, params or [])
+
+
+def _form_text(lines: list[str], form: Form, before: Form | None, after: list[Form]) -> str:
+    """The source of one form: its whole lines (trailing comments included), cut at the
+    columns only where another form shares the first or last line."""
+    chunk = lines[form.line - 1 : form.end_line]
+    if after and after[0].line == form.end_line:
+        chunk[-1] = chunk[-1][: form.end_column]
+    if before is not None and before.end_line == form.line:
+        chunk[0] = chunk[0][form.column - 1 :]
+    return "\n".join(chunk).strip()
 
 
 def _is_params(model: Any) -> bool:

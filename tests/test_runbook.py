@@ -96,6 +96,12 @@ def test_comments_are_prose_forms_are_steps_parameters_come_first() -> None:
     assert book.params[0].doc == "how many rows"
 
 
+def test_forms_sharing_a_line_are_each_a_step_and_trailing_comments_stay_code() -> None:
+    book = parse(";; # Two\n(print 1) (print 2)\n(nodes) ; every node\n;; end\n", "t.hy")
+    assert [s.text for s in book.steps] == ["(print 1)", "(print 2)", "(nodes) ; every node"]
+    assert [b.text for b in book.blocks if b.kind == "prose"] == ["# Two", "end"]
+
+
 @pytest.mark.parametrize(
     ("source", "line", "says"),
     [
