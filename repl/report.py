@@ -11,6 +11,7 @@ Secrets are redacted on the way in (`repl.render.redact`).
 from __future__ import annotations
 
 import html
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -90,11 +91,8 @@ def _cell(value: Any) -> str:
 def to_markdown(run: Any) -> str:
     """The report as Markdown: the same content as the page, readable as plain text."""
     book = run.runbook
-    blocks = list(book.blocks)
-    if blocks and blocks[0].kind == "prose" and blocks[0].text.startswith("# "):
-        out = [blocks.pop(0).text, ""]
-    else:
-        out = [f"# {book.title}", ""]
+    head, blocks = _title(book.blocks)
+    out = [head or f"# {book.title}", ""]
     out += [*_meta_lines(run, markdown=True), ""]
     out += [f"**{_banner_text(run)}**", ""]
     if book.params:
@@ -178,12 +176,11 @@ def to_html(run: Any) -> str:
     lexer = HyLexer()
     book = run.runbook
     e = html.escape
-    blocks = list(book.blocks)
-    body = []
-    if blocks and blocks[0].kind == "prose" and blocks[0].text.startswith("# "):
-        body.append(f'<div class="prose">{md.render(blocks.pop(0).text)}</div>')
+    head, blocks = _title(book.blocks)
+    if head:
+        body = [f'<div class="prose">{md.render(head)}</div>']
     else:
-        body.append(f"<h1>{e(book.title)}</h1>")
+        body = [f"<h1>{e(book.title)}</h1>"]
     body.append('<div class="meta">' + "<br>".join(_meta_lines(run, markdown=False)) + "</div>")
     body.append(f'<div class="banner {e(run.status)}" id="status">{e(_banner_text(run))}</div>')
     if book.params:
@@ -261,6 +258,22 @@ def _html_result(value: Any) -> str:
 
 
 # --- shared ---------------------------------------------------------------------------------------
+
+
+def _title(blocks: list[Any]) -> tuple[str | None, list[Any]]:
+    """The runbook's opening prose (its `# title` and introduction, up to the next heading),
+    shown above the run's status, and the blocks that follow it."""
+    if not blocks or blocks[0].kind != "prose" or not blocks[0].text.startswith("# "):
+        return None, list(blocks)
+    lines = blocks[0].text.splitlines()
+    fenced = False
+    for i, line in enumerate(lines[1:], start=1):
+        if line.startswith("```"):
+            fenced = not fenced
+        elif not fenced and line.startswith("#"):
+            rest = replace(blocks[0], text="\n".join(lines[i:]))
+            return "\n".join(lines[:i]).rstrip(), [rest, *blocks[1:]]
+    return blocks[0].text, list(blocks[1:])
 
 
 def _meta_lines(run: Any, markdown: bool) -> list[str]:
