@@ -152,6 +152,11 @@ def test_rolling_restart_dry_run_leaves_the_cloud_exactly_as_it_was(cloud: Local
     assert {e["action"] for e in entries} == {"drain", "activate"}
     assert all(e["result"] == "dry-run" and e["runbook"] == "rolling-restart" for e in entries)
     assert len(entries) == 4  # drain and activate on each of web's two nodes
+    # by default every system: the same nodes here, as web is the only one
+    every = hyops(cloud, "run", "rolling-restart", "--dry-run")
+    assert every.returncode == 0, every.stdout + every.stderr
+    assert len(changes_of(cloud, report_of(every, cloud)[0])) == 4
+    assert cloud_state(cloud) == before
 
 
 def test_rolling_restart_without_a_terminal_or_yes_is_refused(cloud: LocalCloud) -> None:
