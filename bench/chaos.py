@@ -49,6 +49,42 @@ def look(cloud: LocalCloud, away: set[str]) -> tuple[dict, dict] | None:
     return {n["name"]: n for n in nodes if n["role"] == "manager"}, status
 
 
+def ready_count(cloud: LocalCloud, away: set[str]) -> int:
+    nodes = get(cloud, "/v1/nodes", tuple(away)) or []
+    return sum(1 for n in nodes if n["state"] == "ready")
+
+
+def settled(cloud: LocalCloud, away: set[str], ready: int) -> bool:
+    """The leader's autopilot has looked at `ready` ready nodes, wants no change, and the managers
+    are its target, all reachable (a look from before the last change does not count)."""
+    seen = look(cloud, away)
+    if not seen:
+        return False
+    found, status = seen
+    sees = status.get("sees") or {}
+    return (
+        all(m["reachability"] == "reachable" for m in found.values())
+        and (status.get("next") or {}).get("action") == "none"
+        and sees.get("ready") == ready
+        and sees.get("target") == len(found)
+    )
+
+
+def wait_for(condition, what: str, timeout: float = 120) -> bool:
+    """True once `condition()` holds; False after `timeout` (exit when `what` names a must)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if condition():
+                return True
+        except Exception:
+            pass
+        time.sleep(0.5)
+    if what:
+        raise SystemExit(f"chaos: gave up waiting for {what}")
+    return False
+
+
 def main() -> int:
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 8
     rng = random.Random(int(sys.argv[2]) if len(sys.argv) > 2 else 1)
@@ -62,11 +98,18 @@ def main() -> int:
         cut: set[str] = set()
         try:
             cloud.up(nodes=7, spec=check_spec(SPEC))
+            if not wait_for(
+                lambda: ready_count(cloud, set()) == 7 and settled(cloud, set(), 7), ""
+            ):
+                seen = look(cloud, set())
+                raise SystemExit(f"chaos: no 7 settled managers after 120 s: {seen}")
+            lost: set[str] = set()  # removed as dead managers: they do not come back
             for number in range(1, rounds + 1):
                 seen = look(cloud, killed | cut)
                 count = len(seen[0]) if seen else 1
-                live = [n["name"] for n in cloud.nodes if n["name"] not in killed | cut]
+                live = [n["name"] for n in cloud.nodes if n["name"] not in killed | cut | lost]
                 budget = fault_tolerance(count) - len(killed | cut)
+                note = ""
                 moves = []
                 if budget > 0 and len(live) > 1:
                     moves += ["kill", "cut"]
@@ -95,35 +138,42 @@ def main() -> int:
                     cut.discard(node)
                 else:
                     node = "-"
+                away = killed | cut | lost
+                expected = len(cloud.nodes) - len(away)
+                if not wait_for(lambda a=away, e=expected: ready_count(cloud, a) == e, "", 60):
+                    if move in ("restart", "heal"):
+                        lost.add(node)  # removed while away: its engine is out of the swarm
+                        note = f" ({node} was removed while away and stays out)"
+                    else:
+                        violations.append(f"round {number}: {move} {node} never seen")
                 started = time.monotonic()
                 found: dict = {}
                 status: dict = {}
-                settled = False
+                at_rest = False
                 while time.monotonic() - started < SETTLE:
-                    seen = look(cloud, killed | cut)
+                    away = killed | cut | lost
+                    seen = look(cloud, away)
                     if seen:
                         found, status = seen
-                        reach = [m for m in found.values() if m["reachability"] == "reachable"]
                         if not found:
                             violations.append(f"round {number}: no manager")
                         elif len(found) > 7:
                             violations.append(f"round {number}: {len(found)} managers")
-                        if (status.get("next") or {}).get("action") == "none" and len(reach) == len(
-                            found
-                        ):
-                            settled = True
+                        if settled(cloud, away, len(cloud.nodes) - len(away)):
+                            found, status = look(cloud, away) or (found, status)
+                            at_rest = True
                             break
                     time.sleep(1)
                 reach = sorted(n for n, m in found.items() if m["reachability"] == "reachable")
                 problems = []
-                if not settled:
+                if not at_rest:
                     why = (status.get("next") or {}).get("reason")
                     problems.append(f"not settled after {SETTLE:.0f} s ({why})")
                 if len(reach) < quorum(len(found)):
                     problems.append(f"{len(reach)} of {len(found)} managers reachable")
-                if settled and len(found) % 2 == 0:
+                if at_rest and len(found) % 2 == 0:
                     problems.append(f"at rest with {len(found)} managers")
-                if settled:
+                if at_rest:
                     deadline = time.monotonic() + 30
                     while list_managers(cloud, workspace) != reach:
                         if time.monotonic() > deadline:
@@ -133,7 +183,7 @@ def main() -> int:
                 violations += [f"round {number} ({move} {node}): {p}" for p in problems]
                 if not problems:
                     survived += 1
-                print(f"round {number}: {move} {node}: {len(found)} managers "
+                print(f"round {number}: {move} {node}{note}: {len(found)} managers "
                       f"({len(reach)} reachable) {'ok' if not problems else problems}",
                       flush=True)  # fmt: skip
         finally:
