@@ -9,10 +9,12 @@
         sys
         zlib
         collections [deque]
+        collections.abc [Mapping]
         pathlib [Path]
         urllib.parse [quote :as url-quote]
-        repl.cloud [call connection]
+        repl.cloud [call connection CloudError]
         repl.editor [edit-value safe-name]
+        repl.render [redact-text]
         repl.session [current])
 
 (export :objects [logs tail! node-file edit LogResult])
@@ -63,19 +65,24 @@
   (and (.isatty sys.stdout) (not (os.environ.get "NO_COLOR"))))
 
 
-(defclass LogResult [dict]
+(defclass LogResult [Mapping]
   "Log lines from many sources, and the sources that failed.
 
-  Plain data underneath: a dict with \"target\", \"lines\" (records with \"node\", \"container\",
-  \"service\", \"task\", \"stream\", \"time\", \"line\") and \"failed\" (records with \"source\" and
-  \"error\"). So `(:lines *1)`, `(:failed *1)` and `(len (:lines *1))` work. It prints as
-  prefixed lines (`node container │ line`) followed by a `;;` summary naming failed sources."
+  Plain data underneath: a read-only mapping of \"target\", \"lines\" (records with \"node\",
+  \"container\", \"service\", \"task\", \"stream\", \"time\", \"line\") and \"failed\" (records with
+  \"source\" and \"error\"). So `(:lines *1)`, `(:failed *1)` and `(dict *1)` work. It prints as
+  prefixed lines (`node container │ line`) followed by a `;;` summary naming failed sources;
+  secret-shaped text (join tokens, private keys) is masked in what is printed."
 
   (setv suffix ".log")
 
   (defn __init__ [self target lines failed [followed False]]
-    (.__init__ (super) {"target" target "lines" (list lines) "failed" (list failed)})
-    (setv self.followed followed))
+    (setv self._data {"target" target "lines" (list lines) "failed" (list failed)}
+          self.followed followed))
+
+  (defn __getitem__ [self key] (get self._data key))
+  (defn __iter__ [self] (iter self._data))
+  (defn __len__ [self] (len self._data))
 
   (defn [property] file-name [self]
     "The stable file `(edit ...)` writes these lines to, under logs/."
@@ -100,14 +107,14 @@
 
   (defn text [self]
     "Plain text with each line's time and source, for a file (what `(edit ...)` writes)."
-    (+ (._render self False True) "\n"))
+    (+ (redact-text (._render self False True)) "\n"))
 
   (defn ansi [self]
     "The lines coloured by source with ANSI escapes, for a terminal."
-    (._render self True False))
+    (redact-text (._render self True False)))
 
   (defn __repr__ [self]
-    (if self.followed (.summary self) (._render self False False))))
+    (redact-text (if self.followed (.summary self) (._render self False False)))))
 
 
 ;; --- finding the sources of a target ----------------------------------------------------------
@@ -119,8 +126,15 @@
 (defn _plan [target]
   "Which nodes to ask, and with which query: [kind nodes params]. A node name means every
   container on it; a service name, the nodes its tasks ran on; anything else, a container."
-  (setv nodes (call "GET" "/v1/nodes")
-        by-name (dfor n nodes (get n "name") n))
+  (try
+    (setv nodes (call "GET" "/v1/nodes"))
+    (except [e CloudError]
+      ;; no manager answers: a node's own agent may still give that node's logs
+      (setv recorded (lfor n (. (connection) record nodes) :if (= (.get n "name") target) n))
+      (if recorded
+        (return ["node" recorded {}])
+        (raise))))
+  (setv by-name (dfor n nodes (get n "name") n))
   (when (in target by-name)
     (return ["node" [(get by-name target)] {}]))
   (setv services (lfor s (call "GET" "/v1/services") (get s "name")))
@@ -200,12 +214,12 @@
   (setv lines (sorted (get out "lines") :key (fn [r] (_time-key (.get r "time")))))
   (LogResult target lines (get out "failed") :followed followed))
 
-(defn _follow [target kind nodes params pattern]
+(defn _follow [target kind nodes params pattern names]
   "Print lines as they come until Ctrl-C (or every source ended); return what was seen."
   (setv session (current)
         conn (connection session)
         events (queue.Queue)
-        out {"lines" (deque :maxlen _KEEP) "failed" [] "hints" [] "names" (get params "names")}
+        out {"lines" (deque :maxlen _KEEP) "failed" [] "hints" [] "names" names}
         color (_use-color)
         width (max (gfor n nodes (+ (len (get n "name")) 12)) :default 20)
         statuses None
@@ -220,7 +234,7 @@
           (if (.done future) (break) (continue))))
       (if (in "error" event)
         (print f";; failed: {(get event "source")}: {(get event "error")}" :file sys.stderr :flush True)
-        (print (_line event width :color color) :flush True)))
+        (print (redact-text (_line event width :color color)) :flush True)))
     (except [KeyboardInterrupt]
       (.cancel future)))
   (try
@@ -253,9 +267,8 @@
         [kind nodes params] (_plan target)
         names (.pop params "names" []))
   (.update params {"since" since "tail" tail "follow" (bool follow)})
-  (setv (get params "names") names)
   (when follow
-    (return (_follow target kind nodes (_query params) pattern)))
+    (return (_follow target kind nodes (_query params) pattern names)))
   (setv session (current)
         conn (connection session)
         out {"lines" [] "failed" [] "hints" [] "names" names}
@@ -264,7 +277,7 @@
   (_answer target kind statuses out False))
 
 (defn _query [params]
-  (dfor [k v] (.items params) :if (and (!= k "names") (is-not v None)) k v))
+  (dfor [k v] (.items params) :if (is-not v None) k v))
 
 (defn tail! [target * [tail 10] [since None] [grep None]]
   "Follow the logs of a service, node or container as they come, until Ctrl-C.
@@ -315,3 +328,4 @@
   (when problem
     (print f"edit: {problem}" :file sys.stderr))
   (str path))
+

@@ -262,15 +262,19 @@ def test_a_node_down_does_not_spoil_the_answer(cloud: LocalCloud, session: Sessi
     )
 
 
-def test_a_node_whose_dockerd_is_dead_is_named_failed(cloud: LocalCloud, session: Session) -> None:
-    cloud.kill_dockerd("node-2")
+def test_a_node_whose_dockerd_is_dead_is_named_failed(
+    cloud: LocalCloud, manager: str, session: Session
+) -> None:
+    worker = next(n for n in NAMES if n != manager)
+    cloud.kill_dockerd(worker)
     try:
         result = wait_until(
-            lambda: (r := ev(session, '(logs "node-2")'))["failed"] and r,
+            lambda: (r := ev(session, f'(logs "{worker}")'))["failed"] and r,
             60,
-            "node-2 to be reported failed",
+            f"{worker} to be reported failed",
         )
         assert result["lines"] == []
-        assert result["failed"][0]["source"].startswith("node-2")
+        assert result["failed"][0]["source"] == worker
+        assert "engine" in result["failed"][0]["error"]
     finally:
-        cloud.start_dockerd("node-2")
+        cloud.start_dockerd(worker)

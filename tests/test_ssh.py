@@ -1,0 +1,267 @@
+"""SSH to the nodes: the agent's embedded server and the workspace's client, for real.
+
+A 2-node local cloud for the module: `hyops up` made each node's host key and the cloud's
+known_hosts, the agents serve SSH on port 7322 of their node address. The client checks host
+keys against that file; wrong keys (node key, stranger's key) and wrong host keys are refused.
+The decision of which SFTP paths exist is also tested directly on a folder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncssh
+import httpx
+import pytest
+
+from node.devcloud import LocalCloud
+from node.signing import generate_key, load_private_key
+from node.sshd import allowed_log
+from repl.session import HyopsEvalError, Session
+from repl.ssh import NodeShell, SshError, known_hosts_line, shell_for, split_addr
+from repl.workspace import Workspace
+from tests.conftest import MakeCloud
+from tests.helpers import wait_until
+
+pytestmark = pytest.mark.cloud
+
+
+@pytest.fixture(scope="module")
+def cloud(make_module_cloud: MakeCloud) -> LocalCloud:
+    return make_module_cloud(nodes=2)
+
+
+@pytest.fixture(scope="module")
+def record(cloud: LocalCloud) -> dict:
+    return tomllib.loads(cloud.record_path.read_text())
+
+
+@pytest.fixture(scope="module")
+def session(cloud: LocalCloud) -> Iterator[Session]:
+    s = Session(Workspace(cloud.state_dir.parent))
+    wait_until(
+        lambda: len([n for n in s.eval("(nodes)")[-1] if n["state"] == "ready"]) == 2,
+        90,
+        "two ready nodes",
+    )
+    yield s
+    s.close()
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def shell(record: dict, **changes) -> NodeShell:
+    s = shell_for(Path(record["record_path"]), Path(record["operator_key"]))
+    for key, value in changes.items():
+        setattr(s, key, value)
+    return s
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _record_path(record: dict, cloud: LocalCloud) -> None:
+    record["record_path"] = str(cloud.record_path)
+
+
+def node_entry(record: dict, name: str) -> dict:
+    return next(n for n in record["node"] if n["name"] == name)
+
+
+async def with_shell(s: NodeShell, work):
+    try:
+        return await work(s)
+    finally:
+        await s.aclose()
+
+
+# --- what hyops up recorded ----------------------------------------------------------------------
+
+
+def test_up_records_every_nodes_ssh_address_and_host_key(cloud: LocalCloud, record: dict) -> None:
+    known = Path(record["known_hosts"]).read_text().splitlines()
+    assert oct(Path(record["known_hosts"]).stat().st_mode & 0o777) == "0o600"
+    for node in ("node-1", "node-2"):
+        entry = node_entry(record, node)
+        host, port = split_addr(entry["ssh"])
+        assert (host, port) == (entry["addr"], 7322)
+        key = load_private_key(cloud.node_dir(node) / "ssh_host_ed25519")
+        line = known_hosts_line(host, port, key.export_public_key().decode())
+        assert " ".join(line.split()[:3]) in known
+
+
+# --- commands, files, the tunnel -----------------------------------------------------------------
+
+
+def test_a_command_runs_on_the_node_itself(record: dict) -> None:
+    answer = run(with_shell(shell(record), lambda s: s.run("node-2", "hostname; exit 3")))
+    assert answer == {"node": "node-2", "exit": 3, "stdout": "node-2\n", "stderr": ""}
+
+
+def test_node_file_fetches_dockerd_log_over_sftp(cloud: LocalCloud, session: Session) -> None:
+    path = Path(session.eval('(node-file "node-2" "dockerd.log")')[-1])
+    assert path == session.workspace.logs_dir / "node-2" / "dockerd.log"
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    fetched = path.read_bytes()
+    on_node = (cloud.node_dir("node-2") / "dockerd.log").read_bytes()
+    assert fetched and on_node.startswith(fetched)  # dockerd may have written more since
+    assert b"API listen on" in fetched
+
+
+def test_node_file_of_an_unknown_node_or_file_says_what_exists(session: Session) -> None:
+    with pytest.raises(HyopsEvalError, match=r"no node named \"node-9\""):
+        session.eval('(node-file "node-9" "agent.log")')
+    with pytest.raises(HyopsEvalError) as caught:
+        session.eval('(node-file "node-1" "secret.toml")')
+    assert "its log files: agent.log, dockerd.log" in str(caught.value)
+
+
+def test_sftp_serves_log_files_only_and_never_escapes_the_folder(record: dict) -> None:
+    async def work(s: NodeShell) -> dict:
+        conn = await s.connection("node-1")
+        seen: dict[str, str] = {}
+        async with conn.start_sftp_client() as sftp:
+            seen["listing"] = " ".join(sorted(await sftp.listdir("/")))
+            for path in (
+                "../agent.toml",
+                "/etc/passwd",
+                "../../../../etc/shadow",
+                "agent.toml",
+                "agent/state.json",
+                "data/engine-id",
+                "ssh_host_ed25519",
+                "/proc/self/environ",
+            ):
+                try:
+                    async with sftp.open(path) as f:
+                        seen[path] = "READ " + (await f.read(20))
+                except asyncssh.SFTPError as exc:
+                    seen[path] = exc.reason
+            for name, act in (
+                ("write", lambda: sftp.open("agent.log", "a")),
+                ("remove", lambda: sftp.remove("agent.log")),
+                ("mkdir", lambda: sftp.mkdir("x.log")),
+                ("rename", lambda: sftp.rename("agent.log", "b.log")),
+            ):
+                try:
+                    await act()
+                    seen[name] = "DONE"
+                except asyncssh.SFTPError as exc:
+                    seen[name] = exc.reason
+        return seen
+
+    seen = run(with_shell(shell(record), work))
+    assert seen.pop("listing") == "agent.log dockerd.log"
+    for what, answer in seen.items():
+        assert answer in (
+            "only the node's log files (*.log in its log folder) can be read over SFTP",
+            "the node's logs are read-only",
+        ), what
+
+
+def test_the_api_is_reachable_through_the_ssh_tunnel_and_nothing_else(record: dict) -> None:
+    node1, node2 = node_entry(record, "node-1"), node_entry(record, "node-2")
+
+    async def work(s: NodeShell) -> tuple[int, dict, str]:
+        listener = await s.tunnel("node-2", node2["addr"], 7300)
+        try:
+            async with httpx.AsyncClient(trust_env=False) as http:
+                answer = await http.get(f"http://127.0.0.1:{listener.get_port()}/v1/health")
+        finally:
+            listener.close()
+        conn = await s.connection("node-2")
+        try:
+            await conn.open_connection(node1["addr"], 7300)  # another node's API
+            refused = "OPENED"
+        except asyncssh.ChannelOpenError as exc:
+            refused = exc.reason
+        return answer.status_code, answer.json(), refused
+
+    status, health, refused = run(with_shell(shell(record), work))
+    assert status == 200 and health["name"] == "node-2"
+    assert refused == f"this node forwards only to its API at {node2['addr']}:7300"
+
+
+def test_an_interactive_shell_is_not_offered(record: dict) -> None:
+    async def work(s: NodeShell):
+        conn = await s.connection("node-1")
+        return await conn.run(None, input="", check=False)
+
+    result = run(with_shell(shell(record), work))
+    assert result.exit_status == 2
+    assert "no interactive shell" in result.stderr
+
+
+# --- refusals ------------------------------------------------------------------------------------
+
+
+def test_a_key_that_is_not_an_operators_is_refused(
+    record: dict, tmp_path: Path, cloud: LocalCloud
+) -> None:
+    generate_key(tmp_path / "stranger", "stranger")
+    for key in (tmp_path / "stranger", Path(record["node_key"])):
+        s = shell(record, key_path=key)
+        with pytest.raises(SshError, match=r"node-1 at .*:7322 refused the operator key"):
+            run(with_shell(s, lambda s: s.run("node-1", "true")))
+    log = (cloud.node_dir("node-1") / "agent.log").read_text()
+    assert "(a node key, not an operator's)" in log
+    assert "(not trusted)" in log
+
+
+def test_a_changed_host_key_is_refused(record: dict, tmp_path: Path) -> None:
+    other = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode()
+    host, port = split_addr(node_entry(record, "node-1")["ssh"])
+    known = tmp_path / "known_hosts"
+    known.write_text(known_hosts_line(host, port, other) + "\n")
+    s = shell(record, known_hosts=known)
+    with pytest.raises(SshError) as caught:
+        run(with_shell(s, lambda s: s.run("node-1", "true")))
+    assert "its SSH host key is not the one recorded in" in str(caught.value)
+    assert str(known) in str(caught.value)
+
+
+def test_a_node_missing_from_known_hosts_is_refused(record: dict, tmp_path: Path) -> None:
+    known = tmp_path / "known_hosts"
+    lines = Path(record["known_hosts"]).read_text().splitlines()
+    host = split_addr(node_entry(record, "node-2")["ssh"])[0]
+    known.write_text("\n".join(line for line in lines if host not in line) + "\n")
+    s = shell(record, known_hosts=known)
+    with pytest.raises(SshError, match="no host key for it is recorded"):
+        run(with_shell(s, lambda s: s.run("node-2", "true")))
+    # and without any recorded host keys, nothing is tried at all
+    s = shell(record, known_hosts=tmp_path / "missing")
+    with pytest.raises(SshError, match="hyops never trusts an unknown host key"):
+        run(with_shell(s, lambda s: s.run("node-2", "true")))
+
+
+# --- the SFTP path decision, directly ---------------------------------------------------------
+
+
+def test_allowed_log_decides_on_names_kinds_and_links(tmp_path: Path) -> None:
+    folder = tmp_path / "logs"
+    folder.mkdir()
+    (folder / "agent.log").write_text("x")
+    (folder / "agent.toml").write_text("x")
+    (folder / "sub").mkdir()
+    (folder / "sub" / "deep.log").write_text("x")
+    (tmp_path / "outside.log").write_text("x")
+    os.symlink(tmp_path / "outside.log", folder / "link.log")
+    os.mkfifo(folder / "pipe.log")
+    assert allowed_log(folder, b"/") == (folder, "root")
+    assert allowed_log(folder, b".") == (folder, "root")
+    assert allowed_log(folder, b"agent.log") == (folder / "agent.log", "log")
+    assert allowed_log(folder, b"/sub/../agent.log") == (folder / "agent.log", "log")
+    for refused in (
+        b"agent.toml",
+        b"sub/deep.log",
+        b"../outside.log",
+        b"link.log",
+        b"pipe.log",
+        b"missing.log",
+        b".hidden.log",
+    ):
+        assert allowed_log(folder, refused) == (None, "refused"), refused
