@@ -29,6 +29,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -297,14 +298,16 @@ class NreplSession:
                     continue
 
     def interrupt(self, interrupt_id: Any = None) -> str:
-        """Interrupt the running evaluation: "interrupted", "session-idle" or "mismatch"."""
+        """Interrupt the running evaluation: "interrupted", "session-idle", "mismatch", or
+        "busy" when it could not be sent safely (see `_raise_in_thread`)."""
         with self.lock:
             job = self.running
             if job is None:
                 return "session-idle"
             if interrupt_id is not None and interrupt_id != job.request.get("id"):
                 return "mismatch"
-            _raise_in_thread(self.thread_id, KeyboardInterrupt)
+            if not _raise_in_thread(self.thread_id, KeyboardInterrupt):
+                return "busy"
             self.lock.notify_all()
             return "interrupted"
 
@@ -343,13 +346,29 @@ class NreplSession:
         self.jobs.put(None)
 
 
-def _raise_in_thread(thread_id: int | None, exc: type[BaseException] | None) -> None:
-    """Raise `exc` in another thread at its next bytecode (None withdraws a pending one)."""
+def _raise_in_thread(thread_id: int | None, exc: type[BaseException] | None) -> bool:
+    """Raise `exc` in another thread at its next bytecode (None withdraws a pending one).
+
+    False if it could not be sent safely within a second. CPython 3.11 gives a thread that is
+    being started the ident of the thread starting it until it runs, and SetAsyncExc picks the
+    newest match: an interrupt sent while the evaluation starts a thread (the Session's loop,
+    a pool) would kill the new thread and leave the evaluation waiting for it forever. So it
+    is sent only while no thread is starting (threading's `_limbo` is empty), holding the lock
+    that any `Thread.start()` needs first.
+    """
     if thread_id is None:
-        return
-    ctypes.pythonapi.PyThreadState_SetAsyncExc(
-        ctypes.c_ulong(thread_id), ctypes.py_object(exc) if exc is not None else None
-    )
+        return False
+    deadline = time.monotonic() + 1
+    while True:
+        with threading._active_limbo_lock:  # type: ignore[attr-defined]
+            if not threading._limbo:  # type: ignore[attr-defined]
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                    ctypes.c_ulong(thread_id), ctypes.py_object(exc) if exc is not None else None
+                )
+                return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.001)
 
 
 # ------------------------------------------------------------------------------ connections
@@ -642,6 +661,13 @@ class Server:
             reply({"status": ["error", "interrupt-id-mismatch", "done"]})
         elif outcome == "session-idle":
             reply({"status": ["session-idle", "done"]})
+        elif outcome == "busy":
+            reply(
+                {
+                    "err": "hyops nrepl: the evaluation was starting threads; interrupt again\n",
+                    "status": ["error", "interrupt-unsent", "done"],
+                }
+            )
         else:
             reply({"status": ["done"]})
 
