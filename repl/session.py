@@ -572,7 +572,11 @@ class Session:
         """
         import concurrent.futures
 
-        loop = self.loop
+        try:
+            loop = self.loop
+        except BaseException:
+            coro.close()  # interrupted while the loop started: the coroutine never ran
+            raise
         if threading.current_thread() is self._loop_thread:
             coro.close()
             raise RuntimeError(
