@@ -491,6 +491,9 @@ class Server:
         self.port = self._listener.getsockname()[1]
         if self.port_file is not None:
             self.port_file.write_text(f"{self.port}\n")
+        # The Session's loop starts here, not in the first evaluation that awaits: an interrupt
+        # landing while the loop is being made would leave a half-made loop (and its thread).
+        _ = self.session.loop
         _route_streams(True)
         self._previous_ask = getattr(self.session, "ask", None)
         self.session.ask = _ask  # type: ignore[attr-defined]
