@@ -252,6 +252,7 @@ class NreplSession:
     thread_id: int | None = None
     stdin: str = ""
     stdin_closed: bool = False
+    waiting_for_input: bool = False
     closed: bool = False
     lock: threading.Condition = field(default_factory=threading.Condition)
     worker: threading.Thread | None = None
@@ -327,11 +328,15 @@ class NreplSession:
         """
         asked = False
         with self.lock:
-            while "\n" not in self.stdin and not self.stdin_closed and not self.closed:
-                if not asked:
-                    job.reply({"status": ["need-input"]})
-                    asked = True
-                self.lock.wait(0.1)
+            self.waiting_for_input = True
+            try:
+                while "\n" not in self.stdin and not self.stdin_closed and not self.closed:
+                    if not asked:
+                        job.reply({"status": ["need-input"]})
+                        asked = True
+                    self.lock.wait(0.1)
+            finally:
+                self.waiting_for_input = False
             if "\n" in self.stdin:
                 line, self.stdin = self.stdin.split("\n", 1)
                 return line + "\n"
@@ -517,8 +522,17 @@ class Server:
             threading.Thread(target=connection.serve, name="nrepl-connection", daemon=True).start()
 
     def forget(self, connection: Connection) -> None:
+        """A connection closed: an evaluation it started that waits on stdin gets end of file
+        (nobody is left to answer; sessions themselves outlive connections, as in nREPL)."""
         with self._lock:
             self.connections.discard(connection)
+            sessions = list(self.sessions.values())
+        for nsession in sessions:
+            with nsession.lock:
+                job = nsession.running
+                waiting = nsession.waiting_for_input
+            if waiting and job is not None and job.connection is connection:
+                nsession.give_input("")
 
     def stop(self) -> None:
         """Stop listening, close connections and sessions, remove `.nrepl-port`."""

@@ -399,6 +399,21 @@ def test_an_evaluation_stuck_on_stdin_can_be_interrupted(client: Client) -> None
     assert values(client.call(op="eval", session=sid, code="(+ 1 1)")) == ["2"]
 
 
+def test_a_client_that_leaves_during_a_stdin_wait_gives_end_of_file(server: Server) -> None:
+    leaving, staying = Client(server.port), Client(server.port)
+    try:
+        sid = leaving.clone()
+        leaving.send(op="eval", session=sid, code='(try (input) (except [EOFError] "eof"))')
+        seen = []
+        while "need-input" not in statuses(seen):
+            seen.append(leaving.read())
+        leaving.close()
+        # The session is still there for whoever comes next, and free again.
+        assert values(staying.call(op="eval", session=sid, code="*1")) == ['"eof"']
+    finally:
+        staying.close()
+
+
 # ------------------------------------------------------------------- the command and console
 
 
