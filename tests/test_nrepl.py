@@ -350,6 +350,21 @@ def test_stdin_round_trip(client: Client) -> None:
     assert values(client.replies(asking)) == ['"Ada"']
 
 
+def test_a_mutation_asks_for_confirmation_in_the_editor(client: Client) -> None:
+    sid = client.clone()
+    asking = client.send(
+        op="eval",
+        session=sid,
+        code='(import repl.mutate [ask] repl.session [current]) (ask "promote node-4? " (current))',
+    )
+    seen = []
+    while "need-input" not in statuses(seen):
+        seen.append(client.read())
+    assert out(seen) == "promote node-4? "
+    client.call(op="stdin", session=sid, stdin="y\n")
+    assert values(client.replies(asking)) == ["True"]
+
+
 # ------------------------------------------------------------------------------ bad input
 
 
