@@ -495,7 +495,15 @@ class Server:
         self._listener = socket.create_server((self.host, self.port), family=family)
         self.port = self._listener.getsockname()[1]
         if self.port_file is not None:
-            self.port_file.write_text(f"{self.port}\n")
+            try:
+                self.port_file.write_text(f"{self.port}\n")
+            except OSError as e:
+                print(
+                    f"hyops nrepl: cannot write {self.port_file} ({e.strerror}); editors will "
+                    f"need the port, {self.port}, given by hand",
+                    file=sys.stderr,
+                )
+                self.port_file = None
         # The Session's loop starts here, not in the first evaluation that awaits: an interrupt
         # landing while the loop is being made would leave a half-made loop (and its thread).
         _ = self.session.loop
