@@ -278,3 +278,14 @@ def test_a_node_whose_dockerd_is_dead_is_named_failed(
         assert "engine" in result["failed"][0]["error"]
     finally:
         cloud.start_dockerd(worker)
+
+
+def test_a_workspace_without_a_cloud_says_how_to_get_one(tmp_path: Path) -> None:
+    (tmp_path / "ops").symlink_to(Path(__file__).resolve().parent.parent / "ops")
+    s = Session(Workspace(tmp_path))
+    try:
+        with pytest.raises(HyopsEvalError, match=r"no cloud recorded: start a local one"):
+            s.eval('(logs "web")')
+        assert s.eval("(+ 1 2)") == [3]
+    finally:
+        s.close()

@@ -110,6 +110,10 @@ def test_node_file_fetches_dockerd_log_over_sftp(cloud: LocalCloud, session: Ses
     on_node = (cloud.node_dir("node-2") / "dockerd.log").read_bytes()
     assert fetched and on_node.startswith(fetched)  # dockerd may have written more since
     assert b"API listen on" in fetched
+    # the connection stays open on the session's loop and serves the next input
+    conn = session.node_shell[1]._conns["node-2"]
+    session.eval('(node-file "node-2" "agent.log")')
+    assert session.node_shell[1]._conns["node-2"] is conn and not conn.is_closed()
 
 
 def test_node_file_of_an_unknown_node_or_file_says_what_exists(session: Session) -> None:
