@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything hyops needs on a fresh Debian machine, as root. Idempotent and quick when done.
 #   system: docker.io (dockerd, for the local cloud), busybox-static (the tiny service image),
+#           chromium (report rendering tests), clojure + libnrepl-clojure (reference nREPL client),
 #           iproute2 + util-linux (namespaces), git (bootstrap lists), tmux (console tests),
 #           chromium (headless: the runbook report test)
 #   python: a virtualenv in .venv with hyops installed in editable mode, with its dev tools
@@ -20,6 +21,8 @@ command -v nsenter >/dev/null || need+=(util-linux)
 command -v git >/dev/null || need+=(git)
 command -v tmux >/dev/null || need+=(tmux)
 command -v chromium >/dev/null || need+=(chromium)
+# the reference nREPL client (Clojure's own), which the nREPL tests talk to
+dpkg -s libnrepl-clojure >/dev/null 2>&1 || need+=(clojure libnrepl-clojure)
 if [ ${#need[@]} -gt 0 ]; then
   echo "hyops setup: installing ${need[*]}"
   apt-get update -qq
