@@ -2,8 +2,7 @@
 # Set up everything hyops needs on a fresh Debian machine, as root. Idempotent and quick when done.
 #   system: docker.io (dockerd, for the local cloud), busybox-static (the tiny service image),
 #           chromium (report rendering tests), clojure + libnrepl-clojure (reference nREPL client),
-#           iproute2 + util-linux (namespaces), git (bootstrap lists), tmux (console tests),
-#           chromium (headless: the runbook report test)
+#           iproute2 + util-linux (namespaces), git (bootstrap lists), tmux (console tests)
 #   python: a virtualenv in .venv with hyops installed in editable mode, with its dev tools
 set -euo pipefail
 cd "$(dirname "$0")/.."
