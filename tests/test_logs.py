@@ -289,3 +289,40 @@ def test_a_workspace_without_a_cloud_says_how_to_get_one(tmp_path: Path) -> None
         assert s.eval("(+ 1 2)") == [3]
     finally:
         s.close()
+
+
+def test_a_log_result_masks_secrets_and_colours_each_source_alike(tmp_path: Path) -> None:
+    (tmp_path / "ops").symlink_to(Path(__file__).resolve().parent.parent / "ops")
+    s = Session(Workspace(tmp_path))
+    try:
+        log_result = s.namespace["LogResult"]
+        token = "SWMTKN-1-" + "a1b2" * 12
+        lines = [
+            {"node": "node-1", "container": "web.1.x", "service": "web", "time": "t1", "line": "a"},
+            {"node": "node-2", "container": "web.2.y", "service": "web", "time": "t2", "line": "b"},
+            {
+                "node": "node-1",
+                "container": "web.1.x",
+                "service": "web",
+                "time": "t3",
+                "line": token,
+            },
+        ]
+        result = log_result("web", lines, [{"source": "node-3", "error": "no answer"}])
+        shown = repr(result)
+        assert token not in shown and "<redacted>" in shown
+        assert token not in result.text() and token not in result.ansi()
+        assert shown.splitlines() == [
+            "node-1 web.1 │ a",
+            "node-2 web.2 │ b",
+            "node-1 web.1 │ <redacted>",
+            ";; 3 lines of web from 2 sources",
+            ";; failed: node-3: no answer",
+        ]
+        colours = [
+            re.match(r"\x1b\[(\d+)m", line).group(1) for line in result.ansi().splitlines()[:3]
+        ]
+        assert colours[0] == colours[2] != colours[1]
+        assert result["lines"][0]["line"] == "a" and dict(result)["target"] == "web"
+    finally:
+        s.close()
