@@ -190,6 +190,10 @@
         (.append (get out "hints") e.hint)
         (return "absent"))
       (fail name (+ e.message (if e.hint f" ({e.hint})" "")))
+      (return "failed"))
+    (except [e Exception]
+      ;; an answer that is not what the protocol says must not sink the other nodes' lines
+      (fail name f"unreadable answer ({(. (type e) __name__)}: {e})")
       (return "failed"))))
 
 (defn :async _fetch-all [conn nodes params pattern out on-event read-timeout]
