@@ -267,10 +267,14 @@ def _system(name: str, given: Any, problems: list[str]) -> dict[str, Any]:
     if mode not in ("replicated", "global"):
         problems.append(f'{where} mode: expected "replicated" or "global", got {mode!r}')
     out["mode"] = mode
-    replicas = given.get("replicas", 1)
-    if mode == "global" and "replicas" in given:
-        problems.append(f'{where}: replicas has no meaning with mode = "global" (one per node)')
-    out["replicas"] = _int(where, "replicas", replicas, 1, 1000, problems)
+    replicas = given.get("replicas")
+    if mode == "global":
+        if replicas is not None:
+            problems.append(f'{where}: replicas has no meaning with mode = "global" (one per node)')
+        out["replicas"] = None  # a checked spec checks again the same
+    else:
+        replicas = 1 if replicas is None else replicas
+        out["replicas"] = _int(where, "replicas", replicas, 1, 1000, problems)
     placement = given.get("placement", [])
     if not isinstance(placement, list) or not all(
         isinstance(p, str) and ("==" in p or "!=" in p) for p in placement

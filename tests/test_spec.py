@@ -41,6 +41,8 @@ def test_the_workspaces_example_spec_loads() -> None:
     assert spec["systems"]["archive"]["below"] == "stop"
     assert spec["systems"]["heartbeat"]["mode"] == "global"
     assert spec["source"] == str(REPO / "cloud")
+    again = check_spec(spec)  # what an agent does with it on the wire
+    assert again["version"] == spec["version"] and again["systems"] == spec["systems"]
 
 
 def test_a_spec_from_files_with_defaults_filled_in(tmp_path: Path) -> None:
