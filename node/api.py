@@ -221,8 +221,16 @@ def create_app(agent: Agent) -> FastAPI:
         )
 
         async def ndjson() -> AsyncIterator[bytes]:
+            # following: each line as it comes; otherwise ~64 KiB chunks (one HTTP chunk per
+            # line made fetching many lines from several nodes no faster than Swarm's own)
+            buffer = bytearray()
             async for record in records:
-                yield (json.dumps(record) + "\n").encode()
+                buffer += (json.dumps(record) + "\n").encode()
+                if follow or len(buffer) >= 65536:
+                    yield bytes(buffer)
+                    buffer.clear()
+            if buffer:
+                yield bytes(buffer)
 
         return StreamingResponse(ndjson(), media_type="application/x-ndjson")
 
