@@ -24,7 +24,7 @@ from prompt_toolkit.completion import CompleteEvent, Completer, Completion
 from prompt_toolkit.document import Document
 from prompt_toolkit.enums import DEFAULT_BUFFER
 from prompt_toolkit.filters import emacs_insert_mode, has_focus, has_selection, vi_insert_mode
-from prompt_toolkit.formatted_text import AnyFormattedText, FormattedText, PygmentsTokens
+from prompt_toolkit.formatted_text import ANSI, AnyFormattedText, FormattedText, PygmentsTokens
 from prompt_toolkit.key_binding import KeyPressEvent
 from prompt_toolkit.lexers import PygmentsLexer
 from prompt_toolkit.shortcuts import print_formatted_text
@@ -203,6 +203,11 @@ class HyRepl(PythonRepl):
 
     def _show_result(self, result: object) -> None:
         if result is None:
+            return
+        ansi = getattr(result, "ansi", None)
+        if callable(ansi) and self.enable_syntax_highlighting:
+            # a value that colours itself (e.g. logs, prefixed and coloured by source)
+            self._print(ANSI(redact_text(ansi())))
             return
         width = self.app.output.get_size().columns
         text = render(result, width=width)

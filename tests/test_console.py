@@ -151,6 +151,16 @@ def test_results_are_highlighted_hy(workspace: Workspace) -> None:
     c.quit()
 
 
+def test_a_value_that_colours_itself_keeps_its_colours(workspace: Workspace) -> None:
+    """Logs print coloured by source: a result with an `ansi()` method is shown through it."""
+    c = start_console(workspace)
+    c.submit('(defclass Tinted [] (defn ansi [self] "\\x1b[35mPURPLE\\x1b[0m plain"))')
+    c.submit("(Tinted)")
+    c.wait_for(r"PURPLE plain")
+    assert re.search(r"\x1b\[[0-9;]*35m[^\n]*PURPLE", c.raw), repr(c.raw[-300:])
+    c.quit()
+
+
 def test_records_print_as_a_table(workspace: Workspace) -> None:
     c = start_console(workspace)
     c.submit("(nodes)")
