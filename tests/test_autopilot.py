@@ -258,8 +258,44 @@ def test_dead_manager_replaced_better_node_swaps_in_minority_cut_off(
             lambda: settled(cloud, 3, (victim, cut)), 60, "3 managers after the heal"
         )
         assert cut not in found
+
+        # the leader's dockerd dies: another manager leads and its autopilot carries on
+        old_leader = next(n for n, m in found.items() if m["leader"])
+        cloud.kill_dockerd(old_leader)
+        away = (victim, cut, old_leader)
+        watch.skip = away
+        found = wait_until(
+            lambda: settled(cloud, 1, away, ready=2), 90, f"the cloud to go on without {old_leader}"
+        )
+        status = api_get(cloud, "/v1/autopilot", away)
+        assert status["leading"] and status["node"] != old_leader
+        assert any(a["action"] == "demote-dead" and a["node"] == old_leader
+                   for a in status["recent"])  # fmt: skip
+        wait_until(lambda: list_managers(cloud, tmp_path) == sorted(found), 30, "the git list")
     assert watch.samples > 20
     assert watch.violations == []
+
+
+def test_a_stopped_system_keeps_its_service_and_volumes() -> None:
+    from node.reconciler import STOPPED_CONSTRAINT, service_spec
+    from node.spec import check_spec
+
+    systems = check_spec({"systems": {
+        "web": {"image": "busybox", "replicas": 3, "volumes": ["d:/data:ro"]},
+        "beat": {"image": "busybox", "mode": "global", "placement": ["node.role==worker"]},
+    }})["systems"]  # fmt: skip
+    web_on, web_off = (service_spec("web", systems["web"], r) for r in (True, False))
+    assert web_on["Mode"] == {"Replicated": {"Replicas": 3}}
+    assert web_off["Mode"] == {"Replicated": {"Replicas": 0}}
+    mount = {"Type": "volume", "Source": "d", "Target": "/data", "ReadOnly": True}
+    assert web_off["TaskTemplate"]["ContainerSpec"]["Mounts"] == [mount]
+    beat_off = service_spec("beat", systems["beat"], False)
+    assert beat_off["Mode"] == {"Global": {}}
+    assert beat_off["TaskTemplate"]["Placement"]["Constraints"] == [
+        "node.role==worker",
+        STOPPED_CONSTRAINT,
+    ]
+    assert beat_off["Labels"]["hyops.system.state"] == "stopped"
 
 
 SYSTEM_TOML = """
