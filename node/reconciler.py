@@ -113,6 +113,7 @@ class Autopilot:
         self.last_view: dict[str, Any] = {}
         self.leading = False
         self._last_wait = ""
+        self._last_error = ""
 
     # --- the spec -------------------------------------------------------------------------
 
@@ -209,10 +210,14 @@ class Autopilot:
         while True:
             try:
                 await self.tick()
+                self._last_error = ""
             except asyncio.CancelledError:
                 raise
             except (EngineError, SpecError, OSError, ValueError, KeyError) as exc:
-                log.warning("autopilot: this look at the cloud failed: %s", exc)
+                # once per new reason: an engine that stays away must not flood the log
+                if str(exc) != self._last_error:
+                    log.warning("autopilot: this look at the cloud failed: %s", exc)
+                self._last_error = str(exc)
             except Exception:  # the loop must outlive any surprise; the next tick tries again
                 log.exception("autopilot: unexpected error in this look at the cloud")
             await asyncio.sleep(TICK)
