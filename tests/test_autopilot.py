@@ -272,8 +272,19 @@ def test_dead_manager_replaced_better_node_swaps_in_minority_cut_off(
         assert any(a["action"] == "demote-dead" and a["node"] == old_leader
                    for a in status["recent"])  # fmt: skip
         wait_until(lambda: list_managers(cloud, tmp_path) == sorted(found), 30, "the git list")
+        # published only when the managers change: a cloud at rest adds no commits
+        commits = list_commits(cloud)
+        time.sleep(6)  # three publishing rounds of the agent (every 2 s) with nothing to say
+        assert list_commits(cloud) == commits
     assert watch.samples > 20
     assert watch.violations == []
+
+
+def list_commits(cloud: LocalCloud) -> int:
+    bare = cloud.record["list"].removeprefix("git+file://")
+    out = subprocess.run(["git", "-C", bare, "rev-list", "--count", "--all"],
+                         check=True, capture_output=True, text=True, timeout=30)  # fmt: skip
+    return int(out.stdout.strip())
 
 
 def test_a_stopped_system_keeps_its_service_and_volumes() -> None:
@@ -392,6 +403,7 @@ def test_spec_from_the_workspace_systems_start_and_stop_by_min_nodes(
                 lambda: (
                     (a := session.eval("(autopilot)")[-1])["spec"] == done["target"]
                     and a["leading"]
+                    and a["sees"]
                     and a
                 ),
                 30,
