@@ -52,6 +52,16 @@ def _error_from_response(url: str, response: httpx.Response) -> NodeApiError:
     )
 
 
+def _unreachable(url: str, exc: Exception) -> NodeApiError:
+    return NodeApiError(
+        url,
+        None,
+        "unreachable",
+        f"no answer ({type(exc).__name__}: {exc or 'timed out'})",
+        "is the node's agent running and its address reachable?",
+    )
+
+
 class NodeClient:
     """Signed requests to one agent's node API at `base_url` (e.g. http://10.213.7.11:7300).
 
@@ -97,13 +107,7 @@ class NodeClient:
                 method, url, content=data or None, headers=headers, timeout=timeout
             )
         except httpx.HTTPError as exc:
-            raise NodeApiError(
-                url,
-                None,
-                "unreachable",
-                f"no answer ({type(exc).__name__}: {exc or 'timed out'})",
-                "is the node's agent running and its address reachable?",
-            ) from None
+            raise _unreachable(url, exc) from None
         if response.status_code >= 400:
             raise _error_from_response(url, response)
         return response.json()
@@ -130,13 +134,7 @@ class NodeClient:
                     if line.strip():
                         yield json.loads(line)
         except httpx.HTTPError as exc:
-            raise NodeApiError(
-                url,
-                None,
-                "unreachable",
-                f"no answer ({type(exc).__name__}: {exc or 'timed out'})",
-                "is the node's agent running and its address reachable?",
-            ) from None
+            raise _unreachable(url, exc) from None
 
 
 def api_path(url: str) -> str:
