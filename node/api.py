@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 from fastapi import Depends, FastAPI, Query, Request
@@ -158,6 +158,11 @@ def create_app(agent: Agent) -> FastAPI:
     operators = role("operator")
     nodes_only = role("node")
 
+    async def on_manager(request: Request, answer: Callable[[], Awaitable[Any]]) -> Any:
+        """`answer()` when this node is a manager; else a manager's agent's answer."""
+        forwarded = await manager_or_forward(request)
+        return forwarded if forwarded is not None else await answer()
+
     async def manager_or_forward(request: Request) -> Response | None:
         """None when this node can answer as a manager; else the answer of a manager's agent."""
         agent._require_swarm()
@@ -184,26 +189,17 @@ def create_app(agent: Agent) -> FastAPI:
     @app.get("/v1/nodes", tags=["state"])
     async def nodes(request: Request, key: TrustedKey = Depends(readers)) -> Any:
         """The cloud's nodes (a worker's agent asks a manager's)."""
-        forwarded = await manager_or_forward(request)
-        if forwarded is not None:
-            return forwarded
-        return await agent.nodes()
+        return await on_manager(request, lambda: agent.nodes())
 
     @app.get("/v1/services", tags=["state"])
     async def services(request: Request, key: TrustedKey = Depends(readers)) -> Any:
         """The cloud's services with their replicas and running tasks."""
-        forwarded = await manager_or_forward(request)
-        if forwarded is not None:
-            return forwarded
-        return await agent.services()
+        return await on_manager(request, lambda: agent.services())
 
     @app.get("/v1/services/{name}/tasks", tags=["state"])
     async def tasks(name: str, request: Request, key: TrustedKey = Depends(readers)) -> Any:
         """The tasks of one service, with the node each runs on."""
-        forwarded = await manager_or_forward(request)
-        if forwarded is not None:
-            return forwarded
-        return await agent.tasks(name)
+        return await on_manager(request, lambda: agent.tasks(name))
 
     @app.get("/v1/logs", tags=["logs"])
     async def logs(
@@ -237,18 +233,12 @@ def create_app(agent: Agent) -> FastAPI:
     @app.post("/v1/nodes/{name}/promote", tags=["control"])
     async def promote(name: str, request: Request, key: TrustedKey = Depends(operators)) -> Any:
         """Make a worker a manager. Refused (409) where Swarm's rules call it unsafe."""
-        forwarded = await manager_or_forward(request)
-        if forwarded is not None:
-            return forwarded
-        return await agent.change_role(name, "manager", by=key.name)
+        return await on_manager(request, lambda: agent.change_role(name, "manager", by=key.name))
 
     @app.post("/v1/nodes/{name}/demote", tags=["control"])
     async def demote(name: str, request: Request, key: TrustedKey = Depends(operators)) -> Any:
         """Make a manager a worker. The last manager, or a change that loses quorum, is refused."""
-        forwarded = await manager_or_forward(request)
-        if forwarded is not None:
-            return forwarded
-        return await agent.change_role(name, "worker", by=key.name)
+        return await on_manager(request, lambda: agent.change_role(name, "worker", by=key.name))
 
     @app.post("/v1/nodes/{name}/availability", tags=["control"])
     async def availability(
@@ -258,10 +248,9 @@ def create_app(agent: Agent) -> FastAPI:
         key: TrustedKey = Depends(operators),
     ) -> Any:
         """Drain a node (its tasks move elsewhere), pause it, or make it active again."""
-        forwarded = await manager_or_forward(request)
-        if forwarded is not None:
-            return forwarded
-        return await agent.set_availability(name, body.availability, by=key.name)
+        return await on_manager(
+            request, lambda: agent.set_availability(name, body.availability, by=key.name)
+        )
 
     @app.post("/v1/nodes/{name}/labels", tags=["control"])
     async def labels(
@@ -271,10 +260,7 @@ def create_app(agent: Agent) -> FastAPI:
         key: TrustedKey = Depends(readers),
     ) -> Any:
         """Set labels on a node (workers cannot label themselves: their agents ask here)."""
-        forwarded = await manager_or_forward(request)
-        if forwarded is not None:
-            return forwarded
-        return await agent.set_labels(name, body.labels, by=key.name)
+        return await on_manager(request, lambda: agent.set_labels(name, body.labels, by=key.name))
 
     @app.put("/v1/spec", tags=["autopilot"])
     async def put_spec(
@@ -301,27 +287,18 @@ def create_app(agent: Agent) -> FastAPI:
     @app.get("/v1/spec", tags=["autopilot"])
     async def get_spec(request: Request, key: TrustedKey = Depends(readers)) -> Any:
         """The spec this cloud follows (`given` false: none was, this is the default one)."""
-        forwarded = await manager_or_forward(request)
-        if forwarded is not None:
-            return forwarded
-        return await agent.autopilot.spec_answer()
+        return await on_manager(request, lambda: agent.autopilot.spec_answer())
 
     @app.get("/v1/autopilot", tags=["autopilot"])
     async def autopilot(request: Request, key: TrustedKey = Depends(readers)) -> Any:
         """What the autopilot (on the leader) sees, wants and did recently, with reasons."""
-        forwarded = await manager_or_forward(request)
-        if forwarded is not None:
-            return forwarded
-        return await agent.autopilot.answer(request)
+        return await on_manager(request, lambda: agent.autopilot.answer(request))
 
     @app.post("/v1/join-token", tags=["control"])
     async def join_token(
         body: JoinTokenBody, request: Request, key: TrustedKey = Depends(nodes_only)
     ) -> Any:
         """A join token for a joining node (node-signed only; never logged)."""
-        forwarded = await manager_or_forward(request)
-        if forwarded is not None:
-            return forwarded
-        return await agent.join_token(body.role, by=key.name)
+        return await on_manager(request, lambda: agent.join_token(body.role, by=key.name))
 
     return app
