@@ -52,6 +52,7 @@ log = logging.getLogger("hyops.agent")
 SWARM_PORT = 2377
 PUBLISH_EVERY = 2.0  # seconds between the leader's looks at the manager set
 ENGINE_WAIT = 120.0  # seconds to wait for dockerd's socket before reporting an error state
+FORGOTTEN_AFTER = 30.0  # seconds of a broken swarm membership before asking the cloud about it
 
 
 def _now() -> str:
@@ -80,6 +81,8 @@ class Agent:
         self.http = httpx.AsyncClient(timeout=10.0)
         self.api_url = f"http://{config.api_host}:{config.api_port}"
         self._manager_cache: tuple[float, bool, bool] | None = None
+        self._inactive_since: float | None = None
+        self._labelling: asyncio.Task[None] | None = None
         self._published: tuple[tuple[str, str, str], ...] | None = None
         self._state_file = config.data_dir / "state.json"
         self.cloud_id = self._load_state().get("cloud_id")
@@ -154,26 +157,24 @@ class Agent:
             await self._wait_for_engine()
             info = await self.engine.info()
             swarm = info.get("Swarm") or {}
-            if swarm.get("LocalNodeState") in ("active", "pending", "locked"):
+            if swarm.get("LocalNodeState") in ("active", "pending", "locked", "error"):
                 log.info(
                     "engine is already in a swarm (node %s): resuming, not re-joining",
                     swarm.get("NodeID"),
                 )
-                await self._wait_active()
+                await self._resume()
             else:
                 await self.join_or_originate()
-            if self.cloud_id is None:
-                with contextlib.suppress(ListError):
-                    self.cloud_id = (await asyncio.to_thread(self.lists.read)).cloud_id
-            self._save_state()
-            self.state = "active"
-            log.info("node %s is active in cloud %s", self.config.name, self.cloud_id)
-            await self.ensure_labels()
+            await self._became_member()
             while True:
                 try:
                     await self.publish_managers()
                 except (EngineError, ListError, OSError) as exc:
                     log.warning("publishing the managers failed: %s", exc)
+                try:
+                    await self.check_membership()
+                except (EngineError, ListError, OSError) as exc:
+                    log.warning("checking this node's membership failed: %s", exc)
                 await asyncio.sleep(PUBLISH_EVERY)
         except asyncio.CancelledError:
             raise
@@ -181,6 +182,92 @@ class Agent:
             self.state = "error"
             self.detail = str(exc)
             log.exception("the agent's lifecycle failed: %s", exc)
+
+    async def _became_member(self) -> None:
+        if self.cloud_id is None:
+            with contextlib.suppress(ListError):
+                self.cloud_id = (await asyncio.to_thread(self.lists.read)).cloud_id
+        self._save_state()
+        self.state = "active"
+        self._inactive_since = None
+        log.info("node %s is active in cloud %s", self.config.name, self.cloud_id)
+        # in the background: labelling may wait for a manager, and the checks must go on meanwhile
+        self._labelling = asyncio.create_task(self.ensure_labels(), name="labels")
+
+    async def _resume(self) -> None:
+        """Wait for the engine's swarm membership to come back; if it does not, and the cloud
+        says it no longer knows this node (e.g. the autopilot removed it as a dead manager while
+        it was away), leave the stale swarm state and join again."""
+        while True:
+            try:
+                await self._wait_active(timeout=FORGOTTEN_AFTER)
+                return
+            except RuntimeError as exc:
+                self.state = "pending"
+                self.detail = str(exc)
+                log.warning("%s; asking the cloud whether it still knows this node", exc)
+            if await self._rejoin_if_forgotten():
+                return
+
+    async def check_membership(self) -> None:
+        """Between steps: notice a swarm membership that stopped working and, once it has been
+        broken for FORGOTTEN_AFTER seconds and the cloud confirms it forgot this node, rejoin."""
+        try:
+            info = await self.engine.info()
+        except EngineError:
+            return  # no engine: nothing to decide until dockerd is back
+        swarm = info.get("Swarm") or {}
+        working = swarm.get("LocalNodeState") == "active"
+        if working and swarm.get("ControlAvailable"):
+            # a manager that finds no leader (e.g. one the cloud removed while it was away and
+            # that now holds a Raft group of its own) says "active" but cannot answer
+            try:
+                await self.engine.node(swarm["NodeID"])
+            except EngineError:
+                working = False
+        if working:
+            self._inactive_since = None
+            return
+        now = time.monotonic()
+        if self._inactive_since is None:
+            self._inactive_since = now
+        elif now - self._inactive_since > FORGOTTEN_AFTER and await self._rejoin_if_forgotten():
+            await self._became_member()
+
+    async def _rejoin_if_forgotten(self) -> bool:
+        """True if the cloud answered that this node is not a member and the node joined again.
+
+        Only a manager's answer that it has never heard of this node ID leads to leaving: an
+        unreachable cloud, or one on the far side of a partition, changes nothing."""
+        info = await self.engine.info()
+        node_id = (info.get("Swarm") or {}).get("NodeID")
+        if not node_id:
+            return False
+        try:
+            lst = await asyncio.to_thread(self.lists.read)
+        except ListError:
+            return False
+        for manager in lst.managers:
+            if manager.api == self.api_url:
+                continue
+            try:
+                nodes = await NodeClient(manager.api, self.key, self.http).get("/v1/nodes")
+            except NodeApiError:
+                continue
+            if any(n.get("id") == node_id for n in nodes):
+                return False  # still a member: Swarm itself will bring the node back
+            log.warning(
+                "the cloud (asked %s) no longer knows this node's swarm ID %s: leaving the old "
+                "swarm state and joining again",
+                manager.name,
+                node_id,
+            )
+            self.state = "joining"
+            await self.engine.swarm_leave(force=True)
+            self._published = None
+            await self.join_or_originate()
+            return True
+        return False
 
     async def _wait_for_engine(self) -> None:
         deadline = time.monotonic() + ENGINE_WAIT

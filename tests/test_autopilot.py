@@ -282,6 +282,32 @@ def test_dead_manager_replaced_better_node_swaps_in_minority_cut_off(
     assert watch.violations == []
 
 
+def test_a_removed_dead_manager_that_comes_back_joins_again(make_cloud) -> None:
+    """The autopilot removes a dead manager; when its machine returns, its dockerd still holds
+    the old swarm state. Its agent asks the cloud, hears the node is forgotten, and joins anew."""
+    small = {n: (1.0, 2**30) for n in ("node-1", "node-2", "node-3", "node-4")}
+    cloud = make_cloud(nodes=4, resources=small)
+    cloud.apply_spec(SMALL)
+    found = wait_until(lambda: settled(cloud, 3, ready=4), 90, "3 managers of 4 nodes")
+    victim = sorted(n for n, m in found.items() if not m["leader"])[-1]
+    old_id = found[victim]["id"]
+    cloud.kill_dockerd(victim)
+    wait_until(lambda: settled(cloud, 3, (victim,), ready=3), 90, f"{victim} to be replaced")
+    assert victim not in [n["name"] for n in api_get(cloud, "/v1/nodes", (victim,))]
+
+    cloud.start_dockerd(victim)
+
+    def back() -> list[dict] | None:
+        mine = [n for n in api_get(cloud, "/v1/nodes", (victim,)) if n["name"] == victim]
+        return mine if len(mine) == 1 and mine[0]["state"] == "ready" else None
+
+    (entry,) = wait_until(back, 150, f"{victim} to be a member again")
+    assert entry["id"] != old_id
+    log = (cloud.node_dir(victim) / "agent.log").read_text()
+    assert "no longer knows this node" in log
+    wait_until(lambda: settled(cloud, 3, ready=4), 90, "3 managers of 4 ready nodes again")
+
+
 def list_commits(cloud: LocalCloud) -> int:
     bare = cloud.record["list"].removeprefix("git+file://")
     out = subprocess.run(["git", "-C", bare, "rev-list", "--count", "--all"],
