@@ -110,6 +110,25 @@ def test_node_key_may_not_promote_and_operator_key_may_not_take_a_join_token(one
     assert cloud_state(one) == before
 
 
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/nodes/node-1/promote", None),
+        ("/v1/nodes/node-1/availability", {"availability": "drain"}),
+        ("/v1/spec", {"managers": {"maximum": 1}}),
+    ],
+)
+def test_control_routes_refuse_node_keys_and_unsigned_callers(one, path: str, body) -> None:
+    base = api(one, "node-1")
+    method = "PUT" if path == "/v1/spec" else "POST"
+    before = cloud_state(one)
+    r = signed(method, base + path, node_key(one), body)
+    check_error(r, 403, "wrong-role")
+    r = httpx.request(method, base + path, json=body, timeout=10)
+    check_error(r, 401, "unsigned")
+    assert cloud_state(one) == before
+
+
 def test_node_key_gets_a_join_token(one) -> None:
     r = signed("POST", api(one, "node-1") + "/v1/join-token", node_key(one), {"role": "worker"})
     assert r.status_code == 200, r.text
