@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import difflib
 import json
 import logging
 import secrets
@@ -44,6 +43,7 @@ from node.records import (
     service_record,
     sort_nodes,
     task_record,
+    unknown_name_hint,
 )
 from node.signing import Trust, Verifier, load_private_key
 
@@ -574,13 +574,7 @@ class Agent:
         return sorted(records, key=lambda r: (r["slot"] or 0, r["updated"] or ""), reverse=False)
 
     def _not_found(self, kind: str, name: str, known: list[str]) -> Exception:
-        close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
-        if close:
-            hint = f"did you mean {', '.join(close)}?"
-        elif known:
-            hint = f"known: {', '.join(known[:10])}"
-        else:
-            hint = f"there is no {kind} yet"
+        hint = unknown_name_hint(kind, name, known)
         return self._api_error(404, f"unknown-{kind}", f"no {kind} named {name!r}", hint)
 
     async def _find_node(self, name: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:

@@ -38,15 +38,9 @@ class CloudError(Exception):
 
 def unknown_name(kind: str, name: str, known: list[str]) -> CloudError:
     """The error for a name nobody has: it suggests the close ones, like the agent does."""
-    import difflib
+    from node.records import unknown_name_hint
 
-    close = difflib.get_close_matches(str(name), known, n=3, cutoff=0.5)
-    if close:
-        hint = f"did you mean {', '.join(close)}?"
-    elif known:
-        hint = f"known: {', '.join(known[:10])}"
-    else:
-        hint = f"there is no {kind} yet"
+    hint = unknown_name_hint(kind, name, known)
     return CloudError(f"no {kind} named {name!r}", status=404, code=f"unknown-{kind}", hint=hint)
 
 

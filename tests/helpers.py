@@ -53,3 +53,12 @@ def signed(
     if body is not None:
         headers["Content-Type"] = "application/json"
     return httpx.request(method, url, content=data or None, headers=headers, timeout=timeout)
+
+
+def manager_of(cloud: Any) -> str | None:
+    """The name of a node of a local cloud whose engine is an active manager, per `docker info`."""
+    for entry in cloud.nodes:
+        info = cloud.docker(entry["name"], "info", "--format", "{{json .Swarm}}", check=False)
+        if info.stdout.strip() and json.loads(info.stdout).get("ControlAvailable"):
+            return entry["name"]
+    return None

@@ -8,7 +8,6 @@ a node's agent runs last and starts it again.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -25,20 +24,12 @@ from node.devcloud import LocalCloud
 from repl.session import HyopsEvalError, Session
 from repl.workspace import Workspace
 from tests.conftest import MakeCloud
-from tests.helpers import wait_until
+from tests.helpers import manager_of, wait_until
 
 pytestmark = pytest.mark.cloud
 NAMES = ["node-1", "node-2", "node-3"]
 COUNTED = 'for i in $(seq 1 50); do echo "counted line $i"; done; exec sleep 100000'
 CHATTER = 'i=0; while true; do i=$((i+1)); echo "chatter $i"; sleep 0.2; done'
-
-
-def manager_of(cloud: LocalCloud) -> str | None:
-    for node in NAMES:
-        info = cloud.docker(node, "info", "--format", "{{json .Swarm}}", check=False).stdout
-        if info.strip() and json.loads(info).get("ControlAvailable"):
-            return node
-    return None
 
 
 @pytest.fixture(scope="module")

@@ -23,19 +23,11 @@ from node.devcloud import LocalCloud
 from repl.mutate import read_audit
 from repl.workspace import Workspace
 from tests.conftest import REPO, MakeCloud
-from tests.helpers import wait_until
+from tests.helpers import manager_of, wait_until
 from tests.test_runbook import ARTIFACTS, chromium, console_errors
 
 pytestmark = pytest.mark.cloud
 NAMES = ["node-1", "node-2", "node-3", "node-4"]
-
-
-def manager_of(cloud: LocalCloud) -> str | None:
-    for node in NAMES:
-        info = cloud.docker(node, "info", "--format", "{{json .Swarm}}", check=False).stdout
-        if info.strip() and json.loads(info).get("ControlAvailable"):
-            return node
-    return None
 
 
 @pytest.fixture(scope="module")
