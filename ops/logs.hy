@@ -17,7 +17,7 @@
         repl.render [redact-text]
         repl.session [current])
 
-(export :objects [logs tail! node-file edit LogResult])
+(export :objects [logs tail! node-file node-run edit LogResult])
 
 (setv _COLORS [36 33 32 35 34 31 96 93 92 95 94 91])
 (setv _KEEP 100000)       ; lines a follow keeps for its answer (the screen gets every one)
@@ -291,13 +291,8 @@
   following and returns to the prompt; the answer holds the lines seen: (:lines *1)."
   (logs target :since since :tail tail :grep grep :follow True))
 
-(defn node-file [node name]
-  "Fetch a node's own log file over SSH (SFTP), e.g. (node-file \"node-2\" \"dockerd.log\").
-
-  The node's agent serves the *.log files of its log folder (agent.log, dockerd.log) read-only.
-  The file lands in the workspace at logs/NODE/NAME (mode 0600); the answer is its path, so
-  (edit (node-file \"node-2\" \"agent.log\")) opens it. The node's SSH host key is checked
-  against the cloud's recorded known_hosts; an unknown or changed key is refused."
+(defn _shell-for [node]
+  "The Session and its SSH shell, with `node`'s address known (asked of the cloud once)."
   (import repl.ssh [node-shell])
   (setv session (current)
         shell (node-shell session))
@@ -310,8 +305,26 @@
         (raise (LookupError (+ f"no node named {(hy.repr node)}"
                                (if close f": did you mean {(.join ", " close)}?"
                                    f" (nodes: {(.join ", " known)})")))))))
-  (setv dest (/ (. session workspace logs-dir) (safe-name node) (safe-name name)))
+  #(session shell))
+
+(defn node-file [node name]
+  "Fetch a node's own log file over SSH (SFTP), e.g. (node-file \"node-2\" \"dockerd.log\").
+
+  The node's agent serves the *.log files of its log folder (agent.log, dockerd.log) read-only.
+  The file lands in the workspace at logs/NODE/NAME (mode 0600); the answer is its path, so
+  (edit (node-file \"node-2\" \"agent.log\")) opens it. The node's SSH host key is checked
+  against the cloud's recorded known_hosts; an unknown or changed key is refused."
+  (setv [session shell] (_shell-for node)
+        dest (/ (. session workspace logs-dir) (safe-name node) (safe-name name)))
   (str (.run session (.fetch shell node name dest))))
+
+(defn node-run [node command * [timeout 60]]
+  "Run a shell command on a node over SSH; the answer is {\"node\" \"exit\" \"stdout\" \"stderr\"}.
+
+  For what only the machine can tell: (node-run \"node-2\" \"uptime\"). Operator keys only;
+  the node's host key is checked against the cloud's recorded known_hosts."
+  (setv [session shell] (_shell-for node))
+  (.run session (.run shell node command :timeout timeout)))
 
 (defn edit [x * [name None] [line None]]
   "Write x to a file under the workspace's logs/ folder and open it in your editor; returns the path.

@@ -116,6 +116,14 @@ def test_node_file_fetches_dockerd_log_over_sftp(cloud: LocalCloud, session: Ses
     assert session.node_shell[1]._conns["node-2"] is conn and not conn.is_closed()
 
 
+def test_node_run_op_runs_a_command_on_that_node(session: Session) -> None:
+    answer = session.eval('(node-run "node-2" "hostname; echo oops >&2; exit 3")')[-1]
+    assert answer["node"] == "node-2"
+    assert answer["stdout"].strip() == "node-2"
+    assert answer["stderr"].strip() == "oops"
+    assert answer["exit"] == 3
+
+
 def test_node_file_of_an_unknown_node_or_file_says_what_exists(session: Session) -> None:
     with pytest.raises(HyopsEvalError, match=r"no node named \"node-9\""):
         session.eval('(node-file "node-9" "agent.log")')
