@@ -19,12 +19,14 @@ import time
 import tomllib
 from pathlib import Path
 
-from bench.autopilot import get
-from node.devcloud import LocalCloud
-from node.policy import fault_tolerance, quorum
-from node.spec import check_spec
-
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # run as a script: `bench` is a folder of the repo, not a package
+
+from bench.autopilot import get  # noqa: E402
+from node.devcloud import LocalCloud  # noqa: E402
+from node.policy import fault_tolerance, quorum  # noqa: E402
+from node.spec import check_spec  # noqa: E402
+
 SPEC = {
     "managers": {"targets": [[1, 1], [3, 3], [5, 5], [7, 7]], "stabilization": "2s",
                  "dead_after": "5s"},
