@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 import httpx
 
@@ -135,9 +135,3 @@ class NodeClient:
                         yield json.loads(line)
         except httpx.HTTPError as exc:
             raise _unreachable(url, exc) from None
-
-
-def api_path(url: str) -> str:
-    """The path and query of a URL, as signed."""
-    parts = urlsplit(url)
-    return parts.path + (("?" + parts.query) if parts.query else "")

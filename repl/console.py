@@ -253,11 +253,10 @@ def banner(session: Session) -> str:
 def main(args: argparse.Namespace) -> int:
     """Open the console on this workspace; returns the exit code."""
     try:
-        session = Session()
+        session = Session(cloud_name=getattr(args, "cloud", None))
     except WorkspaceError as e:
         print(f"hyops: {e}", file=sys.stderr)
         return 1
-    session.cloud_name = getattr(args, "cloud", None)
     vi_mode = bool(getattr(args, "vi", False)) or os.environ.get("HYOPS_VI_MODE") == "1"
     console = HyRepl(session, history_filename=history_file(session.workspace), vi_mode=vi_mode)
     print(banner(session), flush=True)

@@ -1029,11 +1029,10 @@ def main(args: argparse.Namespace) -> int:
         print(e, file=sys.stderr)
         return 2
     try:
-        session = Session()
+        session = Session(cloud_name=getattr(args, "cloud", None))
     except WorkspaceError as e:
         print(f"hyops nrepl: {e}", file=sys.stderr)
         return 1
-    session.cloud_name = getattr(args, "cloud", None)
     try:
         server = Server(session, host=host, port=getattr(args, "port", 0) or 0).start()
     except OSError as e:

@@ -48,11 +48,10 @@ def main(args: argparse.Namespace) -> int:
             print(hy.repr(redact(value)), flush=True)
 
     try:
-        session = Session()
+        session = Session(cloud_name=getattr(args, "cloud", None))
     except WorkspaceError as e:
         print(f"hyops eval: {e}", file=sys.stderr)
         return 1
-    session.cloud_name = getattr(args, "cloud", None)
     try:
         session.eval(source, filename=filename, on_result=show)
     except HyopsEvalError as e:

@@ -339,10 +339,10 @@ def _file_stamp(path: Path) -> tuple[int, int]:
 class Session:
     """A workspace namespace with the ops vocabulary, where Hy source is evaluated."""
 
-    def __init__(self, workspace: Workspace | None = None) -> None:
+    def __init__(self, workspace: Workspace | None = None, cloud_name: str | None = None) -> None:
         global _last_session
         self.workspace = workspace or find_workspace()
-        self.cloud_name: str | None = None
+        self.cloud_name = cloud_name  # the recorded cloud to connect to; None: the default
         self.module = types.ModuleType(WORKSPACE_MODULE)
         self.module.__file__ = str(self.workspace.root / "<workspace>")
         sys.modules[WORKSPACE_MODULE] = self.module

@@ -62,3 +62,8 @@ def manager_of(cloud: Any) -> str | None:
         if info.stdout.strip() and json.loads(info.stdout).get("ControlAvailable"):
             return entry["name"]
     return None
+
+
+def ev(session: Any, source: str) -> Any:
+    """The value of the last form of `source`, evaluated in the Session."""
+    return session.eval(source)[-1]

@@ -22,7 +22,7 @@ from node.lists import BootstrapList, Manager, render_list
 from repl.session import HyopsEvalError, Session
 from repl.workspace import Workspace
 from tests.conftest import MakeCloud
-from tests.helpers import manager_of, wait_until
+from tests.helpers import ev, manager_of, wait_until
 
 pytestmark = pytest.mark.cloud
 NAMES = ["node-1", "node-2", "node-3"]
@@ -59,11 +59,6 @@ def session(cloud: LocalCloud) -> Iterator[Session]:
     )
     yield s
     s.close()
-
-
-def ev(session: Session, source: str):
-    """The value of the last form of `source`, evaluated in the session."""
-    return session.eval(source)[-1]
 
 
 def docker_nodes(cloud: LocalCloud, on: str) -> dict[str, dict]:

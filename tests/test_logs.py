@@ -24,7 +24,7 @@ from node.devcloud import LocalCloud
 from repl.session import HyopsEvalError, Session
 from repl.workspace import Workspace
 from tests.conftest import MakeCloud
-from tests.helpers import manager_of, wait_until
+from tests.helpers import ev, manager_of, wait_until
 
 pytestmark = pytest.mark.cloud
 NAMES = ["node-1", "node-2", "node-3"]
@@ -66,10 +66,6 @@ def session(cloud: LocalCloud) -> Iterator[Session]:
     )
     yield s
     s.close()
-
-
-def ev(session: Session, source: str):
-    return session.eval(source)[-1]
 
 
 def docker_service_lines(cloud: LocalCloud, manager: str, *args: str) -> list[str]:

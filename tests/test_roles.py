@@ -29,7 +29,7 @@ from repl.mutate import Plan, Refused, perform, read_audit
 from repl.session import HyopsEvalError, Session
 from repl.workspace import Workspace
 from tests.conftest import MakeCloud
-from tests.helpers import wait_until
+from tests.helpers import ev, wait_until
 from tests.test_cluster_ops import docker_nodes, manager_of
 from tests.test_console import start_console
 
@@ -213,10 +213,6 @@ def names(cloud: LocalCloud) -> SimpleNamespace:
     first = manager_of(cloud)
     w1, w2 = [n for n in ("node-1", "node-2", "node-3") if n != first]
     return SimpleNamespace(first=first, w1=w1, w2=w2)
-
-
-def ev(session: Session, source: str):
-    return session.eval(source)[-1]
 
 
 def roles(cloud: LocalCloud, names: SimpleNamespace) -> dict[str, str]:
