@@ -45,12 +45,15 @@ class ConfigError(Exception):
     def __init__(self, path: Path | str, problems: list[str]):
         self.path = Path(path)
         self.problems = list(problems)
-        if len(self.problems) == 1:
-            text = f"config {self.path}: {self.problems[0]}"
-        else:
-            lines = "\n".join(f"  {p}" for p in self.problems)
-            text = f"config {self.path}: {len(self.problems)} problems:\n{lines}"
-        super().__init__(text)
+        super().__init__(problems_message(f"config {self.path}", self.problems))
+
+
+def problems_message(where: str, problems: list[str]) -> str:
+    """One problem on one line; several as a count and one indented line each."""
+    if len(problems) == 1:
+        return f"{where}: {problems[0]}"
+    lines = "\n".join(f"  {p}" for p in problems)
+    return f"{where}: {len(problems)} problems:\n{lines}"
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from node.config import problems_message
+
 __all__ = [
     "DEFAULT_TARGETS",
     "SpecError",
@@ -60,12 +62,7 @@ class SpecError(Exception):
 
     def __init__(self, problems: list[str], where: str = "spec") -> None:
         self.problems = list(problems)
-        if len(self.problems) == 1:
-            text = f"{where}: {self.problems[0]}"
-        else:
-            lines = "\n".join(f"  {p}" for p in self.problems)
-            text = f"{where}: {len(self.problems)} problems:\n{lines}"
-        super().__init__(text)
+        super().__init__(problems_message(where, self.problems))
 
 
 def parse_seconds(value: Any) -> float:
