@@ -199,6 +199,11 @@ async def run_command(process: asyncssh.SSHServerProcess) -> None:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(process.stderr.drain(), 10)
         process.exit(code if code >= 0 else 128 - code)
+        # asyncssh queues its pipe readers' clean-ups until wait_closed(); left unawaited, they
+        # are collected as "coroutine never awaited" warnings, which can fire in the middle of an
+        # import and trip CPython 3.11's import lock (a KeyError seen on an API request)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(process.wait_closed(), 10)
     finally:
         if proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
