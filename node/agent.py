@@ -75,7 +75,7 @@ class Agent:
         config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.engine = Engine(config.docker_socket)
         self.trust = Trust.load(config.trust_path)
-        self.verifier = Verifier(self.trust)
+        self.verifier = Verifier(self.trust, journal=config.data_dir / "nonces")
         self.key = load_private_key(config.key_path)
         self.lists = open_list(config.list_url, config.data_dir / "list")
         self.http = httpx.AsyncClient(timeout=10.0)

@@ -450,6 +450,12 @@ class Verifier:
     replay is caught while it would otherwise be accepted. The memory is bounded by
     `max_nonces`: when full, the oldest nonces are forgotten and requests signed at or before
     their time are refused as expired, so forgetting never re-opens a replay.
+
+    With a `journal` file, the nonces of requests that change something (any method but GET and
+    HEAD) are also appended to it and synced before the request is let through, and read back
+    when a Verifier starts: a control request captured before an agent restart is still refused
+    as replayed after it. (A replayed read is answered: it changes nothing and tells no more than
+    the original answer did.) The file holds times and nonces only, nothing secret.
     """
 
     def __init__(
@@ -458,6 +464,7 @@ class Verifier:
         window: float = 60,
         clock: Callable[[], float] = time.time,
         max_nonces: int = 100_000,
+        journal: Path | None = None,
     ):
         self.trust = trust
         self.window = window
@@ -467,6 +474,10 @@ class Verifier:
         self._order: list[tuple[int, str]] = []  # heap of (signed time, nonce)
         self._floor = -1  # requests signed at or before this time can no longer be checked
         self._lock = threading.Lock()
+        self._journal = journal
+        self._journal_lines = 0
+        if journal is not None:
+            self._load_journal(journal)
 
     def verify(
         self, method: str, path_with_query: str, body: bytes, headers: Mapping[str, str]
@@ -546,7 +557,71 @@ class Verifier:
                 old_when, old_nonce = heapq.heappop(self._order)
                 self._seen.pop(old_nonce, None)
                 self._floor = max(self._floor, old_when)
+            if self._journal is not None and method.upper() not in ("GET", "HEAD"):
+                self._record(when, nonce)
         return key
+
+    # --- the journal: control requests' nonces across restarts ------------------------------
+
+    def _load_journal(self, path: Path) -> None:
+        """Remember the journal's nonces that are still inside the window; rewrite it with
+        only those (a torn last line, from a crash mid-write, is skipped)."""
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            text = ""
+        except (OSError, UnicodeDecodeError) as exc:
+            raise TrustError(
+                f"cannot read the replay journal {path}: {exc}; check the agent's data folder "
+                f"(owner, mode); deleting the file is safe once the agent has been stopped for "
+                f"{self.window:g} s"
+            ) from None
+        oldest = self.clock() - self.window
+        for line in text.splitlines():
+            parts = line.split()
+            if (
+                len(parts) == 2
+                and _DIGITS.fullmatch(parts[0])
+                and _NONCE.fullmatch(parts[1])
+                and int(parts[0]) >= oldest
+                and parts[1] not in self._seen
+            ):
+                self._seen[parts[1]] = int(parts[0])
+                heapq.heappush(self._order, (int(parts[0]), parts[1]))
+        self._rewrite_journal()
+
+    def _rewrite_journal(self) -> None:
+        assert self._journal is not None
+        tmp = self._journal.with_name(self._journal.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.writelines(f"{when} {nonce}\n" for when, nonce in sorted(self._order))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self._journal)
+        self._journal_lines = len(self._order)
+
+    def _record(self, when: int, nonce: str) -> None:
+        """Append one control request's nonce and sync it; AuthError 503 when it cannot be
+        kept (the request is then refused: accepting it could not stop its replay)."""
+        assert self._journal is not None
+        try:
+            if self._journal_lines > 4 * len(self._order) + 1024:
+                self._rewrite_journal()  # keep the file about as small as the window needs
+            fd = os.open(self._journal, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            try:
+                os.write(fd, f"{when} {nonce}\n".encode())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self._journal_lines += 1
+        except OSError as exc:
+            raise AuthError(
+                503,
+                "journal-failed",
+                f"this node cannot record the request in its replay journal ({exc.strerror})",
+                "free space in or repair the agent's data folder, then send the request again",
+            ) from None
 
     def _forget(self, now: float) -> None:
         """Drop nonces whose time is outside the window: such a replay is refused as expired."""

@@ -98,6 +98,26 @@ def test_replayed_request_is_refused(one) -> None:
     check_error(httpx.get(url, headers=headers, timeout=10), 401, "replayed")
 
 
+def test_a_control_request_replayed_after_the_agent_crashed_and_restarted_is_refused(one) -> None:
+    key = load_private_key(operator_key(one))
+    path = "/v1/nodes/node-1/labels"
+    body = json.dumps({"labels": {"replay-check": "first"}}).encode()
+    headers = sign_headers(key, "POST", path, body) | {"content-type": "application/json"}
+    url = api(one, "node-1") + path
+    assert httpx.post(url, content=body, headers=headers, timeout=10).status_code == 200
+    one.docker("node-1", "node", "update", "--label-add", "replay-check=second", "node-1")
+    one.kill_agent("node-1")  # SIGKILL: nothing is saved on the way out
+    one.start_agent("node-1")
+    wait_until(
+        lambda: httpx.get(api(one, "node-1") + "/v1/health", timeout=5).json()["state"] == "active",
+        90,
+        "the restarted agent to be active",
+    )
+    check_error(httpx.post(url, content=body, headers=headers, timeout=10), 401, "replayed")
+    shown = one.docker("node-1", "node", "inspect", "-f", "{{json .Spec.Labels}}", "node-1")
+    assert json.loads(shown.stdout)["replay-check"] == "second"  # the replay changed nothing
+
+
 def test_node_key_may_not_promote_and_operator_key_may_not_take_a_join_token(one) -> None:
     base = api(one, "node-1")
     before = cloud_state(one)

@@ -400,6 +400,64 @@ def test_the_replay_memory_is_bounded_and_forgetting_never_reopens_a_replay(keys
         assert refused(v, "GET", "/v1/node", b"", recent).code == "replayed"
 
 
+# --- the replay journal: control requests' nonces across restarts -------------------------------
+
+
+def test_a_control_request_replayed_after_a_restart_is_refused(keys, tmp_path: Path):
+    journal = tmp_path / "nonces"
+    headers = sign_headers(keys["operator"], "POST", PATH, BODY, now=NOW)
+    verifier(keys, journal=journal).verify("POST", PATH, BODY, headers)
+    assert oct(journal.stat().st_mode & 0o777) == "0o600"
+    restarted = verifier(keys, now=NOW + 30, journal=journal)
+    error = refused(restarted, "POST", PATH, BODY, headers)
+    assert (error.status, error.code) == (401, "replayed")
+    # a fresh signature of the same request goes through
+    fresh = sign_headers(keys["operator"], "POST", PATH, BODY, now=NOW + 30)
+    assert restarted.verify("POST", PATH, BODY, fresh).name == "operator"
+
+
+def test_reads_are_not_journaled_and_old_or_torn_entries_are_dropped(keys, tmp_path: Path):
+    journal = tmp_path / "nonces"
+    old = sign_headers(keys["operator"], "POST", PATH, BODY, now=NOW - 100)
+    verifier(keys, now=NOW - 100, journal=journal).verify("POST", PATH, BODY, old)
+    read = sign_headers(keys["operator"], "GET", "/v1/nodes", now=NOW)
+    v = verifier(keys, journal=journal)
+    v.verify("GET", "/v1/nodes", b"", read)
+    recent = sign_headers(keys["operator"], "POST", PATH, BODY, now=NOW)
+    v.verify("POST", PATH, BODY, recent)
+    with journal.open("a") as f:
+        f.write("17900000")  # a crash in the middle of a write
+    restarted = verifier(keys, now=NOW + 1, journal=journal)
+    assert restarted.remembered == 1  # the recent control request only
+    assert journal.read_text() == f"{int(NOW)} {recent[HEADER_NONCE]}\n"
+    assert restarted.verify("GET", "/v1/nodes", b"", read).name == "operator"
+    assert refused(restarted, "POST", PATH, BODY, recent).code == "replayed"
+    assert refused(restarted, "POST", PATH, BODY, old).code == "expired"
+
+
+def test_the_journal_stays_about_as_small_as_the_window_needs(keys, tmp_path: Path):
+    journal = tmp_path / "nonces"
+    now = [NOW]
+    v = Verifier(keys["trust"], clock=lambda: now[0], journal=journal)
+    for i in range(3000):
+        now[0] = NOW + i
+        v.verify("POST", PATH, BODY, sign_headers(keys["operator"], "POST", PATH, BODY, now=now[0]))
+    lines = journal.read_text().splitlines()
+    assert 61 <= len(lines) <= 4 * 61 + 1025
+    assert lines[-1].startswith(f"{int(now[0])} ")
+
+
+def test_a_journal_that_cannot_be_written_refuses_the_request_with_a_reason(keys, tmp_path):
+    journal = tmp_path / "nonces"
+    v = verifier(keys, journal=journal)
+    journal.unlink()
+    journal.mkdir()  # unwritable even for root
+    headers = sign_headers(keys["operator"], "POST", PATH, BODY, now=NOW)
+    error = refused(v, "POST", PATH, BODY, headers)
+    assert (error.status, error.code) == (503, "journal-failed")
+    assert "replay journal" in error.message and "data folder" in error.hint
+
+
 def test_wrong_role_is_403_with_a_reason(keys):
     key = verifier(keys).verify(
         "POST", PATH, BODY, sign_headers(keys["node"], "POST", PATH, BODY, now=NOW)
