@@ -14,16 +14,19 @@
     (cloud)  ; => {\"name\" \"local\"  \"manager\" \"node-1\"  \"cloud_id\" \"c-…\" …}"
   (describe))
 
-(defn connect! [target * [key None]]
+(defn connect! [target * [key None] [via "http"]]
   "Connect to another cloud: a recorded name, or a bootstrap list URL signed with the operator key.
 
     (connect! \"staging\")                          ; recorded in .hyops/clouds/staging/
     (connect! \"git+file:///srv/lists/prod.git\")   ; any list: git+…, file://, http(s)://
     (connect! \"http://lists.example/prod\" :key \"/path/to/operator_ed25519\")
+    (connect! \"staging\" :via \"ssh\")             ; only the nodes' SSH ports are reachable
 
-  The new cloud must answer first; a wrong name, URL or key leaves the current connection as
-  it was. Returns what (cloud) returns for the new connection."
-  (connect target :key key))
+  With :via \"ssh\" every request to an agent goes through an SSH tunnel to its node (host
+  keys checked against the cloud's known_hosts); (tunnels) shows them.
+  The new cloud must answer first; a wrong name, URL, key or route leaves the current
+  connection as it was. Returns what (cloud) returns for the new connection."
+  (connect target :key key :via via))
 
 (defn nodes []
   "The cloud's nodes, managers first, as records: name, role, state, leader, availability, addr.

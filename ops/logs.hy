@@ -17,7 +17,7 @@
         repl.render [redact-text]
         repl.session [current])
 
-(export :objects [logs tail! node-file node-run edit LogResult])
+(export :objects [logs tail! node-file node-run tunnel! tunnels edit LogResult])
 
 (setv _COLORS [36 33 32 35 34 31 96 93 92 95 94 91])
 (setv _KEEP 100000)       ; lines a follow keeps for its answer (the screen gets every one)
@@ -325,6 +325,25 @@
   the node's host key is checked against the cloud's recorded known_hosts."
   (setv [session shell] (_shell-for node))
   (.run session (.run shell node command :timeout timeout)))
+
+(defn tunnel! [node]
+  "Open an SSH tunnel to a node's agent API; the answer holds the local URL that reaches it.
+
+    (tunnel! \"node-2\")  ; => {\"node\" \"node-2\"  \"local\" \"http://127.0.0.1:40123\"  …}
+
+  For a browser or curl on this machine (the agent's OpenAPI page is at LOCAL/docs) where only
+  the node's SSH port is reachable. The tunnel stays open until the session connects to another
+  cloud or ends; (tunnels) lists the open ones. (connect! NAME :via \"ssh\") sends all of the
+  workspace's requests this way."
+  (setv [session shell] (_shell-for node)
+        conn (connection session)
+        record (next (gfor n (call "GET" "/v1/nodes") :if (= (get n "name") node) n))
+        api (_api-of record))
+  {"node" node "to" api "local" (.run session (.tunnel conn api))})
+
+(defn tunnels []
+  "The open SSH tunnels to agents: {\"to\" API-URL \"local\" LOCAL-URL} each."
+  (.tunnels (connection)))
 
 (defn edit [x * [name None] [line None]]
   "Write x to a file under the workspace's logs/ folder and open it in your editor; returns the path.

@@ -5,6 +5,11 @@ where its bootstrap list is and which key the operator signs with. The connectio
 talks to the first manager's agent that answers, and fails over to the next when one stops
 answering. It lives on the Session's background loop, so its HTTP connections are kept between
 inputs.
+
+Where only the nodes' SSH ports are reachable, `via="ssh"` carries every API request through an
+SSH tunnel to the agent (one per node, opened on first use and kept); the requests are signed
+exactly as over plain HTTP. The connection also owns the cloud's SSH shell (repl/ssh.py), so
+switching clouds or closing the session closes both.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from repl.workspace import Workspace, find_workspace
+
+VIAS = ("http", "ssh")
 
 
 class CloudError(Exception):
@@ -167,9 +174,16 @@ class Connection:
     is tried before giving up.
     """
 
-    def __init__(self, record: CloudRecord, workspace: Workspace) -> None:
+    def __init__(self, record: CloudRecord, workspace: Workspace, via: str = "http") -> None:
+        if via not in VIAS:
+            raise CloudError(
+                f"cannot reach a cloud via {via!r}", hint='use :via "http" or :via "ssh"'
+            )
         self.record = record
         self.workspace = workspace
+        self.via = via
+        self._shell: Any = None
+        self._tunnels: dict[str, tuple[Any, Any]] = {}  # API URL -> (SSH connection, listener)
         self.cloud_id: str | None = None
         self.answering: str | None = None  # API URL of the manager that answered last
         self._key: Any = None
@@ -180,7 +194,53 @@ class Connection:
     def __repr__(self) -> str:
         from node.lists import redact_url
 
-        return f"<cloud {self.record.name} via {redact_url(self.record.list_url)}>"
+        over = " over ssh" if self.via == "ssh" else ""
+        return f"<cloud {self.record.name} via {redact_url(self.record.list_url)}{over}>"
+
+    def shell(self) -> Any:
+        """The cloud's SSH shell (repl.ssh.NodeShell), made on first use; SshError when the
+        cloud has no recorded host keys to check its nodes against."""
+        from repl.ssh import SshError, shell_for
+
+        if self._shell is None:
+            if self.record.path is None:
+                raise SshError(
+                    f"{self.record.name} is connected by its list URL, so no node host keys are "
+                    "recorded: SSH needs the cloud recorded in the workspace with its known_hosts"
+                )
+            self._shell = shell_for(self.record.path, self.record.operator_key)
+        return self._shell
+
+    async def reach(self, api_url: str) -> str:
+        """The URL to send `api_url`'s requests to: itself over HTTP, or, via SSH, the local
+        end of a tunnel to it (opened on first use, reopened when its connection dropped).
+        SshError when the node's SSH server cannot be reached or refuses us."""
+        if self.via != "ssh":
+            return api_url
+        return await self.tunnel(api_url)
+
+    async def tunnel(self, api_url: str) -> str:
+        """A local URL (http://127.0.0.1:PORT) forwarded over SSH to the agent at `api_url`."""
+        import urllib.parse
+
+        kept = self._tunnels.get(api_url)
+        if kept is None or kept[0].is_closed():
+            url = urllib.parse.urlsplit(api_url)
+            if url.scheme != "http" or not url.hostname or not url.port:
+                from repl.ssh import SshError
+
+                raise SshError(f"cannot tunnel to {api_url!r}: expected http://HOST:PORT")
+            kept = await self.shell().tunnel_to(url.hostname, url.port)
+            self._tunnels[api_url] = kept
+        return f"http://127.0.0.1:{kept[1].get_port()}"
+
+    def tunnels(self) -> list[dict[str, Any]]:
+        """The open tunnels: the agent's URL and the local one that reaches it."""
+        return [
+            {"to": url, "local": f"http://127.0.0.1:{listener.get_port()}"}
+            for url, (conn, listener) in self._tunnels.items()
+            if not conn.is_closed()
+        ]
 
     @property
     def _cache_dir(self) -> Path:
@@ -299,6 +359,7 @@ class Connection:
         CloudError with the agent's status, code, reason and hint.
         """
         from node.client import NodeApiError, NodeClient
+        from repl.ssh import SshError
 
         await self._setup()
         failures: list[str] = []
@@ -308,9 +369,12 @@ class Connection:
                 if url in tried:
                     continue
                 tried.add(url)
-                client = NodeClient(url, self._key, self._http)
                 try:
+                    client = NodeClient(await self.reach(url), self._key, self._http)
                     answer = await client.request(method, path, params=params, body=body)
+                except SshError as exc:
+                    failures.append(f"{url}: {exc}")
+                    continue
                 except NodeApiError as exc:
                     if exc.status is None or exc.status in (502, 503):
                         failures.append(f"{url}: {exc.message}")
@@ -344,17 +408,29 @@ class Connection:
             "manager_api": self.answering,
             "managers": list(self._managers),
             "operator": self.operator(),
+            "via": self.via,
         }
 
     async def node(self, api_url: str) -> Any:
         """A signed client of one node's own agent (for what only that node has: its logs,
-        its containers). Raises node.client.NodeApiError on failure."""
-        from node.client import NodeClient
+        its containers). Raises node.client.NodeApiError on failure (also when, via SSH, the
+        tunnel to it cannot be opened)."""
+        from node.client import NodeApiError, NodeClient
+        from repl.ssh import SshError
 
         await self._setup()
-        return NodeClient(api_url, self._key, self._http)
+        try:
+            return NodeClient(await self.reach(api_url), self._key, self._http)
+        except SshError as exc:
+            raise NodeApiError(api_url, None, "unreachable", str(exc)) from None
 
     async def aclose(self) -> None:
+        for _, listener in self._tunnels.values():
+            listener.close()
+        self._tunnels.clear()
+        if self._shell is not None:
+            await self._shell.aclose()
+            self._shell = None
         if self._http is not None:
             await self._http.aclose()
             self._http = None
@@ -391,11 +467,13 @@ def describe() -> dict[str, Any]:
     return session.run(connection(session).describe())
 
 
-def connect(target: str, *, key: str | Path | None = None) -> dict[str, Any]:
+def connect(target: str, *, key: str | Path | None = None, via: str = "http") -> dict[str, Any]:
     """Connect the Session evaluating now to another cloud: a recorded name or a list URL.
 
-    The new cloud must answer (a signed request to one of its managers) before the switch, so
-    a wrong name, URL or key leaves the current connection as it was.
+    `via="ssh"` sends every API request through SSH tunnels to the agents (for where only the
+    nodes' SSH ports are reachable). The new cloud must answer (a signed request to one of its
+    managers) before the switch, so a wrong name, URL, key or route leaves the current
+    connection as it was.
     """
     from repl.session import current
 
@@ -418,7 +496,7 @@ def connect(target: str, *, key: str | Path | None = None) -> dict[str, Any]:
         record = load_record(workspace, target)
         if key:
             record = CloudRecord(record.name, record.list_url, Path(key), record.path, record.nodes)
-    fresh = Connection(record, workspace)
+    fresh = Connection(record, workspace, via=via)
     try:
         answer = session.run(fresh.describe())
     except BaseException:

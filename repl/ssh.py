@@ -218,6 +218,15 @@ class NodeShell:
         conn = await self.connection(node)
         return await conn.forward_local_port("127.0.0.1", 0, api_host, api_port)
 
+    async def tunnel_to(self, host: str, port: int) -> tuple[Any, Any]:
+        """(SSH connection, listener): a local port forwarded to the agent API at `host:port`,
+        over the SSH server of the node with that address (the record's, else port 7322)."""
+        node = next((t.node for t in self.targets.values() if t.host == host), None)
+        if node is None:
+            node = self.remember(host, host).node
+        conn = await self.connection(node)
+        return conn, await conn.forward_local_port("127.0.0.1", 0, host, port)
+
     async def aclose(self) -> None:
         for conn in self._conns.values():
             conn.close()
@@ -249,20 +258,7 @@ def shell_for(record_path: Path, operator_key: Path) -> NodeShell:
 
 def node_shell(session: Any = None) -> NodeShell:
     """The NodeShell of the cloud `session` is connected to (default: the Session evaluating
-    now), kept on the session until it connects to another cloud."""
+    now); it belongs to that connection and is closed with it."""
     from repl.cloud import connection
-    from repl.session import current
 
-    session = session or current()
-    record = connection(session).record
-    kept = getattr(session, "node_shell", None)
-    if kept is not None and kept[0] == record:
-        return kept[1]
-    if record.path is None:
-        raise SshError(
-            f"{record.name} is connected by its list URL, so no node host keys are recorded: "
-            "SSH needs the cloud recorded in the workspace with its known_hosts"
-        )
-    shell = shell_for(record.path, record.operator_key)
-    session.node_shell = (record, shell)
-    return shell
+    return connection(session).shell()

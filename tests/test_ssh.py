@@ -9,7 +9,9 @@ The decision of which SFTP paths exist is also tested directly on a folder.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import subprocess
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -129,9 +131,9 @@ def test_node_file_fetches_dockerd_log_over_sftp(cloud: LocalCloud, session: Ses
     assert fetched and on_node.startswith(fetched)  # dockerd may have written more since
     assert b"API listen on" in fetched
     # the connection stays open on the session's loop and serves the next input
-    conn = session.node_shell[1]._conns["node-2"]
+    conn = session.cloud_connection.shell()._conns["node-2"]
     session.eval('(node-file "node-2" "agent.log")')
-    assert session.node_shell[1]._conns["node-2"] is conn and not conn.is_closed()
+    assert session.cloud_connection.shell()._conns["node-2"] is conn and not conn.is_closed()
 
 
 def test_node_run_op_runs_a_command_on_that_node(session: Session) -> None:
@@ -214,6 +216,70 @@ def test_the_api_is_reachable_through_the_ssh_tunnel_and_nothing_else(record: di
     status, health, refused = run(with_shell(shell(record), work))
     assert status == 200 and health["name"] == "node-2"
     assert refused == f"this node forwards only to its API at {node2['addr']}:7300"
+
+
+@contextlib.contextmanager
+def api_port_closed(cloud: LocalCloud, record: dict) -> Iterator[None]:
+    """This machine can reach the nodes' SSH ports but not their agents' API port (each node
+    rejects it from the host's bridge address; the nodes still reach each other)."""
+    rule = ["-s", record["bridge_addr"], "-p", "tcp", "--dport", "7300"]
+    rule += ["-j", "REJECT", "--reject-with", "tcp-reset"]
+
+    def iptables(node: str, *args: str) -> None:
+        netns = f"--net=/run/netns/{node_entry(record, node)['netns']}"
+        subprocess.run(["nsenter", netns, "iptables", *args], check=True, capture_output=True)
+
+    for node in ("node-1", "node-2"):
+        iptables(node, "-I", "INPUT", *rule)
+    try:
+        yield
+    finally:
+        for node in ("node-1", "node-2"):
+            iptables(node, "-D", "INPUT", *rule)
+
+
+def test_a_cloud_whose_api_only_ssh_reaches_is_operated_via_ssh(
+    cloud: LocalCloud, record: dict
+) -> None:
+    cloud.docker(
+        "node-2",
+        "run",
+        "-d",
+        "--name",
+        "greeter",
+        "local/busybox:1",
+        "sh",
+        "-c",
+        "echo hello over ssh; sleep 600",
+    )
+    s = Session(Workspace(cloud.state_dir.parent))
+    try:
+        with api_port_closed(cloud, record):
+            with pytest.raises(HyopsEvalError, match=r"no manager of .* answered"):
+                s.eval("(nodes)")
+            with pytest.raises(HyopsEvalError, match='use :via "http" or :via "ssh"'):
+                s.eval(f'(connect! "{cloud.name}" :via "pigeon")')
+            shown = s.eval(f'(connect! "{cloud.name}" :via "ssh")')[-1]
+            assert shown["via"] == "ssh" and shown["manager"] in ("node-1", "node-2")
+            names = sorted(n["name"] for n in s.eval("(nodes)")[-1])
+            assert names == ["node-1", "node-2"]
+            # a node's own agent, for its logs, is reached the same way
+            answer = s.eval('(logs "node-2" :tail 5)')[-1]
+            assert not answer["failed"]
+            assert [r["line"] for r in answer["lines"]] == ["hello over ssh"]
+            assert {t["to"] for t in s.eval("(tunnels)")[-1]} >= {
+                node_entry(record, "node-2")["api"]
+            }
+            opened = s.eval('(tunnel! "node-1")')[-1]
+            assert opened["to"] == node_entry(record, "node-1")["api"]
+            health = httpx.get(opened["local"] + "/v1/health", timeout=10, trust_env=False)
+            assert health.json()["name"] == "node-1"
+    finally:
+        s.close()
+        cloud.docker("node-2", "rm", "-f", "greeter")
+    # closing the session closed its tunnels
+    with pytest.raises(httpx.TransportError):
+        httpx.get(opened["local"] + "/v1/health", timeout=5, trust_env=False)
 
 
 def test_an_interactive_shell_is_not_offered(record: dict) -> None:
