@@ -2,7 +2,8 @@
 # Set up everything hyops needs on a fresh Debian machine, as root. Idempotent and quick when done.
 #   system: docker.io (dockerd, for the local cloud), busybox-static (the tiny service image),
 #           chromium (report rendering tests), clojure + libnrepl-clojure (reference nREPL client),
-#           iproute2 + util-linux (namespaces), git (bootstrap lists), tmux (console tests)
+#           iproute2 + util-linux (namespaces), iptables (a test closes the API port), git (bootstrap
+#           lists), tmux (console tests)
 #   python: a virtualenv in .venv with hyops installed in editable mode, with its dev tools
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +18,7 @@ command -v dockerd >/dev/null || need+=(docker.io)
 dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
 command -v ip >/dev/null || need+=(iproute2)
 command -v nsenter >/dev/null || need+=(util-linux)
+command -v iptables >/dev/null || need+=(iptables)
 command -v git >/dev/null || need+=(git)
 command -v tmux >/dev/null || need+=(tmux)
 command -v chromium >/dev/null || need+=(chromium)
