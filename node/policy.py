@@ -248,7 +248,9 @@ def plan_step(
        (from an odd count only when two can be promoted, so the count never rests even);
     6. more than the target: demote the weakest (the leader last among equals);
     7. at the target: a node better by `better_by` than the weakest manager is promoted, and
-       step 6 then demotes the weakest: a swap that never drops below the target.
+       step 6 then demotes the weakest: a swap that never drops below the target. At the
+       maximum, where promoting first would go above it, the weakest is demoted first and step
+       5 promotes the better node.
     """
     managers = [n for n in nodes if is_manager(n)]
     reachable = [n for n in managers if is_reachable_manager(n)]
@@ -351,13 +353,26 @@ def plan_step(
             str(victim.get("name")),
             f"{why}: demoting the weakest manager {_fmt(victim, weights)}",
         )
-    if stable and count < maximum:
+    if stable:
         best, victim = stable[0], weakest()
+        better = f"{_fmt(best, weights)} is better than the manager {_fmt(victim, weights)}"
         if score(best, weights) > score(victim, weights) * (1 + float(managers_spec["better_by"])):
-            return Step(
-                "promote",
-                str(best.get("name")),
-                f"{_fmt(best, weights)} is better than the manager {_fmt(victim, weights)}: "
-                f"promoting it first; {victim.get('name')} is demoted once it is reachable",
-            )
+            if count < maximum:
+                return Step(
+                    "promote",
+                    str(best.get("name")),
+                    f"{better}: promoting it first; {victim.get('name')} is demoted once it is "
+                    "reachable",
+                )
+            # at the maximum the count may not go above it, even for a moment: the weakest
+            # steps down first (fault tolerance drops by at most one for that step), then
+            # step 5 promotes the best stable node, which is this better one
+            refusal = check_demote(nodes, str(victim.get("name")))
+            if refusal is None:
+                return Step(
+                    "demote",
+                    str(victim.get("name")),
+                    f"{better}: at the maximum of {maximum} managers, demoting "
+                    f"{victim.get('name')} first; {best.get('name')} is promoted next",
+                )
     return Step("none", None, f"{have}, as wanted for {len(eligible)} ready nodes")

@@ -282,6 +282,28 @@ def test_dead_manager_replaced_better_node_swaps_in_minority_cut_off(
     assert watch.violations == []
 
 
+def test_at_the_maximum_a_better_node_swaps_in_without_going_above_it(make_cloud) -> None:
+    small = {n: (1.0, 2**30) for n in ("node-1", "node-2", "node-3")}
+    cloud = make_cloud(nodes=3, resources=small)
+    at_most_3 = {"maximum": 3, "targets": [[1, 1], [3, 3]]}
+    cloud.apply_spec({**SMALL, "managers": {**SMALL["managers"], **at_most_3}})
+    with Watch(cloud, maximum=3) as watch:
+        wait_until(lambda: settled(cloud, 3, ready=3), 90, "3 managers of 3 nodes")
+        better = cloud.add_node(cpus=8, memory=2**30)["name"]
+        found = wait_until(
+            lambda: (f := settled(cloud, 3, ready=4)) and better in f and f,
+            90,
+            f"{better} to swap in",
+        )
+        actions = recent(cloud)
+        demoted = next(a for a in actions if a["action"] == "demote")
+        assert demoted["node"] not in found
+        assert "at the maximum of 3 managers" in demoted["reason"]
+        assert actions.index(demoted) < first(actions, "promote", better)
+    assert watch.samples > 5
+    assert watch.violations == []
+
+
 def test_a_removed_dead_manager_that_comes_back_joins_again(make_cloud) -> None:
     """The autopilot removes a dead manager; when its machine returns, its dockerd still holds
     the old swarm state. Its agent asks the cloud, hears the node is forgotten, and joins anew."""

@@ -309,6 +309,29 @@ def test_a_better_node_is_promoted_first_then_the_weakest_is_demoted_leader_last
     assert plan(nodes).action == "none"
 
 
+def test_at_the_maximum_a_better_node_swaps_in_by_demoting_the_weakest_first():
+    spec = {**DEFAULT, "stabilization": 10.0, "dead_after": 10.0, "maximum": 3,
+            "targets": [[1, 1], [3, 3]]}  # fmt: skip
+    nodes = [node("a", "manager", leader=True, cpus=2), node("b", "manager", cpus=2),
+             node("c", "manager"), node("big", cpus=8)]  # fmt: skip
+    step = plan(nodes, spec)
+    assert (step.action, step.node) == ("demote", "c")
+    assert "at the maximum of 3 managers" in step.reason and "big is promoted next" in step.reason
+    nodes = apply(nodes, step)
+    step = plan(nodes, spec)
+    assert (step.action, step.node) == ("promote", "big")
+    nodes = apply(nodes, step)
+    assert plan(nodes, spec).action == "none"  # c, now a worker, is not better: no swing back
+    assert sorted(n["name"] for n in nodes if n["role"] == "manager") == ["a", "b", "big"]
+
+
+def test_at_the_maximum_no_swap_while_a_demotion_is_unsafe():
+    spec = {**DEFAULT, "stabilization": 10.0, "dead_after": 10.0, "maximum": 1,
+            "targets": [[1, 1]]}  # fmt: skip
+    nodes = [node("a", "manager", leader=True), node("big", cpus=8)]
+    assert plan(nodes, spec).action == "none"  # the only manager is never demoted
+
+
 def test_a_not_quite_better_node_does_not_swap_in():
     nodes = [node("a", "manager", leader=True), node("b", "manager"), node("c", "manager"),
              node("d", cpus=1.2)]  # fmt: skip
