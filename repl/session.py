@@ -8,7 +8,9 @@ Every front end (the console, `hyops eval`, later nREPL and runbooks) hands sour
 - `*1 *2 *3` (the last three results) and `*e` (the last exception), as in Clojure;
 - one background asyncio loop, started on first use, which runs top-level `await` and every
   coroutine an op hands to `Session.run`, so network clients made there survive between inputs;
-- reloading of `ops/` modules whose files changed (checked before each evaluation) or on request.
+- the ops vocabulary, as `Session.vocab` (a `repl.vocabulary.Vocabulary`): reloading of `ops/`
+  modules whose files changed (checked before each evaluation) or on request, and help and
+  completion over the workspace; the Session's `reload`, `completions` etc. delegate to it.
 
 Reading (`read_forms`: source text to forms with positions) is separate from evaluating one form
 (`Session.eval_form`), so a front end can report positions or evaluate forms one at a time.
@@ -17,32 +19,28 @@ Reading (`read_forms`: source text to forms with positions) is separate from eva
 from __future__ import annotations
 
 import ast
-import builtins
-import importlib
 import linecache
-import os
 import re
 import sys
 import threading
 import traceback
 import types
-from collections.abc import Callable, Coroutine, Iterable, MutableMapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Coroutine, MutableMapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import hy
 from hy.compiler import HyASTCompiler, hy_compile
 from hy.errors import HyLanguageError, HyMacroExpansionError
-from hy.macros import require
 from hy.reader import HyReader
 from hy.reader.exceptions import LexException, PrematureEndOfInput
 
+from repl.vocabulary import Entry, OpsModule, Vocabulary
+from repl.vocabulary import LazyOp as LazyOp  # re-exported: repl.nrepl imports it from here
 from repl.workspace import Workspace, find_workspace
 
 WORKSPACE_MODULE = "hyops_workspace"
-MANIFEST = "vocabulary.json"  # in .hyops/: each ops module's exports, by file mtime and size
-MANIFEST_VERSION = 1
 RESULT_NAMES = tuple(hy.mangle(f"*{i}") for i in (1, 2, 3))
 ERROR_NAME = hy.mangle("*e")
 _TOP_LEVEL_AWAIT = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
@@ -219,123 +217,6 @@ def _reader_message(e: SyntaxError) -> str:
     return (e.msg or str(e)).rstrip(".")
 
 
-@dataclass
-class OpsModule:
-    """One module of the vocabulary: what it exports, and whether it is imported yet.
-
-    `info` describes every public name (mangled name -> kind, summary, keywords) even before
-    the module is imported, from the manifest kept in `.hyops/vocabulary.json`.
-    """
-
-    name: str
-    path: Path
-    stamp: tuple[int, int]
-    module: types.ModuleType | None = None
-    names: dict[str, Any] = field(default_factory=dict)
-    macros: list[str] = field(default_factory=list)
-    info: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-
-class LazyOp:
-    """Stands in the namespace for an op whose module is not imported yet.
-
-    The Session imports a module as soon as a form mentions one of its names, so an operator
-    rarely meets this object; calling it (e.g. from Python, or via `hy.eval`) imports too.
-    """
-
-    def __init__(self, session: Session, module: str, key: str, summary: str) -> None:
-        self._session, self._module, self._key = session, module, key
-        self.__doc__ = summary
-
-    def _resolve(self) -> Any:
-        self._session._load_module(self._module)
-        value = self._session.namespace.get(self._key)
-        if value is self or isinstance(value, LazyOp):
-            raise NameError(f"{hy.unmangle(self._key)} did not load from {self._module}")
-        return value
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._resolve()(*args, **kwargs)
-
-    def __repr__(self) -> str:
-        return f"<op {hy.unmangle(self._key)} from {self._module}, not imported yet>"
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One op of the vocabulary, as `(ops)` lists it."""
-
-    name: str
-    module: str
-    kind: str  # "function", "macro", "class" or "value"
-    summary: str
-
-
-def public_names(module: types.ModuleType) -> tuple[dict[str, Any], list[str]]:
-    """What an ops module puts into the workspace: (mangled name -> value, macro names).
-
-    A module can say exactly, with Hy's `(export :objects [...] :macros [...])` (which sets
-    `__all__` and `_hy_export_macros`). Otherwise every function, class and macro *defined in
-    that module* whose name does not start with `_` is public; imported helpers are not.
-    """
-    own = module.__name__
-    namespace = vars(module)
-    if "__all__" in namespace:
-        names = {n: namespace[n] for n in namespace["__all__"] if n in namespace}
-    else:
-        names = {
-            n: v
-            for n, v in namespace.items()
-            if not n.startswith("_")
-            and isinstance(v, (types.FunctionType, type))
-            and getattr(v, "__module__", None) == own
-        }
-    macros_here = namespace.get("_hy_macros", {})
-    if "_hy_export_macros" in namespace:
-        macros = [m for m in namespace["_hy_export_macros"] if m in macros_here]
-    else:
-        macros = [
-            m
-            for m, fn in macros_here.items()
-            if not m.startswith("_") and getattr(fn, "__module__", None) == own
-        ]
-    return names, macros
-
-
-def describe(value: Any, kind: str | None = None) -> dict[str, Any]:
-    """What the vocabulary records about a public name without keeping the object."""
-    if kind is None:
-        kind = "class" if isinstance(value, type) else "function" if callable(value) else "value"
-    summary = _summary(value) if kind != "value" else hy.repr(value)[:60]
-    keywords: list[str] = []
-    if kind == "function":
-        import inspect
-
-        try:
-            params = inspect.signature(value).parameters.values()
-        except (TypeError, ValueError):
-            params = []  # type: ignore[assignment]
-        kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-        keywords = [hy.unmangle(p.name) for p in params if p.kind in kinds]
-    return {"kind": kind, "summary": summary, "keywords": keywords}
-
-
-def symbols(model: Any) -> Iterable[str]:
-    """Every symbol in a form, at any depth (quoted ones too: a cheap over-approximation)."""
-    stack = [model]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, hy.models.Symbol):
-            yield str(item)
-        elif isinstance(item, hy.models.Sequence):
-            stack.extend(item)
-
-
-def _file_stamp(path: Path) -> tuple[int, int]:
-    st = path.stat()
-    return (st.st_mtime_ns, st.st_size)
-
-
 class Session:
     """A workspace namespace with the ops vocabulary, where Hy source is evaluated."""
 
@@ -350,9 +231,7 @@ class Session:
         self.compiler = HyASTCompiler(self.module, WORKSPACE_MODULE)
         self.reader = HyReader()
         self.last_error: HyopsEvalError | None = None
-        self.ops_modules: dict[str, OpsModule] = {}
-        self._lazy: dict[str, str] = {}  # mangled name -> module not imported yet
-        self._manifest: dict[str, Any] = {}
+        self.vocab = Vocabulary(self.workspace, self.namespace)  # loaded once the prelude is in
         self._inputs = 0
         self._loop: Any = None
         self._loop_thread: threading.Thread | None = None
@@ -368,7 +247,7 @@ class Session:
         prelude = hy_compile(hy.read_many(""), self.module, compiler=self.compiler)
         exec(compile(prelude, "<prelude>", "exec"), self.namespace)
         _last_session = self
-        self._load_ops()
+        self.vocab.load()
 
     # ---------------------------------------------------------------- evaluation
 
@@ -419,7 +298,7 @@ class Session:
         saved, self._thread.slots = getattr(self._thread, "slots", None), slots
         try:
             with self._compile_lock:
-                self._load_referenced(form.model)
+                self.vocab.load_referenced(form.model)
                 exec_code, eval_code = self._compile(form, source, shown)
             try:
                 self._execute(exec_code)
@@ -647,173 +526,14 @@ class Session:
 
     # ---------------------------------------------------------------- the ops vocabulary
 
-    def _ops_files(self) -> dict[str, Path]:
-        """Module name -> file, for the package and every public module under `ops/`."""
-        ops_dir = self.workspace.ops_dir
-        files: dict[str, Path] = {}
-        init = ops_dir / "__init__.hy"
-        if init.is_file():
-            files["ops"] = init
-        for path in sorted(ops_dir.glob("*.hy")):
-            if not path.stem.startswith("_"):
-                files[f"ops.{path.stem}"] = path
-        return files
-
-    def _load_ops(self) -> None:
-        """Register the vocabulary; import only the modules the manifest cannot vouch for.
-
-        A module whose file is unchanged since its exports were recorded stays unimported
-        until a form mentions one of its names: `hyops eval '(+ 1 2)'` imports no ops at all,
-        however heavy their dependencies.
-        """
-        root = str(self.workspace.root)
-        if sys.path[:1] != [root]:
-            sys.path.insert(0, root)
-        loaded = sys.modules.get("ops")
-        if loaded is not None and not _module_is_under(loaded, self.workspace.ops_dir):
-            # Another workspace's `ops` was imported in this process: forget it.
-            for name in [n for n in sys.modules if n == "ops" or n.startswith("ops.")]:
-                del sys.modules[name]
-        importlib.invalidate_caches()
-        self._manifest = self._read_manifest()
-        for name, path in self._ops_files().items():
-            known = self._manifest.get(name)
-            if known and tuple(known.get("stamp", ())) == _file_stamp(path):
-                self._register_lazy(name, path, known)
-            else:
-                # Already imported in this process (by an earlier Session)? It may be stale.
-                self._import_ops_module(name, path, reload=name in sys.modules)
-        self._write_manifest()
-
-    def _register_lazy(self, name: str, path: Path, known: dict[str, Any]) -> None:
-        info = {key: dict(value) for key, value in known["info"].items()}
-        entry = OpsModule(name, path, tuple(known["stamp"]), info=info)  # type: ignore[arg-type]
-        for key, about in info.items():
-            self._lazy[key] = name
-            if about["kind"] != "macro":
-                stub = LazyOp(self, name, key, about["summary"])
-                self.namespace[key] = entry.names[key] = stub
-        self.ops_modules[name] = entry
-
-    def _load_referenced(self, model: Any) -> None:
-        """Import the not-yet-imported ops modules whose names this form mentions."""
-        if not self._lazy:
-            return
-        for symbol in symbols(model):
-            head = symbol.split(".", 1)[0]
-            if not head:
-                continue
-            try:
-                module = self._lazy.get(hy.mangle(head))
-            except Exception:
-                continue
-            if module is not None:
-                self._load_module(module)
-
-    def _load_module(self, name: str) -> None:
-        entry = self.ops_modules.get(name)
-        if entry is not None and entry.module is None:
-            self._import_ops_module(name, entry.path, reload=False)
-            self._write_manifest()
-
-    def _read_manifest(self) -> dict[str, Any]:
-        import json
-
-        try:
-            data = json.loads((self.workspace.state_dir / MANIFEST).read_text())
-        except (OSError, ValueError):
-            return {}
-        if not isinstance(data, dict) or data.get("version") != MANIFEST_VERSION:
-            return {}
-        return data.get("modules", {})
-
-    def _write_manifest(self) -> None:
-        """Record each imported module's exports, keyed by its file's mtime and size."""
-        import json
-
-        modules = {
-            name: {"stamp": list(entry.stamp), "info": entry.info}
-            for name, entry in self.ops_modules.items()
-            if entry.module is not None or name in self._manifest
-        }
-        if modules == self._manifest:
-            return
-        self._manifest = modules
-        try:
-            state = self.workspace.ensure_state_dir()
-            tmp = state / f"{MANIFEST}.{os.getpid()}.tmp"
-            tmp.write_text(json.dumps({"version": MANIFEST_VERSION, "modules": modules}))
-            os.replace(tmp, state / MANIFEST)
-        except OSError:
-            pass  # a read-only workspace just imports everything at each start
-
-    def _import_ops_module(self, name: str, path: Path, reload: bool) -> bool:
-        """Import (or reload) one ops module and bind its public names. False if it failed."""
-        entry = self.ops_modules.get(name)
-        stamp = _file_stamp(path)
-        try:
-            with _compiled_cache(self.workspace):
-                if reload and name in sys.modules:
-                    _forget_bytecode(path)
-                    module = importlib.reload(sys.modules[name])
-                else:
-                    module = importlib.import_module(name)
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except BaseException as e:
-            if entry is not None:
-                entry.stamp = stamp  # don't retry on every input until the file changes again
-            else:
-                self.ops_modules[name] = OpsModule(name, path, stamp)
-            self._manifest.pop(name, None)
-            rel = path.relative_to(self.workspace.root)
-            keep = "; the previous version stays in use" if entry and entry.module else ""
-            print(f"hyops: {rel} did not load: {_short(e)}{keep}", file=sys.stderr)
-            return False
-        names, macros = public_names(module)
-        if entry is not None:
-            self._unbind(entry)
-        for key, value in names.items():
-            self.namespace[key] = value
-        if macros:
-            # A dict target spares `require` its stack inspection (10 ms at start-up).
-            target = self.namespace.setdefault("_hy_macros", {})
-            require(module, target, assignments=[(m, m) for m in macros])
-        info = {m: describe(module._hy_macros[m], "macro") for m in macros}
-        info.update({key: describe(value) for key, value in names.items()})
-        self.ops_modules[name] = OpsModule(name, path, stamp, module, names, macros, info)
-        return True
-
-    def _unbind(self, entry: OpsModule) -> None:
-        """Remove what an older version of a module exported (unless the operator rebound it)."""
-        for key in entry.info:
-            if self._lazy.get(key) == entry.name:
-                del self._lazy[key]
-        for key, value in entry.names.items():
-            if self.namespace.get(key) is value:
-                del self.namespace[key]
-        macros = self.namespace.get("_hy_macros", {})
-        for m in entry.macros:
-            fn = macros.get(m)
-            if fn is not None and getattr(fn, "__module__", None) == entry.name:
-                del macros[m]
+    @property
+    def ops_modules(self) -> dict[str, OpsModule]:
+        """The vocabulary's modules by name (`self.vocab.ops_modules`)."""
+        return self.vocab.ops_modules
 
     def reload_changed(self) -> list[str]:
         """Reload the ops modules whose files changed, appeared or went away since last loaded."""
-        files = self._ops_files()
-        changed = [
-            name
-            for name, path in files.items()
-            if name not in self.ops_modules or self.ops_modules[name].stamp != _file_stamp(path)
-        ]
-        gone = [name for name in self.ops_modules if name not in files]
-        for name in gone:
-            self._unbind(self.ops_modules.pop(name))
-            sys.modules.pop(name, None)
-        done = self._reload(changed, files)
-        if changed or gone:
-            self._write_manifest()
-        return done
+        return self.vocab.reload_changed()
 
     def reload(self) -> list[str]:
         """Reload every ops module (compiling them afresh) and re-require their macros.
@@ -821,51 +541,21 @@ class Session:
         Everything is reloaded, not only changed files, because a module that used a changed
         macro holds the old expansion until it is compiled again. Returns the modules reloaded.
         """
-        self.reload_changed()
-        files = self._ops_files()
-        done = self._reload(list(files), files)
-        self._write_manifest()
-        return done
-
-    def _reload(self, names: Iterable[str], files: dict[str, Path]) -> list[str]:
-        done = []
-        importlib.invalidate_caches()
-        for name in names:
-            # Reload whatever this process imported before, even if this Session has not yet
-            # used it: the module object may predate the file's last edit.
-            if self._import_ops_module(name, files[name], reload=name in sys.modules):
-                done.append(name)
-        return done
+        return self.vocab.reload()
 
     def vocabulary(self) -> list[Entry]:
         """Every op the workspace offers, module by module, with its docstring's first line."""
-        return [
-            Entry(hy.unmangle(key), mod.name, about["kind"], about["summary"])
-            for mod in self.ops_modules.values()
-            for key, about in mod.info.items()
-        ]
+        return self.vocab.entries()
 
     # ---------------------------------------------------------------- help and completion
 
     def macro(self, name: str) -> Callable[..., Any] | None:
         """The macro a call `(name ...)` would expand in the workspace, or None."""
-        key = hy.mangle(name)
-        found = self.namespace.get("_hy_macros", {}).get(key)
-        return found or getattr(builtins, "_hy_macros", {}).get(key)
+        return self.vocab.macro(name)
 
     def lookup(self, name: str) -> Any:
         """The value a symbol names in the workspace (dotted names follow attributes)."""
-        first, *rest = name.split(".")
-        key = hy.mangle(first)
-        if key in self.namespace:
-            value = self.namespace[key]
-        elif hasattr(builtins, key):
-            value = getattr(builtins, key)
-        else:
-            raise NameError(f"{name} is not defined in the workspace")
-        for part in rest:
-            value = getattr(value, hy.mangle(part))
-        return value
+        return self.vocab.lookup(name)
 
     def completions(self, prefix: str, head: str | None = None) -> list[str]:
         """Names that complete `prefix`, in Hy spelling.
@@ -873,57 +563,7 @@ class Session:
         `:kw` prefixes complete the keyword arguments of the function `head` (the first symbol
         of the enclosing form); dotted prefixes complete attributes.
         """
-        if prefix.startswith(":"):
-            return [f":{p}" for p in self._keywords(head) if p.startswith(prefix[1:])]
-        if "." in prefix[1:]:
-            base, _, attr = prefix.rpartition(".")
-            try:
-                obj = self.lookup(base)
-            except Exception:
-                return []
-            names = {hy.unmangle(n) for n in dir(obj)}
-            hidden = not attr.startswith("_")
-            return sorted(
-                f"{base}.{n}" for n in names if n.startswith(attr) and not (hidden and n[0] == "_")
-            )
-        pools: list[Iterable[str]] = [
-            self.namespace,
-            self._lazy,
-            vars(builtins),
-            self.namespace.get("_hy_macros", {}),
-            getattr(builtins, "_hy_macros", {}),
-        ]
-        found = set()
-        for pool in pools:
-            # list() copies in one step: the console completes in a thread while an
-            # evaluation may be binding names.
-            for key in list(pool):
-                if not isinstance(key, str):
-                    continue
-                name = hy.unmangle(key)
-                if name.startswith(prefix) and (prefix.startswith("_") or not name[0] == "_"):
-                    found.add(name)
-        return sorted(found, key=lambda n: (len(n) > len(prefix) and n[0] == "*", n))
-
-    def _keywords(self, head: str | None) -> list[str]:
-        if not head:
-            return []
-        module = self._lazy.get(hy.mangle(head))
-        if module is not None:
-            # Known from the manifest: completion need not import the module.
-            return list(self.ops_modules[module].info[hy.mangle(head)]["keywords"])
-        try:
-            target = self.lookup(head)
-        except Exception:
-            return []
-        import inspect
-
-        try:
-            params = inspect.signature(target).parameters.values()
-        except (TypeError, ValueError):
-            return []
-        kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-        return [hy.unmangle(p.name) for p in params if p.kind in kinds]
+        return self.vocab.completions(prefix, head)
 
 
 def _wait_interruptibly(future: Any, timeout: float | None) -> Any:
@@ -943,12 +583,6 @@ def _wait_interruptibly(future: Any, timeout: float | None) -> Any:
                 raise
 
 
-def _summary(obj: Any) -> str:
-    doc = getattr(obj, "__doc__", None) or ""
-    lines = doc.strip().splitlines()
-    return lines[0].strip() if lines else ""
-
-
 def _hy_message(e: BaseException) -> str:
     """The exception's message, with Python's mangled names spelled back in Hy."""
     text = str(e)
@@ -961,14 +595,6 @@ def _unmangle_all(text: str) -> str:
     return re.sub(r"hyx_\w+", lambda m: hy.unmangle(m.group(0)), text)
 
 
-def _short(e: BaseException) -> str:
-    if isinstance(e, HyLanguageError):
-        msg = e.msg if isinstance(e.msg, str) else str(e)
-        line = f" (line {e.lineno})" if getattr(e, "lineno", None) else ""
-        return " ".join(msg.split()) + line
-    return f"{type(e).__name__}: {e}"
-
-
 def _drop_session_frames(e: BaseException) -> None:
     """Start the traceback at the operator's code, not at this module's eval plumbing."""
     tb = e.__traceback__
@@ -977,42 +603,3 @@ def _drop_session_frames(e: BaseException) -> None:
         tb = tb.tb_next
     if tb is not None:
         e.__traceback__ = tb
-
-
-def _module_is_under(module: types.ModuleType, folder: Path) -> bool:
-    paths = list(getattr(module, "__path__", []) or [])
-    if getattr(module, "__file__", None):
-        paths.append(str(Path(module.__file__).parent))
-    return any(Path(p).resolve() == folder.resolve() for p in paths)
-
-
-class _compiled_cache:
-    """Let compiled `ops/` modules be cached even when PYTHONDONTWRITEBYTECODE is set.
-
-    Compiling Hy is the slow part of start-up, and the operator's workspace is where it pays
-    off: `ops/__pycache__/` is git-ignored like every `__pycache__`.
-    """
-
-    def __init__(self, workspace: Workspace) -> None:
-        self.workspace = workspace
-
-    def __enter__(self) -> None:
-        self.saved = sys.dont_write_bytecode
-        sys.dont_write_bytecode = False
-
-    def __exit__(self, *exc: object) -> None:
-        sys.dont_write_bytecode = self.saved
-
-
-def _forget_bytecode(path: Path) -> None:
-    """Remove a module's cached bytecode so a reload compiles the source again.
-
-    The cache is validated by whole-second mtime and size, so an edit within the same second
-    that keeps the size would otherwise be missed.
-    """
-    import importlib.util
-
-    try:
-        Path(importlib.util.cache_from_source(str(path))).unlink(missing_ok=True)
-    except (NotImplementedError, ValueError, OSError):
-        pass
