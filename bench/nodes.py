@@ -5,6 +5,9 @@
    as a whole process on the same manager. Aim: under 0.5x.
 2. One-shot: `hyops eval '(len (nodes))'` as a whole process (start-up, workspace, ops, signed
    request) against plain `hy -c '(print 1)'`. Aim: at most 2x.
+3. Over SSH: `(nodes)` in a warm Session connected `:via "ssh"` (the request goes through an SSH
+   tunnel to the manager's agent) against the same in a warm Session over plain HTTP: what the
+   tunnel costs.
 
 Each pair is alternated in the same run so machine noise hits both alike; figures are ratios of
 medians. Run: .venv/bin/python bench/nodes.py [--rounds 30]
@@ -79,6 +82,19 @@ def main() -> int:
                 warm.append(time.perf_counter() - t)
                 assert len(nodes) == 5
                 ls.append(timed(docker, docker_env))
+
+            tunnelled = Session(Workspace(workspace))
+            tunnelled.eval('(connect! "bench" :via "ssh")')
+            tunnelled.eval("(nodes)")
+            http, ssh = [], []
+            for _ in range(args.rounds):
+                t = time.perf_counter()
+                assert len(session.eval("(nodes)")[-1]) == 5
+                http.append(time.perf_counter() - t)
+                t = time.perf_counter()
+                assert len(tunnelled.eval("(nodes)")[-1]) == 5
+                ssh.append(time.perf_counter() - t)
+            tunnelled.close()
             session.close()
 
             env = {**os.environ, "HYOPS_WORKSPACE": str(workspace)}
@@ -103,6 +119,10 @@ def main() -> int:
             print(f"hyops eval '(len (nodes))'       {ms(once)}")
             print(f"hy -c '(print 1)'                {ms(plain)}")
             print(f"ratio {r2:.2f}x (aim: at most 2.00x)")
+            r3 = statistics.median(ssh) / statistics.median(http)
+            print(f"(nodes) warm, via ssh            {ms(ssh)}")
+            print(f"(nodes) warm, via http           {ms(http)}")
+            print(f"ratio {r3:.2f}x (what the SSH tunnel costs)")
         finally:
             cloud.down(clean=True)
     return 0
