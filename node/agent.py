@@ -59,6 +59,28 @@ def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+class RepeatedWarning:
+    """The log of a task that runs every few seconds: a failure is logged when its reason is
+    new, not again each round (an engine that stays away must not flood the log), and the first
+    success after failures says how many rounds failed."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.reason = ""
+        self.rounds = 0
+
+    def failed(self, exc: Exception) -> None:
+        self.rounds += 1
+        if str(exc) != self.reason:
+            log.warning("%s failed: %s", self.what, exc)
+            self.reason = str(exc)
+
+    def ok(self) -> None:
+        if self.rounds:
+            log.info("%s works again (after %d failed rounds)", self.what, self.rounds)
+        self.reason, self.rounds = "", 0
+
+
 class Agent:
     """One node's agent. All I/O goes through `engine` (dockerd), `lists` (bootstrap list) and
     `http` (other agents); decisions come from `node.policy`."""
@@ -166,15 +188,19 @@ class Agent:
             else:
                 await self.join_or_originate()
             await self._became_member()
+            publishing = RepeatedWarning("publishing the managers")
+            membership = RepeatedWarning("checking this node's membership")
             while True:
                 try:
                     await self.publish_managers()
+                    publishing.ok()
                 except (EngineError, ListError, OSError) as exc:
-                    log.warning("publishing the managers failed: %s", exc)
+                    publishing.failed(exc)
                 try:
                     await self.check_membership()
+                    membership.ok()
                 except (EngineError, ListError, OSError) as exc:
-                    log.warning("checking this node's membership failed: %s", exc)
+                    membership.failed(exc)
                 await asyncio.sleep(PUBLISH_EVERY)
         except asyncio.CancelledError:
             raise

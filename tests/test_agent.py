@@ -373,3 +373,22 @@ def test_all_nodes_down_then_up_is_the_same_cloud_with_its_services(
         assert "keep" in services
     finally:
         cloud.down(clean=True)
+
+
+def test_a_failure_repeated_every_round_is_logged_once_per_reason(caplog) -> None:
+    from node.agent import RepeatedWarning
+
+    caplog.set_level("INFO", logger="hyops.agent")
+    publishing = RepeatedWarning("publishing the managers")
+    for _ in range(5):
+        publishing.failed(OSError("cannot reach the engine"))
+    publishing.failed(OSError("list is read-only"))
+    publishing.ok()
+    publishing.ok()
+    publishing.failed(OSError("cannot reach the engine"))
+    assert [r.getMessage() for r in caplog.records] == [
+        "publishing the managers failed: cannot reach the engine",
+        "publishing the managers failed: list is read-only",
+        "publishing the managers works again (after 6 failed rounds)",
+        "publishing the managers failed: cannot reach the engine",
+    ]
