@@ -96,6 +96,12 @@ def service_spec(name: str, system: dict[str, Any], running: bool) -> dict[str, 
     }
 
 
+def still_joining(error: EngineError) -> bool:
+    """Whether demoting a manager failed because it never got into Raft (promoted, joining):
+    swarmkit answers 404 "can't find manager in raft memberlist" for such a node."""
+    return error.status == 404 and "raft memberlist" in error.message
+
+
 class Autopilot:
     """The reconciler of one agent, and the spec that agent keeps."""
 
@@ -325,6 +331,18 @@ class Autopilot:
                     spec["Labels"] = labels
                 await self.engine.node_update(node["ID"], node["Version"]["Index"], spec)
         except EngineError as exc:
+            if step.action == "demote-dead" and still_joining(exc):
+                # promoted and not in Raft yet (joining is slow on a busy machine): Swarm cannot
+                # demote it before it joins, so trying every tick only fills the log. Give it
+                # another `dead_after` before trying again.
+                self.unreachable_since[str(step.node)] = time.monotonic()
+                reason = (
+                    f"{step.node} was promoted but is not in Raft's member list yet (still "
+                    "joining): Swarm cannot demote it before it joins; waiting for it"
+                )
+                log.info("autopilot: %s", reason)
+                self._note("wait", step.node, reason, "waiting")
+                return
             # a version that moved, or Raft not ready for it yet: the next tick looks again
             log.warning(
                 "autopilot: %s %s failed: %s (trying again next tick)", step.action, step.node, exc

@@ -455,3 +455,17 @@ def test_every_step_keeps_quorum_a_manager_and_the_maximum(nodes, events, maximu
     final = plan_step(nodes, spec, WEIGHTS, now + 100, since, away)
     if final.action == "none" and not start_above_max:
         assert count % 2 == 1, f"at rest with {count} managers"
+
+
+def test_a_demotion_refused_because_the_node_never_joined_raft_is_told_apart():
+    from node.engine import EngineError
+    from node.reconciler import still_joining
+
+    joining = EngineError(
+        "update node x",
+        "rpc error: code = NotFound desc = can't find manager in raft memberlist",
+        404,
+    )
+    assert still_joining(joining)
+    assert not still_joining(EngineError("update node x", "node x not found", 404))
+    assert not still_joining(EngineError("update node x", "update out of sequence", 500))
