@@ -14,7 +14,7 @@
     (cloud)  ; => {\"name\" \"local\"  \"manager\" \"node-1\"  \"cloud_id\" \"c-…\" …}"
   (describe))
 
-(defn connect! [target * [key None] [via "http"]]
+(defn connect! [target * [key None] [via None]]
   "Connect to another cloud: a recorded name, or a bootstrap list URL signed with the operator key.
 
     (connect! \"staging\")                          ; recorded in .hyops/clouds/staging/
@@ -23,7 +23,8 @@
     (connect! \"staging\" :via \"ssh\")             ; only the nodes' SSH ports are reachable
 
   With :via \"ssh\" every request to an agent goes through an SSH tunnel to its node (host
-  keys checked against the cloud's known_hosts); (tunnels) shows them.
+  keys checked against the cloud's known_hosts); (tunnels) shows them. Without :via, the
+  cloud record's `via` (else \"http\").
   The new cloud must answer first; a wrong name, URL, key or route leaves the current
   connection as it was. Returns what (cloud) returns for the new connection."
   (connect target :key key :via via))

@@ -15,6 +15,7 @@ switching clouds or closing the session closes both.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import tomllib
 from dataclasses import dataclass
@@ -60,6 +61,7 @@ class CloudRecord:
     operator_key: Path
     path: Path | None = None  # None: connected by list URL, not recorded
     nodes: tuple[dict[str, Any], ...] = ()
+    via: str = "http"  # how the agents are reached: "http", or "ssh" (tunnels)
 
     @classmethod
     def from_url(cls, url: str, operator_key: Path) -> CloudRecord:
@@ -91,12 +93,19 @@ class CloudRecord:
                 f"the cloud record {path} lacks {', '.join(missing)}: record the cloud again "
                 "(for a local cloud: hyops up)"
             )
+        via = data.get("via", "http")
+        if via not in VIAS:
+            raise CloudError(
+                f'the cloud record {path} says via = {via!r}: expected "http" or "ssh" '
+                "(or no via at all, which is http)"
+            )
         return cls(
             name=data["name"],
             list_url=data["list"],
             operator_key=Path(data["operator_key"]),
             path=path,
             nodes=tuple(data.get("node", ())),
+            via=via,
         )
 
 
@@ -174,7 +183,8 @@ class Connection:
     is tried before giving up.
     """
 
-    def __init__(self, record: CloudRecord, workspace: Workspace, via: str = "http") -> None:
+    def __init__(self, record: CloudRecord, workspace: Workspace, via: str | None = None) -> None:
+        via = via or record.via
         if via not in VIAS:
             raise CloudError(
                 f"cannot reach a cloud via {via!r}", hint='use :via "http" or :via "ssh"'
@@ -467,13 +477,15 @@ def describe() -> dict[str, Any]:
     return session.run(connection(session).describe())
 
 
-def connect(target: str, *, key: str | Path | None = None, via: str = "http") -> dict[str, Any]:
+def connect(
+    target: str, *, key: str | Path | None = None, via: str | None = None
+) -> dict[str, Any]:
     """Connect the Session evaluating now to another cloud: a recorded name or a list URL.
 
     `via="ssh"` sends every API request through SSH tunnels to the agents (for where only the
-    nodes' SSH ports are reachable). The new cloud must answer (a signed request to one of its
-    managers) before the switch, so a wrong name, URL, key or route leaves the current
-    connection as it was.
+    nodes' SSH ports are reachable); by default the record's `via` (else "http"). The new
+    cloud must answer (a signed request to one of its managers) before the switch, so a wrong
+    name, URL, key or route leaves the current connection as it was.
     """
     from repl.session import current
 
@@ -495,7 +507,7 @@ def connect(target: str, *, key: str | Path | None = None, via: str = "http") ->
     else:
         record = load_record(workspace, target)
         if key:
-            record = CloudRecord(record.name, record.list_url, Path(key), record.path, record.nodes)
+            record = dataclasses.replace(record, operator_key=Path(key))
     fresh = Connection(record, workspace, via=via)
     try:
         answer = session.run(fresh.describe())

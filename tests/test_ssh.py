@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import os
 import subprocess
+import sys
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +30,7 @@ from repl.workspace import Workspace
 from tests.conftest import MakeCloud
 from tests.helpers import wait_until
 
+REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.cloud
 
 
@@ -274,6 +276,27 @@ def test_a_cloud_whose_api_only_ssh_reaches_is_operated_via_ssh(
             assert opened["to"] == node_entry(record, "node-1")["api"]
             health = httpx.get(opened["local"] + "/v1/health", timeout=10, trust_env=False)
             assert health.json()["name"] == "node-1"
+
+            # a record that says via = "ssh" makes it every front end's way: here hyops eval
+            recorded = cloud.record_path.read_text()
+            for name, via in (("behind-wall", "ssh"), ("typo", "shh")):
+                folder = cloud.state_dir / "clouds" / name
+                folder.mkdir()
+                copy = recorded.replace(f'name = "{cloud.name}"', f'name = "{name}"', 1)
+                (folder / "cloud.toml").write_text(f'via = "{via}"\n' + copy)
+            hyops = [sys.executable, "-m", "repl.cli", "eval"]
+            env = {**os.environ, "HYOPS_WORKSPACE": str(cloud.state_dir.parent)}
+            out = subprocess.run(
+                [*hyops, "--cloud", "behind-wall", "[(:via (cloud)) (len (nodes))]"],
+                capture_output=True, text=True, env=env, timeout=60, cwd=REPO,
+            )  # fmt: skip
+            assert (out.returncode, out.stdout.strip()) == (0, '["ssh" 2]'), out.stderr
+            out = subprocess.run(
+                [*hyops, "--cloud", "typo", "(nodes)"],
+                capture_output=True, text=True, env=env, timeout=60, cwd=REPO,
+            )  # fmt: skip
+            assert out.returncode == 1
+            assert 'says via = \'shh\': expected "http" or "ssh"' in out.stderr
     finally:
         s.close()
         cloud.docker("node-2", "rm", "-f", "greeter")
