@@ -3,7 +3,7 @@
 #   system: docker.io (dockerd, for the local cloud), busybox-static (the tiny service image),
 #           chromium (report rendering tests), clojure + libnrepl-clojure (reference nREPL client),
 #           iproute2 + util-linux (namespaces), iptables (a test closes the API port), git (bootstrap
-#           lists), tmux (console tests)
+#           lists), tmux (console tests), emacs-nox + neovim (real editors for (edit x))
 #   python: a virtualenv in .venv with hyops installed in editable mode, with its dev tools
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +22,9 @@ command -v iptables >/dev/null || need+=(iptables)
 command -v git >/dev/null || need+=(git)
 command -v tmux >/dev/null || need+=(tmux)
 command -v chromium >/dev/null || need+=(chromium)
+# real editors that (edit x) hands files to in the tests (emacsclient, nvim --remote)
+command -v emacsclient >/dev/null || need+=(emacs-nox)
+command -v nvim >/dev/null || need+=(neovim)
 # the reference nREPL client (Clojure's own), which the nREPL tests talk to
 dpkg -s libnrepl-clojure >/dev/null 2>&1 || need+=(clojure libnrepl-clojure)
 if [ ${#need[@]} -gt 0 ]; then

@@ -1,15 +1,19 @@
 """`(edit x)`: the file it writes and how it starts the operator's editor.
 
-Real editors are replaced by small recording programs on PATH (named like the editors whose
-conventions they stand for), which write down the arguments they got. One of them plays a
-terminal editor and waits for a signal file, so the test can see `edit` wait for it. The choice
-of editor and command line is also tested directly (a pure function).
+Real Emacs (emacsclient to an `emacs --fg-daemon`) and real Neovim (`nvim --server ... --remote`
+to an `nvim --headless --listen`) are asked afterwards which file they show. For the other
+conventions (VS Code, a terminal editor, failures), small recording programs on PATH named like
+those editors write down the arguments they got; one plays a terminal editor and waits for a
+signal file, so the test can see `edit` wait for it. The choice of editor and command line is
+also tested directly (a pure function).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -155,6 +159,75 @@ def test_a_file_fetched_earlier_opens_where_it_is(
     assert path == fetched
     assert fetched.read_text() == "dockerd says hello\n"
     assert recorded(tmp_path) == ["-n", str(fetched)]
+
+
+# --- with the real editors (Debian's emacs-nox and neovim, running as servers) --------------------
+
+
+@pytest.fixture
+def real_editors(monkeypatch: pytest.MonkeyPatch) -> None:
+    for variable in ("HYOPS_EDITOR", "VISUAL", "EDITOR", "NVIM"):
+        monkeypatch.delenv(variable, raising=False)
+
+
+def _ask(argv: list[str]) -> str:
+    """What an editor's client prints (Neovim 0.7 prints --remote-expr answers on stderr)."""
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=True)
+    return done.stdout + done.stderr
+
+
+def _stop(server: subprocess.Popen, quit_argv: list[str]) -> None:
+    with contextlib.suppress(subprocess.SubprocessError, OSError):
+        subprocess.run(quit_argv, capture_output=True, timeout=10)
+    try:
+        server.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait(timeout=10)
+
+
+def test_a_running_emacs_gets_the_file_at_the_line_and_edit_returns(
+    session: Session, real_editors: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    socket = tmp_path / "emacs-server"
+    server = subprocess.Popen(
+        ["emacs", "-Q", f"--fg-daemon={socket}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until(socket.exists, 30, "emacs to serve")
+        monkeypatch.setenv("HYOPS_EDITOR", f"emacsclient -s {socket}")
+        path = edit(session, '(edit "first\nsecond\nthird\n" :name "real-emacs" :line 2)')
+        visiting = f'(with-current-buffer (get-file-buffer "{path}") (line-number-at-pos))'
+        ask = ["emacsclient", "-s", str(socket), "--eval"]
+        wait_until(lambda: _ask([*ask, visiting]).strip() == "2", 20, "emacs to visit the file")
+        text = f'(with-current-buffer (get-file-buffer "{path}") (buffer-string))'
+        assert _ask([*ask, text]).strip() == '"first\\nsecond\\nthird\\n"'
+    finally:
+        _stop(server, ["emacsclient", "-s", str(socket), "--eval", "(kill-emacs)"])
+
+
+def test_a_running_neovim_gets_the_file_through_its_server(
+    session: Session, real_editors: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    socket = tmp_path / "nvim-server"
+    server = subprocess.Popen(
+        ["nvim", "--headless", "--clean", "--listen", str(socket)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until(socket.exists, 30, "neovim to serve")
+        monkeypatch.setenv("EDITOR", "nvim")
+        monkeypatch.setenv("NVIM", str(socket))  # as inside Neovim's terminal
+        path = edit(session, '(edit "hello from hyops" :name "real-nvim")')
+        ask = ["nvim", "--server", str(socket), "--remote-expr"]
+        wait_until(lambda: _ask([*ask, 'expand("%:p")']) == str(path), 20, "neovim to open it")
+        assert _ask([*ask, "getline(1)"]) == "hello from hyops"
+    finally:
+        _stop(server, ["nvim", "--server", str(socket), "--remote-send", "<C-\\><C-N>:qa!<CR>"])
 
 
 # --- no editor, a broken editor ------------------------------------------------------------------
