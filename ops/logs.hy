@@ -12,7 +12,7 @@
         collections.abc [Mapping]
         pathlib [Path]
         urllib.parse [quote :as url-quote]
-        repl.cloud [call connection CloudError]
+        repl.cloud [call connection CloudError unknown-name]
         repl.editor [edit-value safe-name]
         repl.render [redact-text]
         repl.session [current])
@@ -335,10 +335,16 @@
   the node's SSH port is reachable. The tunnel stays open until the session connects to another
   cloud or ends; (tunnels) lists the open ones. (connect! NAME :via \"ssh\") sends all of the
   workspace's requests this way."
-  (setv [session shell] (_shell-for node)
+  (setv session (current)
         conn (connection session)
-        record (next (gfor n (call "GET" "/v1/nodes") :if (= (get n "name") node) n))
-        api (_api-of record))
+        nodes (call "GET" "/v1/nodes")
+        record (next (gfor n nodes :if (= (get n "name") node) n) None))
+  (when (is record None)
+    (raise (unknown-name "node" node (lfor n nodes (get n "name")))))
+  (setv api (_api-of record))
+  (when (is api None)
+    (raise (CloudError f"{node} has no API address on record (its hyops.api label is missing)"
+                       :hint "is its agent running? (nodes) shows its labels")))
   {"node" node "to" api "local" (.run session (.tunnel conn api))})
 
 (defn tunnels []

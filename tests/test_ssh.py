@@ -272,6 +272,8 @@ def test_a_cloud_whose_api_only_ssh_reaches_is_operated_via_ssh(
             assert {t["to"] for t in s.eval("(tunnels)")[-1]} >= {
                 node_entry(record, "node-2")["api"]
             }
+            with pytest.raises(HyopsEvalError, match=r"no node named 'node-9'"):
+                s.eval('(tunnel! "node-9")')
             opened = s.eval('(tunnel! "node-1")')[-1]
             assert opened["to"] == node_entry(record, "node-1")["api"]
             health = httpx.get(opened["local"] + "/v1/health", timeout=10, trust_env=False)
