@@ -88,9 +88,15 @@ def launch_for(
         if "--server" in args or server:
             if "--server" not in args:
                 args += ["--server", server or ""]
-            if not any(a.startswith("--remote") for a in args):
-                args.append("--remote")
-            return [words[0], *args, path], False
+            if any(a.startswith("--remote") for a in args):
+                return [words[0], *args, path], False
+            if line:
+                # `--remote` takes no +LINE (Neovim 0.7 reads it as a file name): ask the
+                # server to :drop the file at that line (`drop` keeps a modified buffer open)
+                quoted = path.replace("'", "''")
+                expr = f"execute('drop +{line} ' . fnameescape('{quoted}'))"
+                return [words[0], *args, "--remote-expr", expr], False
+            return [words[0], *args, "--remote", path], False
     goto = [f"+{line}"] if line and program in _LINE_FIRST else []
     return [words[0], *args, *goto, path], True
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from repl.editor import choose_editor, launch_for, safe_name
+from repl.editor import choose_editor, launch_for, open_in_editor, safe_name
 from repl.session import Session
 from repl.workspace import Workspace
 from tests.helpers import wait_until
@@ -226,6 +226,13 @@ def test_a_running_neovim_gets_the_file_through_its_server(
         ask = ["nvim", "--server", str(socket), "--remote-expr"]
         wait_until(lambda: _ask([*ask, 'expand("%:p")']) == str(path), 20, "neovim to open it")
         assert _ask([*ask, "getline(1)"]) == "hello from hyops"
+        # at a line: a file whose path has a quote and a space, opened where asked
+        path = tmp_path / "it's here" / "three.txt"
+        path.parent.mkdir()
+        path.write_text("one\ntwo\nthree\n")
+        open_in_editor(path, 3)
+        where = 'expand("%:p") . ":" . line(".")'
+        wait_until(lambda: _ask([*ask, where]) == f"{path}:3", 20, "neovim to show line 3")
     finally:
         _stop(server, ["nvim", "--server", str(socket), "--remote-send", "<C-\\><C-N>:qa!<CR>"])
 
@@ -293,10 +300,21 @@ def test_editor_precedence() -> None:
         (
             "nvim",
             {"NVIM": "/tmp/n.sock"},
-            ["nvim", "--server", "/tmp/n.sock", "--remote", "/f"],
+            [
+                "nvim",
+                "--server",
+                "/tmp/n.sock",
+                "--remote-expr",
+                "execute('drop +7 ' . fnameescape('/f'))",
+            ],
             False,
         ),
-        ("nvim --server h:6666", {}, ["nvim", "--server", "h:6666", "--remote", "/f"], False),
+        (
+            "nvim --server h:6666 --remote",
+            {},
+            ["nvim", "--server", "h:6666", "--remote", "/f"],
+            False,
+        ),
         ("nvim", {}, ["nvim", "+7", "/f"], True),
         ("vim -u NONE", {}, ["vim", "-u", "NONE", "+7", "/f"], True),
         ("'/opt/my editor/ed'", {}, ["/opt/my editor/ed", "/f"], True),
