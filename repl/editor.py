@@ -104,7 +104,8 @@ def launch_for(
 _requesting = threading.local()  # .editor: the editor family an nREPL evaluation came from
 
 # The command that hands a file to an editor that is already running, by editor family.
-_EDITOR_COMMANDS = {"emacs": "emacsclient -n", "vscode": "code -r", "nvim": "nvim --remote"}
+# (Neovim: plain `nvim`, which `launch_for` sends to $NVIM's server, at the line when one is given.)
+_EDITOR_COMMANDS = {"emacs": "emacsclient -n", "vscode": "code -r", "nvim": "nvim"}
 
 
 def set_requesting_editor(family: str | None) -> None:

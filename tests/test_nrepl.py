@@ -17,7 +17,7 @@ from typing import Any
 import bencode
 import pytest
 
-from repl.editor import editor_for_client
+from repl.editor import editor_for_client, launch_for
 from repl.nrepl import Server, editor_family, hy_arglist
 from repl.session import Session
 from repl.workspace import Workspace
@@ -591,6 +591,16 @@ def test_editor_for_client_never_picks_a_terminal_editor(tmp_path: Path) -> None
     assert editor_for_client("vscode", "vim", env) is None  # no `code`, vim needs a terminal
     assert editor_for_client("vscode", "emacsclient -c", env) == "emacsclient -c"
     assert editor_for_client("nvim", None, env) is None  # no $NVIM to send the file to
+    (bin_dir / "nvim").write_text("#!/bin/sh\n")
+    (bin_dir / "nvim").chmod(0o755)
+    env["NVIM"] = "/run/nvim.sock"
+    command = editor_for_client("nvim", None, env)
+    assert command is not None
+    assert launch_for(command, "/f", 2, env) == (
+        ["nvim", "--server", "/run/nvim.sock", "--remote-expr",
+         "execute('drop +2 ' . fnameescape('/f'))"],
+        False,
+    )  # fmt: skip
 
 
 def test_hy_arglist() -> None:
