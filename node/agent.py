@@ -107,7 +107,10 @@ class Agent:
         self._labelling: asyncio.Task[None] | None = None
         self._published: tuple[tuple[str, str, str], ...] | None = None
         self._state_file = config.data_dir / "state.json"
-        self.cloud_id = self._load_state().get("cloud_id")
+        state = self._load_state()
+        self.cloud_id = state.get("cloud_id")
+        # the swarm node ID last seen: an engine whose swarm is in error reports none
+        self.node_id: str | None = state.get("node_id")
         self.autopilot = Autopilot(self)  # idles until this node leads; keeps the given spec
 
     # --- state kept across restarts -------------------------------------------------------
@@ -120,7 +123,7 @@ class Agent:
 
     def _save_state(self) -> None:
         tmp = self._state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"cloud_id": self.cloud_id}))
+        tmp.write_text(json.dumps({"cloud_id": self.cloud_id, "node_id": self.node_id}))
         tmp.chmod(0o600)
         tmp.replace(self._state_file)
 
@@ -213,6 +216,9 @@ class Agent:
         if self.cloud_id is None:
             with contextlib.suppress(ListError):
                 self.cloud_id = (await asyncio.to_thread(self.lists.read)).cloud_id
+        with contextlib.suppress(EngineError):
+            swarm = (await self.engine.info()).get("Swarm") or {}
+            self.node_id = swarm.get("NodeID") or self.node_id
         self._save_state()
         self.state = "active"
         self._inactive_since = None
@@ -253,6 +259,9 @@ class Agent:
                 working = False
         if working:
             self._inactive_since = None
+            if swarm.get("NodeID") and swarm["NodeID"] != self.node_id:
+                self.node_id = swarm["NodeID"]
+                self._save_state()
             return
         now = time.monotonic()
         if self._inactive_since is None:
@@ -266,7 +275,8 @@ class Agent:
         Only a manager's answer that it has never heard of this node ID leads to leaving: an
         unreachable cloud, or one on the far side of a partition, changes nothing."""
         info = await self.engine.info()
-        node_id = (info.get("Swarm") or {}).get("NodeID")
+        # an engine whose swarm failed (e.g. "can't initialize raft node") reports no NodeID
+        node_id = (info.get("Swarm") or {}).get("NodeID") or self.node_id
         if not node_id:
             return False
         try:
@@ -646,7 +656,13 @@ class Agent:
                 raise
             self._manager_cache = None
             log.info("%s is now a %s (asked by %s)", record["name"], role, by)
-            return {**node_record(await self.engine.node(node["ID"])), "changed": True}
+            try:
+                return {**node_record(await self.engine.node(node["ID"])), "changed": True}
+            except EngineError:
+                # this node demoted itself: its engine no longer answers for the cloud; the
+                # change is made, and the answer is what was asked for
+                gone = {"leader": False, "reachability": None, "manager_addr": None}
+                return {**record, "role": role, **gone, "changed": True}
         raise self._api_error(409, "conflict", f"node {name} kept changing; try again")
 
     async def set_availability(self, name: str, availability: str, by: str) -> dict[str, Any]:
@@ -685,6 +701,16 @@ class Agent:
             for m in (info.get("Swarm") or {}).get("RemoteManagers") or []
             if m.get("Addr")
         ]
+        # The leader first: dockerd keeps the first address as the way into Raft should the
+        # node be promoted later (swarmkit's JoinAddr), and the autopilot demotes the leader
+        # last, so that address stays a manager's the longest.
+        with contextlib.suppress(EngineError):
+            leaders = [
+                (n.get("ManagerStatus") or {}).get("Addr")
+                for n in await self.engine.nodes({"role": ["manager"]})
+                if (n.get("ManagerStatus") or {}).get("Leader")
+            ]
+            managers.sort(key=lambda addr: addr not in leaders)
         log.info("gave a %s join token to %s", role, by)  # the token itself is never logged
         return {"token": token, "managers": managers, "cloud_id": self.cloud_id}
 

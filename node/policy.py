@@ -9,6 +9,10 @@ error, and so nothing is attempted that would leave the cloud without a working 
 
 Node records are the node API's dicts with string keys: `name`, `role` ("manager"|"worker"),
 `state` ("ready"|"down"|…), `reachability` ("reachable"|"unreachable"|None), `leader`.
+
+A node promoted a moment ago has role "manager" but no reachability yet: Swarm has not taken
+it into Raft (`ManagerStatus` is empty). Such a *joining* manager is not a Raft member: it
+neither counts towards the quorum nor can Swarm demote it; the rules below count members only.
 """
 
 from __future__ import annotations
@@ -19,13 +23,16 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
+    "JOIN_GIVE_UP",
     "LABEL_DEAD",
     "Refusal",
     "Step",
     "check_demote",
     "check_promote",
     "fault_tolerance",
+    "is_joining",
     "is_manager",
+    "is_member",
     "is_reachable_manager",
     "manager_target",
     "plan_step",
@@ -60,6 +67,16 @@ def fault_tolerance(managers: int) -> int:
 
 def is_manager(node: Node) -> bool:
     return node.get("role") == "manager"
+
+
+def is_joining(node: Node) -> bool:
+    """A manager Swarm has not taken into Raft yet (promoted; no reachability reported)."""
+    return is_manager(node) and node.get("reachability") is None
+
+
+def is_member(node: Node) -> bool:
+    """A manager in the Raft group (reachable or not): the ones the quorum is counted over."""
+    return is_manager(node) and node.get("reachability") is not None
 
 
 def is_reachable_manager(node: Node) -> bool:
@@ -98,7 +115,14 @@ def check_demote(nodes: Sequence[Node], name: str) -> Refusal | None:
         return node
     if not is_manager(node):
         return None
-    managers = [n for n in nodes if is_manager(n)]
+    if is_joining(node):
+        return Refusal(
+            reason=f"{name} is still joining the managers' Raft group (promoted, not yet a "
+            "member): Swarm cannot demote it until it joins",
+            hint="try again in a few seconds; a node that never joins is removed by the "
+            "autopilot and joins the cloud again",
+        )
+    managers = [n for n in nodes if is_member(n)]
     if len(managers) <= 1:
         return Refusal(
             reason=f"{name} is the last manager; demoting it would erase the cloud's state",
@@ -148,7 +172,7 @@ def check_promote(nodes: Sequence[Node], name: str) -> Refusal | None:
             hint=f"bring {name} back (its dockerd and network) and wait until it is ready, "
             "or promote another ready worker",
         )
-    managers = [n for n in nodes if is_manager(n)]
+    managers = [n for n in nodes if is_member(n)]
     reachable = sum(1 for n in managers if is_reachable_manager(n))
     if reachable < quorum(len(managers)):
         return Refusal(
@@ -167,6 +191,10 @@ def check_promote(nodes: Sequence[Node], name: str) -> Refusal | None:
 # the label the autopilot puts on a dead manager it demotes, so whichever agent leads next knows
 # to remove that node from the swarm (level-triggered: the mark lives in Raft, not in memory)
 LABEL_DEAD = "hyops.dead-manager"
+
+# how long a promoted node that stays ready may stay out of Raft before it counts as stuck (a slow
+# join on a busy machine completes well within this; a stuck one never does)
+JOIN_GIVE_UP = 60.0
 
 
 def manager_target(ready: int, managers_spec: Mapping[str, Any]) -> int:
@@ -240,8 +268,12 @@ def plan_step(
     clock `now`). Order, each step one change:
 
     1. quorum lost: change nothing (Raft could not commit it; recovery is an operator's job and
-       the autopilot never forces a new cluster);
+       the autopilot never forces a new cluster); the quorum is counted over Raft members, not
+       over managers still joining;
     2. a manager unreachable for `dead_after`: demote it (only where quorum stays), mark it;
+       a joining manager that never got into Raft (down after `dead_after`, or still out after
+       `JOIN_GIVE_UP`): remove it, so its agent joins again through a current manager (dockerd
+       joins Raft only through the manager it first joined by, which may be gone);
     3. a marked dead node that is no longer a manager: remove it from the swarm;
     4. a manager not reachable yet (just promoted, or briefly away): wait for it;
     5. fewer managers than the target: promote the best node ready for `stabilization`
@@ -253,21 +285,37 @@ def plan_step(
        5 promotes the better node.
     """
     managers = [n for n in nodes if is_manager(n)]
-    reachable = [n for n in managers if is_reachable_manager(n)]
+    members = [n for n in managers if is_member(n)]
+    reachable = [n for n in members if is_reachable_manager(n)]
     count = len(managers)
-    if count == 0:
+    if not members:
         return Step("wait", None, "no manager is known: nothing can be changed")
-    if len(reachable) < quorum(count):
+    if len(reachable) < quorum(len(members)):
         return Step(
             "wait",
             None,
-            f"quorum lost: {len(reachable)} of {count} managers reachable, {quorum(count)} "
-            "needed; an operator must bring managers back (the autopilot never forces a new "
-            "cluster)",
+            f"quorum lost: {len(reachable)} of {len(members)} managers reachable, "
+            f"{quorum(len(members))} needed; an operator must bring managers back (the "
+            "autopilot never forces a new cluster)",
         )
     dead_after = float(managers_spec["dead_after"])
     unreachable = [n for n in managers if not is_reachable_manager(n)]
     for node in sorted(unreachable, key=lambda n: str(n.get("name"))):
+        if not is_joining(node):
+            continue
+        name = str(node.get("name"))
+        out = now - unreachable_since.get(name, now)
+        if (out >= dead_after and node.get("state") != "ready") or out >= JOIN_GIVE_UP:
+            return Step(
+                "remove",
+                name,
+                f"{name} was promoted {out:.0f} s ago but never got into Raft (it is "
+                f"{node.get('state')}; its way in, the manager it first joined by, may be "
+                "gone): removing it so its agent joins again through a current manager",
+            )
+    for node in sorted(unreachable, key=lambda n: str(n.get("name"))):
+        if is_joining(node):
+            continue
         name = str(node.get("name"))
         away = now - unreachable_since.get(name, now)
         if away < dead_after:

@@ -332,16 +332,7 @@ class Autopilot:
                 await self.engine.node_update(node["ID"], node["Version"]["Index"], spec)
         except EngineError as exc:
             if step.action == "demote-dead" and still_joining(exc):
-                # promoted and not in Raft yet (joining is slow on a busy machine): Swarm cannot
-                # demote it before it joins, so trying every tick only fills the log. Give it
-                # another `dead_after` before trying again.
-                self.unreachable_since[str(step.node)] = time.monotonic()
-                reason = (
-                    f"{step.node} was promoted but is not in Raft's member list yet (still "
-                    "joining): Swarm cannot demote it before it joins; waiting for it"
-                )
-                log.info("autopilot: %s", reason)
-                self._note("wait", step.node, reason, "waiting")
+                self._not_in_raft(str(step.node))
                 return
             # a version that moved, or Raft not ready for it yet: the next tick looks again
             log.warning(
@@ -351,6 +342,18 @@ class Autopilot:
             return
         self.agent._manager_cache = None
         self._note(step.action, step.node, step.reason, "done")
+
+    def _not_in_raft(self, name: str) -> None:
+        """A manager to demote that Swarm says is not in Raft (it lost its reachability between
+        the look and the write): wait another `dead_after` instead of trying every tick; the
+        planner removes one that never gets in (node.policy, step 2)."""
+        self.unreachable_since[name] = time.monotonic()
+        reason = (
+            f"{name} was promoted but is not in Raft's member list yet (still joining): Swarm "
+            "cannot demote it before it joins; waiting for it"
+        )
+        log.info("autopilot: %s", reason)
+        self._note("wait", name, reason, "waiting")
 
     # --- systems --------------------------------------------------------------------------
 

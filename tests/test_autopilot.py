@@ -304,6 +304,38 @@ def test_at_the_maximum_a_better_node_swaps_in_without_going_above_it(make_cloud
     assert watch.violations == []
 
 
+def test_a_promotion_stuck_on_a_gone_join_address_is_undone_and_redone(make_cloud) -> None:
+    """dockerd joins Raft through the manager it first joined the swarm by; promote a worker
+    after that manager was demoted and the promotion can never complete. The autopilot removes
+    the stuck node, its agent joins again through a current manager, and it is promoted."""
+    cloud = make_cloud(nodes=3)
+    key = operator_key(cloud)
+    first = wait_until(
+        lambda: [n for n, m in managers(cloud).items() if m["reachability"] == "reachable"],
+        60,
+        "the first manager",
+    )[0]  # every other node joined through it: no other manager existed yet
+    api = next(n["api"] for n in cloud.nodes if n["name"] == first)
+    a, b = sorted(n["name"] for n in cloud.nodes if n["name"] != first)
+    assert signed("POST", f"{api}/v1/nodes/{a}/promote", key).status_code == 200
+    wait_until(
+        lambda: managers(cloud).get(a, {}).get("reachability") == "reachable", 60, f"{a} in Raft"
+    )
+    assert signed("POST", f"{api}/v1/nodes/{first}/demote", key).status_code == 200
+    api_a = next(n["api"] for n in cloud.nodes if n["name"] == a)
+    wait_until(lambda: first not in managers(cloud), 60, f"{first} demoted")
+    # b's way into Raft is `first`, no longer a manager: this promotion cannot complete
+    assert signed("POST", f"{api_a}/v1/nodes/{b}/promote", key).status_code == 200
+    cloud.apply_spec(SMALL)
+    found = wait_until(
+        lambda: (f := settled(cloud, 3, ready=3)) and b in f and f, 240, f"{b} to be a manager"
+    )
+    assert set(found) == {first, a, b}
+    removed = [r for r in recent(cloud) if r["action"] == "remove" and r["node"] == b]
+    assert removed and "never got into Raft" in removed[0]["reason"]
+    assert removed[0]["result"] == "done"
+
+
 def test_a_removed_dead_manager_that_comes_back_joins_again(make_cloud) -> None:
     """The autopilot removes a dead manager; when its machine returns, its dockerd still holds
     the old swarm state. Its agent asks the cloud, hears the node is forgotten, and joins anew."""

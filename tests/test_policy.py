@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from node.policy import (
+    JOIN_GIVE_UP,
     LABEL_DEAD,
     Refusal,
     check_demote,
@@ -469,3 +470,28 @@ def test_a_demotion_refused_because_the_node_never_joined_raft_is_told_apart():
     assert still_joining(joining)
     assert not still_joining(EngineError("update node x", "node x not found", 404))
     assert not still_joining(EngineError("update node x", "update out of sequence", 500))
+
+
+def test_a_joining_manager_is_not_counted_towards_the_quorum():
+    # one member; a second promoted but not in Raft yet (no reachability): quorum is 1 of 1
+    nodes = [node("a", "manager", leader=True), {**node("b", "manager"), "reachability": None}]
+    step = plan(nodes, away={"b": 99.0})
+    assert step.action == "wait" and "waiting for b" in step.reason  # not "quorum lost"
+    assert check_promote([*nodes, node("c")], "c") is None
+    refusal = check_demote(nodes, "b")
+    assert refusal is not None and "still joining" in refusal.reason
+    refusal = check_demote(nodes, "a")  # the only member
+    assert refusal is not None and "last manager" in refusal.reason
+
+
+def test_a_promotion_that_never_gets_into_raft_is_removed_when_down_or_after_a_while():
+    joining = {**node("b", "manager"), "reachability": None}
+    nodes = [node("a", "manager", leader=True), joining, node("c")]
+    assert plan(nodes, away={"b": 95.0}).action == "wait"  # 5 s, ready: a slow join
+    nodes[1] = {**joining, "state": "down"}
+    assert plan(nodes, away={"b": 95.0}).action == "wait"  # down, but for less than dead_after
+    step = plan(nodes, away={"b": 80.0})
+    assert (step.action, step.node) == ("remove", "b")
+    assert "never got into Raft" in step.reason
+    nodes[1] = joining  # still ready, but out of Raft for JOIN_GIVE_UP
+    assert plan(nodes, now=100.0, away={"b": 100.0 - JOIN_GIVE_UP}).action == "remove"
