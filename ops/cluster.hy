@@ -2,7 +2,7 @@
 
 (import urllib.parse [quote :as url-quote]
         repl.cloud [call describe connect unknown-name]
-        node.policy [quorum is-manager is-reachable-manager])
+        node.policy [quorum is-joining is-manager is-member is-reachable-manager])
 
 (export :objects [cloud connect! nodes node managers leader services tasks status])
 
@@ -63,13 +63,15 @@
   (call "GET" (+ "/v1/services/" (url-quote (str service) :safe "") "/tasks")))
 
 (defn _quorum-view [records]
-  "The managers' safety numbers over node records (pure): how many managers, how many count
-  towards quorum, the quorum, the margin above it, and how many managers may be lost."
-  (setv total (len (lfor n records :if (is-manager n) n))
+  "The managers' safety numbers over node records (pure): how many managers are Raft members,
+  how many of them are reachable, the quorum, the margin above it, how many managers may be
+  lost, and the managers still joining (promoted, not in Raft yet: they do not count)."
+  (setv members (len (lfor n records :if (is-member n) n))
         reachable (len (lfor n records :if (is-reachable-manager n) n))
-        q (quorum total))
-  {"managers" total
+        q (quorum members))
+  {"managers" members
    "reachable" reachable
+   "joining" (lfor n records :if (is-joining n) (get n "name"))
    "quorum" q
    "margin" (- reachable q)
    "tolerates" (max 0 (- reachable q))})
@@ -82,7 +84,10 @@
   {"cloud" (get about "name")
    "cloud_id" (get about "cloud_id")
    "leader" (when lead (get lead "name"))
-   "managers" f"{(get view "reachable")}/{(get view "managers")} reachable"
+   "managers" (+ f"{(get view "reachable")}/{(get view "managers")} reachable"
+                 (if (get view "joining")
+                     f", {(.join ", " (get view "joining"))} joining"
+                     ""))
    "quorum" (get view "quorum")
    "quorum_margin" (get view "margin")
    "workers" (len workers)
@@ -96,7 +101,8 @@
 (defn status []
   "One summary of the cloud: id, leader, managers reachable/total, quorum margin, workers, services.
 
-  quorum_margin is how many more managers may be lost before Raft stops every change; services
+  quorum_margin is how many more managers may be lost before Raft stops every change (a
+  manager promoted a moment ago counts once it is in Raft: until then it shows as joining); services
   show their replicas as running/desired; nodes_down names the nodes that are not ready.
 
     (:quorum-margin (status))  ; 0: losing one more manager stops every change"

@@ -329,3 +329,21 @@ def test_managers_are_cached_briefly_and_forgotten_when_the_record_changes(
 
 def stat_mode(path: Path) -> int:
     return path.stat().st_mode & 0o777
+
+
+def test_status_counts_the_quorum_over_raft_members_and_names_joining_managers() -> None:
+    import hy  # noqa: F401  (the ops are Hy modules)
+
+    from ops.cluster import _summary
+
+    def rec(name: str, role: str, reachability: str | None, leader: bool = False) -> dict:
+        state = "down" if reachability == "unreachable" else "ready"
+        return {"name": name, "role": role, "reachability": reachability, "leader": leader,
+                "state": state}  # fmt: skip
+
+    records = [rec("a", "manager", "reachable", True), rec("b", "manager", "unreachable"),
+               rec("c", "manager", None), rec("d", "worker", None)]  # fmt: skip
+    status = _summary({"name": "x", "cloud_id": "c-1"}, records, [])
+    assert status["managers"] == "1/2 reachable, c joining"
+    assert (status["quorum"], status["quorum_margin"]) == (2, -1)
+    assert status["workers"] == 1 and status["nodes_down"] == ["b"]
