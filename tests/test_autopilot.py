@@ -317,11 +317,19 @@ def test_a_promotion_stuck_on_a_gone_join_address_is_undone_and_redone(make_clou
     )[0]  # every other node joined through it: no other manager existed yet
     api = next(n["api"] for n in cloud.nodes if n["name"] == first)
     a, b = sorted(n["name"] for n in cloud.nodes if n["name"] != first)
-    assert signed("POST", f"{api}/v1/nodes/{a}/promote", key).status_code == 200
+    wait_until(
+        lambda: signed("POST", f"{api}/v1/nodes/{a}/promote", key).status_code == 200,
+        60,
+        f"{a} promoted",
+    )
     wait_until(
         lambda: managers(cloud).get(a, {}).get("reachability") == "reachable", 60, f"{a} in Raft"
     )
-    assert signed("POST", f"{api}/v1/nodes/{first}/demote", key).status_code == 200
+    wait_until(
+        lambda: signed("POST", f"{api}/v1/nodes/{first}/demote", key).status_code == 200,
+        60,
+        f"{first} demoted by its own agent",
+    )
     api_a = next(n["api"] for n in cloud.nodes if n["name"] == a)
     wait_until(lambda: first not in managers(cloud), 60, f"{first} demoted")
     # b's way into Raft is `first`, no longer a manager: this promotion cannot complete (right
