@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -170,7 +171,13 @@ def main() -> int:
                 problems = []
                 if not at_rest:
                     why = (status.get("next") or {}).get("reason")
-                    problems.append(f"not settled after {SETTLE:.0f} s ({why})")
+                    sees = status.get("sees") or {}
+                    problems.append(
+                        f"not settled after {SETTLE:.0f} s ({why}; the autopilot sees "
+                        f"{sees.get('ready')} ready, managers {sees.get('managers')}, reachable "
+                        f"{sees.get('reachable')}, target {sees.get('target')}; "
+                        f"expected {len(cloud.nodes) - len(away)} ready)"
+                    )
                 if len(reach) < quorum(len(found)):
                     problems.append(f"{len(reach)} of {len(found)} managers reachable")
                 if at_rest and len(found) % 2 == 0:
@@ -189,6 +196,15 @@ def main() -> int:
                       f"({len(reach)} reachable) {'ok' if not problems else problems}",
                       flush=True)  # fmt: skip
         finally:
+            if violations:  # keep what the nodes said, for whoever looks into it
+                kept = Path(tempfile.mkdtemp(prefix="hyops-chaos-logs-"))
+                for entry in cloud.nodes:
+                    for log_name in ("agent.log", "dockerd.log"):
+                        source = cloud.node_dir(entry["name"]) / log_name
+                        if source.exists():
+                            (kept / entry["name"]).mkdir(exist_ok=True)
+                            shutil.copy(source, kept / entry["name"] / log_name)
+                print(f"chaos: the nodes' logs are kept in {kept}")
             cloud.down(clean=True)
     print(f"chaos: {survived} of {rounds} rounds survived, {len(violations)} violations")
     for v in violations:
