@@ -37,6 +37,7 @@ from node.reconciler import Autopilot
 from node.records import (
     LABEL_API,
     LABEL_CPUS,
+    LABEL_JOINED_VIA,
     LABEL_MEMORY,
     node_record,
     parse_since,
@@ -111,6 +112,8 @@ class Agent:
         self.cloud_id = state.get("cloud_id")
         # the swarm node ID last seen: an engine whose swarm is in error reports none
         self.node_id: str | None = state.get("node_id")
+        # the manager address this node joined by ("" when it originated; None: not known)
+        self.joined_via: str | None = state.get("joined_via")
         self.autopilot = Autopilot(self)  # idles until this node leads; keeps the given spec
 
     # --- state kept across restarts -------------------------------------------------------
@@ -123,7 +126,8 @@ class Agent:
 
     def _save_state(self) -> None:
         tmp = self._state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"cloud_id": self.cloud_id, "node_id": self.node_id}))
+        state = {"cloud_id": self.cloud_id, "node_id": self.node_id, "joined_via": self.joined_via}
+        tmp.write_text(json.dumps(state))
         tmp.chmod(0o600)
         tmp.replace(self._state_file)
 
@@ -370,6 +374,7 @@ class Agent:
                         listen_addr=f"{self.config.advertise_addr}:{SWARM_PORT}",
                     )
                     self.cloud_id = claim.cloud_id
+                    self.joined_via = ""  # it made the swarm: it is in Raft from the start
                     self._published = None
                     return
                 log.info("another machine claimed the empty list first: joining its cloud")
@@ -396,6 +401,7 @@ class Agent:
                 remote_addrs=remotes,
                 token=answer["token"],
             )
+            self.joined_via = remotes[0]  # dockerd's way into Raft, should it be promoted
             await self._wait_active()
             self.cloud_id = lst.cloud_id
             return True
@@ -407,6 +413,8 @@ class Agent:
         cpus = self.config.cpus if self.config.cpus is not None else info.get("NCPU")
         memory = self.config.memory if self.config.memory is not None else info.get("MemTotal")
         labels = {LABEL_API: self.api_url}
+        if self.joined_via is not None:
+            labels[LABEL_JOINED_VIA] = self.joined_via
         if cpus is not None:
             labels[LABEL_CPUS] = f"{float(cpus):g}"
         if memory is not None:

@@ -196,6 +196,17 @@ LABEL_DEAD = "hyops.dead-manager"
 # join on a busy machine completes well within this; a stuck one never does)
 JOIN_GIVE_UP = 60.0
 
+# the agent's label naming the manager address a node joined the swarm by (node.records)
+LABEL_JOINED_VIA = "hyops.joined-via"
+
+
+def has_way_in(node: Node, reachable_members: Sequence[Node]) -> bool:
+    """Whether `node`, once promoted, can get into Raft: dockerd joins Raft only through the
+    manager the node first joined the swarm by (until dockerd restarts). True when that manager
+    is a reachable member still, or the node originated the swarm, or it does not say."""
+    via = (node.get("labels") or {}).get(LABEL_JOINED_VIA)
+    return not via or any(m.get("manager_addr") == via for m in reachable_members)
+
 
 def manager_target(ready: int, managers_spec: Mapping[str, Any]) -> int:
     """How many managers a cloud with `ready` ready nodes wants: the spec's `targets` table
@@ -352,9 +363,20 @@ def plan_step(
     target = manager_target(len(eligible), managers_spec)
     stabilization = float(managers_spec["stabilization"])
     workers = [n for n in eligible if not is_manager(n)]
-    stable = [n for n in workers if now - ready_since.get(str(n.get("name")), now) >= stabilization]
-    # the best two are all any step needs: no full sort over a large cloud
-    stable = heapq.nsmallest(2, stable, key=lambda n: (-score(n, weights), str(n.get("name"))))
+    ready_long = [
+        n for n in workers if now - ready_since.get(str(n.get("name")), now) >= stabilization
+    ]
+    # the best two are all any step needs: no full sort over a large cloud. To grow, a node
+    # that can get into Raft goes first (see has_way_in); a swap takes the best by resources
+    # (one without a way in is removed and joins again, then swaps in: see step 2)
+    stable = heapq.nsmallest(
+        2,
+        ready_long,
+        key=lambda n: (not has_way_in(n, reachable), -score(n, weights), str(n.get("name"))),
+    )
+    best_by_score = heapq.nsmallest(
+        1, ready_long, key=lambda n: (-score(n, weights), str(n.get("name")))
+    )
     maximum = int(managers_spec["maximum"])
 
     def weakest() -> Node:
@@ -384,11 +406,17 @@ def plan_step(
                 "waiting for a second so the count does not rest even",
             )
         best = stable[0]
+        passed_over = ""
+        if best_by_score and best_by_score[0] is not best:
+            passed_over = (
+                f" (before {best_by_score[0].get('name')}, whose way into Raft, the manager it "
+                "joined by, is gone)"
+            )
         return Step(
             "promote",
             str(best.get("name")),
             f"{have}, {target} wanted for {len(eligible)} ready nodes: promoting "
-            f"the best stable node {_fmt(best, weights)}",
+            f"the best stable node {_fmt(best, weights)}{passed_over}",
         )
     if count > target:
         victim = weakest()
@@ -401,8 +429,8 @@ def plan_step(
             str(victim.get("name")),
             f"{why}: demoting the weakest manager {_fmt(victim, weights)}",
         )
-    if stable:
-        best, victim = stable[0], weakest()
+    if best_by_score:
+        best, victim = best_by_score[0], weakest()
         better = f"{_fmt(best, weights)} is better than the manager {_fmt(victim, weights)}"
         if score(best, weights) > score(victim, weights) * (1 + float(managers_spec["better_by"])):
             if count < maximum:

@@ -17,6 +17,9 @@ LABEL_CPUS = "hyops.cpus"
 LABEL_MEMORY = "hyops.memory"
 LABEL_API = "hyops.api"
 LABEL_SSH = "hyops.ssh"
+# the manager address ("ip:2377") a node joined the swarm by: its only way into Raft if promoted
+# (swarmkit keeps it until dockerd restarts); empty for the node that originated the swarm
+LABEL_JOINED_VIA = "hyops.joined-via"
 
 
 def _number(text: str | None) -> float | int | None:

@@ -495,3 +495,33 @@ def test_a_promotion_that_never_gets_into_raft_is_removed_when_down_or_after_a_w
     assert "never got into Raft" in step.reason
     nodes[1] = joining  # still ready, but out of Raft for JOIN_GIVE_UP
     assert plan(nodes, now=100.0, away={"b": 100.0 - JOIN_GIVE_UP}).action == "remove"
+
+
+def test_to_grow_a_node_whose_way_into_raft_is_gone_goes_after_one_that_has_it():
+    def joined(name: str, via: str, cpus: float) -> dict:
+        return {**node(name, cpus=cpus), "labels": {"hyops.joined-via": via}}
+
+    leader = {**node("a", "manager", leader=True), "manager_addr": "10.0.0.1:2377"}
+    nodes = [leader, joined("big", "10.0.0.9:2377", 8), joined("small", "10.0.0.1:2377", 1),
+             joined("mid", "10.0.0.9:2377", 2)]  # fmt: skip
+    step = plan(nodes)  # 1 manager, 3 wanted: two stable nodes, the one with a way in first
+    assert (step.action, step.node) == ("promote", "small")
+    assert "before big, whose way into Raft" in step.reason
+    # with no node that has a way in, the best by resources still goes (then step 2 applies)
+    nodes = [leader, joined("big", "10.0.0.9:2377", 8), joined("mid", "10.0.0.9:2377", 2)]
+    assert (plan(nodes).action, plan(nodes).node) == ("promote", "big")
+    # an originator (empty label) or a node that says nothing has a way in
+    nodes = [leader, joined("big", "10.0.0.9:2377", 8), joined("orig", "", 2), node("old")]
+    assert plan(nodes).node == "orig"
+    nodes[2] = joined("orig", "", 0.5)
+    assert plan(nodes).node == "old"
+
+
+def test_a_swap_takes_the_best_node_by_resources_whatever_its_way_in():
+    leader = {**node("a", "manager", leader=True), "manager_addr": "10.0.0.1:2377"}
+    others = [{**node(n, "manager"), "manager_addr": f"10.0.0.{i}:2377"}
+              for i, n in ((2, "b"), (3, "c"))]  # fmt: skip
+    big = {**node("big", cpus=8), "labels": {"hyops.joined-via": "10.0.0.9:2377"}}
+    step = plan([leader, *others, big, node("d", cpus=1.1)])
+    assert (step.action, step.node) == ("promote", "big")
+    assert "is better than the manager" in step.reason
