@@ -479,9 +479,12 @@ class Agent:
         self._manager_cache = (now, manager, leader)
         return manager, leader
 
-    async def is_manager(self) -> bool:
+    async def is_manager(self, fresh: bool = False) -> bool:
+        """Whether this node is an active manager (from a cache of a second, unless `fresh`)."""
         if self.state not in ("active",) and not await self._in_swarm():
             return False
+        if fresh:
+            self._manager_cache = None
         return (await self._manager_state())[0]
 
     async def _in_swarm(self) -> bool:
@@ -525,6 +528,8 @@ class Agent:
         """Send a request on, signature and all, to a manager's agent; return its answer."""
         from fastapi.responses import Response
 
+        from node.api import FORWARDED_BY
+
         body = await request.body()
         path = request.url.path + (("?" + request.url.query) if request.url.query else "")
         headers = {
@@ -532,6 +537,7 @@ class Agent:
             for k, v in request.headers.items()
             if k.lower().startswith("x-hyops-") or k.lower() == "content-type"
         }
+        headers[FORWARDED_BY] = self.config.name  # the receiver does not send it on again
         for url in await self.manager_apis():
             try:
                 answer = await self.http.request(
@@ -539,8 +545,10 @@ class Agent:
                 )
             except httpx.HTTPError:
                 continue
-            if answer.status_code >= 500 and answer.status_code != 503:
-                continue
+            if answer.status_code == 421 or (
+                answer.status_code >= 500 and answer.status_code != 503
+            ):
+                continue  # not a manager after all (421), or broken: the next one
             return Response(
                 answer.content,
                 status_code=answer.status_code,

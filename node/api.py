@@ -22,6 +22,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from node.engine import EngineError
 from node.signing import AuthError, TrustedKey, require_role
 
+# set on a request one agent forwards to another (see manager_or_forward); not signed, and it
+# only stops further forwarding, so a caller who sets it can only hurt its own request
+FORWARDED_BY = "X-Hyops-Forwarded-By"
+
 if TYPE_CHECKING:
     from node.agent import Agent
 
@@ -80,6 +84,10 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     403: {"model": ErrorBody, "description": "the key's role may not do this"},
     404: {"model": ErrorBody, "description": "no such node, service or container"},
     409: {"model": ErrorBody, "description": "refused as unsafe by Swarm's rules"},
+    421: {
+        "model": ErrorBody,
+        "description": "forwarded to a node that is not a manager (the forwarder tries another)",
+    },
     502: {"model": ErrorBody, "description": "another agent or the engine failed"},
     503: {"model": ErrorBody, "description": "this node is not ready (joining, or no manager)"},
 }
@@ -164,10 +172,23 @@ def create_app(agent: Agent) -> FastAPI:
         return forwarded if forwarded is not None else await answer()
 
     async def manager_or_forward(request: Request) -> Response | None:
-        """None when this node can answer as a manager; else the answer of a manager's agent."""
+        """None when this node can answer as a manager; else the answer of a manager's agent.
+
+        A request another agent forwarded here is never sent on again: two agents that each
+        took the other for the manager (both promoted a moment ago) would pass it back and
+        forth, and the second visit would be refused as a replay. It gets 421, and the
+        forwarding agent tries the next manager."""
         agent._require_swarm()
-        if await agent.is_manager():
+        if await agent.is_manager() or await agent.is_manager(fresh=True):
             return None
+        by = request.headers.get(FORWARDED_BY)
+        if by:
+            raise ApiError(
+                421,
+                "not-a-manager",
+                f"{agent.config.name} is not a manager (the request was forwarded here by {by})",
+                "the forwarding agent tries another manager",
+            )
         return await agent.forward_to_manager(request)
 
     @app.get("/v1/health", response_model=Health, tags=["state"])

@@ -13,9 +13,11 @@ import sys
 import tomllib
 from pathlib import Path
 
+import httpx
 import pytest
 
 from node.devcloud import LocalCloud
+from node.signing import load_private_key, sign_headers
 from tests.helpers import signed, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
@@ -392,3 +394,21 @@ def test_a_failure_repeated_every_round_is_logged_once_per_reason(caplog) -> Non
         "publishing the managers works again (after 6 failed rounds)",
         "publishing the managers failed: cannot reach the engine",
     ]
+
+
+def test_a_forwarded_request_is_not_forwarded_again(cloud: LocalCloud) -> None:
+    """Two agents that both took the other for the manager would pass a request back and forth
+    (and refuse its second visit as a replay): a worker answers a forwarded one with 421."""
+    worker = next(n for n in ("node-1", "node-2", "node-3") if n != _manager(cloud))
+    key = load_private_key(operator_key(cloud))
+    url = api(cloud, worker) + "/v1/nodes"
+    plain = httpx.get(url, headers=sign_headers(key, "GET", "/v1/nodes"), timeout=10)
+    assert plain.status_code == 200 and len(plain.json()) == 3  # forwarded to a manager
+    headers = sign_headers(key, "GET", "/v1/nodes") | {"X-Hyops-Forwarded-By": "node-9"}
+    again = httpx.get(url, headers=headers, timeout=10)
+    assert again.status_code == 421, again.text
+    body = again.json()
+    assert body["error"] == "not-a-manager"
+    assert (
+        f"{worker} is not a manager (the request was forwarded here by node-9)" in body["message"]
+    )
