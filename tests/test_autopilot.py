@@ -325,6 +325,17 @@ def test_a_promotion_stuck_on_a_gone_join_address_is_undone_and_redone(make_clou
     wait_until(
         lambda: managers(cloud).get(a, {}).get("reachability") == "reachable", 60, f"{a} in Raft"
     )
+    # and `first`'s own engine knows `a` as a manager: demoted before that, it would be a worker
+    # that knows no manager to report to (another trap, not the one under test)
+    a_addr = next(n["addr"] for n in cloud.nodes if n["name"] == a)
+    wait_until(
+        lambda: (
+            a_addr
+            in cloud.docker(first, "info", "--format", "{{json .Swarm.RemoteManagers}}").stdout
+        ),
+        60,
+        f"{first}'s engine to know {a} as a manager",
+    )
     wait_until(
         lambda: signed("POST", f"{api}/v1/nodes/{first}/demote", key).status_code == 200,
         60,
