@@ -20,8 +20,8 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from node.devcloud import LocalCloud  # noqa: E402
-from node.signing import load_private_key, sign_headers  # noqa: E402
+from localcloud.cloud import LocalCloud  # noqa: E402
+from wire.signing import load_private_key, sign_headers  # noqa: E402
 
 ROUNDS = 200
 

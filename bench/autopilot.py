@@ -20,10 +20,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from node.devcloud import LocalCloud
-from node.policy import plan_step
-from node.signing import load_private_key, sign_headers
-from node.spec import check_spec
+from localcloud.cloud import LocalCloud
+from wire.policy import plan_step
+from wire.signing import load_private_key, sign_headers
+from wire.spec import check_spec
 
 REPO = Path(__file__).resolve().parent.parent
 SPEC = {"managers": {"targets": [[1, 1], [3, 3]]}, "resources": {"cpus": 1.0, "memory": 0.0}}

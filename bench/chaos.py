@@ -24,9 +24,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as a script: `bench` is a folder of the repo, not a package
 
 from bench.autopilot import get  # noqa: E402
-from node.devcloud import LocalCloud  # noqa: E402
-from node.policy import fault_tolerance, quorum  # noqa: E402
-from node.spec import check_spec  # noqa: E402
+from localcloud.cloud import LocalCloud  # noqa: E402
+from wire.policy import fault_tolerance, quorum  # noqa: E402
+from wire.spec import check_spec  # noqa: E402
 
 SPEC = {
     "managers": {"targets": [[1, 1], [3, 3], [5, 5], [7, 7]], "stabilization": "2s",

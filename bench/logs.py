@@ -28,7 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from node.devcloud import LocalCloud  # noqa: E402
+from localcloud.cloud import LocalCloud  # noqa: E402
 
 NODES = ["node-1", "node-2", "node-3"]
 LINE = 100  # bytes per line, newline included

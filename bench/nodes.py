@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 sys.path.insert(0, str(REPO))
 
-from node.devcloud import LocalCloud  # noqa: E402
+from localcloud.cloud import LocalCloud  # noqa: E402
 
 
 def timed(cmd: list[str], env: dict[str, str], expect: str | None = None) -> float:

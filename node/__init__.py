@@ -1,6 +1,7 @@
-"""The node agent: config, Docker engine adapter, bootstrap lists, signed node API, local cloud.
+"""The node agent: config, Docker engine adapter, membership, the Swarm view, the signed node API,
+the autopilot, the embedded SSH server.
 
-Rule: nothing under node/ imports repl/ or ops/.
+Rule: nothing under node/ imports repl/, ops/ or localcloud/; what both sides share is in wire/.
 """
 
 __version__ = "0.1.0"

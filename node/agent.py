@@ -28,13 +28,13 @@ from typing import Any
 
 import httpx
 
-from node.client import NodeApiError, NodeClient
 from node.config import AgentConfig, ConfigError, load_config
 from node.engine import Engine, EngineError
-from node.lists import BootstrapList, ListError, Manager, open_list
-from node.policy import check_demote, check_promote
 from node.reconciler import Autopilot
-from node.records import (
+from wire.client import NodeApiError, NodeClient
+from wire.lists import BootstrapList, ListError, Manager, open_list
+from wire.policy import check_demote, check_promote
+from wire.records import (
     LABEL_API,
     LABEL_CPUS,
     LABEL_JOINED_VIA,
@@ -46,7 +46,7 @@ from node.records import (
     task_record,
     unknown_name_hint,
 )
-from node.signing import Trust, Verifier, load_private_key
+from wire.signing import Trust, Verifier, load_private_key
 
 log = logging.getLogger("hyops.agent")
 
@@ -84,7 +84,7 @@ class RepeatedWarning:
 
 class Agent:
     """One node's agent. All I/O goes through `engine` (dockerd), `lists` (bootstrap list) and
-    `http` (other agents); decisions come from `node.policy`."""
+    `http` (other agents); decisions come from `wire.policy`."""
 
     def __init__(self, config: AgentConfig) -> None:
         # late import: the API module pulls in FastAPI, which only a serving agent needs

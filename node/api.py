@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from node.engine import EngineError
-from node.signing import AuthError, TrustedKey, require_role
+from wire.signing import AuthError, TrustedKey, require_role
 
 # set on a request one agent forwards to another (see manager_or_forward); not signed, and it
 # only stops further forwarding, so a caller who sets it can only hurt its own request
@@ -289,7 +289,7 @@ def create_app(agent: Agent) -> FastAPI:
     ) -> Any:
         """Give the cloud a new spec (managers, resources, systems). Checked whole: an invalid
         spec is refused (400) with every problem listed and nothing kept."""
-        from node.spec import SpecError
+        from wire.spec import SpecError
 
         forwarded = await manager_or_forward(request)
         if forwarded is not None:

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from wire.problems import problems_message
+
 __all__ = [
     "AgentConfig",
     "ConfigError",
@@ -46,14 +48,6 @@ class ConfigError(Exception):
         self.path = Path(path)
         self.problems = list(problems)
         super().__init__(problems_message(f"config {self.path}", self.problems))
-
-
-def problems_message(where: str, problems: list[str]) -> str:
-    """One problem on one line; several as a count and one indented line each."""
-    if len(problems) == 1:
-        return f"{where}: {problems[0]}"
-    lines = "\n".join(f"  {p}" for p in problems)
-    return f"{where}: {len(problems)} problems:\n{lines}"
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The autopilot: a level-triggered loop on the leader's agent keeping the cloud to its spec.
 
 Every tick the leader's agent reads the whole state again (nodes, services, the spec), asks the
-pure planner (`node.policy.plan_step`) for the one membership change to make, makes it after
+pure planner (`wire.policy.plan_step`) for the one membership change to make, makes it after
 re-reading the node's version, and starts or stops systems by their `min_nodes`. Nothing is
 remembered that the next leader would need: a dead manager being removed carries a label in
 Raft, and the spec itself is kept in Raft as a Swarm config (and in each agent's data folder, so
@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from node.engine import EngineError
-from node.policy import (
+from wire.policy import (
     LABEL_DEAD,
     Step,
     fault_tolerance,
@@ -33,8 +33,8 @@ from node.policy import (
     plan_step,
     quorum,
 )
-from node.records import node_record
-from node.spec import SpecError, check_spec, default_spec
+from wire.records import node_record
+from wire.spec import SpecError, check_spec, default_spec
 
 if TYPE_CHECKING:
     from node.agent import Agent
@@ -346,7 +346,7 @@ class Autopilot:
     def _not_in_raft(self, name: str) -> None:
         """A manager to demote that Swarm says is not in Raft (it lost its reachability between
         the look and the write): wait another `dead_after` instead of trying every tick; the
-        planner removes one that never gets in (node.policy, step 2)."""
+        planner removes one that never gets in (wire.policy, step 2)."""
         self.unreachable_since[name] = time.monotonic()
         reason = (
             f"{name} was promoted but is not in Raft's member list yet (still joining): Swarm "

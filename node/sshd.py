@@ -28,7 +28,7 @@ from typing import Any
 import asyncssh
 
 from node.config import SshConfig
-from node.signing import Trust, TrustError, fingerprint
+from wire.signing import Trust, TrustError, fingerprint
 
 log = logging.getLogger("hyops.sshd")
 

@@ -2,7 +2,7 @@
 
 (import urllib.parse [quote :as url-quote]
         repl.cloud [call describe connect unknown-name]
-        node.policy [quorum is-joining is-manager is-member is-reachable-manager])
+        wire.policy [quorum is-joining is-manager is-member is-reachable-manager])
 
 (export :objects [cloud connect! nodes node managers leader services tasks status])
 

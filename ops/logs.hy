@@ -147,7 +147,7 @@
   ["container" nodes {"container" target "names" (+ (list by-name) services)}])
 
 (defn _check-options [since tail grep]
-  (import node.records [parse-since])
+  (import wire.records [parse-since])
   (parse-since since)   ; a bad `since` is refused here, before any node is asked
   (when (and (is-not tail None) (or (not (isinstance tail int)) (isinstance tail bool) (< tail 0)))
     (raise (ValueError f":tail {(hy.repr tail)}: give a whole number of lines (0 or more) per container")))
@@ -164,7 +164,7 @@
 (defn :async _fetch-one [conn node params pattern out on-event read-timeout]
   "Stream one node's records into `out`; returns \"ok\", \"absent\" (no such container there)
   or \"failed\" (and names the failure in out's \"failed\")."
-  (import node.client [NodeApiError])
+  (import wire.client [NodeApiError])
   (setv name (get node "name")
         api (_api-of node))
   (defn fail [source error]

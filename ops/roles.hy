@@ -5,7 +5,7 @@ and writes who/what/when/result to the workspace's audit log (.hyops/audit.jsonl
         repl.cloud [call unknown-name]
         repl.mutate [Plan perform read-audit]
         repl.session [current]
-        node.policy [check-promote check-demote is-manager]
+        wire.policy [check-promote check-demote is-manager]
         ops.cluster [nodes services tasks _quorum-view])
 
 (export :objects [promote! demote! drain! activate! label! audit-log])

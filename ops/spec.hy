@@ -7,7 +7,7 @@
 (import repl.cloud [call CloudError]
         repl.mutate [Plan perform]
         repl.session [current]
-        node.spec [SpecError load-spec spec-changes])
+        wire.spec [SpecError load-spec spec-changes])
 
 (export :objects [spec-diff apply-spec! autopilot local-spec])
 

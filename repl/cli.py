@@ -13,8 +13,8 @@ HANDLERS = {
     "eval": "repl.oneshot:main",
     "nrepl": "repl.nrepl:main",
     "agent": "node.agent:main",
-    "up": "node.devcloud:up_main",
-    "down": "node.devcloud:down_main",
+    "up": "localcloud.cloud:up_main",
+    "down": "localcloud.cloud:down_main",
     "run": "repl.runbook:run_main",
     "notebooks": "repl.runbook:list_main",
 }

@@ -46,7 +46,7 @@ class CloudError(Exception):
 
 def unknown_name(kind: str, name: str, known: list[str]) -> CloudError:
     """The error for a name nobody has: it suggests the close ones, like the agent does."""
-    from node.records import unknown_name_hint
+    from wire.records import unknown_name_hint
 
     hint = unknown_name_hint(kind, name, known)
     return CloudError(f"no {kind} named {name!r}", status=404, code=f"unknown-{kind}", hint=hint)
@@ -66,7 +66,7 @@ class CloudRecord:
     @classmethod
     def from_url(cls, url: str, operator_key: Path) -> CloudRecord:
         """A cloud known only by its bootstrap list's URL (`git+file://`, `file://`, `http://`)."""
-        from node.lists import redact_url
+        from wire.lists import redact_url
 
         return cls(name=redact_url(url), list_url=url, operator_key=operator_key)
 
@@ -202,7 +202,7 @@ class Connection:
         self._list_read = 0.0  # when the bootstrap list was last read (Unix time)
 
     def __repr__(self) -> str:
-        from node.lists import redact_url
+        from wire.lists import redact_url
 
         over = " over ssh" if self.via == "ssh" else ""
         return f"<cloud {self.record.name} via {redact_url(self.record.list_url)}{over}>"
@@ -261,7 +261,7 @@ class Connection:
             return
         import httpx
 
-        from node.signing import load_signing_key
+        from wire.signing import load_signing_key
 
         try:
             self._key = load_signing_key(self.record.operator_key)
@@ -284,7 +284,7 @@ class Connection:
 
     def operator(self) -> str:
         """The operator key's fingerprint (`SHA256:...`), once the connection has loaded it."""
-        from node.signing import fingerprint
+        from wire.signing import fingerprint
 
         return fingerprint(self._key) if self._key is not None else ""
 
@@ -343,7 +343,7 @@ class Connection:
                 self._managers = self._cached_managers()
             if self._managers:
                 return self._managers
-        from node.lists import ListError, open_list
+        from wire.lists import ListError, open_list
 
         try:
             source = open_list(self.record.list_url, self._cache_dir)
@@ -374,8 +374,8 @@ class Connection:
         A refusal (4xx) is the cloud's answer and is not retried elsewhere: it raises
         CloudError with the agent's status, code, reason and hint.
         """
-        from node.client import NodeApiError, NodeClient
         from repl.ssh import SshError
+        from wire.client import NodeApiError, NodeClient
 
         await self._setup()
         failures: list[str] = []
@@ -412,7 +412,7 @@ class Connection:
 
     async def describe(self) -> dict[str, Any]:
         """What `(cloud)` shows: name, list URL, the manager answering, cloud id, managers."""
-        from node.lists import redact_url
+        from wire.lists import redact_url
 
         me = await self.request("GET", "/v1/node")
         self.cloud_id = me.get("cloud_id") or self.cloud_id
@@ -429,10 +429,10 @@ class Connection:
 
     async def node(self, api_url: str) -> Any:
         """A signed client of one node's own agent (for what only that node has: its logs,
-        its containers). Raises node.client.NodeApiError on failure (also when, via SSH, the
+        its containers). Raises wire.client.NodeApiError on failure (also when, via SSH, the
         tunnel to it cannot be opened)."""
-        from node.client import NodeApiError, NodeClient
         from repl.ssh import SshError
+        from wire.client import NodeApiError, NodeClient
 
         await self._setup()
         try:

@@ -114,7 +114,7 @@ class NodeShell:
                 return conn
             target = self.target(node, addr)
             if self._key is None:
-                from node.signing import KeyFileError, load_private_key
+                from wire.signing import KeyFileError, load_private_key
 
                 try:
                     self._key = load_private_key(self.key_path)
@@ -154,7 +154,7 @@ class NodeShell:
                     "trusts an unknown one)"
                 ) from None
             except asyncssh.PermissionDenied:
-                from node.signing import fingerprint
+                from wire.signing import fingerprint
 
                 raise SshError(
                     f"{target.where} refused the operator key ({fingerprint(self._key)}): is it "

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from node.devcloud import LocalCloud, cleanup_stale
+from localcloud.cloud import LocalCloud, cleanup_stale
 
 REPO = Path(__file__).resolve().parent.parent
 

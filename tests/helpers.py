@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from node.signing import load_private_key, sign_headers
+from wire.signing import load_private_key, sign_headers
 
 T = TypeVar("T")
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from node.devcloud import LocalCloud
-from node.signing import load_private_key, sign_headers
+from localcloud.cloud import LocalCloud
 from tests.helpers import signed, wait_until
+from wire.signing import load_private_key, sign_headers
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.cloud

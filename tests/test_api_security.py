@@ -13,9 +13,9 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from node.signing import load_private_key, sign_headers
 from tests.helpers import signed, wait_until
 from tests.test_agent import api, docker_nodes, new_cloud, node_key, operator_key
+from wire.signing import load_private_key, sign_headers
 
 pytestmark = pytest.mark.cloud
 

@@ -19,13 +19,13 @@ from typing import Any
 
 import pytest
 
-from node.devcloud import LocalCloud
-from node.policy import quorum
+from localcloud.cloud import LocalCloud
 from repl.mutate import read_audit
 from repl.session import HyopsEvalError, Session
 from repl.workspace import Workspace
 from tests.conftest import _keep_logs
 from tests.helpers import signed, wait_until
+from wire.policy import quorum
 
 pytestmark = pytest.mark.cloud
 
@@ -395,7 +395,7 @@ def list_commits(cloud: LocalCloud) -> int:
 
 def test_a_stopped_system_keeps_its_service_and_volumes() -> None:
     from node.reconciler import STOPPED_CONSTRAINT, service_spec
-    from node.spec import check_spec
+    from wire.spec import check_spec
 
     systems = check_spec({"systems": {
         "web": {"image": "busybox", "replicas": 3, "volumes": ["d:/data:ro"]},

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from node.devcloud import LocalCloud
-from node.lists import BootstrapList, Manager, render_list
+from localcloud.cloud import LocalCloud
 from repl.session import HyopsEvalError, Session
 from repl.workspace import Workspace
 from tests.conftest import MakeCloud
 from tests.helpers import ev, manager_of, wait_until
+from wire.lists import BootstrapList, Manager, render_list
 
 pytestmark = pytest.mark.cloud
 NAMES = ["node-1", "node-2", "node-3"]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from node.devcloud import (
+from localcloud.cloud import (
     RUN_ROOT,
     DevCloudError,
     LocalCloud,
@@ -126,7 +126,7 @@ def test_a_bad_cloud_name_is_refused_before_anything_happens(tmp_path: Path) -> 
 
 def _up_in_child(tmp_path: Path, **popen) -> subprocess.CompletedProcess:
     code = (
-        "import sys; from node.devcloud import LocalCloud, DevCloudError\n"
+        "import sys; from localcloud.cloud import LocalCloud, DevCloudError\n"
         f"try: LocalCloud({str(tmp_path / '.hyops')!r}).up(nodes=1, agents=False)\n"
         "except DevCloudError as e: print(e); sys.exit(3)\n"
     )

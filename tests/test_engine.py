@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from node.devcloud import LocalCloud
+from localcloud.cloud import LocalCloud
 from node.engine import (
     Engine,
     EngineError,

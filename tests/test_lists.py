@@ -15,8 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node import lists
-from node.lists import (
+from wire import lists
+from wire.lists import (
     BootstrapList,
     FileList,
     GitList,
@@ -285,7 +285,7 @@ def test_processes_racing_to_claim_a_file_list_make_one_winner(tmp_path):
     go = tmp_path / "go"
     script = (
         "import sys, time, pathlib\n"
-        "from node.lists import open_list, BootstrapList, Manager\n"
+        "from wire.lists import open_list, BootstrapList, Manager\n"
         "name, url, go = sys.argv[1], sys.argv[2], pathlib.Path(sys.argv[3])\n"
         "(go.parent / f'ready-{name}').touch()\n"
         "deadline = time.monotonic() + 30\n"

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from node.devcloud import LocalCloud
+from localcloud.cloud import LocalCloud
 from repl.session import HyopsEvalError, Session
 from repl.workspace import Workspace
 from tests.conftest import MakeCloud

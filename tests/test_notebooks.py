@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from node.devcloud import LocalCloud
+from localcloud.cloud import LocalCloud
 from repl.mutate import read_audit
 from repl.workspace import Workspace
 from tests.conftest import REPO, MakeCloud

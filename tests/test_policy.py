@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node.policy import (
+from wire.policy import (
     JOIN_GIVE_UP,
     LABEL_DEAD,
     Refusal,
@@ -18,7 +18,7 @@ from node.policy import (
     plan_step,
     quorum,
 )
-from node.spec import check_spec
+from wire.spec import check_spec
 
 
 def manager(name: str, reachable: bool = True, leader: bool = False) -> dict:

@@ -21,8 +21,7 @@ from types import SimpleNamespace
 import hy  # noqa: F401  (lets Python import the Hy modules below)
 import pytest
 
-from node.devcloud import LocalCloud
-from node.signing import fingerprint, load_private_key
+from localcloud.cloud import LocalCloud
 from ops.roles import plan_availability, plan_label, plan_role
 from repl.cloud import CloudError
 from repl.mutate import Plan, Refused, perform, read_audit
@@ -32,6 +31,7 @@ from tests.conftest import MakeCloud
 from tests.helpers import ev, wait_until
 from tests.test_cluster_ops import docker_nodes, manager_of
 from tests.test_console import start_console
+from wire.signing import fingerprint, load_private_key
 
 
 def rec(name: str, role: str = "worker", state: str = "ready", **more) -> dict:

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node.signing import (
+from wire.signing import (
     HEADER_KEY,
     HEADER_NONCE,
     HEADER_SIGNATURE,
@@ -502,12 +502,12 @@ def test_any_change_to_method_path_or_body_breaks_the_signature(keys, method, pa
 
 def test_signing_key_signs_as_asyncssh_verifies_without_importing_it(tmp_path):
     """The workspace's cheap signer (cryptography only) makes signatures the agent accepts."""
-    from node.signing import Trust, TrustedKey, Verifier, load_signing_key, sign_headers
+    from wire.signing import Trust, TrustedKey, Verifier, load_signing_key, sign_headers
 
     path = tmp_path / "k"
     public = generate_key(path, "operator")
     code = (
-        "import sys; from node.signing import load_signing_key, sign_headers;"
+        "import sys; from wire.signing import load_signing_key, sign_headers;"
         f"k = load_signing_key({str(path)!r}); sign_headers(k, 'GET', '/v1/nodes');"
         "print('asyncssh' in sys.modules)"
     )

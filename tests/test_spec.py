@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from node.spec import (
+from wire.spec import (
     DEFAULT_TARGETS,
     SpecError,
     check_spec,

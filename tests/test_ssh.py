@@ -21,14 +21,14 @@ import asyncssh
 import httpx
 import pytest
 
-from node.devcloud import LocalCloud
-from node.signing import generate_key, load_private_key
+from localcloud.cloud import LocalCloud
 from node.sshd import allowed_log
 from repl.session import HyopsEvalError, Session
 from repl.ssh import NodeShell, SshError, known_hosts_line, shell_for, split_addr
 from repl.workspace import Workspace
 from tests.conftest import MakeCloud
 from tests.helpers import wait_until
+from wire.signing import generate_key, load_private_key
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.cloud

@@ -196,7 +196,7 @@ LABEL_DEAD = "hyops.dead-manager"
 # join on a busy machine completes well within this; a stuck one never does)
 JOIN_GIVE_UP = 60.0
 
-# the agent's label naming the manager address a node joined the swarm by (node.records)
+# the agent's label naming the manager address a node joined the swarm by (wire.records)
 LABEL_JOINED_VIA = "hyops.joined-via"
 
 

@@ -25,7 +25,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from node.config import problems_message
+from wire.problems import problems_message
 
 __all__ = [
     "DEFAULT_TARGETS",

@@ -387,8 +387,8 @@ def _run_async(make_coro: Callable[[], Any]) -> Any:
 
 
 def _ensure_key(path: Path, comment: str) -> str:
-    """The public line of the ed25519 key at `path`, generated (node.signing) when missing."""
-    from node.signing import generate_key, load_private_key  # asyncssh: only `up` pays for it
+    """The public line of the ed25519 key at `path`, generated (wire.signing) when missing."""
+    from wire.signing import generate_key, load_private_key  # asyncssh: only `up` pays for it
 
     if path.exists():
         return load_private_key(path).export_public_key().decode().strip()
@@ -399,7 +399,7 @@ def _ensure_key(path: Path, comment: str) -> str:
 
 def _ensure_trust(path: Path, operator: str, node: str) -> None:
     """The cloud's trust file (docs/protocol.md section 3): the operator key, the nodes' key."""
-    from node.signing import TrustedKey, write_trust
+    from wire.signing import TrustedKey, write_trust
 
     keys = [
         TrustedKey.from_public("operator", "operator", operator),
@@ -1052,7 +1052,7 @@ class LocalCloud:
     def apply_spec(self, spec: dict[str, Any], timeout: float = 30) -> dict[str, Any]:
         """Give the cloud `spec` (PUT /v1/spec signed with the operator's key), through the first
         agent that takes it. Raises DevCloudError with the agents' answers when none does."""
-        from node.signing import load_private_key, sign_headers
+        from wire.signing import load_private_key, sign_headers
 
         key = load_private_key(Path(self.record["operator_key"]))
         body = json.dumps(spec).encode()
@@ -1200,7 +1200,7 @@ def _cloud_exists(prefix: str) -> bool:
 def workspace_spec(state_dir: Path) -> dict[str, Any] | None:
     """The checked spec in the workspace's `cloud/` folder (beside `.hyops/`), or None when the
     workspace has no `cloud/cloud.toml`. A wrong spec raises DevCloudError listing every problem."""
-    from node.spec import SpecError, load_spec
+    from wire.spec import SpecError, load_spec
 
     folder = Path(state_dir).parent / "cloud"
     if not (folder / "cloud.toml").is_file():

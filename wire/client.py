@@ -13,7 +13,7 @@ from urllib.parse import urlencode
 
 import httpx
 
-from node.signing import sign_headers
+from wire.signing import sign_headers
 
 
 class NodeApiError(Exception):

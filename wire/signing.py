@@ -508,7 +508,7 @@ class Verifier:
                 "bad-signature",
                 f"malformed {HEADER_TIME} or {HEADER_NONCE} "
                 "(expected whole Unix seconds and 32 lower-case hex characters)",
-                "sign requests with hyops's node.signing.sign_headers",
+                "sign requests with hyops's wire.signing.sign_headers",
             )
         when = int(when_text)
         import asyncssh
