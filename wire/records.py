@@ -6,7 +6,6 @@ write `(:role n)` on what `(nodes)` returns. Pure functions: no I/O here.
 
 from __future__ import annotations
 
-import difflib
 import re
 import time
 from datetime import UTC, datetime
@@ -148,13 +147,3 @@ def parse_since(value: str | int | float | None, now: float | None = None) -> in
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return int(when.timestamp())
-
-
-def unknown_name_hint(kind: str, name: str, known: list[str]) -> str:
-    """What to say about a name nobody has: the close ones, else the known ones, else none yet."""
-    close = difflib.get_close_matches(str(name), known, n=3, cutoff=0.5)
-    if close:
-        return f"did you mean {', '.join(close)}?"
-    if known:
-        return f"known: {', '.join(known[:10])}"
-    return f"there is no {kind} yet"

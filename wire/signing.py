@@ -35,6 +35,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import asyncssh
 
+from wire.ports import HEADER_KEY, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIME
+
 # asyncssh costs ~150 ms to import: it is imported where a key is made, parsed or verified, so a
 # one-shot `hyops eval` that only signs (load_signing_key + sign_headers) never pays for it.
 
@@ -60,10 +62,6 @@ __all__ = [
     "write_trust",
 ]
 
-HEADER_KEY = "X-Hyops-Key"
-HEADER_TIME = "X-Hyops-Time"
-HEADER_NONCE = "X-Hyops-Nonce"
-HEADER_SIGNATURE = "X-Hyops-Signature"
 HEADERS = (HEADER_KEY, HEADER_TIME, HEADER_NONCE, HEADER_SIGNATURE)
 ROLES = ("operator", "node")
 SIGNED_PREFIX = "hyops-request-v1"
