@@ -6,439 +6,95 @@ The namespaces hang off one bridge on the host, whose `.1` address lets this mac
 node. A bare git repository on disk is the nodes' bootstrap list; a tiny image built from Debian's
 busybox-static is imported on every node, because no registry is reachable.
 
-`hyops up` creates the cloud (or restarts a stopped one: same prefix, subnet, addresses and
-dockerd data, hence the same swarm); `hyops down` stops it and keeps its data; `hyops down
---clean` removes everything. Everything is recorded in `.hyops/clouds/<name>/cloud.toml`.
+`LocalCloud.up` creates the cloud (or restarts a stopped one: same prefix, subnet, addresses and
+dockerd data, hence the same swarm); `down` stops it and keeps its data; `down(clean=True)`
+removes everything. Everything is recorded in `.hyops/clouds/<name>/cloud.toml`.
 
-Needs root, Debian's `docker.io` and `busybox-static`. Traffic only ever goes to addresses inside
-the namespaces made here. See docs/local-cloud.md.
+This module is the cloud and its state; the pieces it stands on are `localcloud.host` (commands,
+processes, locks, mounts), `localcloud.network` (namespaces, bridge, addresses, veths),
+`localcloud.image` (the busybox image) and `localcloud.keys`; the commands `hyops up` and
+`hyops down` are `localcloud.commands`. See docs/local-cloud.md.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import concurrent.futures
 import contextlib
-import errno
-import fcntl
-import hashlib
 import importlib.util
-import io
 import ipaddress
-import json
 import os
 import re
 import shutil
 import signal
 import subprocess
 import sys
-import tarfile
 import time
 import tomllib
-from collections.abc import Callable, Iterator
-from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
 import httpx
+import tomli_w
 
+from localcloud.host import (
+    INSTALL_HINT,
+    NETNS_DIR,
+    RUN_ROOT,
+    DevCloudError,
+    flock,
+    hold_cloud_lock,
+    pid_alive,
+    pids_matching,
+    release_cloud_lock,
+    remove_tree,
+    run,
+    run_async,
+    spawn,
+    stop,
+)
+from localcloud.image import BUSYBOX, import_image
+from localcloud.keys import ensure_key, ensure_trust
+from localcloud.network import (
+    choose_subnet,
+    cloud_prefix,
+    ensure_bridge,
+    ensure_node_network,
+    node_addr,
+    remove_prefix_network,
+    set_link,
+    used_networks,
+)
 from node.engine import Engine, EngineError, redact_tokens
+from wire.client import NodeApiError, NodeClient
+from wire.files import write_private
+from wire.ports import API_PORT, SSH_PORT
 
-RUN_ROOT = Path("/run/hyops")
-NETNS_DIR = Path("/run/netns")
-SUBNET_PREFIX = "10.213"
-API_PORT = 7300
-SSH_PORT = 7322  # each agent's embedded SSH server (node/sshd.py)
-IMAGE_REPO, IMAGE_TAG = "local/busybox", "1"
-BUSYBOX = Path("/bin/busybox")
-INSTALL_HINT = "run `make setup`, or `apt-get install docker.io busybox-static`"
+__all__ = [
+    "DevCloudError",
+    "LocalCloud",
+    "check_prerequisites",
+    "toml_dumps",
+    "workspace_spec",
+]
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,39}")
 _NODE = re.compile(r"node-(\d+)")
-_NS = re.compile(r"(hy[0-9a-f]{4})-n\d+")
-_BRIDGE = re.compile(r"(hy[0-9a-f]{4})br")
-_PREFIX = re.compile(r"hy[0-9a-f]{4}")
 # `unshare --uts -- sh -c ... sh HOSTNAME CMD...`: set the hostname, then become CMD (same pid)
 _IN_NEW_UTS = ["unshare", "--uts", "--", "sh", "-c", 'hostname "$1" && shift && exec "$@"', "sh"]
-_UNITS = {"": 1, "B": 1, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
-
-
-class DevCloudError(Exception):
-    """The local cloud cannot be made, started or stopped; the message says what to do."""
-
-
-# --- pure helpers: names, addresses, resources, TOML ---------------------------------------------
-
-
-def cloud_prefix(state_dir: Path, name: str) -> str:
-    """`hy` + 4 hex characters, stable for one workspace and cloud name: the prefix of every
-    namespace, interface and run folder of that cloud (interface names must stay ≤ 15 chars)."""
-    digest = hashlib.sha256(f"{Path(state_dir).resolve()}\0{name}".encode()).hexdigest()
-    return "hy" + digest[:4]
-
-
-def choose_subnet(prefix: str, taken: list[ipaddress.IPv4Network]) -> ipaddress.IPv4Network:
-    """The first `10.213.X.0/24` that overlaps nothing in `taken`, starting at a place derived from
-    the prefix so that clouds made at the same moment rarely try the same one."""
-    start = int(prefix[2:], 16) % 254 + 1
-    for step in range(254):
-        x = (start + step - 1) % 254 + 1
-        net = ipaddress.IPv4Network(f"{SUBNET_PREFIX}.{x}.0/24")
-        if not any(net.overlaps(t) for t in taken):
-            return net
-    raise DevCloudError(
-        f"every {SUBNET_PREFIX}.X.0/24 subnet is in use on this machine: "
-        "stop some local clouds (`hyops down`) first"
-    )
-
-
-def node_addr(subnet: str, index: int) -> str:
-    """node-1 is .11, node-2 is .12, ...; .1 is the host's bridge."""
-    return str(ipaddress.IPv4Network(subnet)[10 + index])
-
-
-def parse_memory(text: str | int) -> int:
-    """Bytes from an integer or a figure like "512MiB", "8GiB" (binary units)."""
-    if isinstance(text, int):
-        return text
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]iB|B)?\s*", str(text), re.IGNORECASE)
-    if not match:
-        raise DevCloudError(f"memory: expected bytes or a figure like 512MiB, 8GiB; got {text!r}")
-    return int(float(match.group(1)) * _UNITS[(match.group(2) or "").upper()])
-
-
-def parse_resources(items: list[str]) -> dict[str, tuple[float | None, int | None]]:
-    """Figures per node from `--resources` items: `["node-2=4,8GiB", "node-3=,512MiB"]` gives
-    {"node-2": (4.0, 8589934592), "node-3": (None, 536870912)}."""
-    out: dict[str, tuple[float | None, int | None]] = {}
-    for item in items:
-        node, sep, figures = item.partition("=")
-        cpus_text, _, memory_text = figures.partition(",")
-        if not sep or not _NODE.fullmatch(node.strip()) or not (cpus_text or memory_text):
-            raise DevCloudError(
-                f"--resources {item!r}: expected NODE=CPUS,MEMORY such as node-2=4,8GiB "
-                "(either figure may be left empty)"
-            )
-        try:
-            cpus = float(cpus_text) if cpus_text.strip() else None
-        except ValueError:
-            raise DevCloudError(f"--resources {item!r}: CPUs must be a number") from None
-        if cpus is not None and cpus <= 0:
-            raise DevCloudError(f"--resources {item!r}: CPUs must be more than 0")
-        memory = parse_memory(memory_text) if memory_text.strip() else None
-        out[node.strip()] = (cpus, memory)
-    return out
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)  # JSON string escapes are valid TOML
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot write {type(value).__name__} to TOML")
 
 
 def toml_dumps(data: dict[str, Any]) -> str:
-    """TOML for the shapes hyops writes: scalars, tables of scalars, arrays of such tables.
-    `None` values are left out (TOML has no null)."""
-    lines, tables, arrays = [], [], []
-    for key, value in data.items():
-        if value is None:
-            continue
-        if isinstance(value, dict):
-            tables.append((key, value))
-        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-            arrays.append((key, value))
-        else:
-            lines.append(f"{key} = {_toml_value(value)}")
-    for key, table in tables:
-        lines += ["", f"[{key}]"]
-        lines += [f"{k} = {_toml_value(v)}" for k, v in table.items() if v is not None]
-    for key, items in arrays:
-        for item in items:
-            lines += ["", f"[[{key}]]"]
-            lines += [f"{k} = {_toml_value(v)}" for k, v in item.items() if v is not None]
-    return "\n".join(lines).lstrip("\n") + "\n"
+    """TOML (tomli_w) for the cloud record and the agents' configs. `None` values are left out,
+    at any depth (TOML has no null)."""
+    return tomli_w.dumps(_without_none(data))
 
 
-def _write_private(path: Path, text: str | bytes) -> None:
-    """Write a file mode 0600 through a temporary file and a rename, so readers never see half."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(text.encode() if isinstance(text, str) else text)
-    os.replace(tmp, path)
-
-
-# --- host plumbing: commands, processes, locks, mounts ------------------------------------------
-
-
-def _run(cmd: list[str], *, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    if check and result.returncode != 0:
-        raise DevCloudError(
-            f"`{' '.join(cmd)}` failed (exit {result.returncode}): {result.stderr.strip()}"
-        )
-    return result
-
-
-_children: dict[int, subprocess.Popen] = {}  # what this process started, so it can reap them
-
-
-def _pid_alive(pid: int) -> bool:
-    """True until `pid` has wholly exited.
-
-    A process we started is alive until it can be reaped (then it is). Any other process is
-    alive while one of its threads runs: a zombie whose threads are all gone counts as dead,
-    because this host's init may never reap it; but a thread-group leader shows "Z" while its
-    other threads still exit and hold its files (a listening socket, say), so that is not dead.
-    """
-    proc = _children.get(pid)
-    if proc is not None:
-        if proc.poll() is None:
-            return True
-        del _children[pid]
-        return False
-    try:
-        tasks = list(Path(f"/proc/{pid}/task").iterdir())
-    except OSError:
-        return False
-    for task in tasks:
-        try:
-            state = (task / "stat").read_text().rsplit(")", 1)[-1].split()[0]
-        except OSError:
-            continue
-        if state not in ("Z", "X"):
-            return True
-    return False
-
-
-def _pids_matching(*needles: str) -> list[int]:
-    """Processes whose command line contains every one of `needles` (live ones only)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if all(n in cmdline for n in needles) and _pid_alive(int(entry.name)):
-            found.append(int(entry.name))
-    return found
-
-
-def _stop(pids: list[int], grace: float, sig: int = signal.SIGTERM) -> None:
-    """Send `sig`, wait up to `grace` seconds for every pid to exit, then SIGKILL the rest."""
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(_pid_alive(p) for p in pids):
-        time.sleep(0.1)
-    rest = [p for p in pids if _pid_alive(p)]
-    for pid in rest:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and any(_pid_alive(p) for p in rest):
-        time.sleep(0.05)
-
-
-def _netns_pids(ns: str) -> list[int]:
-    result = _run(["ip", "netns", "pids", ns], check=False)
-    return [int(p) for p in result.stdout.split() if p.isdigit() and _pid_alive(int(p))]
-
-
-def _netns_list() -> list[str]:
-    result = _run(["ip", "netns", "list"], check=False)
-    return [line.split()[0] for line in result.stdout.splitlines() if line.strip()]
-
-
-def _link_exists(name: str) -> bool:
-    return Path("/sys/class/net", name).exists()
-
-
-def _unmount_under(path: Path) -> None:
-    """Lazily unmount whatever dockerd left mounted below `path` (deepest first)."""
-    prefix = str(path.resolve()) + "/"
-    mounts = []
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/self/mountinfo").read_text().splitlines():
-            point = line.split()[4].replace("\\040", " ")
-            if point.startswith(prefix):
-                mounts.append(point)
-    for point in sorted(mounts, key=len, reverse=True):
-        _run(["umount", "-l", point], check=False)
-
-
-def _remove_tree(path: Path) -> None:
-    if path.exists():
-        _unmount_under(path)
-        shutil.rmtree(path, ignore_errors=True)
-        if path.exists():
-            raise DevCloudError(f"could not remove {path}: something still holds it")
-
-
-_held_locks: dict[str, int] = {}  # prefix -> fd: this process holds that cloud's lock
-
-
-@contextlib.contextmanager
-def _flock(path: Path, timeout: float, what: str) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise
-                if time.monotonic() > deadline:
-                    raise DevCloudError(
-                        f"{what} is busy (lock {path}): try again in a moment"
-                    ) from None
-                time.sleep(0.1)
-        yield
-    finally:
-        os.close(fd)
-
-
-def _hold_cloud_lock(prefix: str, timeout: float = 60) -> None:
-    """Hold this cloud's lock until `down` or the end of this process, so that a stale cleanup
-    in another process never takes a cloud that is being started or tested."""
-    if prefix in _held_locks:
-        return
-    RUN_ROOT.mkdir(parents=True, exist_ok=True, mode=0o755)
-    fd = os.open(RUN_ROOT / f"{prefix}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            _held_locks[prefix] = fd
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                os.close(fd)
-                raise DevCloudError(
-                    f"another hyops process is working on local cloud {prefix}: "
-                    "wait for it to finish, then try again"
-                ) from None
-            time.sleep(0.2)
-
-
-def _release_cloud_lock(prefix: str) -> None:
-    fd = _held_locks.pop(prefix, None)
-    if fd is not None:
-        os.close(fd)
-
-
-def _lock_is_free(prefix: str) -> bool:
-    if prefix in _held_locks:
-        return False
-    path = RUN_ROOT / f"{prefix}.lock"
-    if not path.exists():
-        return True
-    fd = os.open(path, os.O_RDWR)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
-
-
-def _used_networks() -> list[tuple[str, ipaddress.IPv4Network]]:
-    """(interface, network) of every IPv4 address on this host, plus its routes."""
-    used = []
-    for line in _run(["ip", "-4", "-o", "addr"]).stdout.splitlines():
-        parts = line.split()
-        with contextlib.suppress(ValueError, IndexError):
-            used.append((parts[1], ipaddress.IPv4Interface(parts[3]).network))
-    for line in _run(["ip", "-4", "route"]).stdout.splitlines():
-        dest = line.split()[0] if line.split() else ""
-        dev = line.split("dev ")[1].split()[0] if "dev " in line else ""
-        with contextlib.suppress(ValueError):
-            if dest != "default":
-                used.append((dev, ipaddress.IPv4Network(dest, strict=False)))
-    return used
-
-
-def _run_async(make_coro: Callable[[], Any]) -> Any:
-    """Run a coroutine to completion from synchronous code, even inside a running event loop."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(make_coro())
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(lambda: asyncio.run(make_coro())).result()
-
-
-# --- keys, trust and the image ------------------------------------------------------------------
-
-
-def _ensure_key(path: Path, comment: str) -> str:
-    """The public line of the ed25519 key at `path`, generated (wire.signing) when missing."""
-    from wire.signing import generate_key, load_private_key  # asyncssh: only `up` pays for it
-
-    if path.exists():
-        return load_private_key(path).export_public_key().decode().strip()
-    public = generate_key(path, comment)
-    os.chmod(path.with_name(path.name + ".pub"), 0o600)  # everything under .hyops/ is 0600
-    return public
-
-
-def _ensure_trust(path: Path, operator: str, node: str) -> None:
-    """The cloud's trust file (docs/protocol.md section 3): the operator key, the nodes' key."""
-    from wire.signing import TrustedKey, write_trust
-
-    keys = [
-        TrustedKey.from_public("operator", "operator", operator),
-        TrustedKey.from_public("node", "node", node),
-    ]
-    write_trust(path, keys)
-    os.chmod(path, 0o600)
-
-
-def busybox_rootfs(cache: Path) -> Path:
-    """A root filesystem tarball from Debian's static busybox: /bin/busybox, one symlink per
-    applet, /etc/passwd, /tmp. Built once and cached; rebuilt when busybox changes."""
-    if not BUSYBOX.is_file():
-        raise DevCloudError(
-            f"no {BUSYBOX}: the local cloud's image is built from it; {INSTALL_HINT}"
-        )
-    if cache.exists() and cache.stat().st_mtime >= BUSYBOX.stat().st_mtime:
-        return cache
-    applets = _run([str(BUSYBOX), "--list"]).stdout.split()
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-
-        def add(name: str, kind: bytes, mode: int, data: bytes = b"", link: str = "") -> None:
-            info = tarfile.TarInfo(name)
-            info.type, info.mode, info.mtime, info.linkname = kind, mode, 0, link
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data) if data else None)
-
-        for folder in ("bin", "etc", "root", "proc", "sys", "dev"):
-            add(folder, tarfile.DIRTYPE, 0o755)
-        add("tmp", tarfile.DIRTYPE, 0o1777)
-        add("bin/busybox", tarfile.REGTYPE, 0o755, BUSYBOX.read_bytes())
-        for applet in applets:
-            if applet != "busybox" and re.fullmatch(r"[\w.\[-]+", applet):
-                add(f"bin/{applet}", tarfile.SYMTYPE, 0o777, link="busybox")
-        add("etc/passwd", tarfile.REGTYPE, 0o644, b"root:x:0:0:root:/root:/bin/sh\n")
-        add("etc/group", tarfile.REGTYPE, 0o644, b"root:x:0:\n")
-    _write_private(cache, buf.getvalue())
-    return cache
+def _without_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_none(v) for v in value]
+    return value
 
 
 def check_prerequisites(agents: bool = True, *, euid: int | None = None) -> None:
@@ -458,6 +114,22 @@ def check_prerequisites(agents: bool = True, *, euid: int | None = None) -> None
             raise DevCloudError(f"no `{tool}` on this machine: apt-get install {package}")
     if agents and importlib.util.find_spec("node.agent") is None:
         raise DevCloudError("node.agent is not installed: run `make setup`")
+
+
+def workspace_spec(state_dir: Path) -> dict[str, Any] | None:
+    """The checked spec in the workspace's `cloud/` folder (beside `.hyops/`), or None when the
+    workspace has no `cloud/cloud.toml`. A wrong spec raises DevCloudError listing every problem."""
+    from wire.spec import SpecError, load_spec
+
+    folder = Path(state_dir).parent / "cloud"
+    if not (folder / "cloud.toml").is_file():
+        return None
+    try:
+        return load_spec(folder)
+    except SpecError as exc:
+        raise DevCloudError(
+            f"{exc}\nfix the spec, or move {folder} away to start without it"
+        ) from None
 
 
 # --- the cloud ------------------------------------------------------------------------------------
@@ -509,7 +181,7 @@ class LocalCloud:
             ) from None
 
     def _save_record(self) -> None:
-        _write_private(self.record_path, toml_dumps(self.record))
+        write_private(self.record_path, toml_dumps(self.record))
 
     @property
     def prefix(self) -> str:
@@ -552,8 +224,8 @@ class LocalCloud:
         """A new cloud's record: prefix, a free subnet (claimed by creating the bridge under a
         host-wide lock, so two clouds started at once never pick the same), file locations."""
         prefix = cloud_prefix(self.state_dir, self.name)
-        with _flock(RUN_ROOT / ".subnets.lock", 30, "choosing a subnet"):
-            taken = [net for dev, net in _used_networks() if dev != f"{prefix}br"]
+        with flock(RUN_ROOT / ".subnets.lock", 30, "choosing a subnet"):
+            taken = [net for dev, net in used_networks() if dev != f"{prefix}br"]
             subnet = choose_subnet(prefix, taken)
             self._record = {
                 "name": self.name,
@@ -599,9 +271,9 @@ class LocalCloud:
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._record = self.load_record()
         prefix = self.prefix
-        _hold_cloud_lock(prefix)
-        if not _pids_matching("dockerd", f"{RUN_ROOT / prefix}/"):
-            _remove_prefix_network(prefix)  # stale namespaces or bridge from a killed session
+        hold_cloud_lock(prefix)
+        if not pids_matching("dockerd", f"{RUN_ROOT / prefix}/"):
+            remove_prefix_network(prefix)  # stale namespaces or bridge from a killed session
         known = {n["name"] for n in (self._record or {}).get("node", [])}
         allowed = known | {f"node-{i}" for i in range(1, nodes + 1)}
         unknown = sorted(set(resources) - allowed)
@@ -675,7 +347,7 @@ class LocalCloud:
 
     def _check_subnet_still_ours(self) -> None:
         subnet = ipaddress.IPv4Network(self.record["subnet"])
-        for dev, net in _used_networks():
+        for dev, net in used_networks():
             if dev != self.record["bridge"] and net.overlaps(subnet):
                 raise DevCloudError(
                     f"local cloud {self.name!r} lives on {subnet}, but interface {dev} now uses "
@@ -688,16 +360,16 @@ class LocalCloud:
         self.cloud_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         for folder in (self.state_dir, self.state_dir / "clouds", self.cloud_dir):
             os.chmod(folder, 0o700)
-        operator = _ensure_key(Path(record["operator_key"]), "operator@hyops-workspace")
-        node_key = _ensure_key(Path(record["node_key"]), f"node@hyops-{self.name}")
-        _ensure_trust(Path(record["trust"]), operator, node_key)
+        operator = ensure_key(Path(record["operator_key"]), "operator@hyops-workspace")
+        node_key = ensure_key(Path(record["node_key"]), f"node@hyops-{self.name}")
+        ensure_trust(Path(record["trust"]), operator, node_key)
         list_repo = self.cloud_dir / "list.git"
         if not (list_repo / "HEAD").exists():
-            _run(["git", "init", "-q", "--bare", "--initial-branch=main", str(list_repo)])
+            run(["git", "init", "-q", "--bare", "--initial-branch=main", str(list_repo)])
         os.chmod(list_repo, 0o700)
         default = self.state_dir / "default-cloud"
         if not default.exists():
-            _write_private(default, self.name + "\n")
+            write_private(default, self.name + "\n")
         (self.cloud_dir / "nodes").mkdir(exist_ok=True, mode=0o700)
         for entry in record["node"]:
             self.node_dir(entry["name"]).mkdir(exist_ok=True, mode=0o700)
@@ -712,41 +384,26 @@ class LocalCloud:
         for entry in record["node"]:
             entry.setdefault("ssh", f"{entry['addr']}:{SSH_PORT}")
             key = self.node_dir(entry["name"]) / "ssh_host_ed25519"
-            public = _ensure_key(key, f"host@{entry['name']}").split()[:2]
+            public = ensure_key(key, f"host@{entry['name']}").split()[:2]
             host, port = entry["ssh"].rsplit(":", 1)
             lines.append(f"[{host}]:{port} {' '.join(public)}")
-        _write_private(Path(record["known_hosts"]), "\n".join(lines) + "\n")
+        write_private(Path(record["known_hosts"]), "\n".join(lines) + "\n")
 
     # -- network ------------------------------------------------------------------------------
 
     def _ensure_bridge(self) -> None:
-        bridge, addr = self.record["bridge"], self.record["bridge_addr"]
-        if not _link_exists(bridge):
-            _run(["ip", "link", "add", bridge, "type", "bridge"])
-        _run(["ip", "addr", "replace", f"{addr}/24", "dev", bridge])
-        _run(["ip", "link", "set", bridge, "up"])
+        ensure_bridge(self.record["bridge"], self.record["bridge_addr"])
 
     def _ensure_node_network(self, entry: dict[str, Any]) -> None:
-        """Namespace, veth pair (host end on the bridge, `eth0` inside) and address; each piece
-        made only when missing, so a half-made node from a killed run is completed."""
-        ns, veth = entry["netns"], entry["veth"]
-        if not (NETNS_DIR / ns).exists():
-            _run(["ip", "netns", "add", ns])
-        if _run(["ip", "-n", ns, "link", "show", "eth0"], check=False).returncode != 0:
-            if _link_exists(veth):
-                _run(["ip", "link", "del", veth])
-            _run(["ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns])
-        _run(["ip", "link", "set", veth, "master", self.record["bridge"], "up"])
-        _run(["ip", "-n", ns, "addr", "replace", f"{entry['addr']}/24", "dev", "eth0"])
-        _run(["ip", "-n", ns, "link", "set", "eth0", "up"])
-        _run(["ip", "-n", ns, "link", "set", "lo", "up"])
+        ensure_node_network(entry["netns"], entry["veth"], entry["addr"], self.record["bridge"])
 
     def partition(self, node: str) -> None:
         """Cut `node` off the others (its host-side veth goes down)."""
-        _run(["ip", "link", "set", self.node_info(node)["veth"], "down"])
+        set_link(self.node_info(node)["veth"], up=False)
 
     def heal(self, node: str) -> None:
-        _run(["ip", "link", "set", self.node_info(node)["veth"], "up"])
+        """Undo `partition`: that node's host-side veth comes up again."""
+        set_link(self.node_info(node)["veth"], up=True)
 
     # -- dockerd ------------------------------------------------------------------------------
 
@@ -754,7 +411,7 @@ class LocalCloud:
         if pid := self._spawned_pid("dockerd", node):
             return pid
         socket = self.run_dir(node) / "docker.sock"
-        pids = [p for p in _pids_matching("dockerd", f"unix://{socket}") if _pid_alive(p)]
+        pids = [p for p in pids_matching("dockerd", f"unix://{socket}") if pid_alive(p)]
         return pids[0] if pids else None
 
     def _dockerd_running(self, node: str) -> bool:
@@ -780,11 +437,11 @@ class LocalCloud:
         # zombie (this host's init may not reap), and dockerd would wait for it in vain
         containerd_pidfile = run_dir / "exec" / "containerd" / "containerd.pid"
         with contextlib.suppress(OSError, ValueError):
-            if not _pid_alive(int(containerd_pidfile.read_text().strip())):
+            if not pid_alive(int(containerd_pidfile.read_text().strip())):
                 containerd_pidfile.unlink()
         config = node_dir / "daemon.json"  # our own, so /etc/docker/daemon.json never leaks in
         if not config.exists():
-            _write_private(config, "{}\n")
+            write_private(config, "{}\n")
         cmd = [
             "nsenter",
             f"--net={NETNS_DIR / entry['netns']}",
@@ -807,18 +464,7 @@ class LocalCloud:
         """Start `cmd` detached, in a new UTS namespace whose hostname is `hostname` (dockerd
         reports it, so `docker node ls` names the node). Through nsenter, not `ip netns exec`,
         which remounts /sys and breaks dockerd."""
-        with log.open("ab") as out:
-            os.chmod(log, 0o600)
-            proc = subprocess.Popen(
-                [*_IN_NEW_UTS, hostname, *cmd],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                cwd="/",
-            )
-        _children[proc.pid] = proc
-        return proc
+        return spawn([*_IN_NEW_UTS, hostname, *cmd], log)
 
     def _wait_engines(self, names: list[str], deadline: float) -> None:
         async def answers(name: str) -> str | None:
@@ -841,7 +487,7 @@ class LocalCloud:
 
         problems = [
             f"{name}: {why} (see {self.node_dir(name) / 'dockerd.log'}: {self._log_tail(name)})"
-            for name, why in zip(names, _run_async(all_nodes), strict=True)
+            for name, why in zip(names, run_async(all_nodes), strict=True)
             if why
         ]
         if problems:
@@ -855,31 +501,14 @@ class LocalCloud:
         return redact_tokens(" | ".join(lines[-3:]))[-600:]
 
     def _import_image(self, names: list[str], deadline: float) -> None:
-        tar = busybox_rootfs(self.state_dir / "cache" / "busybox-rootfs.tar")
-        wanted = f"{IMAGE_REPO}:{IMAGE_TAG}"
-
-        async def one(name: str) -> None:
-            async with Engine(self.node_info(name)["docker_socket"]) as engine:
-                images = await engine.images()
-                if not any(wanted in (i.get("RepoTags") or []) for i in images):
-                    await engine.image_import(tar, IMAGE_REPO, IMAGE_TAG)
-
-        async def all_nodes() -> None:
-            await asyncio.wait_for(
-                asyncio.gather(*(one(n) for n in names)),
-                timeout=max(1.0, deadline - time.monotonic()),
-            )
-
-        try:
-            _run_async(all_nodes)
-        except (EngineError, TimeoutError) as exc:
-            raise DevCloudError(f"importing {wanted} failed: {exc or 'timed out'}") from None
+        sockets = [self.node_info(n)["docker_socket"] for n in names]
+        import_image(sockets, self.state_dir / "cache" / "busybox-rootfs.tar", deadline)
 
     def kill_dockerd(self, node: str, sig: int = signal.SIGKILL) -> None:
         """Node loss: kill that node's dockerd (SIGKILL by default) and wait until it is gone."""
         pid = self._dockerd_pid(node)
         if pid:
-            _stop([pid], grace=30 if sig != signal.SIGKILL else 5, sig=sig)
+            stop([pid], grace=30 if sig != signal.SIGKILL else 5, sig=sig)
 
     def start_dockerd(self, node: str, timeout: float = 60) -> None:
         """Start that node's dockerd again (same data: it rejoins its swarm) and wait for it."""
@@ -918,7 +547,7 @@ class LocalCloud:
         if pid := self._spawned_pid("agent", node):
             return pid
         config = self.node_dir(node) / "agent.toml"
-        pids = _pids_matching("node.agent", str(config))
+        pids = pids_matching("node.agent", str(config))
         return pids[0] if pids else None
 
     def start_agent(self, node: str) -> None:
@@ -927,7 +556,7 @@ class LocalCloud:
         if self._agent_pid(node):
             return
         config = self.node_dir(node) / "agent.toml"
-        _write_private(config, toml_dumps(self.agent_config(node)))
+        write_private(config, toml_dumps(self.agent_config(node)))
         (self.node_dir(node) / "agent").mkdir(exist_ok=True, mode=0o700)
         cmd = [
             "nsenter", f"--net={NETNS_DIR / entry['netns']}",
@@ -936,12 +565,12 @@ class LocalCloud:
         proc = self._spawn_in_uts(node, cmd, self.node_dir(node) / "agent.log")
         self._spawned["agent", node] = proc
         self.run_dir(node).mkdir(parents=True, exist_ok=True, mode=0o700)
-        _write_private(self.run_dir(node) / "agent.pid", f"{proc.pid}\n")
+        write_private(self.run_dir(node) / "agent.pid", f"{proc.pid}\n")
 
     def kill_agent(self, node: str, sig: int = signal.SIGKILL) -> None:
         pid = self._agent_pid(node)
         if pid:
-            _stop([pid], grace=10, sig=sig)
+            stop([pid], grace=10, sig=sig)
 
     def wait_ready(self, timeout: float, agents: bool | None = None) -> None:
         """Wait until every node's engine is an active member of one swarm that lists every node
@@ -997,7 +626,7 @@ class LocalCloud:
 
         problems = ["not checked"]
         while time.monotonic() < deadline:
-            problems = _run_async(check)
+            problems = run_async(check)
             if not problems:
                 return
             time.sleep(0.3)
@@ -1031,7 +660,7 @@ class LocalCloud:
                         )  # fmt: skip
                 return (await lead.swarm_inspect())["ID"]
 
-        return _run_async(form)
+        return run_async(form)
 
     # -- levers for tests and operators -------------------------------------------------------
 
@@ -1052,30 +681,34 @@ class LocalCloud:
     def apply_spec(self, spec: dict[str, Any], timeout: float = 30) -> dict[str, Any]:
         """Give the cloud `spec` (PUT /v1/spec signed with the operator's key), through the first
         agent that takes it. Raises DevCloudError with the agents' answers when none does."""
-        from wire.signing import load_private_key, sign_headers
+        from wire.signing import load_private_key
 
         key = load_private_key(Path(self.record["operator_key"]))
-        body = json.dumps(spec).encode()
+        nodes = self.nodes
+
+        async def one_round() -> tuple[dict[str, Any] | None, list[str]]:
+            problems: list[str] = []
+            async with httpx.AsyncClient(trust_env=False) as http:
+                for entry in nodes:
+                    client = NodeClient(entry["api"], key, http)
+                    try:
+                        return await client.request("PUT", "/v1/spec", body=spec), problems
+                    except NodeApiError as exc:
+                        if exc.status is None:
+                            problems.append(f"{entry['name']}: {exc.message}")
+                            continue
+                        problems.append(f"{entry['name']}: {exc.status} {exc.code}: {exc.message}")
+                        if exc.status == 400:
+                            raise DevCloudError(
+                                "the cloud refused the spec: " + problems[-1]
+                            ) from None
+            return None, problems
+
         deadline = time.monotonic() + timeout
-        problems: list[str] = []
         while True:
-            problems = []
-            for entry in self.nodes:
-                headers = sign_headers(key, "PUT", "/v1/spec", body)
-                headers["Content-Type"] = "application/json"
-                try:
-                    answer = httpx.put(
-                        entry["api"] + "/v1/spec", content=body, headers=headers, timeout=10,
-                        trust_env=False,
-                    )  # fmt: skip
-                except httpx.HTTPError as exc:
-                    problems.append(f"{entry['name']}: {type(exc).__name__}")
-                    continue
-                if answer.status_code == 200:
-                    return answer.json()
-                problems.append(f"{entry['name']}: {answer.status_code} {answer.text[:300]}")
-                if answer.status_code == 400:
-                    raise DevCloudError("the cloud refused the spec: " + problems[-1])
+            answer, problems = run_async(one_round)
+            if answer is not None:
+                return answer
             if time.monotonic() > deadline:
                 raise DevCloudError("no agent took the spec: " + "; ".join(problems))
             time.sleep(0.5)
@@ -1089,7 +722,7 @@ class LocalCloud:
     ) -> dict[str, Any]:
         """One more node (the next free number), started and recorded; with `agent`, its agent
         joins it to the cloud."""
-        _hold_cloud_lock(self.prefix)
+        hold_cloud_lock(self.prefix)
         record = self.record
         index = 1 + max(
             (int(_NODE.fullmatch(n["name"]).group(1)) for n in record["node"]), default=0
@@ -1114,155 +747,21 @@ class LocalCloud:
         """Stop agents, then dockerds (they stop their tasks: up to ~15 s), then remove the
         namespaces and the bridge. Data stays for the next `up` unless `clean`. Idempotent."""
         prefix = self.prefix
-        _hold_cloud_lock(prefix)
+        hold_cloud_lock(prefix)
         try:
             record = self.load_record()
             names = [n["name"] for n in (record or {}).get("node", [])]
             agents = [p for n in names if (p := self._agent_pid(n))]
-            _stop(agents, grace=10)
+            stop(agents, grace=10)
             dockerds = [p for n in names if (p := self._dockerd_pid(n))]
-            _stop(dockerds, grace=45)
-            _remove_prefix_network(prefix)
+            stop(dockerds, grace=45)
+            remove_prefix_network(prefix)
             if clean:
-                _remove_tree(self.cloud_dir)
+                remove_tree(self.cloud_dir)
                 default = self.state_dir / "default-cloud"
                 with contextlib.suppress(OSError):
                     if default.read_text().strip() == self.name:
                         default.unlink()
             self._record = None
         finally:
-            _release_cloud_lock(prefix)
-
-
-def _remove_prefix_network(prefix: str) -> None:
-    """Everything of one cloud prefix on this host: leftover processes in its namespaces or under
-    its run folder (containerd, shims), the namespaces, veths, the bridge, the run folder."""
-    if not _PREFIX.fullmatch(prefix):
-        raise DevCloudError(f"not a local cloud prefix: {prefix!r}")
-    run_dir = RUN_ROOT / prefix
-    namespaces = [ns for ns in _netns_list() if ns.startswith(f"{prefix}-n")]
-    leftovers = {p for ns in namespaces for p in _netns_pids(ns)}
-    leftovers |= set(_pids_matching(f"{run_dir}/"))
-    _stop(sorted(leftovers), grace=5)
-    for ns in namespaces:
-        _run(["ip", "netns", "del", ns], check=False)
-    links = Path("/sys/class/net")
-    for link in links.iterdir() if links.exists() else []:
-        if re.fullmatch(rf"{prefix}(br|v\d+)", link.name):
-            _run(["ip", "link", "del", link.name], check=False)
-    _remove_tree(run_dir)
-
-
-def cleanup_stale(prefix_glob: str = "hy????") -> list[str]:
-    """Remove local-cloud leftovers (namespaces `hy????-n*`, bridges `hy????br`, run folders)
-    whose prefix matches `prefix_glob` and where nothing runs any more: no process in any of its
-    namespaces and no hyops process holding its lock. Returns the prefixes removed."""
-    prefixes = set()
-    for ns in _netns_list():
-        if (m := _NS.fullmatch(ns)) and fnmatch(m.group(1), prefix_glob):
-            prefixes.add(m.group(1))
-    links = Path("/sys/class/net")
-    for link in links.iterdir() if links.exists() else []:
-        if (m := _BRIDGE.fullmatch(link.name)) and fnmatch(m.group(1), prefix_glob):
-            prefixes.add(m.group(1))
-    for folder in RUN_ROOT.iterdir() if RUN_ROOT.exists() else []:
-        if folder.is_dir() and _PREFIX.fullmatch(folder.name) and fnmatch(folder.name, prefix_glob):
-            prefixes.add(folder.name)
-    removed = []
-    for prefix in sorted(prefixes):
-        if not _lock_is_free(prefix):
-            continue
-        namespaces = [ns for ns in _netns_list() if ns.startswith(f"{prefix}-n")]
-        if any(_netns_pids(ns) for ns in namespaces) or _pids_matching(
-            "dockerd", f"{RUN_ROOT / prefix}/"
-        ):
-            continue
-        _remove_prefix_network(prefix)
-        removed.append(prefix)
-    for lock in RUN_ROOT.glob("hy????.lock") if RUN_ROOT.exists() else []:
-        prefix = lock.name.removesuffix(".lock")
-        gone = not (RUN_ROOT / prefix).exists() and not _cloud_exists(prefix)
-        if fnmatch(prefix, prefix_glob) and gone and _lock_is_free(prefix):
-            lock.unlink(missing_ok=True)  # nothing of that cloud is left on this host
-    return removed
-
-
-def _cloud_exists(prefix: str) -> bool:
-    """Whether a namespace or interface of that cloud prefix exists on this host."""
-    if any(ns.startswith(f"{prefix}-n") for ns in _netns_list()):
-        return True
-    return any(p.name.startswith(prefix) for p in Path("/sys/class/net").iterdir())
-
-
-# --- the command line -------------------------------------------------------------------------
-
-
-def workspace_spec(state_dir: Path) -> dict[str, Any] | None:
-    """The checked spec in the workspace's `cloud/` folder (beside `.hyops/`), or None when the
-    workspace has no `cloud/cloud.toml`. A wrong spec raises DevCloudError listing every problem."""
-    from wire.spec import SpecError, load_spec
-
-    folder = Path(state_dir).parent / "cloud"
-    if not (folder / "cloud.toml").is_file():
-        return None
-    try:
-        return load_spec(folder)
-    except SpecError as exc:
-        raise DevCloudError(
-            f"{exc}\nfix the spec, or move {folder} away to start without it"
-        ) from None
-
-
-def find_state_dir(start: Path | None = None) -> Path:
-    """The workspace's `.hyops/`: $HYOPS_WORKSPACE, or the nearest folder upwards with `ops/`.
-    (node/ never imports repl/, so this mirrors repl.workspace.find_workspace in a few lines.)"""
-    env = os.environ.get("HYOPS_WORKSPACE")
-    candidates = [Path(env).expanduser()] if env else [(start or Path.cwd()).resolve()]
-    if not env:
-        candidates += list(candidates[0].parents)
-    for folder in candidates:
-        if (folder / "ops").is_dir():
-            return folder.resolve() / ".hyops"
-    where = f"$HYOPS_WORKSPACE ({env})" if env else f"{candidates[0]} or above"
-    raise DevCloudError(
-        f"no hyops workspace at {where}: run hyops inside a clone of the hyops repository "
-        "(a folder with ops/), or set $HYOPS_WORKSPACE"
-    )
-
-
-def up_main(args: argparse.Namespace) -> int:
-    """`hyops up [--nodes N] [--name NAME] [--resources NODE=CPUS,MEMORY ...]`."""
-    cloud = None
-    try:
-        cloud = LocalCloud(find_state_dir(), args.name)
-        resources = parse_resources(args.resources)
-        print(f"starting local cloud {args.name!r} ...", flush=True)
-        info = cloud.up(nodes=args.nodes, resources=resources)
-    except DevCloudError as exc:
-        print(f"hyops up: {exc}", file=sys.stderr)
-        if cloud is not None and cloud.record_path.exists():
-            print(f"`hyops down --name {args.name}` stops what was started", file=sys.stderr)
-        return 1
-    print(f"local cloud {info['name']!r} ready in {info['seconds']:.1f} s ({info['subnet']})")
-    for node in info["nodes"]:
-        print(f"  {node['name']:<8} {node['addr']:<15} {node['api']}")
-    print(f"recorded in {info['record']}; `hyops down` stops it, `hyops repl` operates it")
-    return 0
-
-
-def down_main(args: argparse.Namespace) -> int:
-    """`hyops down [--name NAME] [--clean]`."""
-    try:
-        cloud = LocalCloud(find_state_dir(), args.name)
-        if cloud.load_record() is None and not cloud.cloud_dir.exists():
-            print(f"no local cloud {args.name!r} in this workspace: nothing to stop")
-            return 0
-        if os.geteuid() != 0:
-            raise DevCloudError("stopping the local cloud needs root: run it as root")
-        cloud.down(clean=args.clean)
-    except DevCloudError as exc:
-        print(f"hyops down: {exc}", file=sys.stderr)
-        return 1
-    kept = "and removed its data" if args.clean else "(data kept: `hyops up` brings it back)"
-    print(f"local cloud {args.name!r} stopped {kept}")
-    return 0
+            release_cloud_lock(prefix)

@@ -13,8 +13,8 @@ HANDLERS = {
     "eval": "repl.oneshot:main",
     "nrepl": "repl.nrepl:main",
     "agent": "node.agent:main",
-    "up": "localcloud.cloud:up_main",
-    "down": "localcloud.cloud:down_main",
+    "up": "localcloud.commands:up_main",
+    "down": "localcloud.commands:down_main",
     "run": "repl.runbook:run_main",
     "notebooks": "repl.runbook:list_main",
 }

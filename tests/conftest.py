@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from localcloud.cloud import LocalCloud, cleanup_stale
+from localcloud.cloud import LocalCloud
+from localcloud.network import cleanup_stale
 
 REPO = Path(__file__).resolve().parent.parent
 

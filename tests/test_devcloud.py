@@ -17,21 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from localcloud.cloud import (
-    RUN_ROOT,
-    DevCloudError,
-    LocalCloud,
-    _hold_cloud_lock,
-    _netns_pids,
-    _release_cloud_lock,
-    check_prerequisites,
-    choose_subnet,
-    cleanup_stale,
-    cloud_prefix,
-    parse_memory,
-    parse_resources,
-    toml_dumps,
-)
+from localcloud.cloud import DevCloudError, LocalCloud, check_prerequisites, toml_dumps
+from localcloud.commands import parse_memory, parse_resources
+from localcloud.host import RUN_ROOT, hold_cloud_lock, release_cloud_lock
+from localcloud.network import choose_subnet, cleanup_stale, cloud_prefix, netns_pids
 from tests.conftest import MakeCloud
 from tests.helpers import wait_until
 
@@ -304,12 +293,12 @@ def test_down_keeps_data_and_up_brings_back_the_same_cloud(make_cloud: MakeCloud
 def _kill_everything(cloud: LocalCloud) -> None:
     """What a killed session leaves: no process, but namespaces, bridge and run folder."""
     for node in cloud.nodes:
-        for pid in _netns_pids(node["netns"]):
+        for pid in netns_pids(node["netns"]):
             os.kill(pid, signal.SIGKILL)
     wait_until(
-        lambda: not any(_netns_pids(n["netns"]) for n in cloud.nodes), 20, "all processes gone"
+        lambda: not any(netns_pids(n["netns"]) for n in cloud.nodes), 20, "all processes gone"
     )
-    _release_cloud_lock(cloud.prefix)
+    release_cloud_lock(cloud.prefix)
 
 
 def test_stale_leftovers_are_cleaned_and_live_clouds_are_not(
@@ -319,11 +308,11 @@ def test_stale_leftovers_are_cleaned_and_live_clouds_are_not(
     _kill_everything(dead)
     assert any(ns.startswith(dead.prefix) for ns in netns())
     # the live module cloud is spared even when nobody holds its lock: its processes run
-    _release_cloud_lock(cloud.prefix)
+    release_cloud_lock(cloud.prefix)
     try:
         assert cleanup_stale(cloud.prefix) == []
     finally:
-        _hold_cloud_lock(cloud.prefix)
+        hold_cloud_lock(cloud.prefix)
     assert cleanup_stale(dead.prefix) == [dead.prefix]
     assert not any(ns.startswith(dead.prefix) for ns in netns())
     assert not link_exists(f"{dead.prefix}br")

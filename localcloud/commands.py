@@ -1,0 +1,106 @@
+"""The commands `hyops up` and `hyops down` (repl/cli.py maps them here): arguments in, a
+LocalCloud started or stopped, what happened (or what to do) printed out."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from pathlib import Path
+
+from localcloud.cloud import LocalCloud
+from localcloud.host import DevCloudError
+
+__all__ = ["down_main", "find_state_dir", "parse_memory", "parse_resources", "up_main"]
+
+_NODE = re.compile(r"node-(\d+)")
+_UNITS = {"": 1, "B": 1, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def parse_memory(text: str | int) -> int:
+    """Bytes from an integer or a figure like "512MiB", "8GiB" (binary units)."""
+    if isinstance(text, int):
+        return text
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]iB|B)?\s*", str(text), re.IGNORECASE)
+    if not match:
+        raise DevCloudError(f"memory: expected bytes or a figure like 512MiB, 8GiB; got {text!r}")
+    return int(float(match.group(1)) * _UNITS[(match.group(2) or "").upper()])
+
+
+def parse_resources(items: list[str]) -> dict[str, tuple[float | None, int | None]]:
+    """Figures per node from `--resources` items: `["node-2=4,8GiB", "node-3=,512MiB"]` gives
+    {"node-2": (4.0, 8589934592), "node-3": (None, 536870912)}."""
+    out: dict[str, tuple[float | None, int | None]] = {}
+    for item in items:
+        node, sep, figures = item.partition("=")
+        cpus_text, _, memory_text = figures.partition(",")
+        if not sep or not _NODE.fullmatch(node.strip()) or not (cpus_text or memory_text):
+            raise DevCloudError(
+                f"--resources {item!r}: expected NODE=CPUS,MEMORY such as node-2=4,8GiB "
+                "(either figure may be left empty)"
+            )
+        try:
+            cpus = float(cpus_text) if cpus_text.strip() else None
+        except ValueError:
+            raise DevCloudError(f"--resources {item!r}: CPUs must be a number") from None
+        if cpus is not None and cpus <= 0:
+            raise DevCloudError(f"--resources {item!r}: CPUs must be more than 0")
+        memory = parse_memory(memory_text) if memory_text.strip() else None
+        out[node.strip()] = (cpus, memory)
+    return out
+
+
+def find_state_dir(start: Path | None = None) -> Path:
+    """The workspace's `.hyops/`: $HYOPS_WORKSPACE, or the nearest folder upwards with `ops/`.
+    (node/ never imports repl/, so this mirrors repl.workspace.find_workspace in a few lines.)"""
+    env = os.environ.get("HYOPS_WORKSPACE")
+    candidates = [Path(env).expanduser()] if env else [(start or Path.cwd()).resolve()]
+    if not env:
+        candidates += list(candidates[0].parents)
+    for folder in candidates:
+        if (folder / "ops").is_dir():
+            return folder.resolve() / ".hyops"
+    where = f"$HYOPS_WORKSPACE ({env})" if env else f"{candidates[0]} or above"
+    raise DevCloudError(
+        f"no hyops workspace at {where}: run hyops inside a clone of the hyops repository "
+        "(a folder with ops/), or set $HYOPS_WORKSPACE"
+    )
+
+
+def up_main(args: argparse.Namespace) -> int:
+    """`hyops up [--nodes N] [--name NAME] [--resources NODE=CPUS,MEMORY ...]`."""
+    cloud = None
+    try:
+        cloud = LocalCloud(find_state_dir(), args.name)
+        resources = parse_resources(args.resources)
+        print(f"starting local cloud {args.name!r} ...", flush=True)
+        info = cloud.up(nodes=args.nodes, resources=resources)
+    except DevCloudError as exc:
+        print(f"hyops up: {exc}", file=sys.stderr)
+        if cloud is not None and cloud.record_path.exists():
+            print(f"`hyops down --name {args.name}` stops what was started", file=sys.stderr)
+        return 1
+    print(f"local cloud {info['name']!r} ready in {info['seconds']:.1f} s ({info['subnet']})")
+    for node in info["nodes"]:
+        print(f"  {node['name']:<8} {node['addr']:<15} {node['api']}")
+    print(f"recorded in {info['record']}; `hyops down` stops it, `hyops repl` operates it")
+    return 0
+
+
+def down_main(args: argparse.Namespace) -> int:
+    """`hyops down [--name NAME] [--clean]`."""
+    try:
+        cloud = LocalCloud(find_state_dir(), args.name)
+        if cloud.load_record() is None and not cloud.cloud_dir.exists():
+            print(f"no local cloud {args.name!r} in this workspace: nothing to stop")
+            return 0
+        if os.geteuid() != 0:
+            raise DevCloudError("stopping the local cloud needs root: run it as root")
+        cloud.down(clean=args.clean)
+    except DevCloudError as exc:
+        print(f"hyops down: {exc}", file=sys.stderr)
+        return 1
+    kept = "and removed its data" if args.clean else "(data kept: `hyops up` brings it back)"
+    print(f"local cloud {args.name!r} stopped {kept}")
+    return 0
