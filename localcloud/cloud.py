@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import tomli_w
 
+import wire.toml
 from localcloud.host import (
     INSTALL_HINT,
     NETNS_DIR,
@@ -84,17 +84,9 @@ _IN_NEW_UTS = ["unshare", "--uts", "--", "sh", "-c", 'hostname "$1" && shift && 
 
 
 def toml_dumps(data: dict[str, Any]) -> str:
-    """TOML (tomli_w) for the cloud record and the agents' configs. `None` values are left out,
-    at any depth (TOML has no null)."""
-    return tomli_w.dumps(_without_none(data))
-
-
-def _without_none(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _without_none(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list):
-        return [_without_none(v) for v in value]
-    return value
+    """TOML for the cloud record and the agents' configs (wire.toml: tomli_w, one `[[node]]`
+    block per node). `None` values are left out, at any depth (TOML has no null)."""
+    return wire.toml.dumps(data)
 
 
 def check_prerequisites(agents: bool = True, *, euid: int | None = None) -> None:

@@ -19,7 +19,6 @@ import binascii
 import functools
 import hashlib
 import heapq
-import json
 import os
 import re
 import secrets
@@ -35,6 +34,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import asyncssh
 
+import wire.toml
+from wire.files import PRIVATE, PUBLIC, write_atomic
 from wire.ports import HEADER_KEY, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIME
 
 # asyncssh costs ~150 ms to import: it is imported where a key is made, parsed or verified, so a
@@ -99,25 +100,9 @@ def generate_key(path: Path, comment: str, *, overwrite: bool = False) -> str:
 
     key = asyncssh.generate_private_key("ssh-ed25519", comment=comment)
     public = key.export_public_key().decode().strip()
-    _write_atomic(path, key.export_private_key(), 0o600)
-    _write_atomic(pub_path, (public + "\n").encode(), 0o644)
+    write_atomic(path, key.export_private_key(), PRIVATE)
+    write_atomic(pub_path, public + "\n", PUBLIC)
     return public
-
-
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    """Write `data` to a new file created with `mode` (never briefly wider), then rename it."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)  # the umask may have narrowed it; make it exactly `mode`
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _read_key_file(path: Path) -> bytes:
@@ -367,29 +352,17 @@ class Trust:
         return next((k for k in self.keys if k.name == name), None)
 
 
-def _toml_string(text: str) -> str:
-    # JSON's escapes are a subset of TOML's basic-string escapes; DEL is the one gap.
-    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
-
-
 def write_trust(path: Path, keys: list[TrustedKey]) -> None:
     """Write a trust file listing `keys` (public material only; mode 0644; atomic)."""
     Trust.from_keys(keys)  # refuse duplicates before writing anything
-    lines = [
-        "# Keys this cloud trusts: operator keys may change the cloud, node keys may join.",
-        "",
-    ]
-    for k in keys:
-        lines += [
-            "[[key]]",
-            f"name = {_toml_string(k.name)}",
-            f"role = {_toml_string(k.role)}",
-            f"public = {_toml_string(k.public)}",
-            "",
-        ]
+    entries = [{"name": k.name, "role": k.role, "public": k.public} for k in keys]
+    text = wire.toml.dumps(
+        {"key": entries},
+        comment="Keys this cloud trusts: operator keys may change the cloud, node keys may join.",
+    )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(path, "\n".join(lines).encode(), 0o644)
+    write_atomic(path, text, PUBLIC)
 
 
 # --- signed requests ----------------------------------------------------------------------------
@@ -590,13 +563,8 @@ class Verifier:
 
     def _rewrite_journal(self) -> None:
         assert self._journal is not None
-        tmp = self._journal.with_name(self._journal.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.writelines(f"{when} {nonce}\n" for when, nonce in sorted(self._order))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self._journal)
+        lines = "".join(f"{when} {nonce}\n" for when, nonce in sorted(self._order))
+        write_atomic(self._journal, lines, PRIVATE)
         self._journal_lines = len(self._order)
 
     def _record(self, when: int, nonce: str) -> None:

@@ -1,0 +1,251 @@
+"""The bootstrap list's format (`docs/protocol.md` section 2): what a list holds, and how it
+is read (`parse_list`) and written (`render_list`).
+
+A list never holds a join token or a key: `render_list` refuses to write one, `parse_list` to
+read one. Where a list lives (a file, a URL, a git repository) is the other modules' concern.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import re
+import tomllib
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import wire.toml
+
+__all__ = [
+    "EMPTY",
+    "FORMAT",
+    "BootstrapList",
+    "ListError",
+    "Manager",
+    "parse_list",
+    "redact_url",
+    "render_list",
+    "stamped",
+]
+
+FORMAT = 1
+
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_HOST_PORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9.-]*):(\d{1,5})$")
+_WRITTEN = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
+# Swarm join tokens, and any PEM or OpenSSH private key: never in a public list.
+_SECRET = re.compile(r"SWMTKN-|PRIVATE KEY|BEGIN OPENSSH")
+_CREDENTIALS = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/\s@]+@")
+_COMMENT = "hyops bootstrap list (docs/protocol.md section 2). Public: never a token or a key."
+
+
+class ListError(Exception):
+    """The bootstrap list cannot be read or written: which list, what is wrong, what to do."""
+
+
+@dataclass(frozen=True)
+class Manager:
+    """A manager as the list names it: node name, Swarm address, node API URL."""
+
+    name: str
+    addr: str  # "host:2377"
+    api: str  # "http://host:7300"
+
+
+@dataclass(frozen=True)
+class BootstrapList:
+    """One version of a bootstrap list. With no managers it is empty: no cloud to join yet."""
+
+    cloud_id: str | None
+    managers: tuple[Manager, ...]
+    written: str | None = None  # UTC, "2026-11-26T07:01:02Z"
+    written_by: str | None = None
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.managers
+
+    def same_cloud_state(self, other: BootstrapList) -> bool:
+        """Whether both name the same cloud and the same managers (order and stamps aside)."""
+        return self.cloud_id == other.cloud_id and sorted(self.managers, key=_key) == sorted(
+            other.managers, key=_key
+        )
+
+
+EMPTY = BootstrapList(cloud_id=None, managers=())
+
+
+def _key(m: Manager) -> tuple[str, str, str]:
+    return (m.name, m.addr, m.api)
+
+
+def redact_url(url: str) -> str:
+    """`url` with any `user:password@` replaced by `***@`, for messages and logs."""
+    return _CREDENTIALS.sub(r"\1***@", url)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# --- the format ---------------------------------------------------------------------------------
+
+
+def parse_list(text: str, source: str) -> BootstrapList:
+    """The list in `text` (TOML, format 1); ListError naming `source` and each wrong field.
+
+    Blank text (or only comments) is the empty list.
+    """
+    where = f"list {redact_url(source)}"
+    if _SECRET.search(text):
+        raise ListError(
+            f"{where}: holds what looks like a join token or a private key; refusing to use "
+            "it. Remove it from the list and rotate that secret (lists are public)"
+        )
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ListError(
+            f"{where}: not valid TOML ({e}); expected the format in docs/protocol.md section 2"
+        ) from None
+    if not data:
+        return EMPTY
+    problems: list[str] = []
+    fmt = data.get("format")
+    if fmt is None:
+        problems.append(f"format: missing; expected format = {FORMAT}")
+    elif isinstance(fmt, bool) or not isinstance(fmt, int):
+        problems.append(f"format: expected the number {FORMAT}, got {_show(fmt)}")
+    elif fmt > FORMAT:
+        raise ListError(
+            f"{where}: format {fmt} is newer than this hyops understands (format {FORMAT}); "
+            "upgrade hyops on this machine"
+        )
+    elif fmt != FORMAT:
+        problems.append(f"format: expected {FORMAT}, got {fmt}")
+    for key in data:
+        if key not in ("format", "cloud_id", "written", "written_by", "manager"):
+            known = "format, cloud_id, written, written_by, [[manager]]"
+            problems.append(f"{key}: unknown field (known: {known})")
+    cloud_id = _field(data, "cloud_id", _ID, 'an id like "c-5f0c8a1e"', problems)
+    written = data.get("written")
+    if isinstance(written, dt.datetime) and written.tzinfo is not None:
+        written = written.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        data = {**data, "written": written}
+    written = _field(data, "written", _WRITTEN, 'UTC time like "2026-11-26T07:01:02Z"', problems)
+    written_by = _field(data, "written_by", _NAME, "a node name", problems)
+    entries = data.get("manager", [])
+    managers: list[Manager] = []
+    if not isinstance(entries, list):
+        problems.append("manager: expected [[manager]] tables")
+        entries = []
+    for i, entry in enumerate(entries, 1):
+        label = f"[[manager]] #{i}"
+        if not isinstance(entry, dict):
+            problems.append(f"{label}: expected a table")
+            continue
+        for key in entry:
+            if key not in ("name", "addr", "api"):
+                problems.append(f"{label} {key}: unknown field (known: name, addr, api)")
+        name = _field(entry, "name", _NAME, 'a node name like "node-1"', problems, label, True)
+        addr = _field(entry, "addr", _HOST_PORT, '"host:2377"', problems, label, True)
+        api = entry.get("api")
+        if api is None:
+            problems.append(f'{label} api: missing; expected a URL like "http://10.0.0.1:7300"')
+        elif not _api_url_ok(api):
+            problems.append(
+                f'{label} api: expected a URL like "http://10.0.0.1:7300", got {_show(api)}'
+            )
+        if name and addr and _api_url_ok(api):
+            managers.append(Manager(name=name, addr=addr, api=api))
+    names = [m.name for m in managers]
+    for name in sorted({n for n in names if names.count(n) > 1}):
+        problems.append(f"[[manager]] name: {name!r} is listed more than once")
+    if managers and cloud_id is None and "cloud_id" not in data:
+        problems.append("cloud_id: missing; a list that names managers must name their cloud")
+    if problems:
+        raise ListError(
+            f"{where}: wrong format: "
+            + "; ".join(problems)
+            + ". Fix the list (docs/protocol.md section 2)"
+        )
+    return BootstrapList(cloud_id, tuple(managers), written, written_by)
+
+
+def _field(
+    table: dict[str, Any],
+    key: str,
+    pattern: re.Pattern[str],
+    expected: str,
+    problems: list[str],
+    label: str = "",
+    required: bool = False,
+) -> str | None:
+    prefix = f"{label} {key}" if label else key
+    if key not in table:
+        if required:
+            problems.append(f"{prefix}: missing; expected {expected}")
+        return None
+    value = table[key]
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        problems.append(f"{prefix}: expected {expected}, got {_show(value)}")
+        return None
+    if pattern is _HOST_PORT and not 1 <= int(pattern.fullmatch(value).group(2)) <= 65535:
+        problems.append(f"{prefix}: expected {expected} with a port 1-65535, got {_show(value)}")
+        return None
+    return value
+
+
+def _api_url_ok(value: Any) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 (raises ValueError on a bad port)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and "@" not in parts.netloc
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return repr(value)
+
+
+def render_list(lst: BootstrapList) -> str:
+    """The list as TOML (format 1). Refuses (ListError) anything it could not read back, and
+    any value that looks like a token or a key."""
+    values = [lst.cloud_id, lst.written, lst.written_by]
+    values += [v for m in lst.managers for v in (m.name, m.addr, m.api)]
+    for value in values:
+        if value is not None and _SECRET.search(value):
+            raise ListError("refusing to write a join token or a key into a bootstrap list")
+    data: dict[str, Any] = {
+        "format": FORMAT,
+        "cloud_id": lst.cloud_id,
+        "written": lst.written,
+        "written_by": lst.written_by,
+    }
+    if lst.managers:
+        data["manager"] = [{"name": m.name, "addr": m.addr, "api": m.api} for m in lst.managers]
+    text = wire.toml.dumps(data, comment=_COMMENT)
+    # Whatever we write, every reader must be able to read: check by reading it back.
+    back = parse_list(text, "(about to be written)")
+    if back != dataclasses.replace(lst, managers=tuple(lst.managers)):
+        raise ListError("internal error: the rendered list does not read back the same")
+    return text
+
+
+def stamped(lst: BootstrapList, by: str) -> BootstrapList:
+    """`lst` as `by` writes it now: `written` and `written_by` set."""
+    return dataclasses.replace(lst, managers=tuple(lst.managers), written=_now(), written_by=by)
