@@ -17,6 +17,7 @@ test: setup lint
 lint: setup
 	@$(VENV)/ruff check .
 	@$(VENV)/ruff format --check .
+	@$(VENV)/lint-imports --no-cache --no-logo
 
 format: setup
 	@$(VENV)/ruff format .

@@ -1,0 +1,103 @@
+"""The import contracts (pyproject.toml [tool.importlinter], docs/decisions/0011-one-shape.md):
+`wire` imports neither side, the workspace never imports the agent's server side, the local cloud
+tool imports only the engine adapter and the config of the agent, no package has import cycles.
+
+`make lint` runs them too; here `pytest` alone catches a broken one, each contract on its own so
+the failure names it. The contracts see every import: at module level, inside functions and under
+`if TYPE_CHECKING:` (grimp reads every import statement); the last tests check that they do.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import tomllib
+from pathlib import Path
+
+import grimp
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIG = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["importlinter"]
+CONTRACTS = [c["id"] for c in CONFIG["contracts"]]
+LINT_IMPORTS = str(Path(sys.executable).with_name("lint-imports"))
+
+
+@pytest.fixture(scope="module")
+def graph() -> grimp.ImportGraph:
+    return grimp.build_graph(*CONFIG["root_packages"])
+
+
+@pytest.mark.parametrize("contract", CONTRACTS)
+def test_the_import_contract_is_kept(contract: str) -> None:
+    result = subprocess.run(
+        [LINT_IMPORTS, "--no-cache", "--no-logo", "--contract", contract],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+
+
+def test_localcloud_imports_from_node_only_the_engine_and_the_config(graph) -> None:
+    """Also for node modules added later, which the forbidden contract does not name yet."""
+    used = {
+        imported
+        for module in graph.find_descendants("localcloud") | {"localcloud"}
+        for imported in graph.find_modules_directly_imported_by(module)
+        if imported == "node" or imported.startswith("node.")
+    }
+    assert used <= {"node", "node.engine", "node.config"}, sorted(used)
+
+
+def test_the_contracts_see_imports_inside_functions(graph) -> None:
+    # localcloud.keys imports wire.signing only inside its functions (asyncssh is slow to load)
+    details = graph.get_import_details(importer="localcloud.keys", imported="wire.signing")
+    assert details, "grimp did not see an import inside a function"
+    source = (REPO / "localcloud" / "keys.py").read_text().splitlines()
+    assert all(source[d["line_number"] - 1].startswith("    ") for d in details)
+
+
+def test_a_forbidden_import_inside_a_function_breaks_a_contract(tmp_path: Path) -> None:
+    """A throwaway project shaped like ours: `wire` importing `node` only inside a function
+    still breaks "wire imports neither side"."""
+    for package in ("wire", "node"):
+        (tmp_path / package).mkdir()
+        (tmp_path / package / "__init__.py").write_text("")
+    (tmp_path / "node" / "agent.py").write_text("X = 1\n")
+    (tmp_path / "wire" / "client.py").write_text(
+        textwrap.dedent(
+            """\
+            def later():
+                from node.agent import X
+
+                return X
+            """
+        )
+    )
+    (tmp_path / "contracts.toml").write_text(
+        textwrap.dedent(
+            """\
+            [tool.importlinter]
+            root_packages = ["wire", "node"]
+
+            [[tool.importlinter.contracts]]
+            name = "wire imports neither side"
+            type = "forbidden"
+            source_modules = ["wire"]
+            forbidden_modules = ["node"]
+            """
+        )
+    )
+    result = subprocess.run(
+        [LINT_IMPORTS, "--no-cache", "--no-logo", "contracts.toml"],
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "BROKEN" in result.stdout and "wire.client -> node.agent" in result.stdout
