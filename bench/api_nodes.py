@@ -21,7 +21,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from localcloud.cloud import LocalCloud  # noqa: E402
-from wire.signing import load_private_key, sign_headers  # noqa: E402
+from wire.keys import load_private_key  # noqa: E402
+from wire.signing import sign_headers  # noqa: E402
 
 ROUNDS = 200
 

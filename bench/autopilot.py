@@ -21,8 +21,9 @@ import time
 from pathlib import Path
 
 from localcloud.cloud import LocalCloud
+from wire.keys import load_private_key
 from wire.policy import plan_step
-from wire.signing import load_private_key, sign_headers
+from wire.signing import sign_headers
 from wire.spec import check_spec
 
 REPO = Path(__file__).resolve().parent.parent

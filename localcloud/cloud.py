@@ -67,6 +67,7 @@ from localcloud.network import (
 from node.engine import Engine, EngineError, redact_tokens
 from wire.client import NodeApiError, NodeClient
 from wire.files import write_private
+from wire.keys import load_private_key
 from wire.ports import API_PORT, SSH_PORT
 
 __all__ = [
@@ -673,8 +674,6 @@ class LocalCloud:
     def apply_spec(self, spec: dict[str, Any], timeout: float = 30) -> dict[str, Any]:
         """Give the cloud `spec` (PUT /v1/spec signed with the operator's key), through the first
         agent that takes it. Raises DevCloudError with the agents' answers when none does."""
-        from wire.signing import load_private_key
-
         key = load_private_key(Path(self.record["operator_key"]))
         nodes = self.nodes
 

@@ -1,7 +1,7 @@
 """The local cloud's keys and trust file: the operator's key, the nodes' key, host keys.
 
-Keys are made by `wire.signing` (the same code the agents and the workspace use); asyncssh is
-imported only when a key is made or read, so commands that need none never pay for it.
+Keys are made by `wire.keys` and the trust file written by `wire.trust`, the same code the agents
+and the workspace use (asyncssh is imported only when a key is made or read).
 """
 
 from __future__ import annotations
@@ -9,13 +9,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from wire.keys import generate_key, load_private_key
+from wire.trust import TrustedKey, write_trust
+
 __all__ = ["ensure_key", "ensure_trust"]
 
 
 def ensure_key(path: Path, comment: str) -> str:
-    """The public line of the ed25519 key at `path`, generated (wire.signing) when missing."""
-    from wire.signing import generate_key, load_private_key  # asyncssh: only `up` pays for it
-
+    """The public line of the ed25519 key at `path`, generated (wire.keys) when missing."""
     if path.exists():
         return load_private_key(path).export_public_key().decode().strip()
     public = generate_key(path, comment)
@@ -25,8 +26,6 @@ def ensure_key(path: Path, comment: str) -> str:
 
 def ensure_trust(path: Path, operator: str, node: str) -> None:
     """The cloud's trust file (docs/protocol.md section 3): the operator key, the nodes' key."""
-    from wire.signing import TrustedKey, write_trust
-
     keys = [
         TrustedKey.from_public("operator", "operator", operator),
         TrustedKey.from_public("node", "node", node),

@@ -10,7 +10,8 @@ from typing import Any, TypeVar
 
 import httpx
 
-from wire.signing import load_private_key, sign_headers
+from wire.keys import load_private_key
+from wire.signing import sign_headers
 
 T = TypeVar("T")
 

@@ -14,24 +14,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wire.signing import (
-    HEADER_KEY,
-    HEADER_NONCE,
-    HEADER_SIGNATURE,
-    HEADER_TIME,
-    AuthError,
-    KeyFileError,
-    Trust,
-    TrustedKey,
-    TrustError,
-    Verifier,
-    fingerprint,
-    generate_key,
-    load_private_key,
-    require_role,
-    sign_headers,
-    write_trust,
-)
+from wire.keys import KeyFileError, fingerprint, generate_key, load_private_key
+from wire.ports import HEADER_KEY, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIME
+from wire.signing import AuthError, Verifier, require_role, sign_headers
+from wire.trust import Trust, TrustedKey, TrustError, write_trust
 
 NOW = 1_790_000_000.0
 PATH = "/v1/nodes/node-2/demote?why=test"
@@ -502,7 +488,9 @@ def test_any_change_to_method_path_or_body_breaks_the_signature(keys, method, pa
 
 def test_signing_key_signs_as_asyncssh_verifies_without_importing_it(tmp_path):
     """The workspace's cheap signer (cryptography only) makes signatures the agent accepts."""
-    from wire.signing import Trust, TrustedKey, Verifier, load_signing_key, sign_headers
+    from wire.keys import load_signing_key
+    from wire.signing import Verifier, sign_headers
+    from wire.trust import Trust, TrustedKey
 
     path = tmp_path / "k"
     public = generate_key(path, "operator")

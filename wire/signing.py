@@ -1,47 +1,54 @@
-"""Keys, the cloud's trust file, and signed requests (`docs/protocol.md` section 3).
+"""Signed requests (`docs/protocol.md` section 3).
 
-Every actor (operator or node) holds an ed25519 SSH key in OpenSSH format; asyncssh does the key
-work. A control request carries four `X-Hyops-*` headers: the key's SHA256 fingerprint, the time,
-a random nonce and an SSH signature over a canonical string made of those and the request's
-method, path and body digest. The agent's `Verifier` checks them against the trust file and
-raises `AuthError` with the protocol's status and code (401 unsigned, unknown-key, bad-signature,
-expired, replayed; 403 wrong-role).
+A control request carries four `X-Hyops-*` headers: the key's SHA256 fingerprint, the time, a
+random nonce and an SSH signature over a canonical string made of those and the request's
+method, path and body digest (`sign_headers`). The agent's `Verifier` checks them against the
+trust file and raises `AuthError` with the protocol's status and code (401 unsigned,
+unknown-key, bad-signature, expired, replayed; 403 wrong-role), and keeps a journal of control
+requests' nonces so a replay is refused across restarts.
 
 The signed string holds only a digest of the body, never the body, and nothing secret: the
-signature and every header are safe to log. Private keys never leave `load_private_key`'s result;
-no object here prints private material in its repr or messages.
+signature and every header are safe to log.
+
+Keys are `wire.keys`, the trust file `wire.trust`; their names are re-exported here because the
+agent, the workspace and the tests import them from `wire.signing` (new code: import them from
+where they live).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import functools
 import hashlib
 import heapq
 import os
 import re
 import secrets
-import stat
 import threading
 import time
-import tomllib
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from wire.files import PRIVATE, write_atomic
+from wire.keys import (
+    ALGORITHM,
+    KeyFileError,
+    SigningKey,
+    fingerprint,
+    generate_key,
+    load_private_key,
+    load_signing_key,
+    public_key,
+)
+from wire.ports import HEADER_KEY, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIME
+from wire.trust import ROLES, Trust, TrustedKey, TrustError, write_trust
 
 if TYPE_CHECKING:
     import asyncssh
 
-import wire.toml
-from wire.files import PRIVATE, PUBLIC, write_atomic
-from wire.ports import HEADER_KEY, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIME
-
-# asyncssh costs ~150 ms to import: it is imported where a key is made, parsed or verified, so a
-# one-shot `hyops eval` that only signs (load_signing_key + sign_headers) never pays for it.
-
 __all__ = [
+    "HEADERS",
     "HEADER_KEY",
     "HEADER_NONCE",
     "HEADER_SIGNATURE",
@@ -49,6 +56,7 @@ __all__ = [
     "ROLES",
     "AuthError",
     "KeyFileError",
+    "SigningKey",
     "Trust",
     "TrustError",
     "TrustedKey",
@@ -64,308 +72,11 @@ __all__ = [
 ]
 
 HEADERS = (HEADER_KEY, HEADER_TIME, HEADER_NONCE, HEADER_SIGNATURE)
-ROLES = ("operator", "node")
 SIGNED_PREFIX = "hyops-request-v1"
-ALGORITHM = b"ssh-ed25519"
 
 _NONCE = re.compile(r"^[0-9a-f]{32}$")
 _DIGITS = re.compile(r"^[0-9]{1,12}$")
 _FINGERPRINT = re.compile(r"^SHA256:[A-Za-z0-9+/]{43}$")
-
-
-class KeyFileError(Exception):
-    """A key file is missing, unreadable, too open, or not an ed25519 OpenSSH key."""
-
-
-class TrustError(Exception):
-    """The trust file is missing or wrong; the message names the file and the entry."""
-
-
-# --- keys ---------------------------------------------------------------------------------------
-
-
-def generate_key(path: Path, comment: str, *, overwrite: bool = False) -> str:
-    """Make a new ed25519 key: the private key at `path` (OpenSSH format, mode 0600) and the
-    public line at `path.pub`; return the public line (`ssh-ed25519 AAAA… comment`).
-
-    An existing key is kept unless `overwrite` is true, because replacing a key silently locks
-    its holder out of every cloud that trusts it.
-    """
-    path = Path(path)
-    pub_path = path.with_name(path.name + ".pub")
-    if path.exists() and not overwrite:
-        raise KeyFileError(f"key {path} already exists; use it, or move it away to make a new one")
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    import asyncssh
-
-    key = asyncssh.generate_private_key("ssh-ed25519", comment=comment)
-    public = key.export_public_key().decode().strip()
-    write_atomic(path, key.export_private_key(), PRIVATE)
-    write_atomic(pub_path, public + "\n", PUBLIC)
-    return public
-
-
-def _read_key_file(path: Path) -> bytes:
-    """The bytes of a private key file, refusing a missing or group/other-readable one."""
-    path = Path(path)
-    try:
-        st = path.stat()
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise KeyFileError(
-            f"key {path}: no such file; make one (hyops up does) or fix the path in the config"
-        ) from None
-    except OSError as e:
-        raise KeyFileError(f"key {path}: cannot read it: {e.strerror}") from None
-    if st.st_mode & 0o077:
-        raise KeyFileError(
-            f"key {path}: permissions {stat.S_IMODE(st.st_mode):04o} are too open for a "
-            f"private key; run: chmod 600 {path}"
-        )
-    return data
-
-
-def load_private_key(path: Path) -> asyncssh.SSHKey:
-    """The ed25519 private key at `path` as an asyncssh key (for SSH as well as signing);
-    KeyFileError saying what to do if it is unusable.
-
-    Like ssh, a key file that group or others may read is refused.
-    """
-    import asyncssh
-
-    data = _read_key_file(path)
-    try:
-        key = asyncssh.import_private_key(data)
-    except (asyncssh.KeyImportError, ValueError) as e:
-        # asyncssh's messages describe the format problem, never the key's content.
-        raise KeyFileError(
-            f"key {path}: not an unencrypted OpenSSH private key ({e}); "
-            "make one with ssh-keygen -t ed25519 -N ''"
-        ) from None
-    if key.algorithm != ALGORITHM:
-        raise KeyFileError(
-            f"key {path}: is {key.algorithm.decode()}, expected ssh-ed25519; "
-            "make one with ssh-keygen -t ed25519 -N ''"
-        )
-    return key
-
-
-class SigningKey:
-    """An ed25519 private key that only signs requests, on `cryptography` alone (cheap to load).
-
-    It answers the two calls `sign_headers` makes of an asyncssh key: `sign` (an SSH signature
-    blob, as asyncssh makes) and `get_fingerprint`. Its repr shows the fingerprint only.
-    """
-
-    algorithm = ALGORITHM
-
-    def __init__(self, private: Any) -> None:
-        from cryptography.hazmat.primitives import serialization
-
-        self._private = private
-        raw = private.public_key().public_bytes(
-            serialization.Encoding.Raw, serialization.PublicFormat.Raw
-        )
-        self._public_blob = _ssh_string(ALGORITHM) + _ssh_string(raw)
-
-    def sign(self, data: bytes, algorithm: bytes = ALGORITHM) -> bytes:
-        return _ssh_string(ALGORITHM) + _ssh_string(self._private.sign(data))
-
-    def get_fingerprint(self, hash_name: str = "sha256") -> str:
-        digest = hashlib.sha256(self._public_blob).digest()
-        return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
-
-    def __repr__(self) -> str:
-        return f"<SigningKey {self.get_fingerprint()}>"
-
-
-@functools.lru_cache(maxsize=256)
-def _public_key(line: str) -> asyncssh.SSHKey:
-    """A trusted public key line parsed once (the verifier checks every request against it)."""
-    import asyncssh
-
-    return asyncssh.import_public_key(line)
-
-
-def _ssh_string(data: bytes) -> bytes:
-    return len(data).to_bytes(4, "big") + data
-
-
-def load_signing_key(path: Path) -> SigningKey:
-    """The ed25519 private key at `path`, for signing requests only (no asyncssh import).
-
-    Same checks and messages as `load_private_key`.
-    """
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    data = _read_key_file(path)
-    try:
-        private = serialization.load_ssh_private_key(data, password=None)
-    except (ValueError, TypeError) as e:
-        reason = "it is encrypted" if "password" in str(e).lower() else "unreadable format"
-        raise KeyFileError(
-            f"key {path}: not an unencrypted OpenSSH private key ({reason}); "
-            "make one with ssh-keygen -t ed25519 -N ''"
-        ) from None
-    if not isinstance(private, Ed25519PrivateKey):
-        raise KeyFileError(
-            f"key {path}: is not an ed25519 key; make one with ssh-keygen -t ed25519 -N ''"
-        )
-    return SigningKey(private)
-
-
-def fingerprint(key_or_public_line: asyncssh.SSHKey | SigningKey | str | bytes) -> str:
-    """The key's SHA256 fingerprint as `ssh-keygen -l` prints it (`SHA256:…`).
-
-    Takes a key object (private or public) or a public key line `ssh-ed25519 AAAA… comment`.
-    """
-    key = key_or_public_line
-    if isinstance(key, str | bytes):
-        import asyncssh
-
-        try:
-            key = asyncssh.import_public_key(key)
-        except (asyncssh.KeyImportError, ValueError):
-            raise ValueError(
-                "not an SSH public key line (expected e.g. 'ssh-ed25519 AAAAC3Nz… comment')"
-            ) from None
-    return key.get_fingerprint("sha256")
-
-
-# --- trust --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TrustedKey:
-    """A public key the cloud trusts, its holder's name and role (`operator` or `node`)."""
-
-    name: str
-    role: str
-    public: str
-    fingerprint: str
-
-    @classmethod
-    def from_public(cls, name: str, role: str, public: str) -> TrustedKey:
-        """A TrustedKey from a public key line; ValueError if the line or role is wrong."""
-        if role not in ROLES:
-            raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
-        import asyncssh
-
-        try:
-            key = asyncssh.import_public_key(public)
-        except (asyncssh.KeyImportError, ValueError):
-            raise ValueError(
-                "public is not an SSH public key line (expected 'ssh-ed25519 AAAAC3Nz… comment')"
-            ) from None
-        if key.algorithm != ALGORITHM:
-            raise ValueError(f"public is a {key.algorithm.decode()} key, expected ssh-ed25519")
-        return cls(name=name, role=role, public=public.strip(), fingerprint=fingerprint(key))
-
-
-@dataclass(frozen=True)
-class Trust:
-    """The keys a cloud trusts, looked up by fingerprint (the `X-Hyops-Key` header)."""
-
-    keys: tuple[TrustedKey, ...] = ()
-    _by_fp: dict[str, TrustedKey] = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        by_fp: dict[str, TrustedKey] = {}
-        names: set[str] = set()
-        for k in self.keys:
-            if k.fingerprint in by_fp:
-                raise TrustError(
-                    f"keys {by_fp[k.fingerprint].name!r} and {k.name!r} are the same key"
-                )
-            if k.name in names:
-                raise TrustError(f"two keys are named {k.name!r}; names must be unique")
-            by_fp[k.fingerprint] = k
-            names.add(k.name)
-        object.__setattr__(self, "keys", tuple(self.keys))
-        object.__setattr__(self, "_by_fp", by_fp)
-
-    @classmethod
-    def from_keys(cls, keys: Iterable[TrustedKey]) -> Trust:
-        """A Trust of these keys; TrustError if two are the same key or share a name."""
-        return cls(keys=tuple(keys))
-
-    @classmethod
-    def load(cls, path: Path | str) -> Trust:
-        """Read a trust file (TOML, `[[key]]` tables with name, role, public)."""
-        path = Path(path)
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise TrustError(
-                f"trust file {path}: no such file; hyops up writes one, or list the cloud's "
-                "keys there (docs/protocol.md section 3)"
-            ) from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise TrustError(f"trust file {path}: cannot read it: {e}") from None
-        except tomllib.TOMLDecodeError as e:
-            raise TrustError(f"trust file {path}: not valid TOML: {e}") from None
-        problems: list[str] = []
-        unknown = set(data) - {"key"}
-        if unknown:
-            problems.append(f"unknown keys {sorted(unknown)} (expected only [[key]] tables)")
-        entries = data.get("key", [])
-        if not isinstance(entries, list):
-            entries = []
-            problems.append("key: expected [[key]] tables")
-        keys: list[TrustedKey] = []
-        for i, entry in enumerate(entries, 1):
-            where = f"[[key]] #{i}"
-            if not isinstance(entry, dict):
-                problems.append(f"{where}: expected a table")
-                continue
-            name = entry.get("name")
-            if isinstance(name, str) and name:
-                where = f"[[key]] #{i} ({name})"
-            else:
-                problems.append(f"{where} name: expected a non-empty string, got {name!r}")
-            extra = set(entry) - {"name", "role", "public"}
-            if extra:
-                problems.append(f"{where}: unknown keys {sorted(extra)}")
-            role, public = entry.get("role"), entry.get("public")
-            if role not in ROLES:
-                problems.append(f"{where} role: expected one of {', '.join(ROLES)}, got {role!r}")
-                continue
-            if not isinstance(public, str):
-                problems.append(f"{where} public: expected a public key line, got {public!r}")
-                continue
-            try:
-                keys.append(TrustedKey.from_public(str(name), role, public))
-            except ValueError as e:
-                problems.append(f"{where}: {e}")
-        if not problems:
-            try:
-                return cls.from_keys(keys)
-            except TrustError as e:
-                problems.append(str(e))
-        raise TrustError(f"trust file {path}: " + "; ".join(problems))
-
-    def by_fingerprint(self, fp: str) -> TrustedKey | None:
-        return self._by_fp.get(fp)
-
-    def by_name(self, name: str) -> TrustedKey | None:
-        return next((k for k in self.keys if k.name == name), None)
-
-
-def write_trust(path: Path, keys: list[TrustedKey]) -> None:
-    """Write a trust file listing `keys` (public material only; mode 0644; atomic)."""
-    Trust.from_keys(keys)  # refuse duplicates before writing anything
-    entries = [{"name": k.name, "role": k.role, "public": k.public} for k in keys]
-    text = wire.toml.dumps(
-        {"key": entries},
-        comment="Keys this cloud trusts: operator keys may change the cloud, node keys may join.",
-    )
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, text, PUBLIC)
-
-
-# --- signed requests ----------------------------------------------------------------------------
 
 
 def signed_string(method: str, path_with_query: str, body: bytes, when: int, nonce: str) -> bytes:
@@ -487,7 +198,7 @@ class Verifier:
         try:
             signature = base64.b64decode(sig_text, validate=True)
             data = signed_string(method, path_with_query, body, when, nonce)
-            valid = _public_key(key.public).verify(data, signature)
+            valid = public_key(key.public).verify(data, signature)
         except (binascii.Error, ValueError, RuntimeError, asyncssh.KeyImportError):
             valid = False
         if not valid:

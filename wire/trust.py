@@ -1,0 +1,150 @@
+"""The cloud's trust file (`docs/protocol.md` section 3): the public keys a cloud trusts, each
+with its holder's name and role (`operator` may change the cloud, `node` may join it)."""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import wire.toml
+from wire.files import PUBLIC, write_atomic
+from wire.keys import ALGORITHM, fingerprint
+
+__all__ = ["ROLES", "Trust", "TrustError", "TrustedKey", "write_trust"]
+
+ROLES = ("operator", "node")
+
+
+class TrustError(Exception):
+    """The trust file is missing or wrong; the message names the file and the entry."""
+
+
+@dataclass(frozen=True)
+class TrustedKey:
+    """A public key the cloud trusts, its holder's name and role (`operator` or `node`)."""
+
+    name: str
+    role: str
+    public: str
+    fingerprint: str
+
+    @classmethod
+    def from_public(cls, name: str, role: str, public: str) -> TrustedKey:
+        """A TrustedKey from a public key line; ValueError if the line or role is wrong."""
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+        import asyncssh
+
+        try:
+            key = asyncssh.import_public_key(public)
+        except (asyncssh.KeyImportError, ValueError):
+            raise ValueError(
+                "public is not an SSH public key line (expected 'ssh-ed25519 AAAAC3Nz… comment')"
+            ) from None
+        if key.algorithm != ALGORITHM:
+            raise ValueError(f"public is a {key.algorithm.decode()} key, expected ssh-ed25519")
+        return cls(name=name, role=role, public=public.strip(), fingerprint=fingerprint(key))
+
+
+@dataclass(frozen=True)
+class Trust:
+    """The keys a cloud trusts, looked up by fingerprint (the `X-Hyops-Key` header)."""
+
+    keys: tuple[TrustedKey, ...] = ()
+    _by_fp: dict[str, TrustedKey] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        by_fp: dict[str, TrustedKey] = {}
+        names: set[str] = set()
+        for k in self.keys:
+            if k.fingerprint in by_fp:
+                raise TrustError(
+                    f"keys {by_fp[k.fingerprint].name!r} and {k.name!r} are the same key"
+                )
+            if k.name in names:
+                raise TrustError(f"two keys are named {k.name!r}; names must be unique")
+            by_fp[k.fingerprint] = k
+            names.add(k.name)
+        object.__setattr__(self, "keys", tuple(self.keys))
+        object.__setattr__(self, "_by_fp", by_fp)
+
+    @classmethod
+    def from_keys(cls, keys: Iterable[TrustedKey]) -> Trust:
+        """A Trust of these keys; TrustError if two are the same key or share a name."""
+        return cls(keys=tuple(keys))
+
+    @classmethod
+    def load(cls, path: Path | str) -> Trust:
+        """Read a trust file (TOML, `[[key]]` tables with name, role, public)."""
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise TrustError(
+                f"trust file {path}: no such file; hyops up writes one, or list the cloud's "
+                "keys there (docs/protocol.md section 3)"
+            ) from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise TrustError(f"trust file {path}: cannot read it: {e}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise TrustError(f"trust file {path}: not valid TOML: {e}") from None
+        problems: list[str] = []
+        unknown = set(data) - {"key"}
+        if unknown:
+            problems.append(f"unknown keys {sorted(unknown)} (expected only [[key]] tables)")
+        entries = data.get("key", [])
+        if not isinstance(entries, list):
+            entries = []
+            problems.append("key: expected [[key]] tables")
+        keys: list[TrustedKey] = []
+        for i, entry in enumerate(entries, 1):
+            where = f"[[key]] #{i}"
+            if not isinstance(entry, dict):
+                problems.append(f"{where}: expected a table")
+                continue
+            name = entry.get("name")
+            if isinstance(name, str) and name:
+                where = f"[[key]] #{i} ({name})"
+            else:
+                problems.append(f"{where} name: expected a non-empty string, got {name!r}")
+            extra = set(entry) - {"name", "role", "public"}
+            if extra:
+                problems.append(f"{where}: unknown keys {sorted(extra)}")
+            role, public = entry.get("role"), entry.get("public")
+            if role not in ROLES:
+                problems.append(f"{where} role: expected one of {', '.join(ROLES)}, got {role!r}")
+                continue
+            if not isinstance(public, str):
+                problems.append(f"{where} public: expected a public key line, got {public!r}")
+                continue
+            try:
+                keys.append(TrustedKey.from_public(str(name), role, public))
+            except ValueError as e:
+                problems.append(f"{where}: {e}")
+        if not problems:
+            try:
+                return cls.from_keys(keys)
+            except TrustError as e:
+                problems.append(str(e))
+        raise TrustError(f"trust file {path}: " + "; ".join(problems))
+
+    def by_fingerprint(self, fp: str) -> TrustedKey | None:
+        return self._by_fp.get(fp)
+
+    def by_name(self, name: str) -> TrustedKey | None:
+        return next((k for k in self.keys if k.name == name), None)
+
+
+def write_trust(path: Path, keys: list[TrustedKey]) -> None:
+    """Write a trust file listing `keys` (public material only; mode 0644; atomic)."""
+    Trust.from_keys(keys)  # refuse duplicates before writing anything
+    entries = [{"name": k.name, "role": k.role, "public": k.public} for k in keys]
+    text = wire.toml.dumps(
+        {"key": entries},
+        comment="Keys this cloud trusts: operator keys may change the cloud, node keys may join.",
+    )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, text, PUBLIC)
