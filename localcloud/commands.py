@@ -53,7 +53,7 @@ def parse_resources(items: list[str]) -> dict[str, tuple[float | None, int | Non
 
 def find_state_dir(start: Path | None = None) -> Path:
     """The workspace's `.hyops/`: $HYOPS_WORKSPACE, or the nearest folder upwards with `ops/`.
-    (node/ never imports repl/, so this mirrors repl.workspace.find_workspace in a few lines.)"""
+    (localcloud never imports repl/: this mirrors repl.workspace.find_workspace in a few lines.)"""
     env = os.environ.get("HYOPS_WORKSPACE")
     candidates = [Path(env).expanduser()] if env else [(start or Path.cwd()).resolve()]
     if not env:
