@@ -41,6 +41,7 @@ __all__ = [
     "fetch_all",
     "find_sources",
     "follow_logs",
+    "merge",
     "read_logs",
 ]
 
@@ -321,13 +322,15 @@ def not_found(target: str, names: Iterable[str], hints: Iterable[str]) -> Lookup
     )
 
 
-def _answer(
+def merge(
     sources: Sources,
     answers: list[NodeLines] | None,
     lines: Iterable[Record],
     failed: list[Record],
     followed: bool,
 ) -> LogResult:
+    """The answer: `lines` ordered by time, and `failed`. A container that every node said it
+    does not have (`answers` all "absent") is refused with the close names instead."""
     if sources.kind == "container" and answers and all(a.status == "absent" for a in answers):
         raise not_found(sources.target, sources.names, [a.hint for a in answers])
     ordered = sorted(lines, key=lambda r: time_key(r.get("time")))
@@ -366,7 +369,7 @@ def read_logs(
     sources, answers = session.run(fetch())
     lines = [rec for a in answers for rec in a.lines]
     failed = [f for a in answers for f in a.failed]
-    return _answer(sources, answers, lines, failed, followed=False)
+    return merge(sources, answers, lines, failed, followed=False)
 
 
 def follow_logs(
@@ -427,4 +430,4 @@ def follow_logs(
         pass
     while not events.empty():  # what arrived after Ctrl-C is kept, not printed
         take(events.get_nowait(), show=False)
-    return _answer(sources, answers, lines, failed, followed=True)
+    return merge(sources, answers, lines, failed, followed=True)
