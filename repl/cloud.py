@@ -2,10 +2,9 @@
 
 A cloud is recorded in the workspace (`.hyops/clouds/NAME/cloud.toml`, written by `hyops up`,
 read with the one codec wire/cloudrecord.py): where its bootstrap list is and which key the
-operator signs with. The connection reads the list,
-talks to the first manager's agent that answers, and fails over to the next when one stops
-answering. It lives on the Session's background loop, so its HTTP connections are kept between
-inputs.
+operator signs with. The connection reads the list, talks to the first manager's agent that
+answers, and fails over to the next when one stops answering. It lives on the Session's
+background loop, so its HTTP connections are kept between inputs.
 
 Where only the nodes' SSH ports are reachable, `via="ssh"` carries every API request through an
 SSH tunnel to the agent (one per node, opened on first use and kept); the requests are signed
