@@ -1,15 +1,16 @@
 """The workspace's connection to a cloud: bootstrap list -> managers' agents -> signed requests.
 
-A cloud is recorded in the workspace (`.hyops/clouds/NAME/cloud.toml`, written by `hyops up`):
-where its bootstrap list is and which key the operator signs with. The connection reads the list,
-talks to the first manager's agent that answers, and fails over to the next when one stops
-answering. It lives on the Session's background loop, so its HTTP connections are kept between
-inputs.
+A cloud is recorded in the workspace (`.hyops/clouds/NAME/cloud.toml`, written by `hyops up`,
+read with the one codec wire/cloudrecord.py): where its bootstrap list is and which key the
+operator signs with. The connection reads the list, talks to the first manager's agent that
+answers, and fails over to the next when one stops answering. It lives on the Session's
+background loop, so its HTTP connections are kept between inputs.
 
 Where only the nodes' SSH ports are reachable, `via="ssh"` carries every API request through an
 SSH tunnel to the agent (one per node, opened on first use and kept); the requests are signed
-exactly as over plain HTTP. The connection also owns the cloud's SSH shell (repl/ssh.py), so
-switching clouds or closing the session closes both.
+exactly as over plain HTTP. The connection also makes and owns the cloud's SSH shell
+(repl/ssh.py, which knows nothing of connections), so switching clouds or closing the session
+closes both.
 """
 
 from __future__ import annotations
@@ -17,14 +18,29 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-import tomllib
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from repl.workspace import Workspace, find_workspace
+from wire.cloudrecord import VIAS, CloudRecord, RecordError, read_record
+from wire.ports import API_PORT
 
-VIAS = ("http", "ssh")
+__all__ = [
+    "VIAS",
+    "CloudError",
+    "CloudRecord",
+    "Connection",
+    "agent_url",
+    "call",
+    "connect",
+    "connection",
+    "describe",
+    "load_record",
+    "read_cloud_record",
+    "unknown_name",
+    "url_record",
+]
 
 
 class CloudError(Exception):
@@ -46,67 +62,42 @@ class CloudError(Exception):
 
 def unknown_name(kind: str, name: str, known: list[str]) -> CloudError:
     """The error for a name nobody has: it suggests the close ones, like the agent does."""
-    from wire.records import unknown_name_hint
+    from wire.names import unknown_name_hint
 
     hint = unknown_name_hint(kind, name, known)
     return CloudError(f"no {kind} named {name!r}", status=404, code=f"unknown-{kind}", hint=hint)
 
 
-@dataclass(frozen=True)
-class CloudRecord:
-    """What the workspace knows about one cloud."""
+def url_record(url: str, operator_key: Path) -> CloudRecord:
+    """A cloud known only by its bootstrap list's URL (`git+file://`, `file://`, `http://`):
+    not recorded in the workspace, so no path, no nodes and no known_hosts."""
+    from wire.lists import redact_url
 
-    name: str
-    list_url: str
-    operator_key: Path
-    path: Path | None = None  # None: connected by list URL, not recorded
-    nodes: tuple[dict[str, Any], ...] = ()
-    via: str = "http"  # how the agents are reached: "http", or "ssh" (tunnels)
+    return CloudRecord(name=redact_url(url), list_url=url, operator_key=operator_key)
 
-    @classmethod
-    def from_url(cls, url: str, operator_key: Path) -> CloudRecord:
-        """A cloud known only by its bootstrap list's URL (`git+file://`, `file://`, `http://`)."""
-        from wire.lists import redact_url
 
-        return cls(name=redact_url(url), list_url=url, operator_key=operator_key)
+def cache_name(record: CloudRecord) -> str:
+    """A folder name for what is cached about a cloud (its list, its managers)."""
+    if record.path is not None:
+        return record.name
+    import hashlib
 
-    @property
-    def cache_name(self) -> str:
-        """A folder name for what is cached about this cloud (its list, its managers)."""
-        if self.path is not None:
-            return self.name
-        import hashlib
+    return "url-" + hashlib.sha256(record.list_url.encode()).hexdigest()[:12]
 
-        return "url-" + hashlib.sha256(self.list_url.encode()).hexdigest()[:12]
 
-    @classmethod
-    def load(cls, path: Path) -> CloudRecord:
-        try:
-            data = tomllib.loads(path.read_text())
-        except OSError as exc:
-            raise CloudError(f"cannot read the cloud record {path}: {exc.strerror}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise CloudError(f"the cloud record {path} is not valid TOML: {exc}") from None
-        missing = [k for k in ("name", "list", "operator_key") if k not in data]
-        if missing:
-            raise CloudError(
-                f"the cloud record {path} lacks {', '.join(missing)}: record the cloud again "
-                "(for a local cloud: hyops up)"
-            )
-        via = data.get("via", "http")
-        if via not in VIAS:
-            raise CloudError(
-                f'the cloud record {path} says via = {via!r}: expected "http" or "ssh" '
-                "(or no via at all, which is http)"
-            )
-        return cls(
-            name=data["name"],
-            list_url=data["list"],
-            operator_key=Path(data["operator_key"]),
-            path=path,
-            nodes=tuple(data.get("node", ())),
-            via=via,
-        )
+def read_cloud_record(path: Path) -> CloudRecord:
+    """The cloud record in `path` (a cloud.toml); CloudError naming the file and key if broken."""
+    try:
+        return read_record(path)
+    except RecordError as exc:
+        raise CloudError(str(exc)) from None
+
+
+def agent_url(node: Mapping[str, Any]) -> str | None:
+    """The URL of a node's agent API: its recorded `api`, else its `addr` on the API port."""
+    if node.get("api"):
+        return str(node["api"])
+    return f"http://{node['addr']}:{API_PORT}" if node.get("addr") else None
 
 
 LIST_SCHEMES = ("git+", "file://", "http://", "https://")
@@ -151,7 +142,7 @@ def load_record(workspace: Workspace, name: str | None = None) -> CloudRecord:
     if not path.exists():
         hint = f"known: {', '.join(known)}" if known else "start a local cloud with `hyops up`"
         raise CloudError(f"no cloud named {name!r} is recorded in this workspace ({hint})")
-    return CloudRecord.load(path)
+    return read_cloud_record(path)
 
 
 def _verified_tls() -> Any:
@@ -218,7 +209,7 @@ class Connection:
                     f"{self.record.name} is connected by its list URL, so no node host keys are "
                     "recorded: SSH needs the cloud recorded in the workspace with its known_hosts"
                 )
-            self._shell = shell_for(self.record.path, self.record.operator_key)
+            self._shell = shell_for(self.record)
         return self._shell
 
     async def reach(self, api_url: str) -> str:
@@ -254,7 +245,7 @@ class Connection:
 
     @property
     def _cache_dir(self) -> Path:
-        return self.workspace.state_dir / "cache" / "lists" / self.record.cache_name
+        return self.workspace.state_dir / "cache" / "lists" / cache_name(self.record)
 
     async def _setup(self) -> None:
         if self._http is not None:
@@ -316,25 +307,20 @@ class Connection:
             return []
 
     def _remember_managers(self) -> None:
+        """Keep the managers just seen in the cache (mode 0600, written whole or not at all)."""
         import json
-        import os
 
-        self._cache_dir.mkdir(parents=True, exist_ok=True)
-        path = self._cache_dir / "managers.json"
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(
-                {
-                    "list": self.record.list_url,
-                    "record": self._record_stamp(),
-                    "read": self._list_read,
-                    "cloud_id": self.cloud_id,
-                    "managers": self._managers,
-                },
-                f,
-            )
-        os.replace(tmp, path)
+        from wire.files import write_private
+
+        seen = {
+            "list": self.record.list_url,
+            "record": self._record_stamp(),
+            "read": self._list_read,
+            "cloud_id": self.cloud_id,
+            "managers": self._managers,
+        }
+        # a cache: losing it to a crash costs one list read, so it is not synced to disk
+        write_private(self._cache_dir / "managers.json", json.dumps(seen), sync=False)
 
     async def managers(self, refresh: bool = False) -> list[str]:
         """API URLs of the managers' agents, as the bootstrap list names them."""
@@ -509,7 +495,7 @@ def connect(
                 f"{target!r} is not a bootstrap list URL",
                 hint="use git+file://, git+https://, file://, http:// or https://",
             )
-        record = CloudRecord.from_url(target, Path(key) if key else operator_key_path(workspace))
+        record = url_record(target, Path(key) if key else operator_key_path(workspace))
     else:
         record = load_record(workspace, target)
         if key:

@@ -8,18 +8,33 @@ at. Connections live on the Session's background loop and are kept between input
 
 Where a node's SSH server listens comes from the cloud record (`[[node]] ssh = "addr:port"`), else
 from the node's address with the default port 7322.
+
+This layer is given what it needs (the cloud record, the operator key, the known_hosts file) and
+knows nothing of sessions or connections: the cloud connection (repl/cloud.py) makes the cloud's
+`NodeShell` with `shell_for` and owns it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-SSH_PORT = 7322
+from wire.cloudrecord import CloudRecord, split_addr
+from wire.ports import SSH_PORT
+
+__all__ = [
+    "SSH_PORT",
+    "NodeShell",
+    "SshError",
+    "SshTarget",
+    "known_hosts_line",
+    "shell_for",
+    "split_addr",
+]
+
 USERNAME = "operator"  # the server checks the key, not the name; the name shows in its log
 
 
@@ -38,17 +53,6 @@ class SshTarget:
     @property
     def where(self) -> str:
         return f"{self.node} at {self.host}:{self.port}"
-
-
-def split_addr(text: str, default_port: int = SSH_PORT) -> tuple[str, int]:
-    """("10.0.0.1", 7322) from "10.0.0.1:7322" or "10.0.0.1"; "[::1]:22" for IPv6."""
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        return host, int(rest[1:]) if rest.startswith(":") else default_port
-    if text.count(":") == 1:
-        host, port = text.split(":")
-        return host, int(port)
-    return text, default_port
 
 
 def known_hosts_line(host: str, port: int, public_key: str) -> str:
@@ -97,10 +101,9 @@ class NodeShell:
         if addr:
             host, port = split_addr(addr)
             return SshTarget(node, host, port)
-        import difflib
+        from wire.names import did_you_mean
 
-        close = difflib.get_close_matches(node, list(self.targets), n=3, cutoff=0.5)
-        hint = f"did you mean {', '.join(close)}?" if close else f"known: {', '.join(self.targets)}"
+        hint = did_you_mean(node, self.targets) or f"known: {', '.join(self.targets)}"
         raise SshError(f"no node named {node!r} has an SSH address on record ({hint})")
 
     async def connection(self, node: str, addr: str | None = None) -> Any:
@@ -236,29 +239,19 @@ class NodeShell:
         self._conns.clear()
 
 
-def shell_for(record_path: Path, operator_key: Path) -> NodeShell:
-    """The NodeShell of the cloud recorded at `record_path` (its cloud.toml)."""
-    try:
-        data = tomllib.loads(Path(record_path).read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise SshError(f"cannot read the cloud record {record_path}: {exc}") from None
-    known = data.get("known_hosts")
-    if not known:
+def shell_for(record: CloudRecord, key_path: Path | None = None) -> NodeShell:
+    """The NodeShell of a recorded cloud: its nodes' SSH addresses and its known_hosts file,
+    logging in with `key_path` (default: the record's operator key). SshError when the record
+    names no known_hosts file, as no node's host key could then be checked."""
+    if record.known_hosts is None:
+        where = record.path or record.name
         raise SshError(
-            f"the cloud record {record_path} names no known_hosts file, so no node's SSH host "
+            f"the cloud record {where} names no known_hosts file, so no node's SSH host "
             "key can be checked: record the cloud again (hyops up does it for local clouds)"
         )
     targets = {}
-    for node in data.get("node", []):
-        if node.get("ssh"):
-            host, port = split_addr(node["ssh"])
-            targets[node["name"]] = SshTarget(node["name"], host, port)
-    return NodeShell(operator_key, Path(known), targets)
-
-
-def node_shell(session: Any = None) -> NodeShell:
-    """The NodeShell of the cloud `session` is connected to (default: the Session evaluating
-    now); it belongs to that connection and is closed with it."""
-    from repl.cloud import connection
-
-    return connection(session).shell()
+    for node in record.nodes:
+        address = node.ssh_address()
+        if address is not None:
+            targets[node.name] = SshTarget(node.name, *address)
+    return NodeShell(key_path or record.operator_key, record.known_hosts, targets)

@@ -295,7 +295,7 @@ def test_managers_are_cached_briefly_and_forgotten_when_the_record_changes(
     import asyncio
 
     import repl.cloud
-    from repl.cloud import CloudRecord, Connection
+    from repl.cloud import Connection, read_cloud_record
 
     listed = tmp_path / "list.toml"
 
@@ -312,7 +312,7 @@ def test_managers_are_cached_briefly_and_forgotten_when_the_record_changes(
     record.write_text(f'name = "x"\nlist = "file://{listed}"\noperator_key = "/nonexistent"\n')
 
     def managers() -> list[str]:
-        return asyncio.run(Connection(CloudRecord.load(record), ws).managers())
+        return asyncio.run(Connection(read_cloud_record(record), ws).managers())
 
     first = publish(7301)
     assert managers() == [first]

@@ -318,3 +318,55 @@ def test_a_log_result_masks_secrets_and_colours_each_source_alike(tmp_path: Path
         assert result["lines"][0]["line"] == "a" and dict(result)["target"] == "web"
     finally:
         s.close()
+
+
+# --- the fetch itself, with stand-in agents (no cloud) ------------------------------------------
+
+
+def test_each_node_keeps_its_own_lines_and_failures_and_the_answer_merges_them() -> None:
+    import asyncio
+
+    from repl.logs import LogResult, Sources, fetch_all, merge
+    from wire.client import NodeApiError
+
+    def rec(node: str, time: str, line: str) -> dict:
+        return {"node": node, "container": "web.1.x", "service": "web", "time": time, "line": line}
+
+    streams = {
+        "http://a:7300": [
+            rec("a", "2026-01-01T00:00:01.5Z", "a1"),
+            rec("a", "2026-01-01T00:00:03Z", "a2"),
+        ],
+        "http://b:7300": [rec("b", "2026-01-01T00:00:02Z", "b1"), RuntimeError("cut")],
+        "http://c:7300": [NodeApiError("http://c:7300", None, "unreachable", "no answer")],
+    }
+
+    class Agent:
+        def __init__(self, api: str) -> None:
+            self.api = api
+
+        async def stream_lines(self, path: str, *, params: dict, timeout: float | None):
+            for item in streams[self.api]:
+                if isinstance(item, Exception):
+                    raise item
+                yield item
+
+    class Conn:
+        async def node(self, api: str) -> Agent:
+            return Agent(api)
+
+    # a by its address, b by its recorded API URL, c unreachable, d without any address
+    nodes = ({"name": "a", "addr": "a"}, {"name": "b", "api": "http://b:7300"},
+             {"name": "c", "addr": "c"}, {"name": "d"})  # fmt: skip
+    sources = Sources("web", "service", nodes, {"service": "web"})
+    answers = asyncio.run(fetch_all(Conn(), sources, {}, None))  # type: ignore[arg-type]
+    assert [a.status for a in answers] == ["ok", "failed", "failed", "failed"]
+    lines = [r for a in answers for r in a.lines]
+    failed = [f for a in answers for f in a.failed]
+    result = merge(sources, answers, lines, failed, followed=False)
+    assert isinstance(result, LogResult)
+    assert [r["line"] for r in result["lines"]] == ["a1", "b1", "a2"], "merged by time"
+    assert [f["source"] for f in result["failed"]] == ["b", "c", "d"]
+    assert result["failed"][0]["error"] == "unreadable answer (RuntimeError: cut)"
+    assert result["failed"][1]["error"] == "no answer"
+    assert "no API address" in result["failed"][2]["error"]

@@ -28,6 +28,7 @@ from repl.ssh import NodeShell, SshError, known_hosts_line, shell_for, split_add
 from repl.workspace import Workspace
 from tests.conftest import MakeCloud
 from tests.helpers import wait_until
+from wire.cloudrecord import read_record
 from wire.signing import generate_key, load_private_key
 
 REPO = Path(__file__).resolve().parent.parent
@@ -61,7 +62,7 @@ def run(coro):
 
 
 def shell(record: dict, **changes) -> NodeShell:
-    s = shell_for(Path(record["record_path"]), Path(record["operator_key"]))
+    s = shell_for(read_record(Path(record["record_path"])))
     for key, value in changes.items():
         setattr(s, key, value)
     return s
