@@ -29,7 +29,6 @@ import signal
 import subprocess
 import sys
 import time
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +65,7 @@ from localcloud.network import (
 )
 from node.engine import Engine, EngineError, redact_tokens
 from wire.client import NodeApiError, NodeClient
+from wire.cloudrecord import CloudRecord, RecordError, read_record, write_record
 from wire.files import write_private
 from wire.keys import load_private_key
 from wire.ports import API_PORT, SSH_PORT
@@ -162,19 +162,18 @@ class LocalCloud:
         return self._record
 
     def load_record(self) -> dict[str, Any] | None:
-        try:
-            with self.record_path.open("rb") as f:
-                return tomllib.load(f)
-        except FileNotFoundError:
+        """The recorded cloud as the plain table it is written as; None when never brought up."""
+        if not self.record_path.exists():
             return None
-        except tomllib.TOMLDecodeError as exc:
+        try:
+            return read_record(self.record_path).to_dict()
+        except RecordError as exc:
             raise DevCloudError(
-                f"{self.record_path} is not valid TOML ({exc}): fix it, or remove the cloud "
-                "with `hyops down --clean`"
+                f"{exc}: fix it, or remove the cloud with `hyops down --clean`"
             ) from None
 
     def _save_record(self) -> None:
-        write_private(self.record_path, toml_dumps(self.record))
+        write_record(self.record_path, CloudRecord.from_dict(self.record))
 
     @property
     def prefix(self) -> str:
