@@ -20,7 +20,6 @@ import secrets
 import shlex
 import shutil
 import subprocess
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,22 +100,18 @@ def launch_for(
     return [words[0], *args, *goto, path], True
 
 
-_requesting = threading.local()  # .editor: the editor family an nREPL evaluation came from
-
 # The command that hands a file to an editor that is already running, by editor family.
 # (Neovim: plain `nvim`, which `launch_for` sends to $NVIM's server, at the line when one is given.)
 _EDITOR_COMMANDS = {"emacs": "emacsclient -n", "vscode": "code -r", "nvim": "nvim"}
 
 
-def set_requesting_editor(family: str | None) -> None:
-    """Say (for this thread) that the forms being evaluated came from an editor over nREPL:
-    "emacs", "vscode", "nvim", or "nrepl" when the client did not say which editor it is."""
-    _requesting.editor = family
-
-
 def requesting_editor() -> str | None:
-    """The editor family this thread evaluates for (see `set_requesting_editor`), or None."""
-    return getattr(_requesting, "editor", None)
+    """The editor family the evaluation in progress came from over nREPL ("emacs", "vscode",
+    "nvim", or "nrepl" when the client did not say), from the evaluation context; else None."""
+    from repl.context import active
+
+    ctx = active()
+    return ctx.editor if ctx is not None else None
 
 
 def editor_for_client(

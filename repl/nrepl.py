@@ -40,6 +40,7 @@ from typing import Any
 import bencode
 from bencodepy import BencodeDecodeError, BencodeDecoder
 
+from repl import context
 from repl.session import WORKSPACE_MODULE, HyopsEvalError, LazyOp, ResultSlots, Session
 
 NAMESPACE = WORKSPACE_MODULE  # what `ns` says: every form is evaluated in the workspace module
@@ -140,9 +141,6 @@ def _plain(value: Any) -> Any:
 # ------------------------------------------------------------------------- output routing
 
 
-_current = threading.local()  # .job: the Job this thread is evaluating, if any
-
-
 class _Routed:
     """Stands in for sys.stdout/stderr/stdin: a thread evaluating for nREPL reads and writes
     through its job; every other thread (the console, the server) gets the real stream.
@@ -159,7 +157,8 @@ class _Routed:
         return "utf-8" if self._job() is not None else self._original.encoding
 
     def _job(self) -> Job | None:
-        return getattr(_current, "job", None)
+        ctx = context.active()
+        return ctx.job if ctx is not None else None
 
     def write(self, text: str) -> int:
         job = self._job()
@@ -475,7 +474,6 @@ class Server:
         self.connections: set[Connection] = set()
         self._lock = threading.Lock()
         self._listener: socket.socket | None = None
-        self._previous_ask: Any = None
 
     @property
     def url(self) -> str:
@@ -508,8 +506,6 @@ class Server:
         # landing while the loop is being made would leave a half-made loop (and its thread).
         _ = self.session.loop
         _route_streams(True)
-        self._previous_ask = getattr(self.session, "ask", None)
-        self.session.ask = _ask  # type: ignore[attr-defined]
         threading.Thread(target=self._accept, name="nrepl-accept", daemon=True).start()
         _running.add(self)
         return self
@@ -560,8 +556,6 @@ class Server:
                     self.port_file.unlink()
             except OSError:
                 pass
-        if getattr(self.session, "ask", None) is _ask:
-            self.session.ask = self._previous_ask  # type: ignore[attr-defined]
         _route_streams(False)
 
     # ------------------------------------------------------------------ requests
@@ -752,55 +746,57 @@ class Server:
 
     def evaluate(self, job: Job) -> None:
         """Run one eval or load-file request in this (the session's worker) thread."""
-        from repl import editor
-
         request, nsession = job.request, job.session
         source, filename, last_only = _source_of(request)
         _route_streams(None)
-        _current.job = job
-        editor.set_requesting_editor(nsession.client or "nrepl")
-        try:
-            if source is None:
-                job.reply(
-                    {
-                        "err": f"hyops nrepl: cannot read {filename}\n",
-                        "status": ["error", "no-file", "done"],
-                    }
-                )
-                return
-            results: list[Any] = []
+        ctx = context.EvalContext(
+            self.session,
+            slots=nsession.slots,
+            ask=lambda question: _ask(job, question),
+            editor=nsession.client or "nrepl",
+            job=job,
+        )
+        with context.use(ctx):
+            self._evaluate(job, source, filename, last_only)
 
-            def show(value: Any) -> None:
-                if last_only:
-                    results.append(value)
-                else:
-                    job.reply({"value": _printed(value), "ns": NAMESPACE})
+    def _evaluate(self, job: Job, source: str | None, filename: str, last_only: bool) -> None:
+        nsession = job.session
+        if source is None:
+            job.reply(
+                {
+                    "err": f"hyops nrepl: cannot read {filename}\n",
+                    "status": ["error", "no-file", "done"],
+                }
+            )
+            return
+        results: list[Any] = []
 
-            try:
-                with nsession.evaluating(job):
-                    self.session.eval(source, filename, on_result=show, slots=nsession.slots)
-            except KeyboardInterrupt:
-                job.reply({"status": ["interrupted"]})
-            except HyopsEvalError as e:
-                job.reply({"err": f"{e}\n"})
-                original = e.original if e.original is not None else e
-                job.reply(
-                    {
-                        "ex": _class_name(original),
-                        "root-ex": _class_name(_root(original)),
-                        "status": ["eval-error"],
-                    }
-                )
+        def show(value: Any) -> None:
+            if last_only:
+                results.append(value)
             else:
-                if last_only:
-                    job.reply(
-                        {"value": _printed(results[-1] if results else None), "ns": NAMESPACE}
-                    )
-            # `ns` on the last reply too: Calva's handshake reads it there after an error.
-            job.reply({"ns": NAMESPACE, "status": ["done"]})
-        finally:
-            _current.job = None
-            editor.set_requesting_editor(None)
+                job.reply({"value": _printed(value), "ns": NAMESPACE})
+
+        try:
+            with nsession.evaluating(job):
+                self.session.eval(source, filename, on_result=show)
+        except KeyboardInterrupt:
+            job.reply({"status": ["interrupted"]})
+        except HyopsEvalError as e:
+            job.reply({"err": f"{e}\n"})
+            original = e.original if e.original is not None else e
+            job.reply(
+                {
+                    "ex": _class_name(original),
+                    "root-ex": _class_name(_root(original)),
+                    "status": ["eval-error"],
+                }
+            )
+        else:
+            if last_only:
+                job.reply({"value": _printed(results[-1] if results else None), "ns": NAMESPACE})
+        # `ns` on the last reply too: Calva's handshake reads it there after an error.
+        job.reply({"ns": NAMESPACE, "status": ["done"]})
 
 
 def _source_of(request: dict[str, Any]) -> tuple[str | None, str, bool]:
@@ -967,14 +963,8 @@ def hy_arglist(fn: Callable[..., Any], macro: bool = False) -> str | None:
     return "[" + " ".join(words) + "]"
 
 
-def _ask(question: str) -> bool:
-    """Confirmation for a change: from the editor (via need-input) when evaluating for nREPL,
-    else the console's own way of asking."""
-    job = getattr(_current, "job", None)
-    if job is None:
-        from repl import mutate
-
-        return mutate.ask(question)
+def _ask(job: Job, question: str) -> bool:
+    """Confirmation for a change, asked in the editor the evaluation came from (need-input)."""
     job.reply({"out": question})
     answer = job.session.read_line(job)
     return answer.strip().lower() in ("y", "yes")

@@ -15,7 +15,8 @@ first step, with a default and a docstring each:
 anything, so a reader error or a bad parameter is refused before any step runs. `run_runbook`
 evaluates the steps in order on one `Session`, each with its output captured, its result
 rendered, its time and status; the first failing step stops the run. `--dry-run` and `--yes`
-reach every mutating op through `session.runbook` (read by `repl.mutate.perform`).
+reach every mutating op through the evaluation context's `runbook` (`repl.context`, read by
+`repl.mutate.perform`).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from typing import Any, TextIO
 
 import hy
 
+from repl import context
 from repl.session import Form, HyopsEvalError, read_forms
 
 PARAMS_FORM = "defparams"
@@ -524,42 +526,48 @@ def run_runbook(
     run.report = report_path(workspace, runbook.name, started)
     run.source = _source_of(runbook, workspace.root)
     relative = _relative(run.report, workspace.root)
-    saved_context = getattr(session, "runbook", None)
-    session.runbook = RunContext(runbook.name, relative, dry_run, yes)
+    running = context.derive(session, runbook=RunContext(runbook.name, relative, dry_run, yes))
     for name, value in params.items():
         session.namespace[hy.mangle(name)] = value
     t0 = time.monotonic()
     try:
-        for step in run.steps:
-            if echo is not None:
-                first = redact_text(step.block.text.splitlines()[0])
-                print(
-                    f"\n── step {step.number}/{len(run.steps)} (line {step.block.line}): {first}",
-                    file=echo,
-                    flush=True,
-                )
-            _run_step(session, step, runbook, echo)
-            if echo is not None:
-                _echo_result(step, echo)
-            if step.status != "ok":
-                run.status = step.status
-                run.error = step.error
-                break
-        else:
-            run.status = "ok"
+        with context.use(running):
+            _run_steps(run, session, runbook, echo)
     finally:
         if run.status == "running":
             run.status = "interrupted"
             bad = run.failed_step
             run.error = bad.error if bad is not None else "interrupted between steps"
         run.seconds = time.monotonic() - t0
-        session.runbook = saved_context
         run.changes = _changes_of(workspace, relative)
         run.error = redact_text(run.error)
         reports.save(run)
         if made:
             session.close()
     return run
+
+
+def _run_steps(run: Run, session: Any, runbook: Runbook, echo: TextIO | None) -> None:
+    """Run the steps in order until one does not pass; the run's status says how it ended."""
+    from repl.render import redact_text
+
+    for step in run.steps:
+        if echo is not None:
+            first = redact_text(step.block.text.splitlines()[0])
+            print(
+                f"\n── step {step.number}/{len(run.steps)} (line {step.block.line}): {first}",
+                file=echo,
+                flush=True,
+            )
+        _run_step(session, step, runbook, echo)
+        if echo is not None:
+            _echo_result(step, echo)
+        if step.status != "ok":
+            run.status = step.status
+            run.error = step.error
+            break
+    else:
+        run.status = "ok"
 
 
 def refused_run(
@@ -758,12 +766,10 @@ def run_notebook(
     Hy values of the declared types. Raises `RunbookError` when refused (nothing ran) and
     `RunbookFailed` when a step failed; both say where the report is.
     """
-    from repl import session as sessions
-
-    outer = sessions.current()
-    workspace = outer.workspace
-    cloud = getattr(outer, "cloud_name", None)
-    running = getattr(outer, "runbook", None)
+    outer = context.current()
+    workspace = outer.session.workspace
+    cloud = outer.session.cloud_name
+    running = outer.runbook
     if running is not None:
         # a runbook run from a runbook inherits its --dry-run and --yes
         dry_run, yes = dry_run or running.dry_run, yes or running.yes
@@ -778,19 +784,9 @@ def run_notebook(
             e.message += f"; report: {_relative(run.report, workspace.root)}"
             e.args = (e.message,)
         raise
-    saved = sys.modules.get(sessions.WORKSPACE_MODULE), sessions._last_session
-    inner = None
-    try:
-        inner = sessions.Session(workspace)
-        inner.cloud_name = cloud
-        run = run_runbook(runbook, values, session=inner, echo=sys.stdout, **how)
-    finally:
-        if inner is not None:
-            inner.close()
-        # the console's workspace module and session stay the current ones
-        if saved[0] is not None:
-            sys.modules[sessions.WORKSPACE_MODULE] = saved[0]
-        sessions._last_session = saved[1]
+    # The runbook's Session is current only while it runs (`context.use` in run_runbook):
+    # afterwards the caller's Session, workspace module and runbook are the current ones again.
+    run = run_runbook(runbook, values, echo=sys.stdout, workspace=workspace, **how)
     line = summary_line(run, workspace.root)
     if run.status != "ok":
         raise RunbookFailed(line)
@@ -807,7 +803,5 @@ def run_notebook(
 
 def dry_run_now() -> bool:
     """Whether the runbook evaluating now was started with --dry-run (False outside runbooks)."""
-    from repl.session import current
-
-    context = getattr(current(), "runbook", None)
-    return bool(context is not None and context.dry_run)
+    running = context.current().runbook
+    return bool(running is not None and running.dry_run)
