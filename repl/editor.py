@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import shlex
 import shutil
 import subprocess
@@ -24,6 +23,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from wire.files import write_private
 
 EDITOR_VARIABLES = ("HYOPS_EDITOR", "VISUAL", "EDITOR")
 _VSCODES = {"code", "code-insiders", "codium", "vscodium", "code-oss"}
@@ -239,23 +240,6 @@ def value_text(value: Any) -> tuple[str, str]:
     import hy
 
     return hy.repr(value) + "\n", ".hy"
-
-
-def write_private(path: Path, text: str) -> Path:
-    """Write `text` to `path` atomically with mode 0600 (never briefly wider)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
 
 
 def edit_value(
