@@ -1,7 +1,8 @@
 """The Session: the one place where Hy is read, compiled and evaluated.
 
-Every front end (the console, `hyops eval`, later nREPL and runbooks) hands source text to a
-`Session` and gets Python values back. The Session owns:
+Every front end (the console, `hyops eval`, nREPL and runbooks) hands source text to a `Session`
+and gets Python values back, in an evaluation context (`repl.context`) that says for whom.
+The Session owns:
 
 - a workspace module (`hyops_workspace`) whose namespace holds the operator's bindings and the
   ops vocabulary: the public names of `ops/__init__.hy` and of every `ops/*.hy` module;
@@ -40,7 +41,7 @@ from hy.reader.exceptions import LexException, PrematureEndOfInput
 
 from repl import context
 from repl.vocabulary import Entry, OpsModule, Vocabulary
-from repl.vocabulary import LazyOp as LazyOp  # re-exported: repl.nrepl imports it from here
+from repl.vocabulary import LazyOp as LazyOp  # re-exported: repl.nrepl.lookup imports it
 from repl.workspace import Workspace, find_workspace
 
 WORKSPACE_MODULE = "hyops_workspace"
