@@ -356,6 +356,10 @@ class Session:
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as e:
+            if isinstance(e.__context__, KeyboardInterrupt):
+                # Ctrl-C (or an nREPL interrupt) while a macro expanded: Hy wraps it in a
+                # macro error; it is an interrupt, not a compile error.
+                raise KeyboardInterrupt from None
             error = self._compile_error(e, form, shown)
             self._record_error(error)
             raise error from None
