@@ -272,7 +272,9 @@ class Session:
         with self.evaluating(slots):
             return self._eval(source, filename, on_result)
 
-    def evaluating(self, slots: ResultSlots | None = None) -> Any:
+    def evaluating(
+        self, slots: ResultSlots | None = None
+    ) -> contextlib.AbstractContextManager[context.EvalContext]:
         """A `with` block evaluating for this Session: the active context if it is this
         Session's (with `slots` if given), else one derived from it (`repl.context.derive`)."""
         ctx = context.active()
