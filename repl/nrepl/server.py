@@ -20,7 +20,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from repl import context
+from repl import context, introspect
 from repl.nrepl.lookup import NAMESPACE, completion_kind, describe_name
 from repl.nrepl.sessions import Job, NreplSession
 from repl.nrepl.streams import route_streams
@@ -355,7 +355,7 @@ class Server:
             if last_only:
                 results.append(value)
             else:
-                job.reply({"value": _printed(value), "ns": NAMESPACE})
+                job.reply({"value": introspect.shown(value), "ns": NAMESPACE})
 
         try:
             with nsession.evaluating(job):
@@ -374,7 +374,9 @@ class Server:
             )
         else:
             if last_only:
-                job.reply({"value": _printed(results[-1] if results else None), "ns": NAMESPACE})
+                job.reply(
+                    {"value": introspect.shown(results[-1] if results else None), "ns": NAMESPACE}
+                )
         # `ns` on the last reply too: Calva's handshake reads it there after an error.
         job.reply({"ns": NAMESPACE, "status": ["done"]})
 
@@ -405,15 +407,6 @@ def _source_of(request: dict[str, Any]) -> tuple[str | None, str, bool]:
             + code
         )
     return code, str(filename), False
-
-
-def _printed(value: Any) -> str:
-    import hy
-
-    try:
-        return hy.repr(value)
-    except Exception:
-        return repr(value)
 
 
 def _class_name(e: BaseException) -> str:
