@@ -440,10 +440,10 @@ class Connection:
 
 def connection(session: Any = None) -> Connection:
     """The connection of `session` (default: the Session evaluating now), made on first use."""
-    from repl.session import current
+    from repl.context import current_session
 
-    session = session or current()
-    conn = getattr(session, "cloud_connection", None)
+    session = session or current_session()
+    conn = session.cloud_connection
     if conn is None:
         workspace = getattr(session, "workspace", None) or find_workspace()
         record = load_record(workspace, getattr(session, "cloud_name", None))
@@ -454,18 +454,18 @@ def connection(session: Any = None) -> Connection:
 
 def call(method: str, path: str, *, params: dict[str, Any] | None = None, body: Any = None) -> Any:
     """A signed request to the connected cloud, run on the Session's loop; blocks until answered."""
-    from repl.session import current
+    from repl.context import current_session
 
-    session = current()
+    session = current_session()
     conn = connection(session)
     return session.run(conn.request(method, path, params=params, body=body))
 
 
 def describe() -> dict[str, Any]:
     """What the Session evaluating now is connected to (asks a manager, so it is current)."""
-    from repl.session import current
+    from repl.context import current_session
 
-    session = current()
+    session = current_session()
     return session.run(connection(session).describe())
 
 
@@ -479,9 +479,9 @@ def connect(
     cloud must answer (a signed request to one of its managers) before the switch, so a wrong
     name, URL, key or route leaves the current connection as it was.
     """
-    from repl.session import current
+    from repl.context import current_session
 
-    session = current()
+    session = current_session()
     workspace = getattr(session, "workspace", None) or find_workspace()
     target = str(target).strip()
     if not target:
@@ -506,7 +506,7 @@ def connect(
     except BaseException:
         session.run(fresh.aclose())
         raise
-    old = getattr(session, "cloud_connection", None)
+    old = session.cloud_connection
     if old is not None:
         session.run(old.aclose())
     session.cloud_connection = fresh

@@ -33,6 +33,7 @@ from ptpython.prompt_style import PromptStyle
 from ptpython.repl import PythonRepl
 from pygments.lexers.lisp import HyLexer
 
+from repl import context
 from repl.render import is_records, redact_text, render
 from repl.session import HyopsEvalError, Session, is_complete
 from repl.workspace import Workspace, WorkspaceError
@@ -188,9 +189,13 @@ class HyRepl(PythonRepl):
         return None
 
     def run_and_show_expression(self, expression: str) -> None:
-        """Evaluate one input through the Session; show each result as its form finishes."""
+        """Evaluate one input through the Session; show each result as its form finishes.
+
+        The input is evaluated in the console's context (`repl.context`): the workspace's
+        `*1 *2 *3 *e`, confirmation asked at the terminal."""
         try:
-            self.session.eval(expression, on_result=self._show_result)
+            with context.use(context.EvalContext(self.session)):
+                self.session.eval(expression, on_result=self._show_result)
         except HyopsEvalError as e:
             self._show_error(e)
         except KeyboardInterrupt:

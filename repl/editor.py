@@ -16,15 +16,15 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import shlex
 import shutil
 import subprocess
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from wire.files import write_private
 
 EDITOR_VARIABLES = ("HYOPS_EDITOR", "VISUAL", "EDITOR")
 _VSCODES = {"code", "code-insiders", "codium", "vscodium", "code-oss"}
@@ -101,22 +101,18 @@ def launch_for(
     return [words[0], *args, *goto, path], True
 
 
-_requesting = threading.local()  # .editor: the editor family an nREPL evaluation came from
-
 # The command that hands a file to an editor that is already running, by editor family.
 # (Neovim: plain `nvim`, which `launch_for` sends to $NVIM's server, at the line when one is given.)
 _EDITOR_COMMANDS = {"emacs": "emacsclient -n", "vscode": "code -r", "nvim": "nvim"}
 
 
-def set_requesting_editor(family: str | None) -> None:
-    """Say (for this thread) that the forms being evaluated came from an editor over nREPL:
-    "emacs", "vscode", "nvim", or "nrepl" when the client did not say which editor it is."""
-    _requesting.editor = family
-
-
 def requesting_editor() -> str | None:
-    """The editor family this thread evaluates for (see `set_requesting_editor`), or None."""
-    return getattr(_requesting, "editor", None)
+    """The editor family the evaluation in progress came from over nREPL ("emacs", "vscode",
+    "nvim", or "nrepl" when the client did not say), from the evaluation context; else None."""
+    from repl.context import active
+
+    ctx = active()
+    return ctx.editor if ctx is not None else None
 
 
 def editor_for_client(
@@ -244,23 +240,6 @@ def value_text(value: Any) -> tuple[str, str]:
     import hy
 
     return hy.repr(value) + "\n", ".hy"
-
-
-def write_private(path: Path, text: str) -> Path:
-    """Write `text` to `path` atomically with mode 0600 (never briefly wider)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
 
 
 def edit_value(

@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from repl import context
 from repl.cloud import CloudError
 
 
@@ -110,10 +111,11 @@ def interactive() -> bool:
 def ask(question: str, session: Any = None) -> bool:
     """Ask a yes/no question; True only for an explicit y or yes.
 
-    A front end without a terminal (nREPL, a runbook) may set `session.ask` to its own way of
-    asking. With neither, this raises `Refused`: a change is never assumed to be wanted.
+    A front end without a terminal (nREPL) puts its own way of asking in the evaluation context
+    (`repl.context`); a session-like holder passed as `session` may carry one as `ask`. With
+    neither and no terminal, this raises `Refused`: a change is never assumed to be wanted.
     """
-    asker = getattr(session, "ask", None)
+    asker = _from_context("ask", session)
     if callable(asker):
         return bool(asker(question))
     if not interactive():
@@ -127,6 +129,16 @@ def ask(question: str, session: Any = None) -> bool:
     except EOFError:
         return False
     return answer.strip().lower() in ("y", "yes")
+
+
+def _from_context(name: str, session: Any) -> Any:
+    """`ask` or `runbook` of the evaluation in progress (`repl.context`); else, for a
+    session-like holder passed by a caller outside any evaluation, its attribute of that name."""
+    ctx = context.active()
+    value = getattr(ctx, name) if ctx is not None else None
+    if value is None and session is not None and (ctx is None or ctx.session is not session):
+        value = getattr(session, name, None)
+    return value
 
 
 # --- the audit log ------------------------------------------------------------------------------
@@ -161,7 +173,7 @@ def who(session: Any) -> dict[str, str]:
         user = getpass.getuser()
     except Exception:
         user = str(os.getuid())
-    conn = getattr(session, "cloud_connection", None)
+    conn = getattr(session, "cloud_connection", None)  # a holder may have none
     return {"user": user, "key": conn.operator() if conn is not None else ""}
 
 
@@ -188,13 +200,11 @@ def perform(
     the operator declines, or when nobody could be asked; other errors of `act` propagate.
     Every path writes one audit line.
     """
-    from repl.session import current
-
-    session = session or current()
+    session = session or context.current_session()
     show = show or (lambda text: print(text, flush=True))
     # A runbook's --dry-run / --yes reach every change its steps make, and the audit log
     # links each change to the run's report.
-    run = getattr(session, "runbook", None)
+    run = _from_context("runbook", session)
     if run is not None:
         dry_run = dry_run or bool(run.dry_run)
         yes = yes or bool(run.yes)

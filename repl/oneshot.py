@@ -32,6 +32,7 @@ def main(args: argparse.Namespace) -> int:
     else:
         source, filename = forms, "<eval>"
 
+    from repl.context import EvalContext, use
     from repl.render import redact, redact_text
     from repl.session import HyopsEvalError, Session
     from repl.workspace import WorkspaceError
@@ -53,7 +54,8 @@ def main(args: argparse.Namespace) -> int:
         print(f"hyops eval: {e}", file=sys.stderr)
         return 1
     try:
-        session.eval(source, filename=filename, on_result=show)
+        with use(EvalContext(session)):  # the workspace's *1 *2 *3 *e; asks at the terminal
+            session.eval(source, filename=filename, on_result=show)
     except HyopsEvalError as e:
         print(f"hyops eval: {redact_text(str(e))}", file=sys.stderr)
         return 1

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import inspect
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import hy
+
+from repl import introspect
 
 MAX_CELL = 48
 REDACTED = "<redacted>"
@@ -102,45 +104,16 @@ def _cell(value: Any) -> str:
     return text if len(text) <= MAX_CELL else text[: MAX_CELL - 1] + "…"
 
 
-def signature(name: str, fn: Callable[..., Any], macro: bool = False) -> str:
-    """A call template in Hy spelling: `(logs service [since "10m"] #* more #** opts)`."""
-    try:
-        sig = inspect.signature(fn)
-    except (TypeError, ValueError):
-        return f"({name} ...)"
-    parts = []
-    kw_started = False
-    params = list(sig.parameters.values())
-    if macro and params and params[0].name == "_hy_compiler":
-        params = params[1:]
-    for p in params:
-        pname = hy.unmangle(p.name)
-        if p.kind is p.VAR_POSITIONAL:
-            parts.append(f"#* {pname}")
-        elif p.kind is p.VAR_KEYWORD:
-            parts.append(f"#** {pname}")
-        elif p.kind is p.KEYWORD_ONLY:
-            if not kw_started:
-                parts.append("*")
-                kw_started = True
-            parts.append(pname if p.default is p.empty else f"[{pname} {hy.repr(p.default)}]")
-        elif p.default is p.empty:
-            parts.append(pname)
-        else:
-            parts.append(f"[{pname} {hy.repr(p.default)}]")
-    return f"({' '.join([name, *parts])})"
-
-
 def help_text(name: str, obj: Any, macro: bool = False) -> str:
-    """What `(help x)` prints: the call template and the whole docstring."""
-    doc = inspect.getdoc(obj) or "(no docstring)"
+    """What `(help x)` prints: the call template and the whole docstring (`repl.introspect`)."""
+    doc = introspect.docstring(obj) or "(no docstring)"
     if macro:
-        return f"macro {signature(name, obj, macro=True)}\n\n{doc}"
+        return f"macro {introspect.call_template(name, obj, macro=True)}\n\n{doc}"
     if inspect.isroutine(obj) or inspect.isclass(obj):
         kind = "class" if inspect.isclass(obj) else "function"
         origin = getattr(obj, "__module__", None)
         where = f"   [{origin}]" if origin else ""
-        return f"{kind} {signature(name, obj)}{where}\n\n{doc}"
+        return f"{kind} {introspect.call_template(name, obj)}{where}\n\n{doc}"
     if inspect.ismodule(obj):
         import pydoc
 

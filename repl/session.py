@@ -1,7 +1,8 @@
 """The Session: the one place where Hy is read, compiled and evaluated.
 
-Every front end (the console, `hyops eval`, later nREPL and runbooks) hands source text to a
-`Session` and gets Python values back. The Session owns:
+Every front end (the console, `hyops eval`, nREPL and runbooks) hands source text to a `Session`
+and gets Python values back, in an evaluation context (`repl.context`) that says for whom.
+The Session owns:
 
 - a workspace module (`hyops_workspace`) whose namespace holds the operator's bindings and the
   ops vocabulary: the public names of `ops/__init__.hy` and of every `ops/*.hy` module;
@@ -19,6 +20,8 @@ Reading (`read_forms`: source text to forms with positions) is separate from eva
 from __future__ import annotations
 
 import ast
+import contextlib
+import contextvars
 import linecache
 import re
 import sys
@@ -36,8 +39,9 @@ from hy.errors import HyLanguageError, HyMacroExpansionError
 from hy.reader import HyReader
 from hy.reader.exceptions import LexException, PrematureEndOfInput
 
+from repl import context
 from repl.vocabulary import Entry, OpsModule, Vocabulary
-from repl.vocabulary import LazyOp as LazyOp  # re-exported: repl.nrepl imports it from here
+from repl.vocabulary import LazyOp as LazyOp  # re-exported: repl.nrepl.lookup imports it
 from repl.workspace import Workspace, find_workspace
 
 WORKSPACE_MODULE = "hyops_workspace"
@@ -86,20 +90,11 @@ class _WithSlots(MutableMapping):
         return len(self.namespace)
 
 
-_last_session: Session | None = None
-_evaluating: list[Session] = []
-
-
 def current() -> Session:
-    """The Session evaluating right now, else the one created last.
-
-    Ops written in Hy use it to reach the session's event loop: `(.run (current) (coro))`.
-    """
-    if _evaluating:
-        return _evaluating[-1]
-    if _last_session is None:
-        raise RuntimeError("no hyops Session exists yet: create one with repl.session.Session()")
-    return _last_session
+    """The Session evaluating right now (in this context), else the one made last outside any
+    evaluation. The one accessor ops use: `(.run (current) (coro))`. See `repl.context`."""
+    session: Session = context.current_session()
+    return session
 
 
 class HyopsEvalError(Exception):
@@ -221,16 +216,22 @@ class Session:
     """A workspace namespace with the ops vocabulary, where Hy source is evaluated."""
 
     def __init__(self, workspace: Workspace | None = None, cloud_name: str | None = None) -> None:
-        global _last_session
         self.workspace = workspace or find_workspace()
         self.cloud_name = cloud_name  # the recorded cloud to connect to; None: the default
         self.module = types.ModuleType(WORKSPACE_MODULE)
         self.module.__file__ = str(self.workspace.root / "<workspace>")
-        sys.modules[WORKSPACE_MODULE] = self.module
+        # A Session made while another evaluates (a runbook run from a runbook step) does not
+        # displace it: it is the current one, and its module the workspace module, only while it
+        # evaluates (`repl.context.use`).
+        top_level = context.active() is None
+        if top_level or WORKSPACE_MODULE not in sys.modules:
+            sys.modules[WORKSPACE_MODULE] = self.module
         self.namespace: dict[str, Any] = vars(self.module)
         self.compiler = HyASTCompiler(self.module, WORKSPACE_MODULE)
         self.reader = HyReader()
         self.last_error: HyopsEvalError | None = None
+        # The connection to the cloud, made on first use by `repl.cloud.connection`.
+        self.cloud_connection: Any = None
         self.vocab = Vocabulary(self.workspace, self.namespace)  # loaded once the prelude is in
         self._inputs = 0
         self._loop: Any = None
@@ -239,14 +240,14 @@ class Session:
         # Front ends on other threads (nREPL) evaluate at the same time as the console: reading,
         # compiling and (re)loading ops share the reader and compiler, so one thread at a time.
         self._compile_lock = threading.RLock()
-        self._thread = threading.local()  # .slots: the ResultSlots of this thread's evaluation
 
         for name in (*RESULT_NAMES, ERROR_NAME):
             self.namespace[name] = None
         # Hy's prelude (`import hy` and friends) goes in once, like `hy.REPL` does it.
         prelude = hy_compile(hy.read_many(""), self.module, compiler=self.compiler)
         exec(compile(prelude, "<prelude>", "exec"), self.namespace)
-        _last_session = self
+        if top_level:
+            context.set_fallback(self)
         self.vocab.load()
 
     # ---------------------------------------------------------------- evaluation
@@ -264,7 +265,29 @@ class Session:
         there, so a long input shows progress). Errors raise `HyopsEvalError`; `*e` is set and
         the results of forms evaluated before the error stay bound to `*1 *2 *3`. With `slots`,
         `*1 *2 *3 *e` are read from and bound there instead of the workspace's.
+
+        Evaluates in the active evaluation context when it is this Session's (a front end
+        entered it), else in a new one for this Session (`repl.context`).
         """
+        with self.evaluating(slots):
+            return self._eval(source, filename, on_result)
+
+    def evaluating(
+        self, slots: ResultSlots | None = None
+    ) -> contextlib.AbstractContextManager[context.EvalContext]:
+        """A `with` block evaluating for this Session: the active context if it is this
+        Session's (with `slots` if given), else one derived from it (`repl.context.derive`)."""
+        ctx = context.active()
+        if ctx is not None and ctx.session is self and (slots is None or ctx.slots is slots):
+            return contextlib.nullcontext(ctx)
+        if slots is None:
+            return context.use(context.derive(self))
+        return context.use(context.derive(self, slots=slots))
+
+    def _eval(
+        self, source: str, filename: str, on_result: Callable[[Any], None] | None
+    ) -> list[Any]:
+        slots = context.current().slots
         with self._compile_lock:
             self.reload_changed()
             # Reader macros defined by earlier inputs (`defreader`) apply to this one. (Hy's
@@ -279,7 +302,7 @@ class Session:
                 raise
         results = []
         for form in forms:
-            value = self.eval_form(form, source, display_name=filename, slots=slots)
+            value = self.eval_form(form, source, display_name=filename)
             results.append(value)
             if on_result is not None:
                 on_result(value)
@@ -293,25 +316,23 @@ class Session:
         slots: ResultSlots | None = None,
     ) -> Any:
         """Compile and evaluate one form; bind `*1 *2 *3` to its value (or `*e` on error)."""
-        shown = display_name or form.filename
-        _evaluating.append(self)
-        saved, self._thread.slots = getattr(self._thread, "slots", None), slots
+        with self.evaluating(slots):
+            return self._eval_form(form, source, display_name or form.filename)
+
+    def _eval_form(self, form: Form, source: str, shown: str) -> Any:
+        with self._compile_lock:
+            self.vocab.load_referenced(form.model)
+            exec_code, eval_code = self._compile(form, source, shown)
         try:
-            with self._compile_lock:
-                self.vocab.load_referenced(form.model)
-                exec_code, eval_code = self._compile(form, source, shown)
-            try:
-                self._execute(exec_code)
-                value = self._execute(eval_code)
-            except (KeyboardInterrupt, SystemExit):
-                raise
-            except BaseException as e:
-                error = self._runtime_error(e, form, shown)
-                self._record_error(error)
-                raise error from None
-        finally:
-            self._thread.slots = saved
-            _evaluating.remove(self)
+            self._execute(exec_code)
+            value = self._execute(eval_code)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as e:
+            error = self._runtime_error(e, form, shown)
+            self._record_error(error)
+            raise error from None
+        slots = context.current().slots
         ns = self.namespace if slots is None else slots
         ns[RESULT_NAMES[2]], ns[RESULT_NAMES[1]] = ns[RESULT_NAMES[1]], ns[RESULT_NAMES[0]]
         ns[RESULT_NAMES[0]] = value
@@ -337,6 +358,10 @@ class Session:
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as e:
+            if isinstance(e.__context__, KeyboardInterrupt):
+                # Ctrl-C (or an nREPL interrupt) while a macro expanded: Hy wraps it in a
+                # macro error; it is an interrupt, not a compile error.
+                raise KeyboardInterrupt from None
             error = self._compile_error(e, form, shown)
             self._record_error(error)
             raise error from None
@@ -350,7 +375,7 @@ class Session:
         return eval(code, self.namespace, self._locals())
 
     def _locals(self) -> Any:
-        slots = getattr(self._thread, "slots", None)
+        slots = context.current().slots
         return self.namespace if slots is None else _WithSlots(self.namespace, slots)
 
     def _register_source(self, source: str, filename: str) -> str:
@@ -365,7 +390,10 @@ class Session:
 
     def _record_error(self, error: HyopsEvalError, slots: ResultSlots | None = None) -> None:
         self.last_error = error
-        target = slots if slots is not None else getattr(self._thread, "slots", None)
+        target = slots
+        if target is None:
+            ctx = context.active()
+            target = ctx.slots if ctx is not None and ctx.session is self else None
         if target is None:
             target = self.namespace
         target[ERROR_NAME] = error.original if error.original is not None else error
@@ -466,12 +494,15 @@ class Session:
         # moment after scheduling can still cancel it (asyncio.run_coroutine_threadsafe
         # leaves a window where the caller has no handle yet).
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        # The task runs in a copy of the caller's context (the loop thread has its own): an op
+        # that awaits sees the same evaluation context (Session, runbook, asker, output).
+        caller = contextvars.copy_context()
 
         def start() -> None:
             if future.cancelled():
                 coro.close()
                 return
-            task = loop.create_task(coro)
+            task = loop.create_task(coro, context=caller)
 
             def settle(done: Any) -> None:
                 try:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import builtins
 import importlib
-import os
 import sys
 import types
 from collections.abc import Callable, Iterable
@@ -30,10 +29,12 @@ import hy
 from hy.errors import HyLanguageError
 from hy.macros import require
 
+from repl import introspect
 from repl.workspace import Workspace
+from wire.files import write_private
 
 MANIFEST = "vocabulary.json"  # in .hyops/: each ops module's exports, by file mtime and size
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: each name records its arglist
 
 
 @dataclass
@@ -120,21 +121,18 @@ def public_names(module: types.ModuleType) -> tuple[dict[str, Any], list[str]]:
 
 
 def describe(value: Any, kind: str | None = None) -> dict[str, Any]:
-    """What the vocabulary records about a public name without keeping the object."""
+    """What the vocabulary records about a public name without keeping the object: its kind,
+    summary, keywords and arglist (`repl.introspect`), so editors and completion can answer
+    before the module is imported."""
     if kind is None:
-        kind = "class" if isinstance(value, type) else "function" if callable(value) else "value"
-    summary = _summary(value) if kind != "value" else hy.repr(value)[:60]
-    keywords: list[str] = []
+        kind = introspect.kind(value)
+    summary = introspect.summary(value) if kind != "value" else introspect.shown(value)[:60]
+    about: dict[str, Any] = {"kind": kind, "summary": summary, "keywords": []}
     if kind == "function":
-        import inspect
-
-        try:
-            params = inspect.signature(value).parameters.values()
-        except (TypeError, ValueError):
-            params = []  # type: ignore[assignment]
-        kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-        keywords = [hy.unmangle(p.name) for p in params if p.kind in kinds]
-    return {"kind": kind, "summary": summary, "keywords": keywords}
+        about["keywords"] = introspect.keywords(value)
+    if kind in ("function", "macro"):
+        about["arglist"] = introspect.arglist(value, macro=kind == "macro")
+    return about
 
 
 def symbols(model: Any) -> Iterable[str]:
@@ -261,9 +259,9 @@ class Vocabulary:
         self._manifest = modules
         try:
             state = self.workspace.ensure_state_dir()
-            tmp = state / f"{MANIFEST}.{os.getpid()}.tmp"
-            tmp.write_text(json.dumps({"version": MANIFEST_VERSION, "modules": modules}))
-            os.replace(tmp, state / MANIFEST)
+            # a cache: written whole (atomically, 0600), not synced to disk
+            data = json.dumps({"version": MANIFEST_VERSION, "modules": modules})
+            write_private(state / MANIFEST, data, sync=False)
         except OSError:
             pass  # a read-only workspace just imports everything at each start
 
@@ -436,20 +434,7 @@ class Vocabulary:
             target = self.lookup(head)
         except Exception:
             return []
-        import inspect
-
-        try:
-            params = inspect.signature(target).parameters.values()
-        except (TypeError, ValueError):
-            return []
-        kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-        return [hy.unmangle(p.name) for p in params if p.kind in kinds]
-
-
-def _summary(obj: Any) -> str:
-    doc = getattr(obj, "__doc__", None) or ""
-    lines = doc.strip().splitlines()
-    return lines[0].strip() if lines else ""
+        return introspect.keywords(target)
 
 
 def _short(e: BaseException) -> str:

@@ -285,6 +285,57 @@ def test_dry_run_and_yes_of_a_run_reach_every_change_and_the_audit_log_links_the
         assert "```hy\nTrue\n```" in md  # (dry-run?) said so
 
 
+NESTED_INNER = """\
+;; # Inner
+(import repl.mutate [Plan perform])
+(perform (Plan :action "touch" :target "inner" :changes ["file: absent -> present"])
+         (fn [] (.write-text (hy.I.pathlib.Path "inner-acted") "yes") "did it"))
+(dry-run?)
+"""
+
+NESTED_OUTER = """\
+;; # Outer
+(import repl.mutate [Plan perform] repl.session [current])
+(setv outer-session (current))
+(get (run-notebook "inner" :dry-run True) "status")
+(is (current) outer-session)
+(dry-run?)
+(perform (Plan :action "touch" :target "outer" :changes ["file: absent -> present"])
+         (fn [] (.write-text (hy.I.pathlib.Path "outer-acted") "yes") "did it"))
+"""
+
+
+def test_a_runbook_run_from_a_step_leaves_the_outer_runs_context_as_it_was(
+    ws: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The inner run is dry (its own :dry-run) and has its own report; afterwards the outer
+    run's Session, --yes and report are the current ones again, with nothing restored by hand."""
+    import json
+
+    from repl import context
+    from repl.runbook import find, load, run_runbook
+    from repl.workspace import Workspace
+
+    monkeypatch.chdir(ws)
+    (ws / "notebooks" / "inner.hy").write_text(NESTED_INNER)
+    (ws / "notebooks" / "outer.hy").write_text(NESTED_OUTER)
+    workspace = Workspace(ws)
+    before = context.active()
+    run = run_runbook(load(find(workspace, "outer")), {}, workspace=workspace, yes=True)
+    assert context.active() is before
+    assert [s.status for s in run.steps] == ["ok"] * 6, [s.error for s in run.steps]
+    assert [s.value for s in run.steps[2:5]] == ["ok", True, False]
+    assert not (ws / "inner-acted").exists() and (ws / "outer-acted").exists()
+    entries = [json.loads(x) for x in (ws / ".hyops" / "audit.jsonl").read_text().splitlines()]
+    outer_report = str(run.report.relative_to(ws))
+    assert [(e["runbook"], e["target"], e["mode"], e["result"]) for e in entries] == [
+        ("inner", "inner", "dry-run", "dry-run"),
+        ("outer", "outer", "yes", "done"),
+    ]
+    assert entries[0]["report"] != outer_report and entries[1]["report"] == outer_report
+    assert [c["target"] for c in run.changes] == ["outer"]
+
+
 # --- the HTML report in a real browser ------------------------------------------------------------
 
 

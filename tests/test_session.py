@@ -245,6 +245,19 @@ def test_current_is_the_evaluating_session(session: Session) -> None:
     assert current() is session
 
 
+def test_the_loop_runs_each_coroutine_in_its_callers_evaluation_context(session: Session) -> None:
+    from repl import context
+
+    async def seen() -> context.EvalContext | None:
+        return context.active()
+
+    ctx = context.EvalContext(session, editor="emacs")
+    with context.use(ctx):
+        assert session.run(seen()) is ctx
+    assert context.active() is None
+    assert session.run(seen()) is None
+
+
 # ------------------------------------------------------------------ reload
 
 
