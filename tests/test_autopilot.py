@@ -394,7 +394,7 @@ def list_commits(cloud: LocalCloud) -> int:
 
 
 def test_a_stopped_system_keeps_its_service_and_volumes() -> None:
-    from node.reconciler import STOPPED_CONSTRAINT, service_spec
+    from node.autopilot.systems import STOPPED_CONSTRAINT, service_spec
     from wire.spec import check_spec
 
     systems = check_spec({"systems": {
