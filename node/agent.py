@@ -22,30 +22,20 @@ import logging
 import secrets
 import sys
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 
+from node.autopilot import Autopilot
 from node.config import AgentConfig, ConfigError, load_config
 from node.engine import Engine, EngineError
-from node.reconciler import Autopilot
+from node.operations import Operations
+from node.swarm import SwarmView
 from wire.client import NodeApiError, NodeClient
+from wire.files import PRIVATE, write_atomic
 from wire.lists import BootstrapList, ListError, Manager, open_list
-from wire.policy import check_demote, check_promote
-from wire.records import (
-    LABEL_API,
-    LABEL_CPUS,
-    LABEL_JOINED_VIA,
-    LABEL_MEMORY,
-    node_record,
-    parse_since,
-    service_record,
-    sort_nodes,
-    task_record,
-    unknown_name_hint,
-)
+from wire.records import LABEL_API, LABEL_CPUS, LABEL_JOINED_VIA, LABEL_MEMORY, node_record
 from wire.signing import Trust, Verifier, load_private_key
 
 log = logging.getLogger("hyops.agent")
@@ -83,15 +73,17 @@ class RepeatedWarning:
 
 
 class Agent:
-    """One node's agent. All I/O goes through `engine` (dockerd), `lists` (bootstrap list) and
-    `http` (other agents); decisions come from `wire.policy`."""
+    """One node's agent: its membership and lifecycle. All I/O goes through `engine` (dockerd),
+    `lists` (bootstrap list) and `http` (other agents); decisions come from `wire.policy`.
+
+    It builds the parts that serve and steer the cloud and hands them only what they need: the
+    Swarm view (`swarm`, node/swarm.py), the API's answers (`ops`, node/operations.py), the
+    autopilot (`autopilot`, node/autopilot/), and the node API (node/api.py) gets the agent
+    through a protocol of its own."""
 
     def __init__(self, config: AgentConfig) -> None:
-        # late import: the API module pulls in FastAPI, which only a serving agent needs
-        from node.api import ApiError
-
-        self._api_error = ApiError
         self.config = config
+        self.name = config.name
         self.state = "starting"
         self.detail = ""
         self.cloud_id: str | None = None
@@ -103,7 +95,6 @@ class Agent:
         self.lists = open_list(config.list_url, config.data_dir / "list")
         self.http = httpx.AsyncClient(timeout=10.0)
         self.api_url = f"http://{config.api_host}:{config.api_port}"
-        self._manager_cache: tuple[float, bool, bool] | None = None
         self._inactive_since: float | None = None
         self._labelling: asyncio.Task[None] | None = None
         self._published: tuple[tuple[str, str, str], ...] | None = None
@@ -114,7 +105,23 @@ class Agent:
         self.node_id: str | None = state.get("node_id")
         # the manager address this node joined by ("" when it originated; None: not known)
         self.joined_via: str | None = state.get("joined_via")
-        self.autopilot = Autopilot(self)  # idles until this node leads; keeps the given spec
+        # the parts the API and the autopilot are given (they never see the agent itself)
+        self.swarm = SwarmView(
+            self.engine,
+            active=lambda: self.state == "active",
+            read_list=self.lists.read,
+            advertise_addr=config.advertise_addr,
+            api_port=config.api_port,
+            api_url=self.api_url,
+        )
+        self.ops = Operations(self.engine, self.swarm, self, config.name, self.api_url)
+        self.autopilot = Autopilot(  # idles until this node leads; keeps the given spec
+            self.engine,
+            self.swarm,
+            name=config.name,
+            data_dir=config.data_dir,
+            active=lambda: self.state == "active",
+        )
 
     # --- state kept across restarts -------------------------------------------------------
 
@@ -125,11 +132,8 @@ class Agent:
             return {}
 
     def _save_state(self) -> None:
-        tmp = self._state_file.with_suffix(".tmp")
         state = {"cloud_id": self.cloud_id, "node_id": self.node_id, "joined_via": self.joined_via}
-        tmp.write_text(json.dumps(state))
-        tmp.chmod(0o600)
-        tmp.replace(self._state_file)
+        write_atomic(self._state_file, json.dumps(state), PRIVATE)
 
     # --- running ---------------------------------------------------------------------------
 
@@ -431,8 +435,8 @@ class Agent:
         delay = 0.3
         while True:
             try:
-                if await self.is_manager():
-                    await self._set_labels_local(node_id, wanted)
+                if await self.swarm.is_manager():
+                    await self.swarm.set_labels(node_id, wanted)
                 else:
                     await self._ask_manager(
                         "POST", f"/v1/nodes/{node_id}/labels", {"labels": wanted}
@@ -446,76 +450,11 @@ class Agent:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 3.0)
 
-    async def _set_labels_local(self, node_id: str, labels: dict[str, str]) -> dict[str, Any]:
-        for _ in range(5):
-            node = await self.engine.node(node_id)
-            spec = dict(node["Spec"])
-            current = dict(spec.get("Labels") or {})
-            if all(current.get(k) == v for k, v in labels.items()):
-                return node
-            spec["Labels"] = {**current, **labels}
-            try:
-                await self.engine.node_update(node["ID"], node["Version"]["Index"], spec)
-                return await self.engine.node(node_id)
-            except EngineError as exc:
-                if "out of sequence" not in str(exc):
-                    raise
-        raise self._api_error(409, "conflict", "the node kept changing while labelling it")
-
-    # --- being a manager, finding managers ---------------------------------------------------
-
-    async def _manager_state(self) -> tuple[bool, bool]:
-        """(is an active manager, is the leader), cached for a second."""
-        now = time.monotonic()
-        if self._manager_cache and now - self._manager_cache[0] < 1.0:
-            return self._manager_cache[1], self._manager_cache[2]
-        info = await self.engine.info()
-        swarm = info.get("Swarm") or {}
-        manager = bool(swarm.get("ControlAvailable"))
-        leader = False
-        if manager:
-            me = await self.engine.node(swarm.get("NodeID"))
-            leader = bool((me.get("ManagerStatus") or {}).get("Leader"))
-        self._manager_cache = (now, manager, leader)
-        return manager, leader
-
-    async def is_manager(self, fresh: bool = False) -> bool:
-        """Whether this node is an active manager (from a cache of a second, unless `fresh`)."""
-        if self.state not in ("active",) and not await self._in_swarm():
-            return False
-        if fresh:
-            self._manager_cache = None
-        return (await self._manager_state())[0]
-
-    async def _in_swarm(self) -> bool:
-        try:
-            info = await self.engine.info()
-        except EngineError:
-            return False
-        return (info.get("Swarm") or {}).get("LocalNodeState") == "active"
-
-    async def manager_apis(self) -> list[str]:
-        """API URLs of the managers' agents: the ones this engine knows, then the list's."""
-        urls: list[str] = []
-        try:
-            info = await self.engine.info()
-            for remote in (info.get("Swarm") or {}).get("RemoteManagers") or []:
-                host = str(remote.get("Addr", "")).rsplit(":", 1)[0]
-                if host and host != self.config.advertise_addr:
-                    urls.append(f"http://{host}:{self.config.api_port}")
-        except EngineError:
-            pass
-        if not urls:
-            # the engine knows no manager (not joined yet, or cut off): the list does, at the
-            # price of a read (a git fetch), so only then
-            with contextlib.suppress(ListError):
-                lst = await asyncio.to_thread(self.lists.read)
-                urls += [m.api for m in lst.managers if m.api != self.api_url]
-        return list(dict.fromkeys(urls))
+    # --- asking a manager ---------------------------------------------------------------------
 
     async def _ask_manager(self, method: str, path: str, body: Any = None) -> Any:
         last: NodeApiError | None = None
-        for url in await self.manager_apis():
+        for url in await self.swarm.manager_apis():
             try:
                 return await NodeClient(url, self.key, self.http).request(method, path, body=body)
             except NodeApiError as exc:
@@ -524,295 +463,11 @@ class Agent:
                 last = exc
         raise last or NodeApiError(path, None, "no-manager", "no manager's agent is known")
 
-    async def forward_to_manager(self, request: Any) -> Any:
-        """Send a request on, signature and all, to a manager's agent; return its answer."""
-        from fastapi.responses import Response
-
-        from node.api import FORWARDED_BY
-
-        body = await request.body()
-        path = request.url.path + (("?" + request.url.query) if request.url.query else "")
-        headers = {
-            k: v
-            for k, v in request.headers.items()
-            if k.lower().startswith("x-hyops-") or k.lower() == "content-type"
-        }
-        headers[FORWARDED_BY] = self.config.name  # the receiver does not send it on again
-        for url in await self.manager_apis():
-            try:
-                answer = await self.http.request(
-                    request.method, url + path, content=body or None, headers=headers
-                )
-            except httpx.HTTPError:
-                continue
-            if answer.status_code == 421 or (
-                answer.status_code >= 500 and answer.status_code != 503
-            ):
-                continue  # not a manager after all (421), or broken: the next one
-            return Response(
-                answer.content,
-                status_code=answer.status_code,
-                media_type=answer.headers.get("content-type", "application/json"),
-            )
-        raise self._api_error(
-            503,
-            "no-manager",
-            "this node is a worker and no manager's agent answered",
-            "ask a manager's agent directly; the bootstrap list names them",
-        )
-
-    # --- answers for the API -----------------------------------------------------------------
-
-    def _require_swarm(self) -> None:
-        if self.state != "active":
-            raise self._api_error(
-                503,
-                "not-ready",
-                f"this node is {self.state}" + (f": {self.detail}" if self.detail else ""),
-                "try again in a moment",
-            )
-
-    async def this_node(self) -> dict[str, Any]:
-        info = await self.engine.info()
-        swarm = info.get("Swarm") or {}
-        record: dict[str, Any]
-        if swarm.get("ControlAvailable"):
-            record = node_record(await self.engine.node(swarm["NodeID"]))
-        else:
-            labels = self.wanted_labels(info)
-            record = {
-                "id": swarm.get("NodeID") or None,
-                "name": info.get("Name"),
-                "role": "worker" if swarm.get("NodeID") else None,
-                "state": "ready" if swarm.get("LocalNodeState") == "active" else None,
-                "availability": None,
-                "leader": False,
-                "reachability": None,
-                "addr": swarm.get("NodeAddr") or None,
-                "manager_addr": None,
-                "cpus": float(labels[LABEL_CPUS]) if LABEL_CPUS in labels else None,
-                "memory": int(labels[LABEL_MEMORY]) if LABEL_MEMORY in labels else None,
-                "labels": labels,
-                "engine": info.get("ServerVersion"),
-                "api": self.api_url,
-                "version": None,
-            }
-        record["swarm"] = swarm.get("LocalNodeState")
-        record["cloud_id"] = self.cloud_id
-        record["agent"] = self.state
-        return record
-
-    async def nodes(self) -> list[dict[str, Any]]:
-        self._require_swarm()
-        return sort_nodes([node_record(n) for n in await self.engine.nodes()])
-
-    async def services(self) -> list[dict[str, Any]]:
-        self._require_swarm()
-        records = [service_record(s) for s in await self.engine.services(status=True)]
-        return sorted(records, key=lambda r: r["name"] or "")
-
-    async def tasks(self, service: str) -> list[dict[str, Any]]:
-        self._require_swarm()
-        services = await self.engine.services(status=False)
-        names = {s["Spec"]["Name"]: s["ID"] for s in services}
-        if service not in names and service not in names.values():
-            raise self._not_found("service", service, list(names))
-        service_id = names.get(service, service)
-        node_names = {n["ID"]: node_record(n)["name"] for n in await self.engine.nodes()}
-        raw = await self.engine.tasks({"service": [service_id]})
-        records = [task_record(t, node_names) for t in raw]
-        for r in records:
-            r["service"] = service if service in names else r["service"]
-        return sorted(records, key=lambda r: (r["slot"] or 0, r["updated"] or ""), reverse=False)
-
-    def _not_found(self, kind: str, name: str, known: list[str]) -> Exception:
-        hint = unknown_name_hint(kind, name, known)
-        return self._api_error(404, f"unknown-{kind}", f"no {kind} named {name!r}", hint)
-
-    async def _find_node(self, name: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        raw = await self.engine.nodes()
-        records = [node_record(n) for n in raw]
-        for node, record in zip(raw, records, strict=True):
-            if name in (record["name"], record["id"]):
-                return node, records
-        raise self._not_found("node", name, [r["name"] for r in records if r["name"]])
-
-    async def change_role(self, name: str, role: str, by: str) -> dict[str, Any]:
-        """Promote (role "manager") or demote (role "worker") a node, if Swarm's rules allow."""
-        self._require_swarm()
-        for _ in range(5):
-            node, records = await self._find_node(name)
-            record = node_record(node)
-            if record["role"] == role:
-                return {**record, "changed": False}
-            refusal = (
-                check_promote(records, record["name"])
-                if role == "manager"
-                else check_demote(records, record["name"])
-            )
-            if refusal is not None:
-                log.warning(
-                    "refused to make %s a %s (asked by %s): %s", name, role, by, refusal.reason
-                )
-                raise self._api_error(409, "unsafe", refusal.reason, refusal.hint)
-            spec = {**node["Spec"], "Role": role}
-            try:
-                await self.engine.node_update(node["ID"], node["Version"]["Index"], spec)
-            except EngineError as exc:
-                if "out of sequence" in str(exc):
-                    continue
-                if "raft memberlist" in str(exc):
-                    # promoted a moment ago: Raft has not taken it in yet
-                    raise self._api_error(
-                        409,
-                        "busy",
-                        f"{record['name']} is still joining the managers' Raft group",
-                        "try again in a few seconds",
-                    ) from None
-                raise
-            self._manager_cache = None
-            log.info("%s is now a %s (asked by %s)", record["name"], role, by)
-            try:
-                return {**node_record(await self.engine.node(node["ID"])), "changed": True}
-            except EngineError:
-                # this node demoted itself: its engine no longer answers for the cloud; the
-                # change is made, and the answer is what was asked for
-                gone = {"leader": False, "reachability": None, "manager_addr": None}
-                return {**record, "role": role, **gone, "changed": True}
-        raise self._api_error(409, "conflict", f"node {name} kept changing; try again")
-
-    async def set_availability(self, name: str, availability: str, by: str) -> dict[str, Any]:
-        """Set a node's availability ("active", "pause" or "drain"); Swarm moves the tasks."""
-        self._require_swarm()
-        for _ in range(5):
-            node, _ = await self._find_node(name)
-            record = node_record(node)
-            if record["availability"] == availability:
-                return {**record, "changed": False}
-            spec = {**node["Spec"], "Availability": availability}
-            try:
-                await self.engine.node_update(node["ID"], node["Version"]["Index"], spec)
-            except EngineError as exc:
-                if "out of sequence" in str(exc):
-                    continue
-                raise
-            log.info("%s is now %s (asked by %s)", record["name"], availability, by)
-            return {**node_record(await self.engine.node(node["ID"])), "changed": True}
-        raise self._api_error(409, "conflict", f"node {name} kept changing; try again")
-
-    async def set_labels(self, name: str, labels: dict[str, str], by: str) -> dict[str, Any]:
-        self._require_swarm()
-        node, _ = await self._find_node(name)
-        updated = await self._set_labels_local(node["ID"], labels)
-        log.info("labels of %s set by %s: %s", node_record(node)["name"], by, ", ".join(labels))
-        return node_record(updated)
-
-    async def join_token(self, role: str, by: str) -> dict[str, Any]:
-        self._require_swarm()
-        swarm = await self.engine.swarm_inspect()
-        token = (swarm.get("JoinTokens") or {}).get(role.capitalize())
-        info = await self.engine.info()
-        managers = [
-            m["Addr"]
-            for m in (info.get("Swarm") or {}).get("RemoteManagers") or []
-            if m.get("Addr")
-        ]
-        # The leader first: dockerd keeps the first address as the way into Raft should the
-        # node be promoted later (swarmkit's JoinAddr), and the autopilot demotes the leader
-        # last, so that address stays a manager's the longest.
-        with contextlib.suppress(EngineError):
-            leaders = [
-                (n.get("ManagerStatus") or {}).get("Addr")
-                for n in await self.engine.nodes({"role": ["manager"]})
-                if (n.get("ManagerStatus") or {}).get("Leader")
-            ]
-            managers.sort(key=lambda addr: addr not in leaders)
-        log.info("gave a %s join token to %s", role, by)  # the token itself is never logged
-        return {"token": token, "managers": managers, "cloud_id": self.cloud_id}
-
-    async def log_records(
-        self,
-        *,
-        container: str | None,
-        service: str | None,
-        since: str | None,
-        tail: int | None,
-        follow: bool,
-    ) -> AsyncIterator[dict[str, Any]]:
-        """Check the request, then return the stream of log records of this node's containers."""
-        try:
-            since_ts = parse_since(since)
-        except ValueError as exc:
-            raise self._api_error(400, "bad-request", str(exc)) from None
-        containers = await self.engine.containers(all=True)
-        chosen = []
-        for c in containers:
-            names = [n.lstrip("/") for n in c.get("Names") or []]
-            labels = c.get("Labels") or {}
-            if (
-                container is not None
-                and container not in names
-                and not c["Id"].startswith(container)
-            ):
-                continue
-            if service is not None and labels.get("com.docker.swarm.service.name") != service:
-                continue
-            chosen.append((c["Id"], names[0] if names else c["Id"][:12], labels))
-        if container is not None and not chosen:
-            known = [n.lstrip("/") for c in containers for n in c.get("Names") or []]
-            raise self._not_found("container", container, known)
-        return self._merge_logs(chosen, since_ts, tail, follow)
-
-    async def _merge_logs(
-        self,
-        chosen: list[tuple[str, str, dict[str, str]]],
-        since: int | None,
-        tail: int | None,
-        follow: bool,
-    ) -> AsyncIterator[dict[str, Any]]:
-        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(maxsize=1000)
-
-        async def pump(cid: str, cname: str, labels: dict[str, str]) -> None:
-            try:
-                async for stream, data in self.engine.container_logs(
-                    cid, since=since, tail=tail, follow=follow, timestamps=True
-                ):
-                    text = data.decode("utf-8", "replace").rstrip("\n")
-                    stamp, _, line = text.partition(" ")
-                    await queue.put(
-                        {
-                            "node": self.config.name,
-                            "container": cname,
-                            "service": labels.get("com.docker.swarm.service.name"),
-                            "task": labels.get("com.docker.swarm.task.name"),
-                            "stream": stream,
-                            "time": stamp,
-                            "line": line,
-                        }
-                    )
-            except EngineError as exc:
-                await queue.put({"node": self.config.name, "container": cname, "error": str(exc)})
-            finally:
-                await queue.put(None)
-
-        pumps = [asyncio.create_task(pump(*c)) for c in chosen]
-        try:
-            remaining = len(pumps)
-            while remaining:
-                item = await queue.get()
-                if item is None:
-                    remaining -= 1
-                else:
-                    yield item
-        finally:
-            for p in pumps:
-                p.cancel()
-
     # --- publishing --------------------------------------------------------------------------
 
     async def publish_managers(self) -> None:
         """On the leader: write the managers to the bootstrap list when they changed."""
-        manager, leader = await self._manager_state()
+        manager, leader = await self.swarm.manager_state()
         if not (manager and leader) or not self.lists.writable:
             return
         records = [node_record(n) for n in await self.engine.nodes()]

@@ -2,8 +2,12 @@
 
 Every route but `/v1/health` needs a request signed by a trusted key; control routes need the
 right role. Routes that only a manager can answer are forwarded verbatim (signature included) to
-a manager's agent when this node is a worker, so the manager checks the caller's signature itself.
-The OpenAPI document is at `/openapi.json`.
+a manager's agent when this node is a worker, so the manager checks the caller's signature itself;
+forwarding lives here, with the routes. The agent's domain errors (`node.errors.AgentError`)
+become status codes in one table, `STATUS`. The OpenAPI document is at `/openapi.json`.
+
+This module does not know the agent: `create_app` takes anything shaped like `NodeAgent`
+(node/agent.py passes itself), so the agent imports the API and never the other way round.
 """
 
 from __future__ import annotations
@@ -11,40 +15,125 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
+import httpx
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from node.autopilot import Autopilot
 from node.engine import EngineError
-from wire.signing import AuthError, TrustedKey, require_role
-
-# set on a request one agent forwards to another (see manager_or_forward); not signed, and it
-# only stops further forwarding, so a caller who sets it can only hurt its own request
-FORWARDED_BY = "X-Hyops-Forwarded-By"
-
-if TYPE_CHECKING:
-    from node.agent import Agent
+from node.errors import AgentError, Kind
+from node.operations import Operations
+from node.swarm import SwarmView
+from wire.ports import HEADER_FORWARDED_BY, HEADER_PREFIX
+from wire.signing import AuthError, TrustedKey, Verifier, require_role
 
 log = logging.getLogger("hyops.api")
 
+# the one place a domain error becomes an HTTP status
+STATUS: dict[Kind, int] = {
+    "invalid": 400,
+    "not-found": 404,
+    "conflict": 409,
+    "refused": 409,
+    "misdirected": 421,
+    "unavailable": 503,
+}
 
-class ApiError(Exception):
-    """An answer other than success, with a code, a message and what to do."""
 
-    def __init__(self, status: int, code: str, message: str, hint: str = "") -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.hint = hint
+class NodeAgent(Protocol):
+    """What the API needs of an agent (node/agent.py's `Agent` is one)."""
+
+    name: str
+    api_url: str
+    verifier: Verifier
+    http: httpx.AsyncClient
+    swarm: SwarmView
+    ops: Operations
+    autopilot: Autopilot
+
+    @property
+    def state(self) -> str: ...
+    @property
+    def cloud_id(self) -> str | None: ...
 
 
 def error_response(status: int, code: str, message: str, hint: str = "") -> JSONResponse:
+    """The one error shape clients see: `{"error": code, "message": ..., "hint": ...}`."""
     return JSONResponse({"error": code, "message": message, "hint": hint}, status_code=status)
+
+
+def request_path(request: Request) -> str:
+    """The path and query of a request, as it was signed (and as it is forwarded)."""
+    return request.url.path + (("?" + request.url.query) if request.url.query else "")
+
+
+def relay_headers(request: Request) -> dict[str, str]:
+    """The headers a relayed request keeps: the signature's (`X-Hyops-*`) and its content type."""
+    prefix = HEADER_PREFIX.lower()
+    return {
+        k: v
+        for k, v in request.headers.items()
+        if k.lower().startswith(prefix) or k.lower() == "content-type"
+    }
+
+
+def as_response(answer: httpx.Response) -> Response:
+    """Another agent's answer, passed on as it came."""
+    return Response(
+        answer.content,
+        status_code=answer.status_code,
+        media_type=answer.headers.get("content-type", "application/json"),
+    )
+
+
+async def forward_to_manager(agent: NodeAgent, request: Request) -> Response:
+    """Send a request on, signature and all, to a manager's agent; return its answer.
+
+    It carries `X-Hyops-Forwarded-By`, so the receiver does not send it on again; an agent that
+    answers 421 (not a manager after all) or fails (5xx but 503) is passed over for the next."""
+    body = await request.body()
+    path = request_path(request)
+    headers = relay_headers(request)
+    headers[HEADER_FORWARDED_BY] = agent.name
+    for url in await agent.swarm.manager_apis():
+        try:
+            answer = await agent.http.request(
+                request.method, url + path, content=body or None, headers=headers
+            )
+        except httpx.HTTPError:
+            continue
+        if answer.status_code == 421 or (answer.status_code >= 500 and answer.status_code != 503):
+            continue  # not a manager after all (421), or broken: the next one
+        return as_response(answer)
+    raise AgentError(
+        "unavailable",
+        "no-manager",
+        "this node is a worker and no manager's agent answered",
+        "ask a manager's agent directly; the bootstrap list names them",
+    )
+
+
+async def autopilot_answer(agent: NodeAgent, request: Request) -> Any:
+    """The autopilot's status on the leader; on another manager, the leader's agent's answer
+    (what this one knows, with a note, when no leader's agent is known or it does not answer)."""
+    pilot = agent.autopilot
+    if pilot.leading:
+        return pilot.status()
+    leader_api = await agent.swarm.leader_api()
+    if leader_api is None or leader_api == agent.api_url:
+        return {**pilot.status(), "note": "no leader's agent is known yet"}
+    try:
+        answer = await agent.http.get(
+            leader_api + request_path(request), headers=relay_headers(request)
+        )
+    except Exception as exc:  # the leader's agent is away: say what this one knows
+        return {**pilot.status(), "note": f"the leader's agent did not answer: {exc!r}"}
+    return as_response(answer)
 
 
 class ErrorBody(BaseModel):
@@ -93,7 +182,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def create_app(agent: Agent) -> FastAPI:
+def create_app(agent: NodeAgent) -> FastAPI:
     """The node API of `agent`, as an ASGI application."""
     from node import __version__
 
@@ -111,9 +200,9 @@ def create_app(agent: Agent) -> FastAPI:
         )
         return error_response(exc.status, exc.code, exc.message, exc.hint)
 
-    @app.exception_handler(ApiError)
-    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.status, exc.code, exc.message, exc.hint)
+    @app.exception_handler(AgentError)
+    async def _agent_error(request: Request, exc: AgentError) -> JSONResponse:
+        return error_response(STATUS[exc.kind], exc.code, exc.message, exc.hint)
 
     @app.exception_handler(EngineError)
     async def _engine_error(request: Request, exc: EngineError) -> JSONResponse:
@@ -152,8 +241,7 @@ def create_app(agent: Agent) -> FastAPI:
 
     async def caller(request: Request) -> TrustedKey:
         body = await request.body()
-        path = request.url.path + (("?" + request.url.query) if request.url.query else "")
-        return agent.verifier.verify(request.method, path, body, request.headers)
+        return agent.verifier.verify(request.method, request_path(request), body, request.headers)
 
     def role(*roles: str):
         async def check(key: TrustedKey = Depends(caller)) -> TrustedKey:
@@ -178,25 +266,25 @@ def create_app(agent: Agent) -> FastAPI:
         took the other for the manager (both promoted a moment ago) would pass it back and
         forth, and the second visit would be refused as a replay. It gets 421, and the
         forwarding agent tries the next manager."""
-        agent._require_swarm()
-        if await agent.is_manager() or await agent.is_manager(fresh=True):
+        agent.ops.require_swarm()
+        if await agent.swarm.is_manager() or await agent.swarm.is_manager(fresh=True):
             return None
-        by = request.headers.get(FORWARDED_BY)
+        by = request.headers.get(HEADER_FORWARDED_BY)
         if by:
-            raise ApiError(
-                421,
+            raise AgentError(
+                "misdirected",
                 "not-a-manager",
-                f"{agent.config.name} is not a manager (the request was forwarded here by {by})",
+                f"{agent.name} is not a manager (the request was forwarded here by {by})",
                 "the forwarding agent tries another manager",
             )
-        return await agent.forward_to_manager(request)
+        return await forward_to_manager(agent, request)
 
     @app.get("/v1/health", response_model=Health, tags=["state"])
     async def health() -> Health:
         """Whether the agent answers, and what it is doing. Open to anyone."""
         return Health(
             ok=agent.state != "error",
-            name=agent.config.name,
+            name=agent.name,
             version=__version__,
             state=agent.state,
             cloud_id=agent.cloud_id,
@@ -205,22 +293,22 @@ def create_app(agent: Agent) -> FastAPI:
     @app.get("/v1/node", tags=["state"])
     async def this_node(key: TrustedKey = Depends(readers)) -> dict[str, Any]:
         """This node: id, name, address, role, leader or not, resources, engine state."""
-        return await agent.this_node()
+        return await agent.ops.this_node()
 
     @app.get("/v1/nodes", tags=["state"])
     async def nodes(request: Request, key: TrustedKey = Depends(readers)) -> Any:
         """The cloud's nodes (a worker's agent asks a manager's)."""
-        return await on_manager(request, lambda: agent.nodes())
+        return await on_manager(request, lambda: agent.ops.nodes())
 
     @app.get("/v1/services", tags=["state"])
     async def services(request: Request, key: TrustedKey = Depends(readers)) -> Any:
         """The cloud's services with their replicas and running tasks."""
-        return await on_manager(request, lambda: agent.services())
+        return await on_manager(request, lambda: agent.ops.services())
 
     @app.get("/v1/services/{name}/tasks", tags=["state"])
     async def tasks(name: str, request: Request, key: TrustedKey = Depends(readers)) -> Any:
         """The tasks of one service, with the node each runs on."""
-        return await on_manager(request, lambda: agent.tasks(name))
+        return await on_manager(request, lambda: agent.ops.tasks(name))
 
     @app.get("/v1/logs", tags=["logs"])
     async def logs(
@@ -233,7 +321,7 @@ def create_app(agent: Agent) -> FastAPI:
     ) -> StreamingResponse:
         """Logs of this node's containers as newline-delimited JSON records
         (`node container service stream time line`), streamed."""
-        records = await agent.log_records(
+        records = await agent.ops.log_records(
             container=container, service=service, since=since, tail=tail, follow=follow
         )
 
@@ -254,12 +342,14 @@ def create_app(agent: Agent) -> FastAPI:
     @app.post("/v1/nodes/{name}/promote", tags=["control"])
     async def promote(name: str, request: Request, key: TrustedKey = Depends(operators)) -> Any:
         """Make a worker a manager. Refused (409) where Swarm's rules call it unsafe."""
-        return await on_manager(request, lambda: agent.change_role(name, "manager", by=key.name))
+        return await on_manager(
+            request, lambda: agent.ops.change_role(name, "manager", by=key.name)
+        )
 
     @app.post("/v1/nodes/{name}/demote", tags=["control"])
     async def demote(name: str, request: Request, key: TrustedKey = Depends(operators)) -> Any:
         """Make a manager a worker. The last manager, or a change that loses quorum, is refused."""
-        return await on_manager(request, lambda: agent.change_role(name, "worker", by=key.name))
+        return await on_manager(request, lambda: agent.ops.change_role(name, "worker", by=key.name))
 
     @app.post("/v1/nodes/{name}/availability", tags=["control"])
     async def availability(
@@ -270,7 +360,7 @@ def create_app(agent: Agent) -> FastAPI:
     ) -> Any:
         """Drain a node (its tasks move elsewhere), pause it, or make it active again."""
         return await on_manager(
-            request, lambda: agent.set_availability(name, body.availability, by=key.name)
+            request, lambda: agent.ops.set_availability(name, body.availability, by=key.name)
         )
 
     @app.post("/v1/nodes/{name}/labels", tags=["control"])
@@ -281,7 +371,9 @@ def create_app(agent: Agent) -> FastAPI:
         key: TrustedKey = Depends(readers),
     ) -> Any:
         """Set labels on a node (workers cannot label themselves: their agents ask here)."""
-        return await on_manager(request, lambda: agent.set_labels(name, body.labels, by=key.name))
+        return await on_manager(
+            request, lambda: agent.ops.set_labels(name, body.labels, by=key.name)
+        )
 
     @app.put("/v1/spec", tags=["autopilot"])
     async def put_spec(
@@ -289,21 +381,7 @@ def create_app(agent: Agent) -> FastAPI:
     ) -> Any:
         """Give the cloud a new spec (managers, resources, systems). Checked whole: an invalid
         spec is refused (400) with every problem listed and nothing kept."""
-        from wire.spec import SpecError
-
-        forwarded = await manager_or_forward(request)
-        if forwarded is not None:
-            return forwarded
-        try:
-            return await agent.autopilot.apply(spec, by=key.name)
-        except SpecError as exc:
-            raise ApiError(
-                400,
-                "invalid-spec",
-                f"spec refused, nothing changed: {len(exc.problems)} problem(s): "
-                + "; ".join(exc.problems),
-                "fix every problem listed and apply again (docs/autopilot.md)",
-            ) from None
+        return await on_manager(request, lambda: agent.autopilot.apply(spec, by=key.name))
 
     @app.get("/v1/spec", tags=["autopilot"])
     async def get_spec(request: Request, key: TrustedKey = Depends(readers)) -> Any:
@@ -313,13 +391,13 @@ def create_app(agent: Agent) -> FastAPI:
     @app.get("/v1/autopilot", tags=["autopilot"])
     async def autopilot(request: Request, key: TrustedKey = Depends(readers)) -> Any:
         """What the autopilot (on the leader) sees, wants and did recently, with reasons."""
-        return await on_manager(request, lambda: agent.autopilot.answer(request))
+        return await on_manager(request, lambda: autopilot_answer(agent, request))
 
     @app.post("/v1/join-token", tags=["control"])
     async def join_token(
         body: JoinTokenBody, request: Request, key: TrustedKey = Depends(nodes_only)
     ) -> Any:
         """A join token for a joining node (node-signed only; never logged)."""
-        return await on_manager(request, lambda: agent.join_token(body.role, by=key.name))
+        return await on_manager(request, lambda: agent.ops.join_token(body.role, by=key.name))
 
     return app

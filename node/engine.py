@@ -389,6 +389,20 @@ class Engine:
         """Swarm tasks; filters such as {"service": ["web"], "desired-state": ["running"]}."""
         return await self._get("/tasks", "list tasks", _filters(filters))
 
+    # -- configs (kept in Raft) -------------------------------------------------------------
+
+    async def configs(self, filters: dict | None = None) -> list[dict]:
+        """Swarm configs (kept in Raft), e.g. filters {"label": ["hyops.spec"]}. Managers only."""
+        return await self._get("/configs", "list configs", _filters(filters)) or []
+
+    async def config_create(self, spec: dict, operation: str = "create config") -> dict:
+        """Create a Swarm config from a `ConfigSpec` (`Name`, `Labels`, base64 `Data`)."""
+        response = await self._request("POST", "/configs/create", operation, json_body=spec)
+        return response.json()
+
+    async def config_remove(self, config_id: str, operation: str = "remove config") -> None:
+        await self._request("DELETE", f"/configs/{config_id}", operation)
+
     # -- containers, logs and images ----------------------------------------------------------
 
     async def containers(self, all: bool = False, filters: dict | None = None) -> list[dict]:

@@ -2,7 +2,7 @@
 
 (import urllib.parse [quote :as url-quote]
         repl.cloud [call describe connect unknown-name]
-        wire.policy [quorum is-joining is-manager is-member is-reachable-manager])
+        wire.policy [is-manager safety-view])
 
 (export :objects [cloud connect! nodes node managers leader services tasks status])
 
@@ -62,23 +62,10 @@
   An unknown service suggests the close ones."
   (call "GET" (+ "/v1/services/" (url-quote (str service) :safe "") "/tasks")))
 
-(defn _quorum-view [records]
-  "The managers' safety numbers over node records (pure): how many managers are Raft members,
-  how many of them are reachable, the quorum, the margin above it, how many managers may be
-  lost, and the managers still joining (promoted, not in Raft yet: they do not count)."
-  (setv members (len (lfor n records :if (is-member n) n))
-        reachable (len (lfor n records :if (is-reachable-manager n) n))
-        q (quorum members))
-  {"managers" members
-   "reachable" reachable
-   "joining" (lfor n records :if (is-joining n) (get n "name"))
-   "quorum" q
-   "margin" (- reachable q)
-   "tolerates" (max 0 (- reachable q))})
-
 (defn _summary [about records services]
-  "The (status) summary from a (cloud) answer, node records and service records (pure)."
-  (setv view (_quorum-view records)
+  "The (status) summary from a (cloud) answer, node records and service records (pure).
+  The safety numbers are `wire.policy.safety_view`, the view the autopilot shows too."
+  (setv view (safety-view records)
         workers (lfor n records :if (not (is-manager n)) n)
         lead (next (gfor n records :if (get n "leader") n) None))
   {"cloud" (get about "name")

@@ -5,8 +5,8 @@ and writes who/what/when/result to the workspace's audit log (.hyops/audit.jsonl
         repl.cloud [call unknown-name]
         repl.mutate [Plan perform read-audit]
         repl.session [current]
-        wire.policy [check-promote check-demote is-manager]
-        ops.cluster [nodes services tasks _quorum-view])
+        wire.policy [check-promote check-demote is-manager safety-view]
+        ops.cluster [nodes services tasks])
 
 (export :objects [promote! demote! drain! activate! label! audit-log])
 
@@ -32,8 +32,8 @@ and writes who/what/when/result to the workspace's audit log (.hyops/audit.jsonl
         after (_with records n (if promote
                                  {"role" "manager" "reachability" "reachable"}
                                  {"role" "worker" "reachability" None "leader" False}))
-        before-view (_quorum-view records)
-        after-view (_quorum-view after)
+        before-view (safety-view records)
+        after-view (safety-view after)
         notes [])
   (when (and (!= (get n "role") role) (is refusal None))
     (when (and (get after-view "managers") (= 0 (% (get after-view "managers") 2)))
@@ -53,7 +53,7 @@ and writes who/what/when/result to the workspace's audit log (.hyops/audit.jsonl
   "The plan to set node `name`'s availability; `running` are the task records running there."
   (setv n (_find records name)
         target (get n "name")
-        view (_quorum-view records)
+        view (safety-view records)
         current (get n "availability")
         notes [])
   (when (and (!= current availability) (= availability "drain"))
@@ -88,7 +88,7 @@ and writes who/what/when/result to the workspace's audit log (.hyops/audit.jsonl
         target (get n "name")
         value (str value)
         current (.get (or (get n "labels") {}) key)
-        view (_quorum-view records))
+        view (safety-view records))
   (Plan :action "label"
         :target target
         :changes (if (= current value) [] [f"label {key}: {(or current "(unset)")} -> {value}"])

@@ -24,7 +24,7 @@ from repl.mutate import read_audit
 from repl.session import HyopsEvalError, Session
 from repl.workspace import Workspace
 from tests.conftest import _keep_logs
-from tests.helpers import signed, wait_until
+from tests.helpers import ev, signed, wait_until
 from wire.policy import quorum
 
 pytestmark = pytest.mark.cloud
@@ -304,11 +304,11 @@ def test_at_the_maximum_a_better_node_swaps_in_without_going_above_it(make_cloud
     assert watch.violations == []
 
 
-def test_a_promotion_stuck_on_a_gone_join_address_is_undone_and_redone(make_cloud) -> None:
-    """dockerd joins Raft through the manager it first joined the swarm by; promote a worker
-    after that manager was demoted and the promotion can never complete. The autopilot removes
-    the stuck node, its agent joins again through a current manager, and it is promoted."""
-    cloud = make_cloud(nodes=3)
+def hold_up_a_manager_join(cloud: LocalCloud) -> tuple[str, str, str]:
+    """On a fresh 3-node cloud: promote a second node, demote the first manager (every other
+    node joined the swarm through it), then promote the third, whose way into Raft is gone: it
+    stays joining (a manager not in Raft) until the autopilot, once given a spec, removes it
+    after `JOIN_GIVE_UP`. Returns (first, a, b): the demoted one, the manager, the joining one."""
     key = operator_key(cloud)
     first = wait_until(
         lambda: [n for n, m in managers(cloud).items() if m["reachability"] == "reachable"],
@@ -350,6 +350,15 @@ def test_a_promotion_stuck_on_a_gone_join_address_is_undone_and_redone(make_clou
         60,
         f"{b} promoted",
     )
+    return first, a, b
+
+
+def test_a_promotion_stuck_on_a_gone_join_address_is_undone_and_redone(make_cloud) -> None:
+    """dockerd joins Raft through the manager it first joined the swarm by; promote a worker
+    after that manager was demoted and the promotion can never complete. The autopilot removes
+    the stuck node, its agent joins again through a current manager, and it is promoted."""
+    cloud = make_cloud(nodes=3)
+    first, a, b = hold_up_a_manager_join(cloud)
     cloud.apply_spec(SMALL)
     found = wait_until(
         lambda: (f := settled(cloud, 3, ready=3)) and b in f and f, 240, f"{b} to be a manager"
@@ -358,6 +367,32 @@ def test_a_promotion_stuck_on_a_gone_join_address_is_undone_and_redone(make_clou
     removed = [r for r in recent(cloud) if r["action"] == "remove" and r["node"] == b]
     assert removed and "never got into Raft" in removed[0]["reason"]
     assert removed[0]["result"] == "done"
+
+
+def test_status_and_the_autopilot_agree_while_a_manager_joins(make_cloud) -> None:
+    """While a promoted node is not in Raft yet, (status) and (autopilot) show the same managers,
+    quorum and margin (both are wire.policy.safety_view): the joining one counts in neither."""
+    cloud = make_cloud(nodes=3)
+    first, a, b = hold_up_a_manager_join(cloud)
+    cloud.apply_spec(SMALL)  # the autopilot shows what it sees once it follows a spec
+    session = Session(Workspace(cloud.state_dir.parent))
+    try:
+
+        def sample() -> tuple[dict, dict] | None:
+            before = ev(session, "(status)")
+            pilot = ev(session, "(autopilot)")
+            after = ev(session, "(status)")
+            if before != after or not pilot["leading"] or not pilot["sees"]:
+                return None  # something moved between the looks: look again
+            return (before, pilot["sees"]) if b in before["managers"] else None
+
+        status, sees = wait_until(sample, 40, f"(status) and (autopilot) while {b} joins")
+    finally:
+        session.close()
+    assert status["managers"] == f"1/1 reachable, {b} joining", status
+    assert (sees["managers"], sees["reachable"], sees["joining"]) == (1, 1, [b]), sees
+    assert (status["quorum"], status["quorum_margin"]) == (sees["quorum"], sees["margin"]) == (1, 0)
+    assert sees["manager_names"] == [a] and first not in sees["manager_names"]
 
 
 def test_a_removed_dead_manager_that_comes_back_joins_again(make_cloud) -> None:
@@ -394,7 +429,7 @@ def list_commits(cloud: LocalCloud) -> int:
 
 
 def test_a_stopped_system_keeps_its_service_and_volumes() -> None:
-    from node.reconciler import STOPPED_CONSTRAINT, service_spec
+    from node.autopilot.systems import STOPPED_CONSTRAINT, service_spec
     from wire.spec import check_spec
 
     systems = check_spec({"systems": {

@@ -17,6 +17,7 @@ from wire.policy import (
     manager_target,
     plan_step,
     quorum,
+    safety_view,
 )
 from wire.spec import check_spec
 
@@ -459,8 +460,8 @@ def test_every_step_keeps_quorum_a_manager_and_the_maximum(nodes, events, maximu
 
 
 def test_a_demotion_refused_because_the_node_never_joined_raft_is_told_apart():
+    from node.autopilot.managers import still_joining
     from node.engine import EngineError
-    from node.reconciler import still_joining
 
     joining = EngineError(
         "update node x",
@@ -525,3 +526,79 @@ def test_a_swap_takes_the_best_node_by_resources_whatever_its_way_in():
     step = plan([leader, *others, big, node("d", cpus=1.1)])
     assert (step.action, step.node) == ("promote", "big")
     assert "is better than the manager" in step.reason
+
+
+# --- the one safety view: (status), the console's plans and the autopilot ----------------------
+
+
+def test_the_safety_view_counts_raft_members_and_names_the_joining_apart():
+    nodes = [
+        manager("a", leader=True),
+        manager("b", reachable=False),
+        {**manager("c"), "reachability": None},  # promoted, not in Raft yet
+        worker("d"),
+    ]
+    assert safety_view(nodes) == {
+        "managers": 2,
+        "reachable": 1,
+        "joining": ["c"],
+        "quorum": 2,
+        "margin": -1,
+        "tolerates": 0,
+    }
+    healthy = [manager("a", leader=True), manager("b"), manager("c"), worker("d")]
+    assert safety_view(healthy) == {
+        "managers": 3,
+        "reachable": 3,
+        "joining": [],
+        "quorum": 2,
+        "margin": 1,
+        "tolerates": 1,
+    }
+    assert safety_view([worker("x")]) == {
+        "managers": 0,
+        "reachable": 0,
+        "joining": [],
+        "quorum": 0,
+        "margin": 0,
+        "tolerates": 0,
+    }
+
+
+def test_a_manager_reported_reachable_but_down_is_a_member_but_not_reachable():
+    down = {**manager("b"), "state": "down"}
+    view = safety_view([manager("a", leader=True), down, manager("c")])
+    assert (view["managers"], view["reachable"], view["margin"]) == (3, 2, 0)
+
+
+@st.composite
+def joining_clouds(draw):
+    """Random clouds whose managers may also be joining (no reachability yet)."""
+    nodes = draw(clouds())
+    for n in nodes:
+        if n["role"] == "manager" and draw(st.booleans()):
+            n["reachability"] = None
+    return nodes
+
+
+@settings(max_examples=300, deadline=None)
+@given(nodes=joining_clouds())
+def test_status_and_the_autopilot_show_the_same_safety_numbers(nodes):
+    import hy  # noqa: F401  (the ops are Hy modules)
+
+    from node.autopilot.pilot import view
+    from ops.cluster import _summary
+
+    safety = safety_view(nodes)
+    sees = view(nodes, check_spec({}))
+    assert {k: sees[k] for k in safety} == safety
+    status = _summary({"name": "x", "cloud_id": "c-1"}, nodes, [])
+    assert (status["quorum"], status["quorum_margin"]) == (sees["quorum"], sees["margin"])
+    assert status["managers"].startswith(f"{sees['reachable']}/{sees['managers']} reachable")
+    assert sees["manager_names"] == sorted(
+        n["name"] for n in nodes if n["role"] == "manager" and n["reachability"] is not None
+    )
+    # the quorum lost for the planner is a negative margin in the view
+    lost = plan_step(nodes, check_spec({})["managers"], WEIGHTS, 0.0, {}, {})
+    if safety["managers"] and safety["margin"] < 0:
+        assert lost.action == "wait" and "quorum lost" in lost.reason

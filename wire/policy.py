@@ -37,6 +37,7 @@ __all__ = [
     "manager_target",
     "plan_step",
     "quorum",
+    "safety_view",
     "score",
 ]
 
@@ -86,6 +87,29 @@ def is_reachable_manager(node: Node) -> bool:
         and node.get("reachability") == "reachable"
         and node.get("state") not in ("down", "disconnected")
     )
+
+
+def safety_view(nodes: Sequence[Node]) -> dict[str, Any]:
+    """The managers' safety numbers over node records: the one view `(status)`, the console's
+    plans and the autopilot (`GET /v1/autopilot`) all show, so they always agree.
+
+    `managers`: how many managers are Raft members (reachable or not); `reachable`: how many of
+    them are reachable; `joining`: the names of managers promoted but not in Raft yet (they do
+    not count); `quorum`: the majority of the members Raft needs; `margin`: reachable minus
+    quorum (negative: quorum lost); `tolerates`: how many more managers may be lost (never
+    below 0).
+    """
+    members = sum(1 for n in nodes if is_member(n))
+    reachable = sum(1 for n in nodes if is_reachable_manager(n))
+    needed = quorum(members)
+    return {
+        "managers": members,
+        "reachable": reachable,
+        "joining": [str(n.get("name")) for n in nodes if is_joining(n)],
+        "quorum": needed,
+        "margin": reachable - needed,
+        "tolerates": max(0, reachable - needed),
+    }
 
 
 def _find(nodes: Sequence[Node], name: str) -> Node | Refusal:

@@ -1,0 +1,110 @@
+"""Managers: the autopilot's clocks over the nodes (ready since, unreachable since) and the one
+membership change per tick that the pure planner (`wire.policy.plan_step`) chose, made against
+the node's version read just before writing."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from node.autopilot.journal import Journal, now_text
+from node.engine import Engine, EngineError
+from node.swarm import SwarmView
+from wire.policy import LABEL_DEAD, Step, is_manager, is_reachable_manager, plan_step
+
+__all__ = ["Managers", "still_joining"]
+
+log = logging.getLogger("hyops.autopilot")
+
+
+def still_joining(error: EngineError) -> bool:
+    """Whether demoting a manager failed because it never got into Raft (promoted, joining):
+    swarmkit answers 404 "can't find manager in raft memberlist" for such a node."""
+    return error.status == 404 and "raft memberlist" in error.message
+
+
+class Managers:
+    """Keeps the managers to the spec: observes the nodes, plans one step, makes it."""
+
+    def __init__(self, engine: Engine, swarm: SwarmView, journal: Journal) -> None:
+        self.engine = engine
+        self.swarm = swarm
+        self.journal = journal
+        self.ready_since: dict[str, float] = {}
+        self.unreachable_since: dict[str, float] = {}
+
+    def forget(self) -> None:
+        """Start the clocks afresh (this node just began to lead)."""
+        self.ready_since.clear()
+        self.unreachable_since.clear()
+
+    def observe(self, records: list[dict[str, Any]], now: float) -> None:
+        """Note since when each node is ready and each manager unreachable (by `now`)."""
+        names = {r["name"] for r in records}
+        for r in records:
+            name = r["name"]
+            if r["state"] == "ready":
+                self.ready_since.setdefault(name, now)
+            else:
+                self.ready_since.pop(name, None)
+            if is_manager(r) and not is_reachable_manager(r):
+                self.unreachable_since.setdefault(name, now)
+            else:
+                self.unreachable_since.pop(name, None)
+        for table in (self.ready_since, self.unreachable_since):
+            for name in set(table) - names:
+                del table[name]
+
+    def plan(self, records: list[dict[str, Any]], spec: dict[str, Any], now: float) -> Step:
+        """The one membership change to make now, or why none (wire.policy.plan_step)."""
+        return plan_step(
+            records,
+            spec["managers"],
+            spec["resources"],
+            now,
+            self.ready_since,
+            self.unreachable_since,
+        )
+
+    async def act(self, step: Step) -> None:
+        """Make one change, re-reading the node's version right before writing."""
+        log.info("autopilot: %s %s: %s", step.action, step.node, step.reason)
+        try:
+            node = await self.engine.node(str(step.node))
+            if step.action == "remove":
+                await self.engine.node_remove(node["ID"], force=True)
+            else:
+                spec = dict(node["Spec"])
+                spec["Role"] = "manager" if step.action == "promote" else "worker"
+                if step.action == "demote-dead":
+                    spec["Labels"] = {**(spec.get("Labels") or {}), LABEL_DEAD: now_text()}
+                elif step.action == "promote":
+                    labels = dict(spec.get("Labels") or {})
+                    labels.pop(LABEL_DEAD, None)
+                    spec["Labels"] = labels
+                await self.engine.node_update(node["ID"], node["Version"]["Index"], spec)
+        except EngineError as exc:
+            if step.action == "demote-dead" and still_joining(exc):
+                self._not_in_raft(str(step.node))
+                return
+            # a version that moved, or Raft not ready for it yet: the next tick looks again
+            log.warning(
+                "autopilot: %s %s failed: %s (trying again next tick)", step.action, step.node, exc
+            )
+            self.journal.note(step.action, step.node, step.reason, f"failed: {exc.message}")
+            return
+        self.swarm.invalidate()
+        self.journal.note(step.action, step.node, step.reason, "done")
+
+    def _not_in_raft(self, name: str) -> None:
+        """A manager to demote that Swarm says is not in Raft (it lost its reachability between
+        the look and the write): wait another `dead_after` instead of trying every tick; the
+        planner removes one that never gets in (wire.policy, step 2)."""
+        self.unreachable_since[name] = time.monotonic()
+        reason = (
+            f"{name} was promoted but is not in Raft's member list yet (still joining): Swarm "
+            "cannot demote it before it joins; waiting for it"
+        )
+        log.info("autopilot: %s", reason)
+        self.journal.note("wait", name, reason, "waiting")

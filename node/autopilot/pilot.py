@@ -1,0 +1,164 @@
+"""The autopilot's loop: a level-triggered look at the cloud every second, on the leader only.
+
+Every tick the leader's agent reads the whole state again (nodes, services, the spec), asks the
+pure planner for the one membership change to make (managers.py), makes it, and starts or stops
+systems by their `min_nodes` (systems.py). Nothing is remembered that the next leader would
+need: a dead manager being removed carries a label in Raft, and the spec itself is kept in Raft
+(specs.py). Other agents' loops idle until their node leads. Every action and every new reason
+to wait is logged and kept for `GET /v1/autopilot`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from node.autopilot.journal import Journal
+from node.autopilot.managers import Managers
+from node.autopilot.specs import SpecStore
+from node.autopilot.systems import reconcile_systems
+from node.engine import Engine, EngineError
+from node.swarm import SwarmView
+from wire.policy import Step, is_manager, is_reachable_manager, manager_target, safety_view
+from wire.records import node_record
+from wire.spec import SpecError
+
+__all__ = ["TICK", "Autopilot", "view"]
+
+log = logging.getLogger("hyops.autopilot")
+
+TICK = 1.0  # seconds between the leader's looks at the cloud
+
+
+def view(records: list[dict[str, Any]], spec: dict[str, Any]) -> dict[str, Any]:
+    """What the autopilot sees (`sees` in `GET /v1/autopilot`): the node counts, the safety view
+    (`wire.policy.safety_view`, the same numbers `(status)` shows), the leader, the target, and
+    the Raft members' names (all, and the reachable ones)."""
+    ready = [r for r in records if r["state"] == "ready"]
+    members = [r for r in records if is_manager(r) and r.get("reachability") is not None]
+    return {
+        "nodes": len(records),
+        "ready": len(ready),
+        **safety_view(records),
+        "leader": next((r["name"] for r in records if is_manager(r) and r["leader"]), None),
+        "target": manager_target(len(ready), spec["managers"]),
+        "manager_names": sorted(r["name"] for r in members),
+        "reachable_names": sorted(r["name"] for r in members if is_reachable_manager(r)),
+    }
+
+
+class Autopilot:
+    """The reconciler of one agent, and the spec that agent keeps.
+
+    It gets the engine and the Swarm view, not the agent: `active()` says whether the agent's
+    membership works (its lifecycle state is "active"), `name` is this node's name."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        swarm: SwarmView,
+        *,
+        name: str,
+        data_dir: Path,
+        active: Callable[[], bool],
+    ) -> None:
+        self.engine = engine
+        self.swarm = swarm
+        self.name = name
+        self._active = active
+        self.journal = Journal()
+        self.specs = SpecStore(engine, swarm, data_dir / "spec.json", self.journal)
+        self.managers = Managers(engine, swarm, self.journal)
+        self.last_step: Step | None = None
+        self.last_view: dict[str, Any] = {}
+        self.leading = False
+        self._last_wait = ""
+        self._last_error = ""
+
+    # --- the spec (the node API's PUT and GET /v1/spec) -------------------------------------
+
+    async def apply(self, data: Any, by: str) -> dict[str, Any]:
+        """Take a new spec: `SpecStore.apply` (an invalid one is an AgentError invalid-spec)."""
+        return await self.specs.apply(data, by)
+
+    async def spec_answer(self) -> dict[str, Any]:
+        """GET /v1/spec: the spec followed, or the default one (`given` false)."""
+        return await self.specs.answer()
+
+    # --- the loop -------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Tick forever; only the leader acts. Errors are logged and the next tick tries again."""
+        log.info("autopilot: started (spec %s); it acts while this node leads",
+                 self.specs.version or "none given")  # fmt: skip
+        while True:
+            try:
+                await self.tick()
+                self._last_error = ""
+            except asyncio.CancelledError:
+                raise
+            except (EngineError, SpecError, OSError, ValueError, KeyError) as exc:
+                # once per new reason: an engine that stays away must not flood the log
+                if str(exc) != self._last_error:
+                    log.warning("autopilot: this look at the cloud failed: %s", exc)
+                self._last_error = str(exc)
+            except Exception:  # the loop must outlive any surprise; the next tick tries again
+                log.exception("autopilot: unexpected error in this look at the cloud")
+            await asyncio.sleep(TICK)
+
+    async def tick(self) -> Step | None:
+        """One look: on the leader, plan and make one membership step, then the systems."""
+        if not self._active():
+            return None
+        manager, leader = await self.swarm.manager_state(fresh=True)
+        if not (manager and leader):
+            if self.leading:
+                log.info("autopilot: this node no longer leads; another agent takes over")
+            self.leading = False
+            return None
+        if not self.leading:
+            log.info("autopilot: this node leads: reconciling the cloud to its spec")
+            self.managers.forget()
+            self.leading = True
+        spec = await self.specs.current()
+        if spec is None:
+            step = Step("none", None, "no spec given: watching only (apply one with (apply-spec!))")
+            if self.last_step != step:
+                log.info("autopilot: %s", step.reason)
+            self.last_step = step
+            return step
+        now = time.monotonic()
+        records = [node_record(n) for n in await self.engine.nodes()]
+        self.managers.observe(records, now)
+        step = self.managers.plan(records, spec, now)
+        self.last_step = step
+        self.last_view = view(records, spec)
+        if step.action in ("wait", "none"):
+            if step.reason != self._last_wait:
+                self._last_wait = step.reason
+                log.info("autopilot: %s", step.reason)
+                if step.action == "wait":
+                    self.journal.note("wait", None, step.reason, "waiting")
+        else:
+            self._last_wait = ""
+            await self.managers.act(step)
+        await reconcile_systems(self.engine, records, spec, self.journal)
+        return step
+
+    def status(self) -> dict[str, Any]:
+        """What the autopilot sees, wants and did recently (the answer of GET /v1/autopilot)."""
+        step = self.last_step
+        return {
+            "node": self.name,
+            "leading": self.leading,
+            "spec": self.specs.version,
+            "sees": self.last_view,
+            "next": None
+            if step is None
+            else {"action": step.action, "node": step.node, "reason": step.reason},
+            "recent": self.journal.recent(),
+        }
