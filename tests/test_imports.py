@@ -53,6 +53,43 @@ def test_localcloud_imports_from_node_only_the_engine_and_the_config(graph) -> N
     assert used <= {"node", "node.engine", "node.config"}, sorted(used)
 
 
+def test_no_module_imports_itself_through_others(graph) -> None:
+    """No import cycle anywhere, across packages and subpackages too (stronger than the
+    per-package `acyclic_siblings` contracts): the strongly connected parts of the module graph,
+    found with Tarjan's algorithm, are all single modules."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[list[str]] = []
+
+    def visit(module: str) -> None:
+        index[module] = low[module] = len(index)
+        stack.append(module)
+        on_stack.add(module)
+        for imported in graph.find_modules_directly_imported_by(module):
+            if imported not in index:
+                visit(imported)
+                low[module] = min(low[module], low[imported])
+            elif imported in on_stack:
+                low[module] = min(low[module], index[imported])
+        if low[module] == index[module]:
+            part = []
+            while True:
+                top = stack.pop()
+                on_stack.discard(top)
+                part.append(top)
+                if top == module:
+                    break
+            if len(part) > 1:
+                cycles.append(sorted(part))
+
+    for module in sorted(graph.modules):
+        if module not in index:
+            visit(module)
+    assert not cycles, f"modules that import each other (through others): {cycles}"
+
+
 def _imports_inside_functions(package: str) -> list[tuple[str, list[str], int]]:
     """(module, what it may import, line) of every `from X import a, b` of our packages that
     sits inside a function of `package` (found by reading the source, not by grimp). What it
