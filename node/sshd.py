@@ -170,6 +170,7 @@ class NodeSSHServer(asyncssh.SSHServer):
         self._conn: asyncssh.SSHServerConnection | None = None
         self._peer = "?"
         self._offered = 0  # validate_public_key calls: a key's query, then its signed attempt
+        self._keys: set[str] = set()  # the fingerprints offered on this connection
         self._accepted: str | None = None  # the operator whose key was accepted last
         self.operator: str | None = None  # set once the log-in has completed
 
@@ -207,9 +208,14 @@ class NodeSSHServer(asyncssh.SSHServer):
         """Whether `key` may log in (an operator's key of the trust file). asyncssh asks this
         both when a key is offered and before it checks the key's signature: it says nothing
         about the log-in having succeeded, which `auth_completed` does."""
+        fp = fingerprint(key)
         self._offered += 1
-        if self._offered > 2 * MAX_AUTH_ATTEMPTS:  # each key is asked about twice
-            log.warning("ssh: refused %s: more than %d keys offered", self._peer, MAX_AUTH_ATTEMPTS)
+        self._keys.add(fp)
+        # each key is asked about twice (offered, then signed): count keys, and calls too
+        if len(self._keys) > MAX_AUTH_ATTEMPTS or self._offered > 2 * MAX_AUTH_ATTEMPTS:
+            log.warning(
+                "ssh: refused %s: more than %d log-in attempts", self._peer, MAX_AUTH_ATTEMPTS
+            )
             raise asyncssh.PermissionDenied(
                 f"too many log-in attempts (at most {MAX_AUTH_ATTEMPTS} keys per connection)"
             )
@@ -218,7 +224,6 @@ class NodeSSHServer(asyncssh.SSHServer):
         except TrustError as exc:
             log.error("ssh: cannot check log-ins, the trust file is unusable: %s", exc)
             return False
-        fp = fingerprint(key)
         trusted = trust.by_fingerprint(fp)
         if trusted is None or trusted.role != "operator":
             why = "not trusted" if trusted is None else f"a {trusted.role} key, not an operator's"

@@ -381,6 +381,29 @@ def test_an_offered_operator_key_without_its_signature_is_no_log_in(
     assert log.read_text().count("logged in") == logged_in
 
 
+def test_a_connection_offering_too_many_keys_is_cut_off(record: dict, cloud: LocalCloud) -> None:
+    from node.sshd import MAX_AUTH_ATTEMPTS
+
+    log = cloud.node_dir("node-1") / "agent.log"
+    strangers = [asyncssh.generate_private_key("ssh-ed25519") for _ in range(MAX_AUTH_ATTEMPTS)]
+    operator = load_private_key(Path(record["operator_key"]))
+    host, port = split_addr(node_entry(record, "node-1")["ssh"])
+
+    async def attempt() -> None:
+        conn = await asyncssh.connect(
+            host,
+            port,
+            username="hyops",
+            client_keys=[*strangers, operator],  # the right key comes one too late
+            known_hosts=record["known_hosts"],
+        )
+        conn.close()
+
+    with pytest.raises(asyncssh.PermissionDenied, match="too many log-in attempts"):
+        run(attempt())
+    assert f"more than {MAX_AUTH_ATTEMPTS} log-in attempts" in log.read_text()
+
+
 def test_connections_beyond_the_limit_are_refused_before_the_handshake(
     record: dict, cloud: LocalCloud
 ) -> None:
