@@ -223,6 +223,9 @@ def test_an_editor_never_sees_a_join_token_or_a_private_key(client: Client, tmp_
     script.write_text('{"token" "SWMTKN-1-fromafile"}')
     replies = client.call(op="load-file", session=sid, file=script.read_text())
     assert values(replies) == ['{"token" "<redacted>"}']
+    client.call(op="eval", session=sid, code='(setv joining "SWMTKN-1-inalookup")')
+    [reply] = client.call(op="lookup", session=sid, sym="joining")
+    assert "SWMTKN-1" not in repr(reply) and "<redacted>" in reply["info"]["doc"]
 
 
 def test_eval_honours_file_line_and_column(client: Client) -> None:

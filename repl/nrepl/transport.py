@@ -34,6 +34,8 @@ def _redacted(value: Any) -> Any:
         return redact_text(value)
     if isinstance(value, list):
         return [_redacted(v) for v in value]
+    if isinstance(value, dict):  # e.g. lookup's `info`
+        return {k: _redacted(v) for k, v in value.items()}
     return value
 
 
