@@ -182,7 +182,8 @@ class Verifier:
     def verify(
         self, method: str, path_with_query: str, body: bytes, headers: Mapping[str, str]
     ) -> TrustedKey:
-        """The trusted key that signed this request, or AuthError (401) saying why not."""
+        """The trusted key that signed this request, or AuthError (401, or 503 busy/journal-
+        failed) saying why not."""
         lower = {k.lower(): v for k, v in headers.items()}
         missing = [h for h in HEADERS if not lower.get(h.lower())]
         if missing:
