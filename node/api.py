@@ -25,6 +25,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from node.autopilot import Autopilot
+from node.autopilot.specs import spec_for_role
 from node.engine import EngineError
 from node.errors import AgentError, Kind
 from node.operations import Operations
@@ -317,10 +318,11 @@ def create_app(agent: NodeAgent) -> FastAPI:
         since: str | None = Query(None, description="30s, 10m, 2h, 1d, Unix time or RFC 3339"),
         tail: int | None = Query(None, ge=0, description="last N lines of each container"),
         follow: bool = Query(False, description="keep streaming new lines"),
-        key: TrustedKey = Depends(readers),
+        key: TrustedKey = Depends(operators),
     ) -> StreamingResponse:
         """Logs of this node's containers as newline-delimited JSON records
-        (`node container service stream time line`), streamed."""
+        (`node container service stream time line`), streamed. Operators only: a container's
+        log may hold anything its program prints, and no agent needs another's logs."""
         records = await agent.ops.log_records(
             container=container, service=service, since=since, tail=tail, follow=follow
         )
@@ -385,8 +387,14 @@ def create_app(agent: NodeAgent) -> FastAPI:
 
     @app.get("/v1/spec", tags=["autopilot"])
     async def get_spec(request: Request, key: TrustedKey = Depends(readers)) -> Any:
-        """The spec this cloud follows (`given` false: none was, this is the default one)."""
-        return await on_manager(request, lambda: agent.autopilot.spec_answer())
+        """The spec this cloud follows (`given` false: none was, this is the default one).
+        Node keys read the systems' `env` names with the values hidden; operators read all.
+        (A worker forwards the request, signature and all: the manager hides them too.)"""
+
+        async def answer() -> Any:
+            return spec_for_role(await agent.autopilot.spec_answer(), key.role)
+
+        return await on_manager(request, answer)
 
     @app.get("/v1/autopilot", tags=["autopilot"])
     async def autopilot(request: Request, key: TrustedKey = Depends(readers)) -> Any:

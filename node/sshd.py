@@ -12,6 +12,13 @@ It offers three things, to operator keys of the cloud's trust file only (docs/lo
 The trust file is read again at every log-in, so adding or removing an operator takes effect
 without restarting the agent. Agent forwarding, X11, remote forwarding, passwords and keyboard-
 interactive log-ins are all off.
+
+Limits, so nobody who merely reaches the port can tie the agent up: at most `MAX_CONNECTIONS`
+connections at once and `MAX_PER_ADDRESS` from one source address (counted from the TCP
+accept, so unauthenticated ones count too; they are dropped before the SSH handshake), at most
+`MAX_AUTH_ATTEMPTS` keys offered per connection, and `LOGIN_TIMEOUT` seconds to log in. Each
+refusal is one log line, naming the peer and never a secret. "logged in" is logged only once
+asyncssh has checked the key's signature (`auth_completed`), never when a key is merely offered.
 """
 
 from __future__ import annotations
@@ -33,6 +40,40 @@ from wire.signing import Trust, TrustError, fingerprint
 log = logging.getLogger("hyops.sshd")
 
 LOGS_ONLY = "only the node's log files (*.log in its log folder) can be read over SFTP"
+
+MAX_CONNECTIONS = 64  # at once, per server
+MAX_PER_ADDRESS = 16  # at once, from one source address (the workspace keeps one per node)
+MAX_AUTH_ATTEMPTS = 6  # keys offered per connection (as OpenSSH's MaxAuthTries)
+LOGIN_TIMEOUT = 20  # seconds from the TCP accept to a completed log-in
+
+
+class Admission:
+    """Counts open connections, in all and per source address, and says when one is too many.
+
+    Shared by every connection of one server (the asyncssh server factory passes it on)."""
+
+    def __init__(self, total: int = MAX_CONNECTIONS, per_address: int = MAX_PER_ADDRESS) -> None:
+        self.total = total
+        self.per_address = per_address
+        self.open: dict[str, int] = {}
+
+    def admit(self, address: str) -> str | None:
+        """Count a new connection from `address` and return None; or, when it is one too many,
+        count nothing and return why it is refused."""
+        if sum(self.open.values()) >= self.total:
+            return f"this node already has {self.total} SSH connections open"
+        if self.open.get(address, 0) >= self.per_address:
+            return f"{self.per_address} SSH connections from {address} are open already"
+        self.open[address] = self.open.get(address, 0) + 1
+        return None
+
+    def release(self, address: str) -> None:
+        """Forget one admitted connection from `address` (it closed)."""
+        left = self.open.get(address, 0) - 1
+        if left > 0:
+            self.open[address] = left
+        else:
+            self.open.pop(address, None)
 
 
 class SshdError(Exception):
@@ -114,22 +155,48 @@ class LogFolderSFTP(asyncssh.SFTPServer):
 class NodeSSHServer(asyncssh.SSHServer):
     """One SSH connection's policy: who may log in, where forwarding may go."""
 
-    def __init__(self, settings: SshConfig, trust_path: Path, api: tuple[str, int]) -> None:
+    def __init__(
+        self,
+        settings: SshConfig,
+        trust_path: Path,
+        api: tuple[str, int],
+        admission: Admission | None = None,
+    ) -> None:
         self._settings = settings
         self._trust_path = trust_path
         self._api = api
+        self._admission = admission or Admission()
+        self._admitted: str | None = None  # the source address counted in `admission`
         self._conn: asyncssh.SSHServerConnection | None = None
         self._peer = "?"
-        self.operator: str | None = None
+        self._offered = 0  # validate_public_key calls: a key's query, then its signed attempt
+        self._keys: set[str] = set()  # the fingerprints offered on this connection
+        self._accepted: str | None = None  # the operator whose key was accepted last
+        self.operator: str | None = None  # set once the log-in has completed
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self._conn = conn
         peer = conn.get_extra_info("peername") or ("?", 0)
         self._peer = f"{peer[0]}:{peer[1]}"
+        refused = self._admission.admit(str(peer[0]))
+        if refused is not None:
+            log.warning("ssh: refused a connection from %s: %s", self._peer, refused)
+            # raised before asyncssh sends its version: the connection is dropped at once,
+            # before any key exchange (which would cost this node CPU per connection)
+            raise asyncssh.DisconnectError(asyncssh.DISC_TOO_MANY_CONNECTIONS, refused)
+        self._admitted = str(peer[0])
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._admitted is not None:
+            self._admission.release(self._admitted)
+            self._admitted = None
         if self.operator:
             log.info("ssh: %s (%s) disconnected", self.operator, self._peer)
+        elif self._accepted:
+            log.warning(
+                "ssh: a log-in as operator %s from %s failed (the key was offered, never "
+                "proven by a valid signature)", self._accepted, self._peer,
+            )  # fmt: skip
 
     def begin_auth(self, username: str) -> bool:
         return True
@@ -138,22 +205,40 @@ class NodeSSHServer(asyncssh.SSHServer):
         return True
 
     def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        """Whether `key` may log in (an operator's key of the trust file). asyncssh asks this
+        both when a key is offered and before it checks the key's signature: it says nothing
+        about the log-in having succeeded, which `auth_completed` does."""
+        fp = fingerprint(key)
+        self._offered += 1
+        self._keys.add(fp)
+        # each key is asked about twice (offered, then signed): count keys, and calls too
+        if len(self._keys) > MAX_AUTH_ATTEMPTS or self._offered > 2 * MAX_AUTH_ATTEMPTS:
+            log.warning(
+                "ssh: refused %s: more than %d log-in attempts", self._peer, MAX_AUTH_ATTEMPTS
+            )
+            raise asyncssh.PermissionDenied(
+                f"too many log-in attempts (at most {MAX_AUTH_ATTEMPTS} keys per connection)"
+            )
         try:
             trust = Trust.load(self._trust_path)
         except TrustError as exc:
             log.error("ssh: cannot check log-ins, the trust file is unusable: %s", exc)
             return False
-        fp = fingerprint(key)
         trusted = trust.by_fingerprint(fp)
         if trusted is None or trusted.role != "operator":
             why = "not trusted" if trusted is None else f"a {trusted.role} key, not an operator's"
             log.warning("ssh: refused key %s from %s (%s)", fp, self._peer, why)
+            self._accepted = None
             return False
-        self.operator = trusted.name
-        if self._conn is not None:
-            self._conn.set_extra_info(operator=trusted.name)
-        log.info("ssh: operator %s logged in from %s", trusted.name, self._peer)
+        self._accepted = trusted.name
         return True
+
+    def auth_completed(self) -> None:
+        """The log-in succeeded: asyncssh checked the signature of the key last accepted."""
+        self.operator = self._accepted
+        if self._conn is not None:
+            self._conn.set_extra_info(operator=self.operator)
+        log.info("ssh: operator %s logged in from %s", self.operator, self._peer)
 
     def connection_requested(
         self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
@@ -191,13 +276,21 @@ async def run_command(process: asyncssh.SSHServerProcess) -> None:
         start_new_session=True,
     )
     try:
-        await process.redirect(stdin=proc.stdin, stdout=proc.stdout, stderr=proc.stderr)
+        # send_eof=False: asyncssh would otherwise send the channel's EOF as soon as *either*
+        # output pipe ends, and the other's last bytes would then fail to send (BrokenPipeError
+        # in asyncssh's copy task, which drops the whole connection: the client saw exit status
+        # None and lost stderr, about one command in 15). EOF is sent once, below, after both.
+        await process.redirect(
+            stdin=proc.stdin, stdout=proc.stdout, stderr=proc.stderr, send_eof=False
+        )
         code = await proc.wait()
         # drain() returns once the redirected pipe reached its end and was copied to the channel
         with contextlib.suppress(Exception):
             await asyncio.wait_for(process.stdout.drain(), 10)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(process.stderr.drain(), 10)
+        with contextlib.suppress(OSError):
+            process.channel.write_eof()
         process.exit(code if code >= 0 else 128 - code)
         # asyncssh queues its pipe readers' clean-ups until wait_closed(); left unawaited, they
         # are collected as "coroutine never awaited" warnings, which can fire in the middle of an
@@ -224,11 +317,12 @@ async def start_ssh(
         ) from None
     except (OSError, asyncssh.KeyImportError, ValueError) as exc:
         raise SshdError(f"ssh host key {settings.host_key}: cannot use it ({exc})") from None
+    admission = Admission()
     try:
         acceptor = await asyncssh.listen(
             settings.host,
             settings.port,
-            server_factory=lambda: NodeSSHServer(settings, trust_path, api),
+            server_factory=lambda: NodeSSHServer(settings, trust_path, api, admission),
             server_host_keys=[host_key],
             process_factory=run_command,
             sftp_factory=lambda chan: LogFolderSFTP(chan, settings.logs),
@@ -237,7 +331,7 @@ async def start_ssh(
             x11_forwarding=False,
             password_auth=False,
             kbdint_auth=False,
-            login_timeout=30,
+            login_timeout=LOGIN_TIMEOUT,
             keepalive_interval=30,
         )
     except OSError as exc:

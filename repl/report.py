@@ -46,12 +46,18 @@ code,pre{font-family:ui-monospace,monospace;font-size:.85rem}
 
 
 def save(run: Any) -> tuple[Path, Path]:
-    """Write `run.report` (HTML) and the Markdown beside it; returns both paths."""
+    """Write `run.report` (HTML) and the Markdown beside it; returns both paths.
+
+    Both are private (mode 0600, the reports folder 0700 when made here) and written whole or
+    not at all (`wire.files.write_private`), like `(edit …)` files: redaction catches the
+    secrets it knows by name and shape, but a report still tells what was done to the cloud,
+    with whatever its steps printed, which is the operator's to share."""
+    from wire.files import write_private
+
     html_path = Path(run.report)
     md_path = html_path.with_suffix(".md")
-    html_path.parent.mkdir(parents=True, exist_ok=True)
-    html_path.write_text(to_html(run), encoding="utf-8")
-    md_path.write_text(to_markdown(run), encoding="utf-8")
+    write_private(html_path, to_html(run))
+    write_private(md_path, to_markdown(run))
     return html_path, md_path
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import asyncssh
 import httpx
@@ -15,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 
 from tests.helpers import signed, wait_until
 from tests.test_agent import api, docker_nodes, new_cloud, node_key, operator_key
-from wire.signing import load_private_key, sign_headers
+from wire.signing import fingerprint, load_private_key, sign_headers
 
 pytestmark = pytest.mark.cloud
 
@@ -53,10 +52,16 @@ def test_unsigned_request_is_refused(one) -> None:
     assert "sign" in (body["message"] + body["hint"]).lower()
 
 
-def test_unknown_key_is_refused(one, tmp_path: Path) -> None:
+def test_unknown_key_and_bad_signature_get_identical_refusals_naming_no_key(one) -> None:
+    """Nobody without a trusted key learns which keys the cloud trusts from the refusals."""
     stranger = asyncssh.generate_private_key("ssh-ed25519")
-    r = signed("GET", api(one, "node-1") + "/v1/nodes", stranger)
-    check_error(r, 401, "unknown-key")
+    unknown = signed("GET", api(one, "node-1") + "/v1/nodes", stranger)
+    headers = sign_headers(stranger, "GET", "/v1/nodes", b"")
+    headers["X-Hyops-Key"] = fingerprint(load_private_key(operator_key(one)))
+    forged = httpx.get(api(one, "node-1") + "/v1/nodes", headers=headers, timeout=10)
+    body = check_error(unknown, 401, "not-authenticated")
+    assert check_error(forged, 401, "not-authenticated") == body
+    assert "SHA256:" not in unknown.text + forged.text and "operator" not in body["message"]
 
 
 def test_forged_signature_is_refused(one) -> None:
@@ -67,7 +72,7 @@ def test_forged_signature_is_refused(one) -> None:
     real = sign_headers(load_private_key(operator_key(one)), "POST", "/v1/nodes/node-1/demote", b"")
     headers["X-Hyops-Key"] = real["X-Hyops-Key"]
     before = cloud_state(one)
-    check_error(httpx.post(url, headers=headers, timeout=10), 401, "bad-signature")
+    check_error(httpx.post(url, headers=headers, timeout=10), 401, "not-authenticated")
     assert cloud_state(one) == before
 
 
@@ -75,13 +80,14 @@ def test_tampered_path_and_body_are_refused(one) -> None:
     key = load_private_key(operator_key(one))
     base = api(one, "node-1")
     headers = sign_headers(key, "GET", "/v1/services", b"")
-    check_error(httpx.get(base + "/v1/nodes", headers=headers, timeout=10), 401, "bad-signature")
+    r = httpx.get(base + "/v1/nodes", headers=headers, timeout=10)
+    check_error(r, 401, "not-authenticated")
     body = json.dumps({"labels": {"a": "1"}}).encode()
     headers = sign_headers(key, "POST", "/v1/nodes/node-1/labels", body)
     headers["Content-Type"] = "application/json"
     tampered = json.dumps({"labels": {"a": "2"}}).encode()
     r = httpx.post(base + "/v1/nodes/node-1/labels", content=tampered, headers=headers, timeout=10)
-    check_error(r, 401, "bad-signature")
+    check_error(r, 401, "not-authenticated")
 
 
 @pytest.mark.parametrize("skew", [-600, 600])
@@ -147,6 +153,31 @@ def test_control_routes_refuse_node_keys_and_unsigned_callers(one, path: str, bo
     r = httpx.request(method, base + path, json=body, timeout=10)
     check_error(r, 401, "unsigned")
     assert cloud_state(one) == before
+
+
+def test_node_keys_read_the_spec_without_env_values_and_may_not_read_logs(one) -> None:
+    """Least privilege on reads: a node key (on every machine) sees the systems' env names
+    only; the operator sees the values. Container logs are the operator's alone."""
+    base = api(one, "node-1")
+    spec = {  # min_nodes above this one-node cloud: the system is never started
+        "systems": {
+            "vault": {
+                "image": "local/busybox:1",
+                "min_nodes": 9,
+                "env": {"DB_PASSWORD": "s3cr3t-x"},
+            }
+        }
+    }
+    assert signed("PUT", base + "/v1/spec", operator_key(one), spec).status_code == 200
+    as_node = signed("GET", base + "/v1/spec", node_key(one))
+    assert as_node.status_code == 200, as_node.text
+    assert as_node.json()["systems"]["vault"]["env"] == {"DB_PASSWORD": "(hidden)"}
+    assert "s3cr3t-x" not in as_node.text
+    as_operator = signed("GET", base + "/v1/spec", operator_key(one)).json()
+    assert as_operator["systems"]["vault"]["env"] == {"DB_PASSWORD": "s3cr3t-x"}
+    body = check_error(signed("GET", base + "/v1/logs?tail=1", node_key(one)), 403, "wrong-role")
+    assert "operator" in body["message"]
+    assert signed("GET", base + "/v1/logs?tail=1", operator_key(one)).status_code == 200
 
 
 def test_node_key_gets_a_join_token(one) -> None:

@@ -194,6 +194,40 @@ def test_eval_error_gives_err_ex_root_ex_eval_error_then_done(client: Client) ->
     ]
 
 
+def test_an_editor_never_sees_a_join_token_or_a_private_key(client: Client, tmp_path: Path) -> None:
+    """Redacted as the console redacts: values (whole, secret-named fields too), what the code
+    prints to stdout and stderr, errors, and load-file's value."""
+    sid = client.clone()
+    key = (
+        "-----BEGIN OPENSSH PRIVATE KEY-----\\nb3BlbnNzaC1rZXk\\n-----END OPENSSH PRIVATE KEY-----"
+    )
+    code = (
+        '(print "join with SWMTKN-1-abc123-def456")'
+        ' (import sys) (.write sys.stderr "stderr: SWMTKN-1-errerr\\n")'
+        ' {"join-token" "plain-but-named" "note" "SWMTKN-1-inavalue"}'
+        f' "{key}"'
+        ' (raise (ValueError "bad token SWMTKN-1-inanerror"))'
+    )
+    replies = client.call(op="eval", session=sid, code=code)
+    text = repr(replies)
+    for secret in ("SWMTKN-1", "plain-but-named", "b3BlbnNzaC1rZXk"):
+        assert secret not in text
+    assert out(replies) == "join with <redacted>\n"
+    assert "stderr: <redacted>" in out(replies, "err")
+    assert "bad token <redacted>" in out(replies, "err")
+    assert values(replies)[3:5] == [
+        '{"join-token" "<redacted>"  "note" "<redacted>"}',
+        '"<redacted>"',
+    ]
+    script = tmp_path / "tok.hy"
+    script.write_text('{"token" "SWMTKN-1-fromafile"}')
+    replies = client.call(op="load-file", session=sid, file=script.read_text())
+    assert values(replies) == ['{"token" "<redacted>"}']
+    client.call(op="eval", session=sid, code='(setv joining "SWMTKN-1-inalookup")')
+    [reply] = client.call(op="lookup", session=sid, sym="joining")
+    assert "SWMTKN-1" not in repr(reply) and "<redacted>" in reply["info"]["doc"]
+
+
 def test_eval_honours_file_line_and_column(client: Client) -> None:
     sid = client.clone()
     replies = client.call(

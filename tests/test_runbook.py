@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -159,6 +160,20 @@ def test_a_failing_step_stops_the_run_and_the_report_says_where(ws: Path) -> Non
     assert "| 2 | x | False |" in md  # the records of step 1 as a table
     assert "hello from x" in md  # what step 2 printed
     assert "| count | `3` | `2` | how many rows |" in md
+
+
+def test_reports_are_private_files_whatever_the_umask(ws: Path) -> None:
+    """A report tells what was done to the cloud and what its steps printed: 0600, like the
+    files `(edit …)` writes, and no temporary file left beside them."""
+    old = os.umask(0)
+    try:
+        result = hyops(ws, "run", "notebooks/demo.hy", "--param", "count=3")
+    finally:
+        os.umask(old)
+    html = report_of(result, ws)
+    for path in (html, html.with_suffix(".md")):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    assert not [p for p in (ws / "reports").iterdir() if p.name.endswith(".tmp")]
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
+import socket
 import subprocess
 import sys
 import tomllib
@@ -22,7 +24,7 @@ import httpx
 import pytest
 
 from localcloud.cloud import LocalCloud
-from node.sshd import allowed_log
+from node.sshd import Admission, allowed_log
 from repl.session import HyopsEvalError, Session
 from repl.ssh import NodeShell, SshError, known_hosts_line, shell_for, split_addr
 from repl.workspace import Workspace
@@ -123,6 +125,25 @@ def test_commands_leave_no_unfinished_clean_up(cloud: LocalCloud, record: dict) 
     # when the connection goes (and such a warning, fired during an import, once broke an API
     # request with a KeyError from CPython 3.11's import lock)
     assert "never awaited" not in log.read_text()
+
+
+def test_fifty_commands_each_bring_back_stdout_stderr_and_exit_status(record: dict) -> None:
+    """Output of both streams and the exit status, every time: asyncssh used to send the
+    channel's EOF when the first of stdout and stderr ended, the other's last bytes then broke
+    the connection, and about 1 command in 15 came back with exit None and no stderr."""
+
+    async def work(s: NodeShell) -> list[dict]:
+        return [
+            await s.run("node-2", f"echo out-{i}; echo err-{i} >&2; exit {i % 7}")
+            for i in range(50)
+        ]
+
+    answers = run(with_shell(shell(record), work))
+    expected = [
+        {"node": "node-2", "exit": i % 7, "stdout": f"out-{i}\n", "stderr": f"err-{i}\n"}
+        for i in range(50)
+    ]
+    assert [a for a, e in zip(answers, expected, strict=True) if a != e] == []
 
 
 def test_node_file_fetches_dockerd_log_over_sftp(cloud: LocalCloud, session: Session) -> None:
@@ -332,6 +353,96 @@ def test_a_key_that_is_not_an_operators_is_refused(
     log = (cloud.node_dir("node-1") / "agent.log").read_text()
     assert "(a node key, not an operator's)" in log
     assert "(not trusted)" in log
+
+
+def test_an_offered_operator_key_without_its_signature_is_no_log_in(
+    record: dict, cloud: LocalCloud
+) -> None:
+    """Whoever holds only the operator's public key can offer it (asyncssh then asks the server
+    whether it would do), but cannot sign: that is no log-in, and the log must not say one."""
+    log = cloud.node_dir("node-1") / "agent.log"
+    operator = load_private_key(Path(record["operator_key"]))
+    stranger = asyncssh.generate_private_key("ssh-ed25519")
+    pair = asyncssh.load_keypairs([stranger])[0]
+    pair.public_data = operator.public_data  # offers the operator's key, signs with its own
+    logged_in = log.read_text().count("logged in")
+    host, port = split_addr(node_entry(record, "node-1")["ssh"])
+
+    async def attempt() -> None:
+        conn = await asyncssh.connect(
+            host, port, username="hyops", client_keys=[pair], known_hosts=record["known_hosts"]
+        )
+        conn.close()
+
+    with pytest.raises(asyncssh.PermissionDenied):
+        run(attempt())
+    assert log.read_text().count("logged in") == logged_in
+    wait_until(lambda: "never proven by a valid signature" in log.read_text(), 15, "the log")
+    assert log.read_text().count("logged in") == logged_in
+
+
+def test_a_connection_offering_too_many_keys_is_cut_off(record: dict, cloud: LocalCloud) -> None:
+    from node.sshd import MAX_AUTH_ATTEMPTS
+
+    log = cloud.node_dir("node-1") / "agent.log"
+    strangers = [asyncssh.generate_private_key("ssh-ed25519") for _ in range(MAX_AUTH_ATTEMPTS)]
+    operator = load_private_key(Path(record["operator_key"]))
+    host, port = split_addr(node_entry(record, "node-1")["ssh"])
+
+    async def attempt() -> None:
+        conn = await asyncssh.connect(
+            host,
+            port,
+            username="hyops",
+            client_keys=[*strangers, operator],  # the right key comes one too late
+            known_hosts=record["known_hosts"],
+        )
+        conn.close()
+
+    with pytest.raises(asyncssh.PermissionDenied, match="too many log-in attempts"):
+        run(attempt())
+    assert f"more than {MAX_AUTH_ATTEMPTS} log-in attempts" in log.read_text()
+
+
+def test_connections_beyond_the_limit_are_refused_before_the_handshake(
+    record: dict, cloud: LocalCloud
+) -> None:
+    from node.sshd import MAX_PER_ADDRESS
+
+    log = cloud.node_dir("node-1") / "agent.log"
+    refusals = log.read_text().count("refused a connection from")
+    host, port = split_addr(node_entry(record, "node-1")["ssh"])
+    held: list[socket.socket] = []
+    try:
+        for _ in range(MAX_PER_ADDRESS + 1):  # unauthenticated connections count too
+            sock = socket.create_connection((host, port), timeout=10)
+            held.append(sock)
+            with contextlib.suppress(OSError):
+                sock.recv(64)  # the server's version line, or nothing once refused
+        with pytest.raises(SshError):
+            run(with_shell(shell(record), lambda s: s.run("node-1", "true")))
+        text = log.read_text()
+        assert text.count("refused a connection from") >= refusals + 2
+        assert re.search(rf"{MAX_PER_ADDRESS} SSH connections from [0-9.]+ are open already", text)
+    finally:
+        for sock in held:
+            sock.close()
+    wait_until(  # closed ones are no longer counted
+        lambda: run(with_shell(shell(record), lambda s: s.run("node-1", "true")))["exit"] == 0,
+        30,
+        "a log-in once the idle connections closed",
+    )
+
+
+def test_admission_counts_connections_in_all_and_per_address() -> None:
+    gate = Admission(total=3, per_address=2)
+    assert gate.admit("10.0.0.1") is None and gate.admit("10.0.0.1") is None
+    assert "2 SSH connections from 10.0.0.1" in (gate.admit("10.0.0.1") or "")
+    assert gate.admit("10.0.0.2") is None
+    assert "already has 3 SSH connections" in (gate.admit("10.0.0.3") or "")
+    gate.release("10.0.0.1")
+    assert gate.admit("10.0.0.3") is None
+    assert gate.open == {"10.0.0.1": 1, "10.0.0.2": 1, "10.0.0.3": 1}
 
 
 def test_a_changed_host_key_is_refused(record: dict, tmp_path: Path) -> None:

@@ -4,8 +4,12 @@ A control request carries four `X-Hyops-*` headers: the key's SHA256 fingerprint
 random nonce and an SSH signature over a canonical string made of those and the request's
 method, path and body digest (`sign_headers`). The agent's `Verifier` checks them against the
 trust file and raises `AuthError` with the protocol's status and code (401 unsigned,
-unknown-key, bad-signature, expired, replayed; 403 wrong-role), and keeps a journal of control
-requests' nonces so a replay is refused across restarts.
+not-authenticated, expired, replayed; 403 wrong-role; 503 busy, journal-failed), and keeps a
+journal of control requests' nonces so a replay is refused across restarts.
+
+An unknown key, a malformed header and a signature that does not match all get one and the same
+refusal (401 not-authenticated, naming no key): a caller without a trusted key must not learn
+which fingerprints the cloud trusts. The agent's own log says which it was.
 
 The signed string holds only a digest of the body, never the body, and nothing secret: the
 signature and every header are safe to log.
@@ -21,6 +25,7 @@ import base64
 import binascii
 import hashlib
 import heapq
+import logging
 import os
 import re
 import secrets
@@ -70,6 +75,8 @@ __all__ = [
     "signed_string",
     "write_trust",
 ]
+
+log = logging.getLogger("hyops.signing")
 
 HEADERS = (HEADER_KEY, HEADER_TIME, HEADER_NONCE, HEADER_SIGNATURE)
 SIGNED_PREFIX = "hyops-request-v1"
@@ -128,10 +135,18 @@ class AuthError(Exception):
 class Verifier:
     """Checks signed requests against the trust file: key, signature, clock window, replay.
 
-    Nonces are remembered for as long as their request time stays inside the window, so a
-    replay is caught while it would otherwise be accepted. The memory is bounded by
-    `max_nonces`: when full, the oldest nonces are forgotten and requests signed at or before
-    their time are refused as expired, so forgetting never re-opens a replay.
+    Nonces are remembered for as long as their request time stays inside the window (a request
+    signed up to `window` seconds ahead is remembered up to `2 * window` seconds), so a replay is
+    caught while it would otherwise be accepted; past that, it is refused as expired.
+
+    The memory is bounded, and a nonce still inside its window is never forgotten to make room:
+    forgetting one would let its replay through, and a trusted key that signs many requests
+    (dated ahead, to stay longest) could otherwise push out everybody else's. Instead each key
+    may hold at most `max_nonces_per_key` nonces and all keys together `max_nonces`; a request
+    beyond either bound is refused with 503 busy ("try again"), and only the key that floods is
+    slowed down, as long as fewer than `max_nonces / max_nonces_per_key` keys flood at once.
+    A refusal is cheaper than a replay, and the bounds are far above real use (20 000 requests
+    a minute from one key).
 
     With a `journal` file, the nonces of requests that change something (any method but GET and
     HEAD) are also appended to it and synced before the request is let through, and read back
@@ -147,14 +162,17 @@ class Verifier:
         clock: Callable[[], float] = time.time,
         max_nonces: int = 100_000,
         journal: Path | None = None,
+        max_nonces_per_key: int = 20_000,
     ):
         self.trust = trust
         self.window = window
         self.clock = clock
         self.max_nonces = max_nonces
-        self._seen: dict[str, int] = {}
+        self.max_nonces_per_key = max_nonces_per_key
+        self._seen: dict[str, tuple[int, str]] = {}  # nonce: (signed time, key fingerprint)
         self._order: list[tuple[int, str]] = []  # heap of (signed time, nonce)
-        self._floor = -1  # requests signed at or before this time can no longer be checked
+        self._per_key: dict[str, int] = {}  # key fingerprint: how many of its nonces are kept
+        self._busy: set[str] = set()  # keys refused as busy since their last accepted request
         self._lock = threading.Lock()
         self._journal = journal
         self._journal_lines = 0
@@ -164,7 +182,8 @@ class Verifier:
     def verify(
         self, method: str, path_with_query: str, body: bytes, headers: Mapping[str, str]
     ) -> TrustedKey:
-        """The trusted key that signed this request, or AuthError (401) saying why not."""
+        """The trusted key that signed this request, or AuthError (401, or 503 busy/journal-
+        failed) saying why not."""
         lower = {k.lower(): v for k, v in headers.items()}
         missing = [h for h in HEADERS if not lower.get(h.lower())]
         if missing:
@@ -178,36 +197,22 @@ class Verifier:
         key = self.trust.by_fingerprint(fp)
         if key is None:
             shown = fp if _FINGERPRINT.fullmatch(fp) else "a malformed fingerprint"
-            raise AuthError(
-                401,
-                "unknown-key",
-                f"the cloud does not trust the key {shown}",
-                "add its public key to the cloud's trust file, or sign with a trusted key",
-            )
+            _check_signature(_decoy_public(), method, path_with_query, body, when_text, nonce,
+                             sig_text)  # fmt: skip  # as long as for a trusted key
+            raise _not_authenticated(f"no trusted key has the fingerprint {shown}")
         if not _DIGITS.fullmatch(when_text) or not _NONCE.fullmatch(nonce):
-            raise AuthError(
-                401,
-                "bad-signature",
-                f"malformed {HEADER_TIME} or {HEADER_NONCE} "
-                "(expected whole Unix seconds and 32 lower-case hex characters)",
-                "sign requests with hyops's wire.signing.sign_headers",
+            raise _not_authenticated(
+                f"malformed {HEADER_TIME} or {HEADER_NONCE} for key {key.name} (expected whole "
+                "Unix seconds and 32 lower-case hex characters)"
+            )
+        if not _check_signature(
+            key.public, method, path_with_query, body, when_text, nonce, sig_text
+        ):
+            raise _not_authenticated(
+                f"the signature does not match {method} {path_with_query} for key {key.name} "
+                f"({key.fingerprint})"
             )
         when = int(when_text)
-        import asyncssh
-
-        try:
-            signature = base64.b64decode(sig_text, validate=True)
-            data = signed_string(method, path_with_query, body, when, nonce)
-            valid = public_key(key.public).verify(data, signature)
-        except (binascii.Error, ValueError, RuntimeError, asyncssh.KeyImportError):
-            valid = False
-        if not valid:
-            raise AuthError(
-                401,
-                "bad-signature",
-                f"the signature does not match this request for key {key.name} ({key.fingerprint})",
-                "sign the method, the path with its query exactly as sent, and the body as sent",
-            )
         now = self.clock()
         if abs(now - when) > self.window:
             raise AuthError(
@@ -219,13 +224,6 @@ class Verifier:
             )
         with self._lock:
             self._forget(now)
-            if when <= self._floor:
-                raise AuthError(
-                    401,
-                    "expired",
-                    "signed before the oldest request this node still remembers (it is busy)",
-                    "send a freshly signed request",
-                )
             if nonce in self._seen:
                 raise AuthError(
                     401,
@@ -233,12 +231,26 @@ class Verifier:
                     f"nonce {nonce} was already used within the last {self.window:g} s",
                     "sign every request anew (a fresh nonce each time); do not resend headers",
                 )
-            self._seen[nonce] = when
+            mine = self._per_key.get(key.fingerprint, 0)
+            if mine >= self.max_nonces_per_key or len(self._seen) >= self.max_nonces:
+                # never forget a nonce still inside its window to make room (see the class)
+                if key.fingerprint not in self._busy:  # once per flood, not per request
+                    self._busy.add(key.fingerprint)
+                    log.warning(
+                        "refusing requests by key %s as busy: %d of its requests and %d in all "
+                        "in the last %g s", key.name, mine, len(self._seen), self.window,
+                    )  # fmt: skip
+                raise AuthError(
+                    503,
+                    "busy",
+                    f"this node is busy: it got more signed requests within {self.window:g} s "
+                    "than it can remember",
+                    "try again in a little while (send fewer requests at once)",
+                )
+            self._busy.discard(key.fingerprint)
+            self._seen[nonce] = (when, key.fingerprint)
+            self._per_key[key.fingerprint] = mine + 1
             heapq.heappush(self._order, (when, nonce))
-            while len(self._seen) > self.max_nonces:
-                old_when, old_nonce = heapq.heappop(self._order)
-                self._seen.pop(old_nonce, None)
-                self._floor = max(self._floor, old_when)
             if self._journal is not None and method.upper() not in ("GET", "HEAD"):
                 self._record(when, nonce)
         return key
@@ -268,7 +280,7 @@ class Verifier:
                 and int(parts[0]) >= oldest
                 and parts[1] not in self._seen
             ):
-                self._seen[parts[1]] = int(parts[0])
+                self._seen[parts[1]] = (int(parts[0]), "")  # the journal does not name keys
                 heapq.heappush(self._order, (int(parts[0]), parts[1]))
         self._rewrite_journal()
 
@@ -301,15 +313,69 @@ class Verifier:
             ) from None
 
     def _forget(self, now: float) -> None:
-        """Drop nonces whose time is outside the window: such a replay is refused as expired."""
+        """Drop nonces whose time is outside the window (by time only, never to make room):
+        such a replay is refused as expired."""
         while self._order and self._order[0][0] < now - self.window:
             _, nonce = heapq.heappop(self._order)
-            self._seen.pop(nonce, None)
+            _, fp = self._seen.pop(nonce, (0, ""))
+            if fp and self._per_key.get(fp, 0) > 1:
+                self._per_key[fp] -= 1
+            else:
+                self._per_key.pop(fp, None)
 
     @property
     def remembered(self) -> int:
         """How many nonces are remembered now (bounded by `max_nonces`)."""
         return len(self._seen)
+
+
+_REFUSED_MESSAGE = "the request's signature cannot be verified with a key this cloud trusts"
+_REFUSED_HINT = (
+    "sign with a key listed in the cloud's trust file (hyops does this for you), over the "
+    "method, the path with its query and the body exactly as sent; the node's log says more"
+)
+
+
+def _not_authenticated(detail: str) -> AuthError:
+    """The one refusal for an unknown key, a malformed header or a wrong signature: the caller
+    learns nothing about which keys are trusted; `detail` (no secrets) goes to the agent's log."""
+    log.warning("refused a request: %s", detail)
+    return AuthError(401, "not-authenticated", _REFUSED_MESSAGE, _REFUSED_HINT)
+
+
+def _check_signature(
+    public: str | asyncssh.SSHKey,
+    method: str,
+    path_with_query: str,
+    body: bytes,
+    when_text: str,
+    nonce: str,
+    sig_text: str,
+) -> bool:
+    """Whether `sig_text` signs this request with `public` (False for anything malformed)."""
+    import asyncssh
+
+    try:
+        when = int(when_text) if _DIGITS.fullmatch(when_text) else 0
+        signature = base64.b64decode(sig_text, validate=True)
+        data = signed_string(method, path_with_query, body, when, nonce)
+        key = public_key(public) if isinstance(public, str) else public
+        return bool(key.verify(data, signature))
+    except (binascii.Error, ValueError, RuntimeError, asyncssh.KeyImportError):
+        return False
+
+
+_decoy: list[asyncssh.SSHKey] = []
+
+
+def _decoy_public() -> asyncssh.SSHKey:
+    """A key nobody holds, to check an unknown key's signature against: the refusal then takes
+    as long as for a trusted key, so its timing does not tell which keys are trusted either."""
+    if not _decoy:
+        import asyncssh
+
+        _decoy.append(asyncssh.generate_private_key("ssh-ed25519").convert_to_public())
+    return _decoy[0]
 
 
 def require_role(key: TrustedKey, *roles: str) -> None:

@@ -16,12 +16,32 @@ from node.swarm import SwarmView
 from wire.files import PRIVATE, write_atomic
 from wire.spec import SpecError, check_spec, default_spec
 
-__all__ = ["SPEC_LABEL", "SPEC_SEQ", "SpecStore"]
+__all__ = ["ENV_HIDDEN", "SPEC_LABEL", "SPEC_SEQ", "SpecStore", "spec_for_role"]
 
 log = logging.getLogger("hyops.autopilot")
 
 SPEC_LABEL = "hyops.spec"
 SPEC_SEQ = "hyops.spec.seq"
+ENV_HIDDEN = "(hidden)"  # what a node key sees instead of a system's env value
+
+
+def spec_for_role(answer: dict[str, Any], role: str) -> dict[str, Any]:
+    """The GET /v1/spec answer as a key of `role` may read it.
+
+    Operators read all of it. Any other role (node keys, held by every machine of the cloud)
+    reads the systems' `env` with each name kept and its value replaced by `ENV_HIDDEN`: env
+    values are where passwords and API keys of a system go, and a node never needs them from
+    the API (Swarm hands each container its own). The answer is copied, never changed."""
+    if role == "operator":
+        return answer
+    systems = answer.get("systems")
+    if not isinstance(systems, dict):
+        return answer
+    shown = {}
+    for name, system in systems.items():
+        env = system.get("env") if isinstance(system, dict) else None
+        shown[name] = {**system, "env": dict.fromkeys(env, ENV_HIDDEN)} if env else system
+    return {**answer, "systems": shown}
 
 
 class SpecStore:

@@ -25,6 +25,7 @@ from repl.nrepl.lookup import NAMESPACE, completion_kind, describe_name
 from repl.nrepl.sessions import Job, NreplSession
 from repl.nrepl.streams import route_streams
 from repl.nrepl.transport import Connection
+from repl.render import redact
 from repl.session import HyopsEvalError, Session
 
 __all__ = ["OPS", "PORT_FILE", "Server", "check_loopback", "editor_family", "main", "serve"]
@@ -355,7 +356,7 @@ class Server:
             if last_only:
                 results.append(value)
             else:
-                job.reply({"value": introspect.shown(value), "ns": NAMESPACE})
+                job.reply({"value": introspect.shown(redact(value)), "ns": NAMESPACE})
 
         try:
             with nsession.evaluating(job):
@@ -375,7 +376,10 @@ class Server:
         else:
             if last_only:
                 job.reply(
-                    {"value": introspect.shown(results[-1] if results else None), "ns": NAMESPACE}
+                    {
+                        "value": introspect.shown(redact(results[-1] if results else None)),
+                        "ns": NAMESPACE,
+                    }
                 )
         # `ns` on the last reply too: Calva's handshake reads it there after an error.
         job.reply({"ns": NAMESPACE, "status": ["done"]})

@@ -3,6 +3,13 @@
 `RequestReader` turns a connection's bytes into requests however TCP cut them; `Connection`
 reads a client's requests, hands each to its server (`handle`) and writes the replies, echoing
 each request's `id` and `session`. Nothing here knows what the ops do.
+
+Every reply's text (values, printed `out`/`err`, errors) passes `repl.render.redact_text` on its
+way out, as the console's output does: join tokens and private keys never reach an editor,
+whatever printed them. (Values are redacted whole before they are printed, by the server, so
+secret-named fields are hidden too. Printed text is redacted write by write: a secret that one
+`print` writes is caught; one that a program writes in pieces, a few characters at a time, may
+not be.)
 """
 
 from __future__ import annotations
@@ -17,6 +24,19 @@ from bencodepy import BencodeDecodeError, BencodeDecoder
 __all__ = ["MAX_MESSAGE", "Connection", "MalformedRequest", "RequestReader", "encode"]
 
 MAX_MESSAGE = 64 * 1024 * 1024  # a request larger than this is refused, not buffered forever
+
+
+def _redacted(value: Any) -> Any:
+    """A reply field fit to send: text with secret-shaped parts replaced (`repl.render`)."""
+    from repl.render import redact_text
+
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, list):
+        return [_redacted(v) for v in value]
+    if isinstance(value, dict):  # e.g. lookup's `info`
+        return {k: _redacted(v) for k, v in value.items()}
+    return value
 
 
 class MalformedRequest(Exception):
@@ -107,7 +127,7 @@ class Connection:
         self, request: dict[str, Any], message: dict[str, Any], session: str | None = None
     ) -> None:
         """Send `message` as a reply to `request`, echoing its id and session."""
-        out = dict(message)
+        out = {k: _redacted(v) for k, v in message.items()}
         if "id" in request:
             out["id"] = request["id"]
         session = session or request.get("session")
@@ -116,7 +136,7 @@ class Connection:
         self.send(out)
 
     def send(self, message: dict[str, Any]) -> None:
-        data = encode(message)
+        data = encode({k: _redacted(v) for k, v in message.items()})
         with self._write:
             if not self.open:
                 return
