@@ -19,6 +19,10 @@ LABEL_SSH = "hyops.ssh"
 # the manager address ("ip:2377") a node joined the swarm by: its only way into Raft if promoted
 # (swarmkit keeps it until dockerd restarts); empty for the node that originated the swarm
 LABEL_JOINED_VIA = "hyops.joined-via"
+# the labels a node's own key may set on its own node through the API (its agent's, above); any
+# other `hyops.*` label is the agents' or the autopilot's, and no API caller sets one
+AGENT_PREFIX = "hyops."
+AGENT_LABELS = frozenset({LABEL_CPUS, LABEL_MEMORY, LABEL_API, LABEL_JOINED_VIA})
 
 
 def _number(text: str | None) -> float | int | None:
