@@ -285,6 +285,10 @@ def test_a_label_never_becomes_a_url_an_agent_calls(
         answer = r.json()
         assert "trap" not in answer, "the agent relayed the body of the address a label named"
         assert answer["node"] == leader and answer["leading"] is True
+        # node records name each agent at Swarm's address of its node, not at the label (the
+        # workspace dials these, e.g. for logs, signing with the operator's key)
+        nodes = signed("GET", f"{api(cloud, other)}/v1/nodes", operator_key(cloud)).json()
+        assert {n["name"]: n["api"] for n in nodes} == {n["name"]: n["api"] for n in cloud.nodes}
         # the leader publishes managers from Swarm's own addresses, not from the label: give
         # it a few publishing rounds (every 2 s), and look at the list all along
         until = time.monotonic() + 8

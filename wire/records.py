@@ -11,6 +11,8 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+from wire.ports import API_PORT
+
 # labels an agent puts on its own node (workers ask a manager's agent to set them)
 LABEL_CPUS = "hyops.cpus"
 LABEL_MEMORY = "hyops.memory"
@@ -63,9 +65,25 @@ def node_record(node: dict[str, Any]) -> dict[str, Any]:
         "memory": memory,
         "labels": labels,
         "engine": (desc.get("Engine") or {}).get("EngineVersion"),
-        "api": labels.get(LABEL_API),
+        "api": agent_api(node),
         "version": (node.get("Version") or {}).get("Index"),
     }
+
+
+def agent_api(node: dict[str, Any], port: int = API_PORT) -> str | None:
+    """The URL of a node's agent: the host Swarm knows the node by (a manager's Raft address,
+    else the address it reported) on the API port. Never the `hyops.api` label: labels are data a
+    node's own key may write, and whoever dials this (the workspace, for logs) must not be sent
+    to, and sign requests for, an address a label names."""
+    manager = (node.get("ManagerStatus") or {}).get("Addr") or ""
+    host = manager.rsplit(":", 1)[0] if manager else ""
+    if not host or host in ("0.0.0.0", "[::]"):
+        host = str((node.get("Status") or {}).get("Addr") or "")
+    if not host or host in ("0.0.0.0", "::"):
+        return None
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
 
 
 def sort_nodes(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
