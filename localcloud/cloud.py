@@ -197,6 +197,10 @@ class LocalCloud:
     def node_dir(self, node: str) -> Path:
         return self.cloud_dir / "nodes" / node
 
+    def node_key(self, node: str) -> Path:
+        """That node's own private key (0600, in its folder; its agent signs with it)."""
+        return self.node_dir(node) / "node_ed25519"
+
     def _new_node(self, index: int, cpus: float | None, memory: int | None) -> dict[str, Any]:
         name = f"node-{index}"
         addr = node_addr(self.record["subnet"], index)
@@ -228,7 +232,6 @@ class LocalCloud:
                 "bridge_addr": str(subnet[1]),
                 "list": f"git+file://{self.cloud_dir / 'list.git'}",
                 "operator_key": str(self.state_dir / "operator_ed25519"),
-                "node_key": str(self.cloud_dir / "node_ed25519"),
                 "trust": str(self.cloud_dir / "trust.toml"),
                 "known_hosts": str(self.cloud_dir / "known_hosts"),
                 "node": [],
@@ -353,8 +356,19 @@ class LocalCloud:
         for folder in (self.state_dir, self.state_dir / "clouds", self.cloud_dir):
             os.chmod(folder, 0o700)
         operator = ensure_key(Path(record["operator_key"]), "operator@hyops-workspace")
-        node_key = ensure_key(Path(record["node_key"]), f"node@hyops-{self.name}")
-        ensure_trust(Path(record["trust"]), operator, node_key)
+        (self.cloud_dir / "nodes").mkdir(exist_ok=True, mode=0o700)
+        for entry in record["node"]:
+            self.node_dir(entry["name"]).mkdir(exist_ok=True, mode=0o700)
+        # each node its own key, named after it in the trust file: a node's key acts only on
+        # its own node (the one key all nodes once shared owned the whole cloud)
+        nodes = {
+            entry["name"]: ensure_key(self.node_key(entry["name"]), f"{entry['name']}@hyops")
+            for entry in record["node"]
+        }
+        ensure_trust(Path(record["trust"]), operator, nodes)
+        if record.pop("node_key", None):  # a cloud recorded before nodes had keys of their own
+            (self.cloud_dir / "node_ed25519").unlink(missing_ok=True)
+            (self.cloud_dir / "node_ed25519.pub").unlink(missing_ok=True)
         list_repo = self.cloud_dir / "list.git"
         if not (list_repo / "HEAD").exists():
             run(["git", "init", "-q", "--bare", "--initial-branch=main", str(list_repo)])
@@ -362,9 +376,6 @@ class LocalCloud:
         default = self.state_dir / "default-cloud"
         if not default.exists():
             write_private(default, self.name + "\n")
-        (self.cloud_dir / "nodes").mkdir(exist_ok=True, mode=0o700)
-        for entry in record["node"]:
-            self.node_dir(entry["name"]).mkdir(exist_ok=True, mode=0o700)
         self._ensure_host_keys()
 
     def _ensure_host_keys(self) -> None:
@@ -523,7 +534,7 @@ class LocalCloud:
                 "api_addr": f"{entry['addr']}:{API_PORT}",
                 "docker_socket": entry["docker_socket"],
                 "data_dir": str(self.node_dir(node) / "agent"),
-                "key": record["node_key"],
+                "key": str(self.node_key(node)),
                 "may_originate": True,  # every node may: the list's tie-break picks one
             },
             "resources": {k: v for k, v in resources.items() if v is not None} or None,

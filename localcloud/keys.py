@@ -1,4 +1,4 @@
-"""The local cloud's keys and trust file: the operator's key, the nodes' key, host keys.
+"""The local cloud's keys and trust file: the operator's key, each node's own key, host keys.
 
 Keys are made by `wire.keys` and the trust file written by `wire.trust`, the same code the agents
 and the workspace use (asyncssh is imported only when a key is made or read).
@@ -6,13 +6,18 @@ and the workspace use (asyncssh is imported only when a key is made or read).
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
 from wire.keys import generate_key, load_private_key
-from wire.trust import TrustedKey, write_trust
+from wire.trust import Trust, TrustedKey, TrustError, write_trust
 
-__all__ = ["ensure_key", "ensure_trust"]
+__all__ = ["LEGACY_NODE_KEY", "ensure_key", "ensure_trust"]
+
+# the name of the one key all nodes shared before each node had its own: it owned the cloud (any
+# node could act on any other), so it is dropped from the trust file when one is rewritten
+LEGACY_NODE_KEY = "node"
 
 
 def ensure_key(path: Path, comment: str) -> str:
@@ -24,11 +29,28 @@ def ensure_key(path: Path, comment: str) -> str:
     return public
 
 
-def ensure_trust(path: Path, operator: str, node: str) -> None:
-    """The cloud's trust file (docs/protocol.md section 3): the operator key, the nodes' key."""
-    keys = [
-        TrustedKey.from_public("operator", "operator", operator),
-        TrustedKey.from_public("node", "node", node),
-    ]
+def ensure_trust(path: Path, operator: str, nodes: dict[str, str]) -> None:
+    """The cloud's trust file (docs/protocol.md section 3): the operator key, and each node's
+    own key named by its node (`nodes`: node name -> public key line).
+
+    Keys the file already lists under other names (added by hand) are kept; the ones named
+    `operator` or after a node are replaced by these; the old shared node key is dropped. A file
+    that cannot be read is written anew from these keys."""
+    ours = {"operator": TrustedKey.from_public("operator", "operator", operator)}
+    for name, public in nodes.items():
+        ours[name] = TrustedKey.from_public(name, "node", public)
+    kept: list[TrustedKey] = []
+    with contextlib.suppress(TrustError):
+        fingerprints = {k.fingerprint for k in ours.values()}
+        for key in Trust.load(path).keys:
+            if key.name in ours or key.name == LEGACY_NODE_KEY or key.fingerprint in fingerprints:
+                continue
+            kept.append(key)
+    keys = [*ours.values(), *kept]
+    try:
+        if Trust.load(path).keys == tuple(keys):
+            return  # unchanged: leave the file (and its stat, which agents watch) alone
+    except TrustError:
+        pass
     write_trust(path, keys)
     os.chmod(path, 0o600)

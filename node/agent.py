@@ -36,7 +36,8 @@ from wire.client import NodeApiError, NodeClient
 from wire.files import PRIVATE, write_atomic
 from wire.lists import BootstrapList, ListError, Manager, open_list
 from wire.records import LABEL_API, LABEL_CPUS, LABEL_JOINED_VIA, LABEL_MEMORY, node_record
-from wire.signing import Trust, Verifier, load_private_key
+from wire.signing import Verifier, load_private_key
+from wire.trust import TrustFile
 
 log = logging.getLogger("hyops.agent")
 
@@ -89,7 +90,8 @@ class Agent:
         self.cloud_id: str | None = None
         config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.engine = Engine(config.docker_socket)
-        self.trust = Trust.load(config.trust_path)
+        # re-read when the file changes: a key removed from it is refused within seconds
+        self.trust = TrustFile(config.trust_path)
         self.verifier = Verifier(self.trust, journal=config.data_dir / "nonces")
         self.key = load_private_key(config.key_path)
         self.lists = open_list(config.list_url, config.data_dir / "list")
@@ -476,11 +478,15 @@ class Agent:
                 (
                     Manager(
                         name=r["name"],
-                        addr=r["manager_addr"] or f"{r['addr']}:{SWARM_PORT}",
-                        api=r["api"] or f"http://{r['addr']}:{self.config.api_port}",
+                        addr=r["manager_addr"],
+                        # Swarm's own address of that manager and the API port, never the
+                        # hyops.api label: a label is not an address anyone vouches for
+                        api=str(self.swarm.api_of(r["manager_addr"])),
                     )
                     for r in records
-                    if r["role"] == "manager" and r["reachability"] == "reachable"
+                    if r["role"] == "manager"
+                    and r["reachability"] == "reachable"
+                    and r["manager_addr"]
                 ),
                 key=lambda m: m.name,
             )

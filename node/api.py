@@ -253,7 +253,6 @@ def create_app(agent: NodeAgent) -> FastAPI:
 
     readers = role("operator", "node")
     operators = role("operator")
-    nodes_only = role("node")
 
     async def on_manager(request: Request, answer: Callable[[], Awaitable[Any]]) -> Any:
         """`answer()` when this node is a manager; else a manager's agent's answer."""
@@ -372,9 +371,13 @@ def create_app(agent: NodeAgent) -> FastAPI:
         request: Request,
         key: TrustedKey = Depends(readers),
     ) -> Any:
-        """Set labels on a node (workers cannot label themselves: their agents ask here)."""
+        """Set labels on a node (workers cannot label themselves: their agents ask here).
+
+        A node key sets only its agent's labels on its own node; nobody sets other `hyops.*`
+        labels here (403). Decided on the manager, by the key that signed the request, never
+        by which agent forwarded it."""
         return await on_manager(
-            request, lambda: agent.ops.set_labels(name, body.labels, by=key.name)
+            request, lambda: agent.ops.set_labels(name, body.labels, by=key.name, role=key.role)
         )
 
     @app.put("/v1/spec", tags=["autopilot"])
@@ -403,9 +406,20 @@ def create_app(agent: NodeAgent) -> FastAPI:
 
     @app.post("/v1/join-token", tags=["control"])
     async def join_token(
-        body: JoinTokenBody, request: Request, key: TrustedKey = Depends(nodes_only)
+        body: JoinTokenBody, request: Request, key: TrustedKey = Depends(readers)
     ) -> Any:
-        """A join token for a joining node (node-signed only; never logged)."""
+        """A join token (never logged): a worker token for a node key; a manager token only for
+        an operator key (nodes join as workers, and the autopilot promotes them)."""
+        if body.role == "manager" and key.role != "operator":
+            raise AuthError(
+                403,
+                "wrong-role",
+                f"key {key.name} ({key.fingerprint}) has role {key.role}; a manager join token "
+                "needs an operator key",
+                'join as a worker (role "worker"): the autopilot promotes nodes to managers',
+            )
+        if body.role == "worker":
+            require_role(key, "node")
         return await on_manager(request, lambda: agent.ops.join_token(body.role, by=key.name))
 
     return app

@@ -19,6 +19,8 @@ from node.swarm import SwarmView
 from wire.names import unknown_name_hint
 from wire.policy import check_demote, check_promote
 from wire.records import (
+    AGENT_LABELS,
+    AGENT_PREFIX,
     LABEL_CPUS,
     LABEL_MEMORY,
     node_record,
@@ -27,8 +29,9 @@ from wire.records import (
     sort_nodes,
     task_record,
 )
+from wire.signing import AuthError
 
-__all__ = ["Membership", "Operations"]
+__all__ = ["Membership", "Operations", "label_refusal"]
 
 log = logging.getLogger("hyops.agent")
 
@@ -193,10 +196,16 @@ class Operations:
             return {**node_record(await self.engine.node(node["ID"])), "changed": True}
         raise AgentError("conflict", "conflict", f"node {name} kept changing; try again")
 
-    async def set_labels(self, name: str, labels: dict[str, str], by: str) -> dict[str, Any]:
-        """Merge labels into a node's (workers' agents ask a manager for theirs)."""
+    async def set_labels(
+        self, name: str, labels: dict[str, str], by: str, role: str = "operator"
+    ) -> dict[str, Any]:
+        """Merge labels into a node's (workers' agents ask a manager for theirs), if the caller
+        (key name `by`, key role `role`) may set them there (`label_refusal`)."""
         self.require_swarm()
         node, _ = await self._find_node(name)
+        refusal = label_refusal(by, role, node_record(node)["name"], labels)
+        if refusal is not None:
+            raise refusal  # node/api.py logs it with the caller's path
         updated = await self.swarm.set_labels(node["ID"], labels)
         log.info("labels of %s set by %s: %s", node_record(node)["name"], by, ", ".join(labels))
         return node_record(updated)
@@ -302,6 +311,46 @@ class Operations:
         finally:
             for p in pumps:
                 p.cancel()
+
+
+def label_refusal(caller: str, role: str, node: str, labels: dict[str, str]) -> AuthError | None:
+    """Why the key named `caller` (role `role`) may not set `labels` on the node named `node`
+    (403), or None when it may.
+
+    A node key acts only on its own node (its name is the node's name) and sets only its agent's
+    labels (`wire.records.AGENT_LABELS`): one node's key must not move systems onto itself, mark
+    another node dead or point another node's records elsewhere. `hyops.*` labels are the
+    agents' and the autopilot's: an operator sets every other label, none of those."""
+    if role == "node":
+        if caller != node:
+            return AuthError(
+                403,
+                "not-yours",
+                f"key {caller} is a node's key and may label only its own node, not {node}",
+                "a node key acts only on the node of the same name; label other nodes with an "
+                "operator key",
+            )
+        other = sorted(set(labels) - AGENT_LABELS)
+        if other:
+            return AuthError(
+                403,
+                "not-yours",
+                f"key {caller} is a node's key and may set only its agent's labels "
+                f"({', '.join(sorted(AGENT_LABELS))}), not {', '.join(other)}",
+                "set other labels with an operator key",
+            )
+        return None
+    ours = sorted(k for k in labels if k.startswith(AGENT_PREFIX))
+    if ours:
+        return AuthError(
+            403,
+            "agent-label",
+            f"{', '.join(ours)}: {AGENT_PREFIX}* labels are set by the nodes' agents and the "
+            "autopilot, not through the API",
+            f"use a label without the {AGENT_PREFIX} prefix (e.g. zone=eu-1); the agent sets "
+            f"its own from its config",
+        )
+    return None
 
 
 def _not_found(kind: str, name: str, known: list[str]) -> AgentError:

@@ -92,7 +92,7 @@ class SwarmView:
             for remote in (info.get("Swarm") or {}).get("RemoteManagers") or []:
                 host = str(remote.get("Addr", "")).rsplit(":", 1)[0]
                 if host and host != self.advertise_addr:
-                    urls.append(f"http://{host}:{self.api_port}")
+                    urls.append(f"http://{host}:{self.api_port}")  # the engine's, not a label's
         except EngineError:
             pass
         if not urls:
@@ -103,14 +103,25 @@ class SwarmView:
                 urls += [m.api for m in lst.managers if m.api != self.api_url]
         return list(dict.fromkeys(urls))
 
+    def api_of(self, manager_addr: str | None) -> str | None:
+        """The API URL of the agent beside the manager whose Swarm address (`ip:2377`, as the
+        engine reports it in `ManagerStatus.Addr` or `RemoteManagers`) is `manager_addr`: that
+        host and the configured API port. Never a label's value: labels are data any manager
+        can write, and an agent must not be made to call (and relay) an address a label names."""
+        host = str(manager_addr or "").rsplit(":", 1)[0]
+        return f"http://{host}:{self.api_port}" if host else None
+
     async def leader_api(self) -> str | None:
-        """The API URL of the leader's agent, as its node label says (managers only)."""
-        leader = None
+        """The API URL of the leader's agent, from the leader's Swarm address as the engine
+        reports it (managers only); None when there is no leader, or this node leads."""
         for node in await self.engine.nodes():
             record = node_record(node)
             if record["leader"]:
-                leader = record["api"]
-        return leader
+                host = str(record["manager_addr"] or "").rsplit(":", 1)[0]
+                if host == self.advertise_addr:
+                    return None
+                return self.api_of(record["manager_addr"])
+        return None
 
     async def set_labels(self, node_id: str, labels: dict[str, str]) -> dict[str, Any]:
         """Merge `labels` into a node's labels (on a manager), re-reading its version on a race;

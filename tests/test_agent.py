@@ -44,8 +44,9 @@ def operator_key(cloud: LocalCloud) -> Path:
     return Path(record(cloud)["operator_key"])
 
 
-def node_key(cloud: LocalCloud) -> Path:
-    return Path(record(cloud)["node_key"])
+def node_key(cloud: LocalCloud, node: str = "node-1") -> Path:
+    """That node's own private key (each node has one, named after it in the trust file)."""
+    return cloud.node_key(node)
 
 
 def docker_nodes(cloud: LocalCloud, on: str) -> dict[str, dict]:

@@ -185,7 +185,13 @@ def test_the_record_names_list_keys_trust_and_resources(cloud: LocalCloud) -> No
     )
     trust = tomllib.loads(Path(record["trust"]).read_text())
     roles = {k["name"]: k["role"] for k in trust["key"]}
-    assert roles == {"operator": "operator", "node": "node"}
+    # each node its own key, named by its node (no key shared by all nodes)
+    assert roles == {"operator": "operator", **{f"node-{i}": "node" for i in (1, 2, 3)}}
+    publics = {k["name"]: k["public"] for k in trust["key"]}
+    for node in ("node-1", "node-2", "node-3"):
+        pub = cloud.node_key(node).with_name("node_ed25519.pub").read_text().strip()
+        assert publics[node] == pub
+    assert len(set(publics.values())) == len(publics)
     operator_pub = Path(record["operator_key"] + ".pub").read_text().strip()
     assert operator_pub in [k["public"] for k in trust["key"]]
     assert Path(record["operator_key"]) == cloud.state_dir / "operator_ed25519"
@@ -199,7 +205,8 @@ def test_secret_holding_files_are_private(cloud: LocalCloud) -> None:
     for path in (
         cloud.record_path,
         cloud.state_dir / "operator_ed25519",
-        cloud.cloud_dir / "node_ed25519",
+        cloud.node_key("node-1"),
+        cloud.node_key("node-2"),
         cloud.state_dir / "default-cloud",
     ):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
@@ -219,6 +226,7 @@ def test_agent_config_follows_the_protocol(cloud: LocalCloud, tmp_path: Path) ->
     assert str(config.docker_socket) == node["docker_socket"]
     assert config.may_originate is True
     assert config.cpus == 4 and config.memory == 8 * GIB
+    assert config.key_path == cloud.node_key("node-2")  # its own key, in its own folder
 
 
 def test_the_busybox_image_is_on_every_node(cloud: LocalCloud) -> None:
@@ -245,6 +253,10 @@ def test_add_node_gives_the_next_name_and_address(cloud: LocalCloud) -> None:
     assert cloud.docker("node-4", "info", "--format", "{{.Name}}").stdout.strip() == "node-4"
     record = tomllib.loads(cloud.record_path.read_text())
     assert [n["name"] for n in record["node"]][-1] == "node-4"
+    trust = tomllib.loads(Path(record["trust"]).read_text())
+    node4 = cloud.node_key("node-4").with_name("node_ed25519.pub").read_text().strip()
+    assert {"name": "node-4", "role": "node", "public": node4} in trust["key"]
+    assert {k["name"] for k in trust["key"]} >= {"operator", "node-1", "node-2", "node-3"}
 
 
 def test_a_killed_dockerd_comes_back_in_its_swarm(cloud: LocalCloud) -> None:

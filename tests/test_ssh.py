@@ -346,7 +346,7 @@ def test_a_key_that_is_not_an_operators_is_refused(
     record: dict, tmp_path: Path, cloud: LocalCloud
 ) -> None:
     generate_key(tmp_path / "stranger", "stranger")
-    for key in (tmp_path / "stranger", Path(record["node_key"])):
+    for key in (tmp_path / "stranger", cloud.node_key("node-1")):
         s = shell(record, key_path=key)
         with pytest.raises(SshError, match=r"node-1 at .*:7322 refused the operator key"):
             run(with_shell(s, lambda s: s.run("node-1", "true")))

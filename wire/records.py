@@ -11,6 +11,8 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+from wire.ports import API_PORT
+
 # labels an agent puts on its own node (workers ask a manager's agent to set them)
 LABEL_CPUS = "hyops.cpus"
 LABEL_MEMORY = "hyops.memory"
@@ -19,6 +21,10 @@ LABEL_SSH = "hyops.ssh"
 # the manager address ("ip:2377") a node joined the swarm by: its only way into Raft if promoted
 # (swarmkit keeps it until dockerd restarts); empty for the node that originated the swarm
 LABEL_JOINED_VIA = "hyops.joined-via"
+# the labels a node's own key may set on its own node through the API (its agent's, above); any
+# other `hyops.*` label is the agents' or the autopilot's, and no API caller sets one
+AGENT_PREFIX = "hyops."
+AGENT_LABELS = frozenset({LABEL_CPUS, LABEL_MEMORY, LABEL_API, LABEL_JOINED_VIA})
 
 
 def _number(text: str | None) -> float | int | None:
@@ -59,9 +65,25 @@ def node_record(node: dict[str, Any]) -> dict[str, Any]:
         "memory": memory,
         "labels": labels,
         "engine": (desc.get("Engine") or {}).get("EngineVersion"),
-        "api": labels.get(LABEL_API),
+        "api": agent_api(node),
         "version": (node.get("Version") or {}).get("Index"),
     }
+
+
+def agent_api(node: dict[str, Any], port: int = API_PORT) -> str | None:
+    """The URL of a node's agent: the host Swarm knows the node by (a manager's Raft address,
+    else the address it reported) on the API port. Never the `hyops.api` label: labels are data a
+    node's own key may write, and whoever dials this (the workspace, for logs) must not be sent
+    to, and sign requests for, an address a label names."""
+    manager = (node.get("ManagerStatus") or {}).get("Addr") or ""
+    host = manager.rsplit(":", 1)[0] if manager else ""
+    if not host or host in ("0.0.0.0", "[::]"):
+        host = str((node.get("Status") or {}).get("Addr") or "")
+    if not host or host in ("0.0.0.0", "::"):
+        return None
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
 
 
 def sort_nodes(records: list[dict[str, Any]]) -> list[dict[str, Any]]:

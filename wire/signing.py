@@ -47,7 +47,7 @@ from wire.keys import (
     public_key,
 )
 from wire.ports import HEADER_KEY, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIME
-from wire.trust import ROLES, Trust, TrustedKey, TrustError, write_trust
+from wire.trust import ROLES, Trust, TrustedKey, TrustError, TrustFile, write_trust
 
 if TYPE_CHECKING:
     import asyncssh
@@ -153,11 +153,14 @@ class Verifier:
     when a Verifier starts: a control request captured before an agent restart is still refused
     as replayed after it. (A replayed read is answered: it changes nothing and tells no more than
     the original answer did.) The file holds times and nonces only, nothing secret.
+
+    `trust` is a `Trust`, or a `TrustFile` (the agent's), which re-reads the file when it
+    changes: a key removed from it is refused within seconds, without a restart.
     """
 
     def __init__(
         self,
-        trust: Trust,
+        trust: Trust | TrustFile,
         window: float = 60,
         clock: Callable[[], float] = time.time,
         max_nonces: int = 100_000,

@@ -1,10 +1,18 @@
 """The cloud's trust file (`docs/protocol.md` section 3): the public keys a cloud trusts, each
-with its holder's name and role (`operator` may change the cloud, `node` may join it)."""
+with its holder's name and role (`operator` may change the cloud, `node` may join it and act on
+its own node: a node key's name is its node's name).
+
+`TrustFile` holds a trust file an agent serves by and re-reads it when it changes, so a key
+removed from the file is refused within seconds, without restarting the agent."""
 
 from __future__ import annotations
 
+import logging
+import os
+import threading
+import time
 import tomllib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,9 +20,12 @@ import wire.toml
 from wire.files import PUBLIC, write_atomic
 from wire.keys import ALGORITHM, fingerprint
 
-__all__ = ["ROLES", "Trust", "TrustError", "TrustedKey", "write_trust"]
+__all__ = ["CHECK_EVERY", "ROLES", "Trust", "TrustError", "TrustFile", "TrustedKey", "write_trust"]
 
 ROLES = ("operator", "node")
+CHECK_EVERY = 1.0  # seconds between looks at whether a held trust file changed
+
+log = logging.getLogger("hyops.trust")
 
 
 class TrustError(Exception):
@@ -135,6 +146,87 @@ class Trust:
 
     def by_name(self, name: str) -> TrustedKey | None:
         return next((k for k in self.keys if k.name == name), None)
+
+
+class TrustFile:
+    """A trust file as an agent holds it: loaded at once (TrustError when it cannot be), then
+    re-read when it changes, so revoking a key needs no restart.
+
+    Whether it changed is its `stat` (modification time, size, inode), looked at on use and at
+    most once every `check_every` seconds, so no thread is needed and a busy API costs one
+    `stat` a second. A changed file that cannot be read or is wrong keeps the trust held so far
+    (a half-edited file must not lock everyone out, nor let anyone in) and is logged once, with
+    what is wrong, until it changes again. It answers like a `Trust` (`by_fingerprint`,
+    `by_name`, `keys`), so `wire.signing.Verifier` takes either.
+    """
+
+    def __init__(
+        self,
+        path: Path | str,
+        check_every: float = CHECK_EVERY,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.path = Path(path)
+        self.check_every = check_every
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._stamp = self._stat()
+        self._trust = Trust.load(self.path)
+        self._checked = clock()
+        self._failed: tuple[tuple[int, int, int] | None, str] | None = None
+
+    def _stat(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def current(self) -> Trust:
+        """The trust as the file says now (re-read when its stat changed since the last look)."""
+        now = self._clock()
+        if now - self._checked < self.check_every:
+            return self._trust
+        with self._lock:
+            if now - self._checked < self.check_every:
+                return self._trust
+            self._checked = now
+            stamp = self._stat()
+            if stamp == self._stamp:
+                return self._trust
+            try:
+                trust = Trust.load(self.path)
+            except TrustError as exc:
+                if self._failed is None or self._failed[0] != stamp:
+                    log.error(
+                        "%s; still serving the %d keys trusted before (fix the file: it is "
+                        "re-read when it changes)",
+                        exc,
+                        len(self._trust.keys),
+                    )
+                self._failed = (stamp, str(exc))
+                return self._trust
+            before = {k.fingerprint for k in self._trust.keys}
+            after = {k.fingerprint for k in trust.keys}
+            log.info(
+                "trust file %s changed: %d keys trusted (%d added, %d removed)",
+                self.path,
+                len(trust.keys),
+                len(after - before),
+                len(before - after),
+            )
+            self._trust, self._stamp, self._failed = trust, stamp, None
+            return trust
+
+    @property
+    def keys(self) -> tuple[TrustedKey, ...]:
+        return self.current().keys
+
+    def by_fingerprint(self, fp: str) -> TrustedKey | None:
+        return self.current().by_fingerprint(fp)
+
+    def by_name(self, name: str) -> TrustedKey | None:
+        return self.current().by_name(name)
 
 
 def write_trust(path: Path, keys: list[TrustedKey]) -> None:
