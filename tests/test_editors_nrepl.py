@@ -170,7 +170,7 @@ def test_cider_connects_evaluates_and_gets_eldoc_info_and_its_error_buffer(
     # cider-client.el's cider-var-info: info, for M-. and C-c C-d C-d.
     [info] = client.call(op="info", session=tooling, ns="user", sym="slow-add")
     ops_file = workspace.root / "ops" / "editorops.hy"
-    assert info["file"] == ops_file.as_uri() and info["resource"] == "ops/editorops.hy"
+    assert info["file"] == f"file:{ops_file.resolve()}" and info["resource"] == "ops/editorops.hy"
     assert (info["line"], info["column"]) == (1, 1)
     assert info["arglists-str"] == "[a [b 1] #* more]" and info["doc"].startswith("Add a and b")
     assert info["ns"] == "ops.editorops" and info["name"] == "slow-add"
@@ -192,7 +192,7 @@ def test_cider_connects_evaluates_and_gets_eldoc_info_and_its_error_buffer(
     innermost = frames[0]
     assert innermost["file"] == "ops/editorops.hy" and innermost["line"] == 7
     assert innermost["fn"] == "divide-badly" and "project" in innermost["flags"]
-    assert innermost["type"] == "clj" and innermost["file-url"] == ops_file.as_uri()
+    assert innermost["type"] == "clj" and innermost["file-url"] == f"file:{ops_file.resolve()}"
     assert any("repl" in f["flags"] for f in frames)  # the input itself
     # *e is still the error (CIDER's fallback would have overwritten it with its own).
     assert "ZeroDivisionError" in values(client.call(op="eval", session=repl, code="*e"))[0]
@@ -241,7 +241,7 @@ def test_calva_connects_evaluates_looks_up_and_reads_the_stacktrace(
     assert values(replies) == ["40"] and replies[-1]["status"] == ["done"]
     # Hover and go to definition: info with `symbol`; completion: complete with `symbol`.
     [info] = client.call(op="info", session=sid, ns="user", symbol="slow-add")
-    assert info["file"].startswith("file:///") and info["line"] == 1
+    assert info["file"].startswith("file:/") and info["line"] == 1
     [completed] = client.call(op="complete", session=sid, ns="user", symbol="divide-b")
     assert [c["candidate"] for c in completed["completions"]] == ["divide-badly"]
     # An error: Calva asks `stacktrace` and takes its first reply.
@@ -280,6 +280,24 @@ def test_conjure_sets_up_and_evaluates(client: Client) -> None:
     assert values(replies) == ["42"]
     [looked] = client.call(op="lookup", session=sid, sym="slow-add")
     assert looked["info"]["arglists-str"] == "[a [b 1] #* more]"
+    # action.fnl: completion through `complete`, with arglists and docs for its menu;
+    # go to definition through `info` with `symbol` (the file: URL stripped to a path).
+    [completed] = client.call(
+        op="complete",
+        session=sid,
+        ns="user",
+        symbol="slow-",
+        **{"extra-metadata": ["arglists", "doc"]},
+    )
+    [candidate] = completed["completions"]
+    assert candidate["candidate"] == "slow-add" and candidate["arglists"] == ["[a [b 1] #* more]"]
+    assert candidate["doc"].startswith("Add a and b")
+    [info] = client.call(op="info", session=sid, ns="user", symbol="slow-add")
+    assert info["file"].startswith("file:/") and Path(info["file"][5:]).is_file()
+    # interrupt of the latest eval, by its id
+    busy = client.send(op="eval", session=sid, code="(while True)")
+    client.send(op="interrupt", session=sid, **{"interrupt-id": busy})
+    assert "interrupted" in statuses(client.replies(busy))
 
 
 # ---------------------------------------------------------------------------- interrupt

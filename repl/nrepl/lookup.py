@@ -15,7 +15,7 @@ from typing import Any
 from repl import introspect
 from repl.session import WORKSPACE_MODULE, LazyOp, Session
 
-__all__ = ["NAMESPACE", "completion_kind", "describe_name", "eldoc_of", "info_of"]
+__all__ = ["NAMESPACE", "completion_kind", "describe_name", "eldoc_of", "file_url", "info_of"]
 
 NAMESPACE = WORKSPACE_MODULE  # what `ns` says: every form is evaluated in the workspace module
 
@@ -96,7 +96,7 @@ def _resolved(session: Session, name: str) -> tuple[Any, str] | None:
 
 def info_of(session: Session, name: str) -> dict[str, Any] | None:
     """cider-nrepl's `info` reply for a name (CIDER's and Calva's docs and jump-to-definition):
-    `ns`, `name`, `arglists-str`, `doc`, `file` (a file: URL), `line`, `column` (from 1),
+    `ns`, `name`, `arglists-str`, `doc`, `file` (a `file_url`), `line`, `column` (from 1),
     `resource` (the path within the workspace); None if the name is unknown."""
     found = _resolved(session, name)
     if found is None:
@@ -115,7 +115,7 @@ def info_of(session: Session, name: str) -> dict[str, Any] | None:
         where = introspect.where_defined(target)
         if where is not None and Path(where[0]).is_absolute():
             path, line = where
-            info["file"] = Path(path).as_uri()
+            info["file"] = file_url(path)
             info["resource"] = _resource(session, path)
             if line is not None:
                 info["line"] = line
@@ -140,6 +140,12 @@ def eldoc_of(session: Session, name: str) -> dict[str, Any] | None:
         "docstring": introspect.docstring(target) if kind != "var" else None,
     }
     return {k: v for k, v in info.items() if v is not None}
+
+
+def file_url(path: str) -> str:
+    """A file's URL as cider-nrepl gives it, `file:/abs/path`: CIDER, Calva and Conjure each
+    open that form (Conjure and CIDER strip `file:`, leaving the path)."""
+    return "file:" + str(Path(path).resolve())
 
 
 def _resource(session: Session, path: str) -> str:

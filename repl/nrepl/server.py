@@ -34,6 +34,7 @@ from repl.session import ERROR_NAME, HyopsEvalError, Session
 __all__ = ["OPS", "PORT_FILE", "Server", "check_loopback", "editor_family", "main", "serve"]
 
 PORT_FILE = ".nrepl-port"
+EXTRA_METADATA_LIMIT = 100  # candidates given arglists and docs when asked (more: names only)
 NREPL_PROTOCOL = "1.0.0"  # the ops and statuses of the nREPL spec this server follows
 
 OPS: dict[str, str] = {
@@ -314,19 +315,24 @@ class Server:
         if not isinstance(prefix, str):
             prefix = ""
         names = self.session.completions(prefix)[:500]
-        reply(
-            {
-                "completions": [
-                    {
-                        "candidate": name,
-                        "type": completion_kind(self.session, name),
-                        "ns": NAMESPACE,
-                    }
-                    for name in names
-                ],
-                "status": ["done"],
+        extra = request.get("extra-metadata")
+        wanted = {str(w) for w in extra} if isinstance(extra, list) else set()
+        candidates = []
+        for name in names:
+            candidate = {
+                "candidate": name,
+                "type": completion_kind(self.session, name),
+                "ns": NAMESPACE,
             }
-        )
+            if wanted & {"arglists", "doc"} and len(names) <= EXTRA_METADATA_LIMIT:
+                # cider-nrepl's extra-metadata (Conjure asks for both in its completion menu).
+                about = describe_name(self.session, name) or {}
+                if "arglists" in wanted and about.get("arglists"):
+                    candidate["arglists"] = about["arglists"]
+                if "doc" in wanted and about.get("doc") and about.get("type") != "var":
+                    candidate["doc"] = about["doc"]
+            candidates.append(candidate)
+        reply({"completions": candidates, "status": ["done"]})
 
     op_complete = op_completions  # cider-nrepl's name (Calva, Conjure ask for it when offered)
 

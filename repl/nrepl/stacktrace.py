@@ -78,7 +78,7 @@ def _frames(error: BaseException, root: Path) -> list[dict[str, Any]]:
             "method": function,
         }
         if on_disk:
-            entry["file-url"] = Path(path).resolve().as_uri()
+            entry["file-url"] = "file:" + str(Path(path).resolve())
         frames.append(entry)
     frames.reverse()  # innermost first
     return frames
