@@ -187,6 +187,7 @@ def test_cider_connects_evaluates_and_gets_eldoc_info_and_its_error_buffer(
     assert trace[-1]["status"] == ["done"]
     [cause] = [r for r in trace if "class" in r]
     assert cause["class"] == "ZeroDivisionError" and cause["message"] == "division by zero"
+    assert cause["phase"] == "execution"
     frames = cause["stacktrace"]
     assert all({"name", "file", "line", "type", "flags"} <= set(f) for f in frames)
     innermost = frames[0]
@@ -196,6 +197,12 @@ def test_cider_connects_evaluates_and_gets_eldoc_info_and_its_error_buffer(
     assert any("repl" in f["flags"] for f in frames)  # the input itself
     # *e is still the error (CIDER's fallback would have overwritten it with its own).
     assert "ZeroDivisionError" in values(client.call(op="eval", session=repl, code="*e"))[0]
+    # A reading error: CIDER shows the overlay and opens no error buffer for this phase.
+    client.call(op="eval", session=repl, code="(+ 1 2))")
+    [read_error] = [
+        r for r in client.call(op="analyze-last-stacktrace", session=repl) if "class" in r
+    ]
+    assert read_error["phase"] == "read-source"
     # The tooling session never failed: nothing to analyze there.
     [clean] = client.call(op="analyze-last-stacktrace", session=tooling)
     assert clean["status"] == ["no-error", "done"]

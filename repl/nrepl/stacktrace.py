@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import hy
+from hy.errors import HyLanguageError, HyMacroExpansionError
+from hy.reader.exceptions import LexException
 
 __all__ = ["causes"]
 
@@ -31,6 +33,7 @@ def causes(error: BaseException, root: Path) -> list[dict[str, Any]]:
     messages = []
     seen: set[int] = set()
     current: BaseException | None = error
+    first_phase = phase(error)
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         messages.append(
@@ -40,11 +43,25 @@ def causes(error: BaseException, root: Path) -> list[dict[str, Any]]:
                 "stacktrace": _frames(current, root),
             }
         )
+        if len(messages) == 1:
+            messages[0]["phase"] = first_phase
         nxt = current.__cause__
         if nxt is None and not current.__suppress_context__:
             nxt = current.__context__
         current = nxt
     return messages
+
+
+def phase(error: BaseException) -> str:
+    """Clojure's name for when `error` happened: read-source, macroexpansion,
+    compile-syntax-check or execution."""
+    if isinstance(error, LexException):
+        return "read-source"
+    if isinstance(error, HyMacroExpansionError):
+        return "macroexpansion"
+    if isinstance(error, HyLanguageError):
+        return "compile-syntax-check"
+    return "execution"
 
 
 def _frames(error: BaseException, root: Path) -> list[dict[str, Any]]:
