@@ -20,7 +20,7 @@ import hy
 from hy.errors import HyLanguageError, HyMacroExpansionError
 from hy.reader.exceptions import LexException
 
-__all__ = ["causes"]
+__all__ = ["causes", "phase"]
 
 _TOOLING = (
     str(Path(__file__).resolve().parents[1]),  # repl/: the Session's and the server's plumbing
@@ -33,7 +33,6 @@ def causes(error: BaseException, root: Path) -> list[dict[str, Any]]:
     messages = []
     seen: set[int] = set()
     current: BaseException | None = error
-    first_phase = phase(error)
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         messages.append(
@@ -43,12 +42,11 @@ def causes(error: BaseException, root: Path) -> list[dict[str, Any]]:
                 "stacktrace": _frames(current, root),
             }
         )
-        if len(messages) == 1:
-            messages[0]["phase"] = first_phase
         nxt = current.__cause__
         if nxt is None and not current.__suppress_context__:
             nxt = current.__context__
         current = nxt
+    messages[0]["phase"] = phase(error)
     return messages
 
 
