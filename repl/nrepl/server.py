@@ -1,5 +1,7 @@
 """The nREPL server and its ops: `describe`, `clone`, `eval`, `load-file`, `completions`,
-`lookup`, `interrupt`, `stdin`, ... over one Session, on loopback only.
+`lookup`, `interrupt`, `stdin`, ... over one Session, on loopback only; and, natively, the few
+cider-nrepl ops CIDER and Calva ask for without checking (`info`, `eldoc`, `complete`,
+`analyze-last-stacktrace`; see docs/decisions/0012-cider-ops.md).
 
 Each eval runs in its nREPL session's worker thread, in an evaluation context (`repl.context`)
 that names the session's result slots, the editor it came from, the job its output goes to, and
@@ -21,28 +23,37 @@ from pathlib import Path
 from typing import Any
 
 from repl import context, introspect
-from repl.nrepl.lookup import NAMESPACE, completion_kind, describe_name
+from repl.nrepl.lookup import NAMESPACE, completion_kind, describe_name, eldoc_of, info_of
 from repl.nrepl.sessions import Job, NreplSession
+from repl.nrepl.stacktrace import causes
 from repl.nrepl.streams import route_streams
 from repl.nrepl.transport import Connection
 from repl.render import redact
-from repl.session import HyopsEvalError, Session
+from repl.session import ERROR_NAME, HyopsEvalError, Session
 
 __all__ = ["OPS", "PORT_FILE", "Server", "check_loopback", "editor_family", "main", "serve"]
 
 PORT_FILE = ".nrepl-port"
+EXTRA_METADATA_LIMIT = 100  # candidates given arglists and docs when asked (more: names only)
 NREPL_PROTOCOL = "1.0.0"  # the ops and statuses of the nREPL spec this server follows
 
 OPS: dict[str, str] = {
+    "analyze-last-stacktrace": "cider-nrepl's: the session's last error, one message per cause "
+    "(class, message, stacktrace of Hy and Python frames).",
     "clone": "Create a new session (its own *1 *2 *3 *e); returns new-session.",
     "close": "Close a session, interrupting what it is evaluating.",
+    "complete": "cider-nrepl's completions: the same candidates as completions.",
     "completions": "Names that complete prefix, in Hy spelling, with their type.",
     "describe": "This server's ops, versions and current namespace.",
-    "eval": "Evaluate code form by form: out/err as printed, one value and ns per form.",
+    "eldoc": "cider-nrepl's: arglists (as lists of words), type and docstring of sym.",
+    "eval": "Evaluate code form by form: out/err as printed, a value per form (None only when "
+    "no form has another).",
+    "info": "cider-nrepl's lookup: ns, name, arglists-str, doc, file, line, column of sym.",
     "interrupt": "Interrupt the evaluation running in session (or interrupt-id only).",
     "load-file": "Evaluate a file's contents (file, file-path, file-name); returns the last value.",
     "lookup": "Doc, arglists, file and line of sym.",
     "ls-sessions": "The ids of the open sessions.",
+    "stacktrace": "cider-nrepl's older name for analyze-last-stacktrace.",
     "stdin": "Text for an evaluation that waits on stdin (need-input); empty text is end of file.",
 }
 
@@ -267,6 +278,9 @@ class Server:
             )
             return
         outcome = nsession.interrupt(request.get("interrupt-id"))
+        if outcome == "interrupted":
+            # Blocked in C (time.sleep, a socket read): let go of it, so the session is free.
+            nsession.settle_interrupt()
         if outcome == "mismatch":
             reply({"status": ["error", "interrupt-id-mismatch", "done"]})
         elif outcome == "session-idle":
@@ -279,7 +293,7 @@ class Server:
                 }
             )
         else:
-            reply({"status": ["done"]})
+            reply({"status": ["interrupted", "done"]})
 
     def op_stdin(self, request: dict[str, Any], nsession: NreplSession | None, reply: Any) -> None:
         text = request.get("stdin", "")
@@ -301,19 +315,26 @@ class Server:
         if not isinstance(prefix, str):
             prefix = ""
         names = self.session.completions(prefix)[:500]
-        reply(
-            {
-                "completions": [
-                    {
-                        "candidate": name,
-                        "type": completion_kind(self.session, name),
-                        "ns": NAMESPACE,
-                    }
-                    for name in names
-                ],
-                "status": ["done"],
+        extra = request.get("extra-metadata")
+        wanted = {str(w) for w in extra} if isinstance(extra, list) else set()
+        candidates = []
+        for name in names:
+            candidate = {
+                "candidate": name,
+                "type": completion_kind(self.session, name),
+                "ns": NAMESPACE,
             }
-        )
+            if wanted & {"arglists", "doc"} and len(names) <= EXTRA_METADATA_LIMIT:
+                # cider-nrepl's extra-metadata (Conjure asks for both in its completion menu).
+                about = describe_name(self.session, name) or {}
+                if "arglists" in wanted and about.get("arglists"):
+                    candidate["arglists"] = about["arglists"]
+                if "doc" in wanted and about.get("doc") and about.get("type") != "var":
+                    candidate["doc"] = about["doc"]
+            candidates.append(candidate)
+        reply({"completions": candidates, "status": ["done"]})
+
+    op_complete = op_completions  # cider-nrepl's name (Calva, Conjure ask for it when offered)
 
     def op_lookup(self, request: dict[str, Any], nsession: NreplSession | None, reply: Any) -> None:
         name = request.get("sym", request.get("symbol"))
@@ -322,6 +343,36 @@ class Server:
             reply({"status": ["done", "no-info"]})
         else:
             reply({"info": info, "status": ["done"]})
+
+    def op_info(self, request: dict[str, Any], nsession: NreplSession | None, reply: Any) -> None:
+        name = request.get("sym", request.get("symbol"))
+        info = info_of(self.session, name) if isinstance(name, str) and name else None
+        if info is None:
+            reply({"status": ["done", "no-info"]})
+        else:
+            reply({**info, "status": ["done"]})
+
+    def op_eldoc(self, request: dict[str, Any], nsession: NreplSession | None, reply: Any) -> None:
+        name = request.get("sym", request.get("symbol"))
+        info = eldoc_of(self.session, name) if isinstance(name, str) and name else None
+        if info is None:
+            reply({"status": ["done", "no-eldoc"]})
+        else:
+            reply({**info, "status": ["done"]})
+
+    def op_analyze_last_stacktrace(
+        self, request: dict[str, Any], nsession: NreplSession | None, reply: Any
+    ) -> None:
+        slots = nsession.slots if nsession is not None else self.session.namespace
+        error = slots.get(ERROR_NAME)
+        if not isinstance(error, BaseException):
+            reply({"status": ["no-error", "done"]})
+            return
+        for cause in causes(error, self.session.workspace.root):
+            reply(redact(cause))
+        reply({"status": ["done"]})
+
+    op_stacktrace = op_analyze_last_stacktrace
 
     # ------------------------------------------------------------------ evaluation
 
@@ -351,11 +402,15 @@ class Server:
             )
             return
         results: list[Any] = []
+        shown_any = False
 
         def show(value: Any) -> None:
-            if last_only:
-                results.append(value)
-            else:
+            # As the console: a form whose value is None shows nothing (so `(setv a 1) (setv b
+            # 2)` is not `NoneNone`); the input ends with one None only if nothing else showed.
+            nonlocal shown_any
+            results.append(value)
+            if not last_only and value is not None:
+                shown_any = True
                 job.reply({"value": introspect.shown(redact(value)), "ns": NAMESPACE})
 
         try:
@@ -370,19 +425,21 @@ class Server:
                 {
                     "ex": _class_name(original),
                     "root-ex": _class_name(_root(original)),
+                    # `ns` here, not on `done` (CIDER prints an `ns` on `done` a second time):
+                    # Calva's handshake reads it from any reply, and after an error this is one.
+                    "ns": NAMESPACE,
                     "status": ["eval-error"],
                 }
             )
         else:
-            if last_only:
+            if last_only or (results and not shown_any):
                 job.reply(
                     {
                         "value": introspect.shown(redact(results[-1] if results else None)),
                         "ns": NAMESPACE,
                     }
                 )
-        # `ns` on the last reply too: Calva's handshake reads it there after an error.
-        job.reply({"ns": NAMESPACE, "status": ["done"]})
+        job.reply({"status": ["done"]})
 
 
 def _source_of(request: dict[str, Any]) -> tuple[str | None, str, bool]:

@@ -1,6 +1,13 @@
 """nREPL sessions: each has its own `*1 *2 *3 *e`, stdin, and a worker thread evaluating its
 requests in order, so a looping session does not stop the others; `interrupt` raises
 KeyboardInterrupt in the worker (as Ctrl-C does at the console).
+
+An exception sent to a thread lands at its next Python instruction, so a worker blocked in C
+(`time.sleep`, a blocking socket read) would keep its session waiting until that call returns.
+When an interrupted evaluation has not stopped within `INTERRUPT_GRACE` seconds, the session
+lets go of it (`abandon`): the evaluation is answered `interrupted` and `done`, a new worker
+takes the session's next requests, and the old thread, muted, stops at its next instruction
+once the C call returns (the interrupt stays pending there), so nothing after it runs.
 """
 
 from __future__ import annotations
@@ -17,7 +24,9 @@ from typing import Any
 from repl.nrepl.transport import Connection
 from repl.session import ResultSlots
 
-__all__ = ["Job", "NreplSession"]
+__all__ = ["INTERRUPT_GRACE", "Job", "NreplSession"]
+
+INTERRUPT_GRACE = 0.5  # seconds an interrupted evaluation has to stop before it is abandoned
 
 
 @dataclass
@@ -27,9 +36,11 @@ class Job:
     request: dict[str, Any]
     connection: Connection
     session: NreplSession
+    abandoned: bool = False  # answered already (interrupted while blocked): say nothing more
 
     def reply(self, message: dict[str, Any]) -> None:
-        self.connection.reply(self.request, message, self.session.id)
+        if not self.abandoned:
+            self.connection.reply(self.request, message, self.session.id)
 
 
 @dataclass
@@ -52,17 +63,30 @@ class NreplSession:
     worker: threading.Thread | None = None
 
     def submit(self, job: Job) -> None:
-        if self.worker is None:
-            self.worker = threading.Thread(
-                target=self._work, name=f"nrepl-session-{self.id[:8]}", daemon=True
-            )
-            self.worker.start()
+        with self.lock:
+            if self.worker is None:
+                self._start_worker()
         self.jobs.put(job)
 
+    def _start_worker(self) -> None:
+        """A new worker thread for this session's requests (called holding the lock)."""
+        worker = threading.Thread(
+            target=self._work, name=f"nrepl-session-{self.id[:8]}", daemon=True
+        )
+        self.worker = worker
+        worker.start()
+
     def _work(self) -> None:
-        while True:
-            job = self.jobs.get()
+        me = threading.current_thread()
+        while self.worker is me:
+            try:
+                job = self.jobs.get()
+            except KeyboardInterrupt:
+                continue  # an interrupt that came as the last evaluation ended
             if job is None:
+                return
+            if self.worker is not me:  # abandoned while idle between jobs: hand this one on
+                self.jobs.put(job)
                 return
             try:
                 self.server.evaluate(job)
@@ -84,8 +108,10 @@ class NreplSession:
             while True:
                 try:
                     with self.lock:
-                        self.running = None
+                        if self.running is job:  # not if abandoned: another job may run now
+                            self.running = None
                         _raise_in_thread(threading.get_ident(), None)
+                        self.lock.notify_all()
                     break
                 except KeyboardInterrupt:
                     # An interrupt sent as the evaluation ended: it has nothing left to stop,
@@ -105,6 +131,28 @@ class NreplSession:
                 return "busy"
             self.lock.notify_all()
             return "interrupted"
+
+    def settle_interrupt(self, grace: float = INTERRUPT_GRACE) -> bool:
+        """After `interrupt`: wait up to `grace` seconds for the evaluation to stop; if it has
+        not (blocked in C), abandon it: answer it `interrupted` and `done` now, and give the
+        session a new worker so its next requests run at once. True if it was abandoned."""
+        deadline = time.monotonic() + grace
+        with self.lock:
+            job = self.running
+            while self.running is job and job is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self.lock.wait(left)
+            if job is None or self.running is not job:
+                return False
+            job.abandoned = True
+            self.running, self.thread_id = None, None
+            self._start_worker()
+        # Sent from here: the abandoned thread is muted, and may stay blocked for long.
+        for status in (["interrupted"], ["done"]):
+            job.connection.reply(job.request, {"status": status}, self.id)
+        return True
 
     def give_input(self, text: str) -> None:
         with self.lock:
