@@ -512,6 +512,9 @@ def setup_logging() -> None:
     # one line per HTTP request is noise in an agent's log
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)
+    # asyncssh logs every connection and command at INFO (3 lines per refused connection);
+    # the SSH server logs what matters itself, once, without secrets
+    logging.getLogger("asyncssh").setLevel(logging.WARNING)
 
 
 def main(args: argparse.Namespace) -> int:

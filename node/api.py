@@ -169,9 +169,13 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "malformed request"},
     401: {
         "model": ErrorBody,
-        "description": "unsigned, unknown key, bad signature, expired, replayed",
+        "description": "unsigned, not authenticated (one answer for any bad key or signature), "
+        "expired, replayed",
     },
-    403: {"model": ErrorBody, "description": "the key's role may not do this"},
+    403: {
+        "model": ErrorBody,
+        "description": "the key's role may not do this, or a node key acting on another node",
+    },
     404: {"model": ErrorBody, "description": "no such node, service or container"},
     409: {"model": ErrorBody, "description": "refused as unsafe by Swarm's rules"},
     421: {
@@ -179,7 +183,10 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         "description": "forwarded to a node that is not a manager (the forwarder tries another)",
     },
     502: {"model": ErrorBody, "description": "another agent or the engine failed"},
-    503: {"model": ErrorBody, "description": "this node is not ready (joining, or no manager)"},
+    503: {
+        "model": ErrorBody,
+        "description": "this node is not ready (joining, or no manager), or busy (try again)",
+    },
 }
 
 
