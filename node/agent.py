@@ -142,15 +142,17 @@ class Agent:
         import uvicorn
 
         from node.api import create_app
+        from node.limits import LimitsMiddleware, server_options
 
         server = uvicorn.Server(
             uvicorn.Config(
-                create_app(self),
+                LimitsMiddleware(create_app(self)),  # outermost: bounds before any parsing
                 host=self.config.api_host,
                 port=self.config.api_port,
                 log_level="warning",
                 access_log=False,
                 lifespan="off",
+                **server_options(),
             )
         )
         ssh = await self._start_ssh()
