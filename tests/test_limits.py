@@ -307,3 +307,25 @@ def test_a_peers_answer_over_the_cap_is_refused(server) -> None:
         asyncio.run(ask())
     assert info.value.code == "too-large"
     assert 300 * MB > client.MAX_ANSWER
+
+
+def test_requests_over_the_in_flight_limit_are_answered_busy() -> None:
+    """The middleware alone (no server): one request held in flight, the next refused 503."""
+    release = asyncio.Event()
+
+    async def app(scope, receive, send) -> None:
+        await release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    async def two() -> httpx.Response:
+        transport = httpx.ASGITransport(app=limits.LimitsMiddleware(app, max_in_flight=1))
+        async with httpx.AsyncClient(transport=transport, base_url="http://agent") as http:
+            held = asyncio.create_task(http.get("/v1/health"))
+            await asyncio.sleep(0.2)
+            refused = await http.get("/v1/health")
+            release.set()
+            assert (await held).status_code == 200
+            return refused
+
+    _check_error(asyncio.run(two()), 503, "busy")
