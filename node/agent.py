@@ -142,11 +142,13 @@ class Agent:
         import uvicorn
 
         from node.api import create_app
-        from node.limits import LimitsMiddleware, server_options
+        from node.limits import MAX_BODY, LimitsMiddleware, server_options
 
         server = uvicorn.Server(
             uvicorn.Config(
-                LimitsMiddleware(create_app(self)),  # outermost: bounds before any parsing
+                LimitsMiddleware(  # outermost: bounds before any parsing or signature check
+                    create_app(self), max_body=self.config.api_max_body or MAX_BODY
+                ),
                 host=self.config.api_host,
                 port=self.config.api_port,
                 log_level="warning",

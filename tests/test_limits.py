@@ -25,6 +25,7 @@ import pytest
 
 from localcloud.host import pids_matching
 from node import limits
+from node.config import load_config
 from tests.helpers import wait_until
 from tests.test_agent import api
 from wire import client
@@ -329,3 +330,13 @@ def test_requests_over_the_in_flight_limit_are_answered_busy() -> None:
             return refused
 
     _check_error(asyncio.run(two()), 503, "busy")
+
+
+def test_the_body_limit_is_set_in_the_agent_config(tmp_path) -> None:
+    from tests.test_config import GOOD, problems_of, write
+
+    assert load_config(write(tmp_path, GOOD)).api_max_body is None  # the default: MAX_BODY
+    text = GOOD.replace("[node]\n", '[node]\napi_max_body = "2MiB"\n', 1)
+    assert load_config(write(tmp_path, text)).api_max_body == 2 * MB
+    wrong = GOOD.replace("[node]\n", 'api_max_body = "lots"\n'.join(["[node]\n", ""]), 1)
+    assert any("api_max_body" in p for p in problems_of(write(tmp_path, wrong)))
