@@ -144,15 +144,19 @@ class Agent:
         import uvicorn
 
         from node.api import create_app
+        from node.limits import MAX_BODY, LimitsMiddleware, server_options
 
         server = uvicorn.Server(
             uvicorn.Config(
-                create_app(self),
+                LimitsMiddleware(  # outermost: bounds before any parsing or signature check
+                    create_app(self), max_body=self.config.api_max_body or MAX_BODY
+                ),
                 host=self.config.api_host,
                 port=self.config.api_port,
                 log_level="warning",
                 access_log=False,
                 lifespan="off",
+                **server_options(),
             )
         )
         ssh = await self._start_ssh()

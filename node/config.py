@@ -78,6 +78,7 @@ class AgentConfig:
     list_url: str
     trust_path: Path
     ssh: SshConfig | None = None  # no [ssh] section: no SSH server
+    api_max_body: int | None = None  # bytes; None: node/limits.py's MAX_BODY (1 MiB)
 
     @property
     def api_addr(self) -> str:
@@ -304,10 +305,27 @@ def load_config(path: str | Path) -> AgentConfig:
     may = r.get(
         "node", node, "may_originate", "true or false", _bool, required=False, default=False
     )
+    max_body = r.get(
+        "node",
+        node,
+        "api_max_body",
+        'the largest request body the node API reads, bytes or a size like "1MiB"',
+        parse_size,
+        required=False,
+    )
     r.unknown(
         "node",
         node,
-        {"name", "advertise_addr", "api_addr", "docker_socket", "data_dir", "key", "may_originate"},
+        {
+            "name",
+            "advertise_addr",
+            "api_addr",
+            "docker_socket",
+            "data_dir",
+            "key",
+            "may_originate",
+            "api_max_body",
+        },
     )
 
     cpus = r.get("resources", resources, "cpus", "a positive number", _cpus, required=False)
@@ -349,4 +367,5 @@ def load_config(path: str | Path) -> AgentConfig:
         list_url=list_url,
         trust_path=trust,
         ssh=ssh,
+        api_max_body=max_body,
     )

@@ -15,6 +15,14 @@ import httpx
 
 from wire.signing import sign_headers
 
+# The largest answer read from an agent: node and service lists of a big cloud are a few hundred
+# KB; an agent (or whatever answers at its address) sending more is refused, not held.
+MAX_ANSWER = 8 * 1024 * 1024
+# The longest line of a streamed answer (one log record).
+MAX_LINE = 1024 * 1024
+# The part of an error answer that is read (its JSON error shape is small).
+MAX_ERROR_ANSWER = 64 * 1024
+
 
 class NodeApiError(Exception):
     """A node API answered with an error, or could not be reached.
@@ -36,9 +44,43 @@ class NodeApiError(Exception):
         super().__init__(text)
 
 
-def _error_from_response(url: str, response: httpx.Response) -> NodeApiError:
+def _too_large(url: str, what: str, limit: int) -> NodeApiError:
+    return NodeApiError(
+        url,
+        None,
+        "too-large",
+        f"the agent's {what} is larger than {limit} bytes; it was not read",
+        "is that address really a hyops agent? Check the node's API URL",
+    )
+
+
+async def _read_capped(url: str, response: httpx.Response, limit: int) -> bytes:
+    """The answer's body, read while it streams; NodeApiError once it passes `limit`."""
+    length = response.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit:
+        raise _too_large(url, "answer", limit)
+    body = bytearray()
+    async for chunk in response.aiter_bytes():
+        body += chunk
+        if len(body) > limit:
+            raise _too_large(url, "answer", limit)
+    return bytes(body)
+
+
+async def _error_from_stream(url: str, response: httpx.Response) -> NodeApiError:
+    """The NodeApiError of an error answer, reading at most MAX_ERROR_ANSWER bytes of it."""
+    body = bytearray()
+    async for chunk in response.aiter_bytes():
+        body += chunk
+        if len(body) > MAX_ERROR_ANSWER:
+            body = bytearray()  # too long to be our error shape: keep the status alone
+            break
+    return _error_from_content(url, response, bytes(body))
+
+
+def _error_from_content(url: str, response: httpx.Response, content: bytes) -> NodeApiError:
     try:
-        body = response.json()
+        body = json.loads(content)
     except ValueError:
         body = {}
     if not isinstance(body, dict):
@@ -102,15 +144,26 @@ class NodeClient:
     ) -> Any:
         """Send a signed request and return the decoded JSON answer; NodeApiError otherwise."""
         url, data, headers = self._prepare(method, path, params, body)
+        headers["Accept-Encoding"] = "identity"  # what is counted is what is parsed
         try:
-            response = await self.http.request(
+            async with self.http.stream(
                 method, url, content=data or None, headers=headers, timeout=timeout
-            )
+            ) as response:
+                if response.status_code >= 400:
+                    raise await _error_from_stream(url, response)
+                content = await _read_capped(url, response, MAX_ANSWER)
         except httpx.HTTPError as exc:
             raise _unreachable(url, exc) from None
-        if response.status_code >= 400:
-            raise _error_from_response(url, response)
-        return response.json()
+        try:
+            return json.loads(content)
+        except ValueError:
+            raise NodeApiError(
+                url,
+                response.status_code,
+                "not-json",
+                "the answer is not JSON",
+                "is that address really a hyops agent? Check the node's API URL",
+            ) from None
 
     async def get(self, path: str, **params: Any) -> Any:
         return await self.request("GET", path, params=params)
@@ -123,15 +176,24 @@ class NodeClient:
     ) -> AsyncIterator[dict[str, Any]]:
         """A signed GET whose answer is newline-delimited JSON; yields one record per line."""
         url, _, headers = self._prepare("GET", path, params, None)
+        headers["Accept-Encoding"] = "identity"
         try:
             async with self.http.stream(
                 "GET", url, headers=headers, timeout=httpx.Timeout(10.0, read=timeout)
             ) as response:
                 if response.status_code >= 400:
-                    await response.aread()
-                    raise _error_from_response(url, response)
-                async for line in response.aiter_lines():
-                    if line.strip():
-                        yield json.loads(line)
+                    raise await _error_from_stream(url, response)
+                pending = bytearray()
+                async for chunk in response.aiter_bytes():
+                    pending += chunk
+                    *lines, rest = pending.split(b"\n")
+                    pending = bytearray(rest)
+                    if len(pending) > MAX_LINE:
+                        raise _too_large(url, "streamed line", MAX_LINE)
+                    for line in lines:
+                        if line.strip():
+                            yield json.loads(line)
+                if pending.strip():
+                    yield json.loads(pending)
         except httpx.HTTPError as exc:
             raise _unreachable(url, exc) from None

@@ -10,7 +10,7 @@ from urllib.parse import unquote, urlsplit
 
 from wire.files import write_atomic
 from wire.lists.format import EMPTY, BootstrapList, ListError, parse_list, render_list, stamped
-from wire.lists.source import ListSource, locked
+from wire.lists.source import MAX_LIST_BYTES, ListSource, locked, too_large
 
 __all__ = ["FileList"]
 
@@ -29,11 +29,19 @@ class FileList(ListSource):
         self.lock_path = self.path.with_name(self.path.name + ".lock")
 
     def read(self) -> BootstrapList:
+        """The list in the file; at most MAX_LIST_BYTES are read (a bigger file is refused)."""
         try:
-            text = self.path.read_text(encoding="utf-8")
+            with self.path.open("rb") as f:
+                data = f.read(MAX_LIST_BYTES + 1)
         except FileNotFoundError:
             return EMPTY
-        except (OSError, UnicodeDecodeError) as e:
+        except OSError as e:
+            raise ListError(f"{self.where}: cannot read it ({e}); check the path") from None
+        if len(data) > MAX_LIST_BYTES:
+            raise too_large(self.where, f"more than {MAX_LIST_BYTES} bytes")
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:
             raise ListError(f"{self.where}: cannot read it ({e}); check the path") from None
         return parse_list(text, self.url)
 

@@ -12,8 +12,11 @@ import errno
 import hashlib
 import os
 import secrets
+import selectors
 import shutil
+import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlsplit
@@ -27,13 +30,16 @@ from wire.lists.format import (
     render_list,
     stamped,
 )
-from wire.lists.source import ListSource, locked
+from wire.lists.source import MAX_LIST_BYTES, ListSource, locked, too_large
 
 __all__ = ["DEFAULT_PATH_IN_REPO", "GIT_TIMEOUT", "PUBLISH_TRIES", "GitList"]
 
 DEFAULT_PATH_IN_REPO = "hyops-list.toml"
 GIT_TIMEOUT = 60.0  # seconds for one git command; a hung remote must not hang the agent
 PUBLISH_TRIES = 5
+# Output of any other git command we run (refs, hashes, names): small; bounded all the same.
+MAX_GIT_OUTPUT = 4 * 1024 * 1024
+MAX_GIT_STDERR = 64 * 1024  # kept for the error message; the rest is read and dropped
 
 _GIT_LOCATION_VARS = {
     "GIT_DIR",
@@ -44,6 +50,84 @@ _GIT_LOCATION_VARS = {
     "GIT_COMMON_DIR",
     "GIT_NAMESPACE",
 }
+
+
+class _TooMuchOutput(Exception):
+    """git wrote more than it was allowed to; it has been killed."""
+
+
+def _run_bounded(
+    command: list[str],
+    cwd: Path,
+    input: bytes | None,
+    env: dict[str, str],
+    max_stdout: int,
+) -> subprocess.CompletedProcess[bytes]:
+    """Run `command` with GIT_TIMEOUT for the whole run and at most `max_stdout` bytes of
+    standard output; over either, its whole process group is killed (git's helpers, ssh and
+    git-remote-https included, which would otherwise hold the pipes open) and
+    subprocess.TimeoutExpired or _TooMuchOutput is raised. Standard error is kept up to
+    MAX_GIT_STDERR bytes."""
+    proc = subprocess.Popen(
+        command,
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + GIT_TIMEOUT
+    out, err = bytearray(), bytearray()
+    pending = memoryview(input or b"")
+    try:
+        with selectors.DefaultSelector() as sel:
+            assert proc.stdout is not None and proc.stderr is not None
+            sel.register(proc.stdout, selectors.EVENT_READ, out)
+            sel.register(proc.stderr, selectors.EVENT_READ, err)
+            if proc.stdin is not None:
+                if pending:
+                    os.set_blocking(proc.stdin.fileno(), False)
+                    sel.register(proc.stdin, selectors.EVENT_WRITE, None)
+                else:
+                    proc.stdin.close()
+            while sel.get_map():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise subprocess.TimeoutExpired(command, GIT_TIMEOUT)
+                for key, _ in sel.select(left):
+                    if key.data is None:  # stdin
+                        try:
+                            sent = os.write(key.fd, pending[:65536])
+                        except BrokenPipeError:
+                            sent = len(pending)
+                        pending = pending[sent:]
+                        if not pending:
+                            sel.unregister(key.fileobj)
+                            key.fileobj.close()  # type: ignore[union-attr]
+                        continue
+                    chunk = os.read(key.fd, 65536)
+                    if not chunk:
+                        sel.unregister(key.fileobj)
+                        continue
+                    if key.data is out:
+                        out += chunk
+                        if len(out) > max_stdout:
+                            raise _TooMuchOutput
+                    elif len(err) < MAX_GIT_STDERR:
+                        err += chunk[: MAX_GIT_STDERR - len(err)]
+        returncode = proc.wait(max(0.1, deadline - time.monotonic()))
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
+    finally:
+        for pipe in (proc.stdin, proc.stdout, proc.stderr):
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()
+    return subprocess.CompletedProcess(command, returncode, bytes(out), bytes(err))
 
 
 class GitList(ListSource):
@@ -88,8 +172,11 @@ class GitList(ListSource):
         env: dict[str, str] | None = None,
         check: bool = True,
         by: str = "hyops-agent",
+        max_stdout: int = MAX_GIT_OUTPUT,
     ) -> subprocess.CompletedProcess[bytes]:
-        """Run git non-interactively, isolated from the user's config, with a timeout."""
+        """Run git non-interactively, isolated from the user's config, with a timeout (the
+        whole process group is killed when it passes) and at most `max_stdout` bytes of output
+        (more is a ListError: the list is too large)."""
         # Variables that would point git at another repository than the one we mean.
         inherited = {k: v for k, v in os.environ.items() if k not in _GIT_LOCATION_VARS}
         full_env = {
@@ -112,20 +199,14 @@ class GitList(ListSource):
             *args,
         ]  # fmt: skip
         try:
-            result = subprocess.run(
-                command,
-                cwd=cwd or self.clone_dir,
-                input=input,
-                env=full_env,
-                capture_output=True,
-                timeout=GIT_TIMEOUT,
-                check=False,
-            )
+            result = _run_bounded(command, cwd or self.clone_dir, input, full_env, max_stdout)
         except subprocess.TimeoutExpired:
             raise ListError(
                 f"{self.where}: git {args[0]} took more than {GIT_TIMEOUT:g} s; "
                 "check that the repository is reachable"
             ) from None
+        except _TooMuchOutput:
+            raise too_large(self.where, f"more than {max_stdout} bytes") from None
         except FileNotFoundError:
             raise ListError(f"{self.where}: git is not installed; apt-get install git") from None
         if check and result.returncode != 0:
@@ -198,7 +279,13 @@ class GitList(ListSource):
         listed = self._git("ls-tree", "--name-only", commit, "--", self.path_in_repo)
         if not listed.stdout.strip():
             return EMPTY
-        blob = self._git("cat-file", "blob", f"{commit}:{self.path_in_repo}")
+        size = self._git("cat-file", "-s", f"{commit}:{self.path_in_repo}").stdout.strip()
+        if int(size or 0) > MAX_LIST_BYTES:
+            raise too_large(self.where, f"{size.decode()} bytes ({self.path_in_repo})")
+        # Read with the cap as well: git is killed if it ever gives more than the list may hold.
+        blob = self._git(
+            "cat-file", "blob", f"{commit}:{self.path_in_repo}", max_stdout=MAX_LIST_BYTES
+        )
         try:
             text = blob.stdout.decode("utf-8")
         except UnicodeDecodeError:

@@ -12,9 +12,15 @@ from pathlib import Path
 
 from wire.lists.format import BootstrapList, ListError, redact_url
 
-__all__ = ["LOCK_TIMEOUT", "ListSource", "locked"]
+__all__ = ["LOCK_TIMEOUT", "MAX_LIST_BYTES", "READ_DEADLINE", "ListSource", "locked", "too_large"]
 
 LOCK_TIMEOUT = 30.0
+# A bootstrap list is a few KB (a handful of managers); a source that offers more than this is
+# wrong or hostile, and is refused before more is read (nothing is parsed, nothing applied).
+MAX_LIST_BYTES = 1024 * 1024
+# Seconds for one whole read of a list over the network (HTTP: connect, headers and body
+# together), however slowly the server sends it.
+READ_DEADLINE = 30.0
 
 
 class ListSource:
@@ -59,6 +65,14 @@ class ListSource:
                 "overwrite another cloud's list. Point this node at its own cloud's list"
             )
         return lst
+
+
+def too_large(where: str, size: str) -> ListError:
+    """The refusal of a list bigger than MAX_LIST_BYTES (`size`: what we know of its size)."""
+    return ListError(
+        f"{where}: the list is {size}; at most {MAX_LIST_BYTES} bytes are read (a list is a few "
+        "KB). Check that the URL points at the bootstrap list; nothing was read from it"
+    )
 
 
 @contextlib.contextmanager
