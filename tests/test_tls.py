@@ -33,9 +33,65 @@ from tests.helpers import wait_until
 from wire.client import NodeApiError
 from wire.files import write_private
 from wire.lists import BootstrapList, Manager, render_list
-from wire.tls import issue_cert, make_ca
+from wire.tls import (
+    TlsError,
+    api_url,
+    cert_names,
+    check_server_files,
+    ensure_ca,
+    ensure_node_cert,
+    issue_cert,
+    make_ca,
+)
 
-pytestmark = pytest.mark.cloud
+# --- certificates, without a cloud ---------------------------------------------------------------
+
+
+def test_node_certificates_name_the_node_and_are_issued_again_only_when_they_no_longer_fit(
+    tmp_path: Path,
+) -> None:
+    from cryptography import x509
+
+    ca_key, ca_cert = tmp_path / "ca.key", tmp_path / "ca.pem"
+    ensure_ca(ca_key, ca_cert, "t")
+    ca = x509.load_pem_x509_certificate(ca_cert.read_bytes())
+    constraints = ca.extensions.get_extension_for_class(x509.BasicConstraints).value
+    assert constraints.ca and constraints.path_length == 0
+    key, cert = tmp_path / "n" / "tls.key", tmp_path / "n" / "tls.pem"
+    ensure_node_cert(ca_key, ca_cert, key, cert, "node-1", ["10.0.0.11"])
+    assert (key.stat().st_mode & 0o777, ca_key.stat().st_mode & 0o777) == (0o600, 0o600)
+    names, _ = cert_names(cert.read_bytes())
+    assert sorted(names) == ["10.0.0.11", "node-1"]
+    issued = x509.load_pem_x509_certificate(cert.read_bytes())
+    assert not issued.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    first = cert.read_bytes()
+    ensure_node_cert(ca_key, ca_cert, key, cert, "node-1", ["10.0.0.11"])
+    assert cert.read_bytes() == first, "a certificate that fits is kept"
+    ensure_node_cert(ca_key, ca_cert, key, cert, "node-1", ["10.0.0.12"])
+    assert cert_names(cert.read_bytes())[0] != names, "a new address gets a new certificate"
+    ensure_ca(tmp_path / "other.key", tmp_path / "other.pem", "other")
+    moved = cert.read_bytes()
+    ensure_node_cert(
+        tmp_path / "other.key", tmp_path / "other.pem", key, cert, "node-1", ["10.0.0.12"]
+    )
+    assert cert.read_bytes() != moved, "a certificate another CA issued is replaced"
+    assert api_url("10.0.0.11", 7300) == "https://10.0.0.11:7300"
+    assert api_url("::1", 7300, tls=False) == "http://[::1]:7300"
+
+
+def test_an_unusable_certificate_is_refused_naming_the_files_not_the_key(tmp_path: Path) -> None:
+    key_pem, cert_pem = issue_cert(*make_ca("t"), "node-1", ["10.0.0.11"])
+    other_key, _ = issue_cert(*make_ca("t"), "node-1", ["10.0.0.11"])
+    write_private(tmp_path / "tls.pem", cert_pem)
+    write_private(tmp_path / "tls.key", other_key)  # not the certificate's key
+    with pytest.raises(TlsError) as refused:
+        check_server_files(tmp_path / "tls.pem", tmp_path / "tls.key")
+    assert "tls.key" in str(refused.value) and "hyops up" in str(refused.value)
+    shown = str(refused.value)
+    assert "PRIVATE" not in shown and key_pem.decode()[40:80] not in shown
+
+
+# --- a real cloud --------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +160,7 @@ def impostor(
         server.close()
 
 
+@pytest.mark.cloud
 def test_the_workspace_refuses_an_impostor_before_sending_the_request(
     cloud: LocalCloud, impostor: tuple[Impostor, str]
 ) -> None:
@@ -126,6 +183,7 @@ def test_the_workspace_refuses_an_impostor_before_sending_the_request(
     assert "PRIVATE KEY" not in str(refused.value)
 
 
+@pytest.mark.cloud
 def test_an_agent_refuses_an_impostor_manager_before_asking_for_a_join_token(
     cloud: LocalCloud, tmp_path: Path
 ) -> None:
@@ -171,6 +229,7 @@ def test_an_agent_refuses_an_impostor_manager_before_asking_for_a_join_token(
         server.close()
 
 
+@pytest.mark.cloud
 def test_plain_http_to_the_api_port_gets_no_answer_with_data(cloud: LocalCloud) -> None:
     addr = cloud.node_info("node-1")["addr"]
     with socket.create_connection((addr, 7300), timeout=5) as sock:
@@ -184,6 +243,7 @@ def test_plain_http_to_the_api_port_gets_no_answer_with_data(cloud: LocalCloud) 
     assert b"node-1" not in answer and b"ok" not in answer
 
 
+@pytest.mark.cloud
 def test_the_workspace_talks_to_the_cloud_over_tls_by_default(cloud: LocalCloud) -> None:
     record = read_cloud_record(cloud.record_path)
     assert record.tls_ca == cloud.cloud_dir / "tls_ca.pem"
