@@ -265,3 +265,30 @@ def test_the_workspace_talks_to_the_cloud_over_tls_by_default(cloud: LocalCloud)
         assert all(t["local"].startswith("https://127.0.0.1:") for t in s.eval("(tunnels)")[-1])
     finally:
         s.close()
+
+
+@pytest.mark.cloud
+def test_a_cloud_recorded_before_tls_gets_its_certificates_on_the_next_up(
+    make_cloud: MakeCloud,
+) -> None:
+    import tomllib
+
+    import tomli_w
+
+    old = make_cloud(nodes=1, agents=False)
+    # what a record written before this change looks like: no CA, http:// agents, no certs
+    data = tomllib.loads(old.record_path.read_text())
+    data.pop("tls_ca")
+    data["node"][0]["api"] = data["node"][0]["api"].replace("https://", "http://")
+    write_private(old.record_path, tomli_w.dumps(data))
+    for gone in (old.cloud_dir / "tls_ca.key", old.cloud_dir / "tls_ca.pem"):
+        gone.unlink()
+    (old.node_dir("node-1") / "tls.pem").unlink()
+    again = LocalCloud(old.state_dir, old.name)
+    again.up(agents=False, timeout=60)
+    record = read_cloud_record(again.record_path)
+    assert record.tls_ca == again.cloud_dir / "tls_ca.pem" and record.tls_ca.exists()
+    assert record.nodes[0].api == again.api("node-1") and record.nodes[0].api.startswith("https")
+    names, _ = cert_names((again.node_dir("node-1") / "tls.pem").read_bytes())
+    assert sorted(names) == sorted(["node-1", record.nodes[0].addr])
+    assert again.agent_config("node-1")["tls"]["ca"] == str(record.tls_ca)
