@@ -40,7 +40,9 @@ __all__ = [
     "write_record",
 ]
 
-VIAS = ("http", "ssh")  # how the workspace reaches the agents: plain HTTP, or SSH tunnels
+# how the workspace reaches the agents: dialling their API ("http", which is HTTPS when the
+# record names a `tls_ca`), or through SSH tunnels (TLS still end to end)
+VIAS = ("http", "ssh")
 _REQUIRED = ("name", "list", "operator_key")
 _NODE_FIELDS = ("name", "addr", "api", "ssh")
 
