@@ -36,11 +36,14 @@ def main() -> int:
             cloud.up(nodes=3)
             record = tomllib.loads(cloud.record_path.read_text())
             key = load_private_key(Path(record["operator_key"]))
+            # the agents serve HTTPS with certificates the cloud's CA issued (a cloud recorded
+            # before TLS: plain HTTP, and the context goes unused)
+            tls = cloud.tls_context() if hasattr(cloud, "tls_context") else True
             deadline = time.monotonic() + 120
             manager = None
             while manager is None and time.monotonic() < deadline:
                 for node in record["node"]:
-                    health = httpx.get(node["api"] + "/v1/health", timeout=5).json()
+                    health = httpx.get(node["api"] + "/v1/health", timeout=5, verify=tls).json()
                     info = cloud.docker(
                         node["name"], "info", "--format", "{{.Swarm.ControlAvailable}}"
                     )
@@ -52,7 +55,7 @@ def main() -> int:
             if manager is None:
                 print("no manager became active in 120 s", file=sys.stderr)
                 return 1
-            agent = httpx.Client(base_url=manager["api"])
+            agent = httpx.Client(base_url=manager["api"], verify=tls)
             engine = httpx.Client(
                 transport=httpx.HTTPTransport(uds=manager["docker_socket"]),
                 base_url="http://docker",

@@ -52,7 +52,7 @@ from localcloud.host import (
     stop,
 )
 from localcloud.image import BUSYBOX, import_image
-from localcloud.keys import ensure_key, ensure_trust
+from localcloud.keys import ensure_key, ensure_node_tls, ensure_tls_ca, ensure_trust
 from localcloud.network import (
     choose_subnet,
     cloud_prefix,
@@ -69,6 +69,7 @@ from wire.cloudrecord import CloudRecord, RecordError, read_record, write_record
 from wire.files import write_private
 from wire.keys import load_private_key
 from wire.ports import API_PORT, SSH_PORT
+from wire.tls import api_url, client_context
 
 __all__ = [
     "DevCloudError",
@@ -207,7 +208,7 @@ class LocalCloud:
         return {
             "name": name,
             "addr": addr,
-            "api": f"http://{addr}:{API_PORT}",
+            "api": api_url(addr, API_PORT),
             "ssh": f"{addr}:{SSH_PORT}",
             "netns": f"{self.record['prefix']}-n{index}",
             "veth": f"{self.record['prefix']}v{index}",
@@ -234,6 +235,7 @@ class LocalCloud:
                 "operator_key": str(self.state_dir / "operator_ed25519"),
                 "trust": str(self.cloud_dir / "trust.toml"),
                 "known_hosts": str(self.cloud_dir / "known_hosts"),
+                "tls_ca": str(self.cloud_dir / "tls_ca.pem"),
                 "node": [],
             }
             self._ensure_bridge()
@@ -377,6 +379,27 @@ class LocalCloud:
         if not default.exists():
             write_private(default, self.name + "\n")
         self._ensure_host_keys()
+        self._ensure_tls()
+
+    def _ensure_tls(self) -> None:
+        """The cloud CA and each node's certificate (its name and namespace address), and the
+        record naming the CA and the nodes' https:// API URLs. A cloud recorded before TLS gets
+        them here, on its next `up`."""
+        record = self.record
+        ca = ensure_tls_ca(self.cloud_dir, self.name)
+        record["tls_ca"] = str(ca[1])
+        for entry in record["node"]:
+            ensure_node_tls(ca, self.node_dir(entry["name"]), entry["name"], [entry["addr"]])
+            entry["api"] = api_url(entry["addr"], API_PORT)
+
+    def tls_context(self) -> Any:
+        """An ssl.SSLContext trusting this cloud's CA only: for clients of its agents (tests,
+        `wait_ready`, `apply_spec`). Never one that skips verification."""
+        return client_context(Path(self.record["tls_ca"]))
+
+    def api(self, node: str) -> str:
+        """The URL of that node's agent API (https://, the scheme wire.tls.api_url decides)."""
+        return api_url(self.node_info(node)["addr"], API_PORT)
 
     def _ensure_host_keys(self) -> None:
         """Each node's SSH host key, and the cloud's known_hosts naming every node's key: the
@@ -539,6 +562,11 @@ class LocalCloud:
             },
             "resources": {k: v for k, v in resources.items() if v is not None} or None,
             "cloud": {"list": record["list"], "trust": record["trust"]},
+            "tls": {
+                "cert": str(self.node_dir(node) / "tls.pem"),
+                "key": str(self.node_dir(node) / "tls.key"),
+                "ca": record["tls_ca"],
+            },
             "ssh": {
                 "listen": entry.get("ssh") or f"{entry['addr']}:{SSH_PORT}",
                 "host_key": str(self.node_dir(node) / "ssh_host_ed25519"),
@@ -617,7 +645,8 @@ class LocalCloud:
             elif not problems:
                 problems.append("no manager answers")
             if with_agents:
-                async with httpx.AsyncClient(timeout=3, trust_env=False) as http:
+                verify = self.tls_context()
+                async with httpx.AsyncClient(timeout=3, trust_env=False, verify=verify) as http:
                     for entry in nodes:
                         try:
                             health = (await http.get(entry["api"] + "/v1/health")).json()
@@ -689,7 +718,7 @@ class LocalCloud:
 
         async def one_round() -> tuple[dict[str, Any] | None, list[str]]:
             problems: list[str] = []
-            async with httpx.AsyncClient(trust_env=False) as http:
+            async with httpx.AsyncClient(trust_env=False, verify=self.tls_context()) as http:
                 for entry in nodes:
                     client = NodeClient(entry["api"], key, http)
                     try:

@@ -13,7 +13,7 @@ from pathlib import Path
 from wire.keys import generate_key, load_private_key
 from wire.trust import Trust, TrustedKey, TrustError, write_trust
 
-__all__ = ["LEGACY_NODE_KEY", "ensure_key", "ensure_trust"]
+__all__ = ["LEGACY_NODE_KEY", "ensure_key", "ensure_node_tls", "ensure_tls_ca", "ensure_trust"]
 
 # the name of the one key all nodes shared before each node had its own: it owned the cloud (any
 # node could act on any other), so it is dropped from the trust file when one is rewritten
@@ -54,3 +54,27 @@ def ensure_trust(path: Path, operator: str, nodes: dict[str, str]) -> None:
         pass
     write_trust(path, keys)
     os.chmod(path, 0o600)
+
+
+def ensure_tls_ca(cloud_dir: Path, cloud: str) -> tuple[Path, Path]:
+    """The cloud CA (wire.tls): (key path, certificate path) in the cloud's folder, made when
+    missing. The key (0600) stays here with the operator's key material: only `hyops up` issues
+    certificates. The certificate, beside the trust file, is what agents and the workspace pin."""
+    from wire.tls import ensure_ca
+
+    key, cert = cloud_dir / "tls_ca.key", cloud_dir / "tls_ca.pem"
+    ensure_ca(key, cert, cloud)
+    return key, cert
+
+
+def ensure_node_tls(
+    ca: tuple[Path, Path], node_dir: Path, node: str, addresses: list[str]
+) -> tuple[Path, Path]:
+    """A node's TLS certificate and key (0600) in its folder, issued by the cloud CA `ca` (key
+    path, certificate path) for its name and `addresses`; issued again when the names, the CA
+    or the expiry no longer fit. Returns (certificate path, key path)."""
+    from wire.tls import ensure_node_cert
+
+    cert, key = node_dir / "tls.pem", node_dir / "tls.key"
+    ensure_node_cert(ca[0], ca[1], key, cert, node, addresses)
+    return cert, key

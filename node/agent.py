@@ -37,6 +37,7 @@ from wire.files import PRIVATE, write_atomic
 from wire.lists import BootstrapList, ListError, Manager, open_list
 from wire.records import LABEL_API, LABEL_CPUS, LABEL_JOINED_VIA, LABEL_MEMORY, node_record
 from wire.signing import Verifier, load_private_key
+from wire.tls import api_url, check_server_files, client_context
 from wire.trust import TrustFile
 
 log = logging.getLogger("hyops.agent")
@@ -95,8 +96,13 @@ class Agent:
         self.verifier = Verifier(self.trust, journal=config.data_dir / "nonces")
         self.key = load_private_key(config.key_path)
         self.lists = open_list(config.list_url, config.data_dir / "list")
-        self.http = httpx.AsyncClient(timeout=10.0)
-        self.api_url = f"http://{config.api_host}:{config.api_port}"
+        # other agents are called over HTTPS, trusting the cloud CA only ([tls] ca)
+        tls = config.tls
+        if tls is not None:
+            check_server_files(tls.cert, tls.key)
+        verify = client_context(tls.ca) if tls is not None else True
+        self.http = httpx.AsyncClient(timeout=10.0, verify=verify)
+        self.api_url = api_url(config.api_host, config.api_port, tls=tls is not None)
         self._inactive_since: float | None = None
         self._labelling: asyncio.Task[None] | None = None
         self._published: tuple[tuple[str, str, str], ...] | None = None
@@ -157,6 +163,7 @@ class Agent:
                 access_log=False,
                 lifespan="off",
                 **server_options(),
+                **self._tls_files(),
             )
         )
         ssh = await self._start_ssh()
@@ -176,6 +183,11 @@ class Agent:
             await self.http.aclose()
             await self.engine.aclose()
             log.info("agent %s stopped", self.config.name)
+
+    def _tls_files(self) -> dict[str, str]:
+        """uvicorn's TLS options: the node's certificate and key when the config has [tls]."""
+        tls = self.config.tls
+        return {} if tls is None else {"ssl_certfile": str(tls.cert), "ssl_keyfile": str(tls.key)}
 
     async def _start_ssh(self) -> Any:
         """The embedded SSH server (node/sshd.py) when the config has an [ssh] section. A host

@@ -23,6 +23,7 @@ __all__ = [
     "AgentConfig",
     "ConfigError",
     "SshConfig",
+    "TlsConfig",
     "load_config",
     "parse_size",
     "split_host_port",
@@ -61,6 +62,16 @@ class SshConfig:
 
 
 @dataclass(frozen=True)
+class TlsConfig:
+    """The `[tls]` section: the node's certificate and key (served by the node API) and the
+    cloud CA's certificate (the only issuer the agent accepts when it calls other agents)."""
+
+    cert: Path
+    key: Path
+    ca: Path
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     """Everything the agent needs to know, as read from its config file."""
 
@@ -79,6 +90,7 @@ class AgentConfig:
     trust_path: Path
     ssh: SshConfig | None = None  # no [ssh] section: no SSH server
     api_max_body: int | None = None  # bytes; None: node/limits.py's MAX_BODY (1 MiB)
+    tls: TlsConfig | None = None  # no [tls] section: plain HTTP (kept for older configs only)
 
     @property
     def api_addr(self) -> str:
@@ -282,9 +294,9 @@ def load_config(path: str | Path) -> AgentConfig:
 
     r = _Reader(data, path.parent)
     for section in data:
-        if section not in ("node", "resources", "cloud", "ssh"):
+        if section not in ("node", "resources", "cloud", "ssh", "tls"):
             r.problems.append(
-                f"[{section}]: unknown section (known: [node], [resources], [cloud], [ssh])"
+                f"[{section}]: unknown section (known: [node], [resources], [cloud], [ssh], [tls])"
             )
     node = r.table("node", required=True)
     resources = r.table("resources", required=False)
@@ -350,6 +362,16 @@ def load_config(path: str | Path) -> AgentConfig:
         if listen and host_key and logs:
             ssh = SshConfig(host=listen[0], port=listen[1], host_key=host_key, logs=logs)
 
+    tls = None
+    if "tls" in data:
+        table = r.table("tls", required=False)
+        cert = r.get("tls", table, "cert", "the path of the node's certificate (PEM)", r.path)
+        tls_key = r.get("tls", table, "key", "the path of the certificate's private key", r.path)
+        ca = r.get("tls", table, "ca", "the path of the cloud CA's certificate (PEM)", r.path)
+        r.unknown("tls", table, {"cert", "key", "ca"})
+        if cert and tls_key and ca:
+            tls = TlsConfig(cert=cert, key=tls_key, ca=ca)
+
     if r.problems:
         raise ConfigError(path, r.problems)
     return AgentConfig(
@@ -368,4 +390,5 @@ def load_config(path: str | Path) -> AgentConfig:
         trust_path=trust,
         ssh=ssh,
         api_max_body=max_body,
+        tls=tls,
     )

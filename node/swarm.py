@@ -17,6 +17,7 @@ from node.engine import Engine, EngineError
 from node.errors import AgentError
 from wire.lists import BootstrapList, ListError
 from wire.records import node_record
+from wire.tls import api_url as make_api_url
 
 __all__ = ["CACHE_FOR", "SwarmView"]
 
@@ -28,7 +29,8 @@ class SwarmView:
 
     `active()` tells whether the agent considers its membership working (its lifecycle state);
     `read_list()` reads the bootstrap list (a fallback for finding managers). `advertise_addr`,
-    `api_port` and `api_url` say how this node's own agent is reached, to leave it out.
+    `api_port` and `api_url` say how this node's own agent is reached, to leave it out; the
+    other agents are called with the same scheme as this one serves (https:// with [tls]).
     """
 
     def __init__(
@@ -47,6 +49,7 @@ class SwarmView:
         self.advertise_addr = advertise_addr
         self.api_port = api_port
         self.api_url = api_url
+        self.tls = api_url.startswith("https://")
         self._cache: tuple[float, bool, bool] | None = None
 
     def invalidate(self) -> None:
@@ -92,7 +95,8 @@ class SwarmView:
             for remote in (info.get("Swarm") or {}).get("RemoteManagers") or []:
                 host = str(remote.get("Addr", "")).rsplit(":", 1)[0]
                 if host and host != self.advertise_addr:
-                    urls.append(f"http://{host}:{self.api_port}")  # the engine's, not a label's
+                    # the engine's address, not a label's
+                    urls.append(make_api_url(host, self.api_port, tls=self.tls))
         except EngineError:
             pass
         if not urls:
@@ -109,7 +113,7 @@ class SwarmView:
         host and the configured API port. Never a label's value: labels are data any manager
         can write, and an agent must not be made to call (and relay) an address a label names."""
         host = str(manager_addr or "").rsplit(":", 1)[0]
-        return f"http://{host}:{self.api_port}" if host else None
+        return make_api_url(host, self.api_port, tls=self.tls) if host else None
 
     async def leader_api(self) -> str | None:
         """The API URL of the leader's agent, from the leader's Swarm address as the engine

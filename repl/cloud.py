@@ -8,14 +8,16 @@ background loop, so its HTTP connections are kept between inputs.
 
 Where only the nodes' SSH ports are reachable, `via="ssh"` carries every API request through an
 SSH tunnel to the agent (one per node, opened on first use and kept); the requests are signed
-exactly as over plain HTTP. The connection also makes and owns the cloud's SSH shell
-(repl/ssh.py, which knows nothing of connections), so switching clouds or closing the session
-closes both.
+exactly as when dialled directly, and HTTPS runs end to end through the tunnel, checked against
+the cloud CA the record names (`tls_ca`) and the node's own address. The connection also
+makes and owns the cloud's SSH shell (repl/ssh.py, which knows nothing of connections), so
+switching clouds or closing the session closes both.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
 from collections.abc import Mapping
@@ -94,10 +96,13 @@ def read_cloud_record(path: Path) -> CloudRecord:
 
 
 def agent_url(node: Mapping[str, Any]) -> str | None:
-    """The URL of a node's agent API: its recorded `api`, else its `addr` on the API port."""
+    """The URL of a node's agent API: its recorded `api`, else its `addr` on the API port
+    (https://, as wire.tls.api_url decides)."""
+    from wire.tls import api_url
+
     if node.get("api"):
         return str(node["api"])
-    return f"http://{node['addr']}:{API_PORT}" if node.get("addr") else None
+    return api_url(str(node["addr"]), API_PORT) if node.get("addr") else None
 
 
 LIST_SCHEMES = ("git+", "file://", "http://", "https://")
@@ -165,6 +170,26 @@ def _verified_tls() -> Any:
     return VerifiedTLS()
 
 
+def _tunnel_sni(inner: Any, sni: dict[int, str]) -> Any:
+    """An httpx transport that, for https:// requests to the local end of an SSH tunnel
+    (127.0.0.1:PORT, a port in `sni`), checks the certificate against the node's own address
+    (`sni_hostname`), as when dialling the node directly, never against 127.0.0.1. Each tunnel
+    has its own local port, so httpx's pool (by host and port) never mixes two nodes."""
+    import httpx
+
+    class TunnelSni(httpx.AsyncBaseTransport):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            url = request.url
+            if url.scheme == "https" and url.host == "127.0.0.1" and url.port in sni:
+                request.extensions = {**request.extensions, "sni_hostname": sni[url.port]}
+            return await inner.handle_async_request(request)
+
+        async def aclose(self) -> None:
+            await inner.aclose()
+
+    return TunnelSni()
+
+
 class Connection:
     """Signed requests to a cloud's managers, with failover. Async; runs on the Session's loop.
 
@@ -185,6 +210,7 @@ class Connection:
         self.via = via
         self._shell: Any = None
         self._tunnels: dict[str, tuple[Any, Any]] = {}  # API URL -> (SSH connection, listener)
+        self._sni: dict[int, str] = {}  # a tunnel's local port -> the node address it reaches
         self.cloud_id: str | None = None
         self.answering: str | None = None  # API URL of the manager that answered last
         self._key: Any = None
@@ -221,24 +247,29 @@ class Connection:
         return await self.tunnel(api_url)
 
     async def tunnel(self, api_url: str) -> str:
-        """A local URL (http://127.0.0.1:PORT) forwarded over SSH to the agent at `api_url`."""
+        """A local URL (https://127.0.0.1:PORT) forwarded over SSH to the agent at `api_url`.
+
+        TLS runs end to end through the tunnel: the agent's certificate is checked against the
+        node's address in `api_url` (SNI), so the SSH hop adds no trust of its own."""
         import urllib.parse
 
+        url = urllib.parse.urlsplit(api_url)
         kept = self._tunnels.get(api_url)
         if kept is None or kept[0].is_closed():
-            url = urllib.parse.urlsplit(api_url)
-            if url.scheme != "http" or not url.hostname or not url.port:
+            if url.scheme not in ("http", "https") or not url.hostname or not url.port:
                 from repl.ssh import SshError
 
-                raise SshError(f"cannot tunnel to {api_url!r}: expected http://HOST:PORT")
+                raise SshError(f"cannot tunnel to {api_url!r}: expected https://HOST:PORT")
             kept = await self.shell().tunnel_to(url.hostname, url.port)
             self._tunnels[api_url] = kept
-        return f"http://127.0.0.1:{kept[1].get_port()}"
+        port = kept[1].get_port()
+        self._sni[port] = str(url.hostname)
+        return f"{url.scheme}://127.0.0.1:{port}"
 
     def tunnels(self) -> list[dict[str, Any]]:
         """The open tunnels: the agent's URL and the local one that reaches it."""
         return [
-            {"to": url, "local": f"http://127.0.0.1:{listener.get_port()}"}
+            {"to": url, "local": f"{url.split(':', 1)[0]}://127.0.0.1:{listener.get_port()}"}
             for url, (conn, listener) in self._tunnels.items()
             if not conn.is_closed()
         ]
@@ -258,11 +289,24 @@ class Connection:
             self._key = load_signing_key(self.record.operator_key)
         except Exception as exc:
             raise CloudError(f"cannot use the operator key: {exc}") from None
-        # Agents speak plain HTTP on their own network, so the TLS context (40 ms of loading
-        # certificates, a third of a one-shot `hyops eval`) is made only when an https:// URL
-        # is first used; https:// always goes through the verifying transport. The plain
-        # transport never does TLS, but httpx makes it a context anyway: a bare one costs
-        # 0.2 ms where `verify=False` costs 12 (it still loads the system's certificates).
+        if self.record.tls_ca is not None:
+            # the agents serve HTTPS with certificates the cloud CA issued: trust it, and only
+            # it (no system CAs); through a tunnel the node's own address is checked (SNI)
+            from wire.tls import TlsError, client_context
+
+            try:
+                ctx = client_context(self.record.tls_ca)
+            except TlsError as exc:
+                raise CloudError(str(exc)) from None
+            self._http = httpx.AsyncClient(
+                timeout=10.0, transport=_tunnel_sni(httpx.AsyncHTTPTransport(verify=ctx), self._sni)
+            )
+            return
+        # A cloud known only by its list URL has no CA recorded: https:// is checked against the
+        # system's CAs, whose context (40 ms of loading certificates, a third of a one-shot
+        # `hyops eval`) is made only when an https:// URL is first used. The plain transport
+        # never does TLS, but httpx makes it a context anyway: a bare one costs 0.2 ms where
+        # `verify=False` costs 12 (it still loads the system's certificates).
         import ssl
 
         unused = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -270,7 +314,7 @@ class Connection:
         self._http = httpx.AsyncClient(
             timeout=10.0,
             transport=httpx.AsyncHTTPTransport(verify=unused),
-            mounts={"https://": _verified_tls()},
+            mounts={"https://": _tunnel_sni(_verified_tls(), self._sni)},
         )
 
     def operator(self) -> str:
@@ -430,6 +474,7 @@ class Connection:
         for _, listener in self._tunnels.values():
             listener.close()
         self._tunnels.clear()
+        self._sni.clear()
         if self._shell is not None:
             await self._shell.aclose()
             self._shell = None
@@ -496,6 +541,14 @@ def connect(
                 hint="use git+file://, git+https://, file://, http:// or https://",
             )
         record = url_record(target, Path(key) if key else operator_key_path(workspace))
+        # the agents' certificates are checked against the CA of the cloud recorded here with
+        # this list, if there is one (a list URL alone names no CA: then the system's CAs)
+        for name in recorded_clouds(workspace):
+            with contextlib.suppress(CloudError):
+                known = load_record(workspace, name)
+                if known.list_url == target and known.tls_ca is not None:
+                    record = dataclasses.replace(record, tls_ca=known.tls_ca)
+                    break
     else:
         record = load_record(workspace, target)
         if key:

@@ -19,6 +19,7 @@ import pytest
 
 from localcloud.cloud import LocalCloud
 from localcloud.network import cleanup_stale
+from tests.helpers import trust_cloud
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -67,7 +68,7 @@ class _Clouds:
         cloud = LocalCloud(workspace / ".hyops", name)
         self.made.append(cloud)  # before up: a half-made cloud is taken down too
         cloud.up(nodes=nodes, resources=resources, agents=agents, timeout=timeout)
-        return cloud
+        return trust_cloud(cloud)  # its agents' certificates are checked against its CA
 
     def close(self) -> None:
         errors = []

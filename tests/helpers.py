@@ -1,8 +1,13 @@
-"""Small helpers shared by the tests: waiting on a condition, signed requests to a real agent."""
+"""Small helpers shared by the tests: waiting on a condition, signed requests to a real agent.
+
+The agents of a local cloud serve HTTPS with certificates their cloud's CA issued; a test trusts
+the CAs of the clouds it made (`trust_cloud`, done by the `make_cloud` fixtures) and nothing
+else: `agents_tls()` is the context every plain request to an agent here is verified with."""
 
 from __future__ import annotations
 
 import json
+import ssl
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +19,29 @@ from wire.keys import load_private_key
 from wire.signing import sign_headers
 
 T = TypeVar("T")
+
+_CLOUD_CAS: dict[str, str] = {}  # CA certificate path -> PEM, of every cloud the tests made
+_CONTEXT: list[Any] = [None, ()]  # the context for the CAs it was made for
+
+
+def trust_cloud(cloud: Any) -> Any:
+    """Trust `cloud`'s CA (a LocalCloud, after `up`) in `agents_tls()`; returns the cloud."""
+    path = str(cloud.record["tls_ca"])
+    _CLOUD_CAS[path] = Path(path).read_text()
+    return cloud
+
+
+def agents_tls() -> ssl.SSLContext:
+    """A client context trusting the CAs of the clouds this test run made, and no other (never
+    an unverified one): what tests' plain httpx calls to agents use (`verify=agents_tls()`)."""
+    from wire.tls import client_context
+
+    cas = tuple(_CLOUD_CAS.values())
+    if _CONTEXT[1] != cas:
+        if not cas:
+            raise AssertionError("no cloud's CA is trusted yet: call trust_cloud(cloud) first")
+        _CONTEXT[:] = [client_context("".join(cas)), cas]
+    return _CONTEXT[0]
 
 
 def wait_until(condition: Callable[[], T], timeout: float, what: str, every: float = 0.25) -> T:
@@ -53,7 +81,9 @@ def signed(
     headers = sign_headers(key, method, path, data, now=now)
     if body is not None:
         headers["Content-Type"] = "application/json"
-    return httpx.request(method, url, content=data or None, headers=headers, timeout=timeout)
+    return httpx.request(
+        method, url, content=data or None, headers=headers, timeout=timeout, verify=agents_tls()
+    )
 
 
 def manager_of(cloud: Any) -> str | None:

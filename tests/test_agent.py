@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from localcloud.cloud import LocalCloud
-from tests.helpers import signed, wait_until
+from tests.helpers import agents_tls, signed, trust_cloud, wait_until
 from wire.signing import load_private_key, sign_headers
 
 REPO = Path(__file__).resolve().parent.parent
@@ -29,7 +29,7 @@ def new_cloud(tmp_path_factory: pytest.TempPathFactory, nodes: int, **kw) -> Loc
     (workspace / "ops").symlink_to(REPO / "ops")
     cloud = LocalCloud(workspace / ".hyops", name="t")
     cloud.up(nodes=nodes, **kw)
-    return cloud
+    return trust_cloud(cloud)
 
 
 def record(cloud: LocalCloud) -> dict:
@@ -125,7 +125,7 @@ def _three_ready_somewhere(cloud: LocalCloud) -> dict | None:
 def _health(cloud: LocalCloud, node: str) -> dict:
     import httpx
 
-    return httpx.get(api(cloud, node) + "/v1/health", timeout=5).json()
+    return httpx.get(api(cloud, node) + "/v1/health", timeout=5, verify=agents_tls()).json()
 
 
 def _manager(cloud: LocalCloud) -> str:
@@ -403,10 +403,12 @@ def test_a_forwarded_request_is_not_forwarded_again(cloud: LocalCloud) -> None:
     worker = next(n for n in ("node-1", "node-2", "node-3") if n != _manager(cloud))
     key = load_private_key(operator_key(cloud))
     url = api(cloud, worker) + "/v1/nodes"
-    plain = httpx.get(url, headers=sign_headers(key, "GET", "/v1/nodes"), timeout=10)
+    plain = httpx.get(
+        url, headers=sign_headers(key, "GET", "/v1/nodes"), timeout=10, verify=agents_tls()
+    )
     assert plain.status_code == 200 and len(plain.json()) == 3  # forwarded to a manager
     headers = sign_headers(key, "GET", "/v1/nodes") | {"X-Hyops-Forwarded-By": "node-9"}
-    again = httpx.get(url, headers=headers, timeout=10)
+    again = httpx.get(url, headers=headers, timeout=10, verify=agents_tls())
     assert again.status_code == 421, again.text
     body = again.json()
     assert body["error"] == "not-a-manager"

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from tests.helpers import signed, wait_until
+from tests.helpers import agents_tls, signed, wait_until
 from tests.test_agent import api, docker_nodes, new_cloud, node_key, operator_key
 from wire.signing import fingerprint, load_private_key, sign_headers
 
@@ -24,7 +24,10 @@ def one(tmp_path_factory: pytest.TempPathFactory):
     cloud = new_cloud(tmp_path_factory, 1)
     url = api(cloud, "node-1")
     wait_until(
-        lambda: httpx.get(url + "/v1/health", timeout=5).json()["state"] == "active",
+        lambda: (
+            httpx.get(url + "/v1/health", timeout=5, verify=agents_tls()).json()["state"]
+            == "active"
+        ),
         90,
         "the agent to be active",
     )
@@ -47,7 +50,7 @@ def check_error(response: httpx.Response, status: int, code: str) -> dict:
 
 
 def test_unsigned_request_is_refused(one) -> None:
-    r = httpx.get(api(one, "node-1") + "/v1/nodes", timeout=10)
+    r = httpx.get(api(one, "node-1") + "/v1/nodes", timeout=10, verify=agents_tls())
     body = check_error(r, 401, "unsigned")
     assert "sign" in (body["message"] + body["hint"]).lower()
 
@@ -58,7 +61,9 @@ def test_unknown_key_and_bad_signature_get_identical_refusals_naming_no_key(one)
     unknown = signed("GET", api(one, "node-1") + "/v1/nodes", stranger)
     headers = sign_headers(stranger, "GET", "/v1/nodes", b"")
     headers["X-Hyops-Key"] = fingerprint(load_private_key(operator_key(one)))
-    forged = httpx.get(api(one, "node-1") + "/v1/nodes", headers=headers, timeout=10)
+    forged = httpx.get(
+        api(one, "node-1") + "/v1/nodes", headers=headers, timeout=10, verify=agents_tls()
+    )
     body = check_error(unknown, 401, "not-authenticated")
     assert check_error(forged, 401, "not-authenticated") == body
     assert "SHA256:" not in unknown.text + forged.text and "operator" not in body["message"]
@@ -72,7 +77,9 @@ def test_forged_signature_is_refused(one) -> None:
     real = sign_headers(load_private_key(operator_key(one)), "POST", "/v1/nodes/node-1/demote", b"")
     headers["X-Hyops-Key"] = real["X-Hyops-Key"]
     before = cloud_state(one)
-    check_error(httpx.post(url, headers=headers, timeout=10), 401, "not-authenticated")
+    check_error(
+        httpx.post(url, headers=headers, timeout=10, verify=agents_tls()), 401, "not-authenticated"
+    )
     assert cloud_state(one) == before
 
 
@@ -80,13 +87,19 @@ def test_tampered_path_and_body_are_refused(one) -> None:
     key = load_private_key(operator_key(one))
     base = api(one, "node-1")
     headers = sign_headers(key, "GET", "/v1/services", b"")
-    r = httpx.get(base + "/v1/nodes", headers=headers, timeout=10)
+    r = httpx.get(base + "/v1/nodes", headers=headers, timeout=10, verify=agents_tls())
     check_error(r, 401, "not-authenticated")
     body = json.dumps({"labels": {"a": "1"}}).encode()
     headers = sign_headers(key, "POST", "/v1/nodes/node-1/labels", body)
     headers["Content-Type"] = "application/json"
     tampered = json.dumps({"labels": {"a": "2"}}).encode()
-    r = httpx.post(base + "/v1/nodes/node-1/labels", content=tampered, headers=headers, timeout=10)
+    r = httpx.post(
+        base + "/v1/nodes/node-1/labels",
+        content=tampered,
+        headers=headers,
+        timeout=10,
+        verify=agents_tls(),
+    )
     check_error(r, 401, "not-authenticated")
 
 
@@ -100,8 +113,8 @@ def test_replayed_request_is_refused(one) -> None:
     key = load_private_key(operator_key(one))
     headers = sign_headers(key, "GET", "/v1/nodes", b"")
     url = api(one, "node-1") + "/v1/nodes"
-    assert httpx.get(url, headers=headers, timeout=10).status_code == 200
-    check_error(httpx.get(url, headers=headers, timeout=10), 401, "replayed")
+    assert httpx.get(url, headers=headers, timeout=10, verify=agents_tls()).status_code == 200
+    check_error(httpx.get(url, headers=headers, timeout=10, verify=agents_tls()), 401, "replayed")
 
 
 def test_a_control_request_replayed_after_the_agent_crashed_and_restarted_is_refused(one) -> None:
@@ -110,16 +123,28 @@ def test_a_control_request_replayed_after_the_agent_crashed_and_restarted_is_ref
     body = json.dumps({"labels": {"replay-check": "first"}}).encode()
     headers = sign_headers(key, "POST", path, body) | {"content-type": "application/json"}
     url = api(one, "node-1") + path
-    assert httpx.post(url, content=body, headers=headers, timeout=10).status_code == 200
+    assert (
+        httpx.post(url, content=body, headers=headers, timeout=10, verify=agents_tls()).status_code
+        == 200
+    )
     one.docker("node-1", "node", "update", "--label-add", "replay-check=second", "node-1")
     one.kill_agent("node-1")  # SIGKILL: nothing is saved on the way out
     one.start_agent("node-1")
     wait_until(
-        lambda: httpx.get(api(one, "node-1") + "/v1/health", timeout=5).json()["state"] == "active",
+        lambda: (
+            httpx.get(api(one, "node-1") + "/v1/health", timeout=5, verify=agents_tls()).json()[
+                "state"
+            ]
+            == "active"
+        ),
         90,
         "the restarted agent to be active",
     )
-    check_error(httpx.post(url, content=body, headers=headers, timeout=10), 401, "replayed")
+    check_error(
+        httpx.post(url, content=body, headers=headers, timeout=10, verify=agents_tls()),
+        401,
+        "replayed",
+    )
     shown = one.docker("node-1", "node", "inspect", "-f", "{{json .Spec.Labels}}", "node-1")
     assert json.loads(shown.stdout)["replay-check"] == "second"  # the replay changed nothing
 
@@ -150,7 +175,7 @@ def test_control_routes_refuse_node_keys_and_unsigned_callers(one, path: str, bo
     before = cloud_state(one)
     r = signed(method, base + path, node_key(one), body)
     check_error(r, 403, "wrong-role")
-    r = httpx.request(method, base + path, json=body, timeout=10)
+    r = httpx.request(method, base + path, json=body, timeout=10, verify=agents_tls())
     check_error(r, 401, "unsigned")
     assert cloud_state(one) == before
 
@@ -197,7 +222,11 @@ def test_malformed_bodies_get_a_clear_400(one, body: bytes) -> None:
     headers["Content-Type"] = "application/json"
     before = cloud_state(one)
     r = httpx.post(
-        api(one, "node-1") + "/v1/nodes/node-1/labels", content=body, headers=headers, timeout=10
+        api(one, "node-1") + "/v1/nodes/node-1/labels",
+        content=body,
+        headers=headers,
+        timeout=10,
+        verify=agents_tls(),
     )
     err = check_error(r, 400, "bad-request")
     assert "labels" in err["message"] or "JSON" in err["message"] or "body" in err["message"]
@@ -216,11 +245,12 @@ def test_fuzzing_the_openapi_document_never_breaks_the_agent(one) -> None:
     from schemathesis.core import NotSet
 
     base = api(one, "node-1")
-    schema = schemathesis.openapi.from_url(base + "/openapi.json")
+    # fetched with requests: its `verify` takes the CA file (the cloud's, and only it)
+    schema = schemathesis.openapi.from_url(base + "/openapi.json", verify=one.record["tls_ca"])
     key = load_private_key(operator_key(one))
     before = cloud_state(one)
     seen: dict[int, int] = {}
-    client = httpx.Client(timeout=15)
+    client = httpx.Client(timeout=15, verify=agents_tls())
 
     def encode(body) -> bytes | None:
         if isinstance(body, NotSet):
@@ -270,4 +300,4 @@ def test_fuzzing_the_openapi_document_never_breaks_the_agent(one) -> None:
     client.close()
     assert sum(seen.values()) > 50
     assert cloud_state(one) == before
-    assert httpx.get(base + "/v1/health", timeout=5).json()["ok"] is True
+    assert httpx.get(base + "/v1/health", timeout=5, verify=agents_tls()).json()["ok"] is True

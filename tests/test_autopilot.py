@@ -24,7 +24,7 @@ from repl.mutate import read_audit
 from repl.session import HyopsEvalError, Session
 from repl.workspace import Workspace
 from tests.conftest import _keep_logs
-from tests.helpers import ev, signed, wait_until
+from tests.helpers import ev, signed, trust_cloud, wait_until
 from wire.policy import quorum
 
 pytestmark = pytest.mark.cloud
@@ -473,6 +473,7 @@ def test_spec_from_the_workspace_systems_start_and_stop_by_min_nodes(
     cloud = LocalCloud(workspace / ".hyops", "sys")
     try:
         cloud.up(nodes=3)
+        trust_cloud(cloud)
         spec = api_get(cloud, "/v1/spec")
         assert spec["given"] and spec["systems"]["store"]["min_nodes"] == 3
         kept = spec["version"]

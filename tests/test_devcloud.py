@@ -159,7 +159,7 @@ def test_every_node_is_a_namespace_with_its_address_and_hostname(cloud: LocalClo
     for i, node in enumerate(record["node"], start=1):
         assert node["netns"] in netns()
         assert node["addr"] == str(subnet[10 + i]) == eth0_addr(node["netns"])
-        assert node["api"] == f"http://{node['addr']}:7300"
+        assert node["api"] == f"https://{node['addr']}:7300" == cloud.api(node["name"])
         assert (
             cloud.docker(node["name"], "info", "--format", "{{.Name}}").stdout.strip()
             == node["name"]
@@ -369,7 +369,8 @@ def test_a_killed_agent_can_be_started_again_at_once(make_cloud: MakeCloud) -> N
 
     cloud = make_cloud(nodes=1, agents=True)
     api = cloud.node_info("node-1")["api"] + "/v1/health"
-    http = httpx.Client(timeout=2, trust_env=False)  # straight to the node, never via a proxy
+    # straight to the node, never via a proxy; its certificate checked against the cloud's CA
+    http = httpx.Client(timeout=2, trust_env=False, verify=cloud.tls_context())
     cloud.kill_agent("node-1")  # right away: the process may still be a zombie for a moment
     with pytest.raises(httpx.ConnectError):
         http.get(api)

@@ -333,12 +333,12 @@ def test_each_node_keeps_its_own_lines_and_failures_and_the_answer_merges_them()
         return {"node": node, "container": "web.1.x", "service": "web", "time": time, "line": line}
 
     streams = {
-        "http://a:7300": [
+        "https://a:7300": [
             rec("a", "2026-01-01T00:00:01.5Z", "a1"),
             rec("a", "2026-01-01T00:00:03Z", "a2"),
         ],
-        "http://b:7300": [rec("b", "2026-01-01T00:00:02Z", "b1"), RuntimeError("cut")],
-        "http://c:7300": [NodeApiError("http://c:7300", None, "unreachable", "no answer")],
+        "https://b:7300": [rec("b", "2026-01-01T00:00:02Z", "b1"), RuntimeError("cut")],
+        "https://c:7300": [NodeApiError("https://c:7300", None, "unreachable", "no answer")],
     }
 
     class Agent:
@@ -356,7 +356,7 @@ def test_each_node_keeps_its_own_lines_and_failures_and_the_answer_merges_them()
             return Agent(api)
 
     # a by its address, b by its recorded API URL, c unreachable, d without any address
-    nodes = ({"name": "a", "addr": "a"}, {"name": "b", "api": "http://b:7300"},
+    nodes = ({"name": "a", "addr": "a"}, {"name": "b", "api": "https://b:7300"},
              {"name": "c", "addr": "c"}, {"name": "d"})  # fmt: skip
     sources = Sources("web", "service", nodes, {"service": "web"})
     answers = asyncio.run(fetch_all(Conn(), sources, {}, None))  # type: ignore[arg-type]

@@ -29,7 +29,7 @@ from repl.session import HyopsEvalError, Session
 from repl.ssh import NodeShell, SshError, known_hosts_line, shell_for, split_addr
 from repl.workspace import Workspace
 from tests.conftest import MakeCloud
-from tests.helpers import wait_until
+from tests.helpers import agents_tls, wait_until
 from wire.cloudrecord import read_record
 from wire.signing import generate_key, load_private_key
 
@@ -225,8 +225,11 @@ def test_the_api_is_reachable_through_the_ssh_tunnel_and_nothing_else(record: di
     async def work(s: NodeShell) -> tuple[int, dict, str]:
         listener = await s.tunnel("node-2", node2["addr"], 7300)
         try:
-            async with httpx.AsyncClient(trust_env=False) as http:
-                answer = await http.get(f"http://127.0.0.1:{listener.get_port()}/v1/health")
+            async with httpx.AsyncClient(trust_env=False, verify=agents_tls()) as http:
+                answer = await http.get(  # TLS through the tunnel, checked for node-2's address
+                    f"https://127.0.0.1:{listener.get_port()}/v1/health",
+                    extensions={"sni_hostname": node2["addr"]},
+                )
         finally:
             listener.close()
         conn = await s.connection("node-2")
@@ -298,7 +301,11 @@ def test_a_cloud_whose_api_only_ssh_reaches_is_operated_via_ssh(
                 s.eval('(tunnel! "node-9")')
             opened = s.eval('(tunnel! "node-1")')[-1]
             assert opened["to"] == node_entry(record, "node-1")["api"]
-            health = httpx.get(opened["local"] + "/v1/health", timeout=10, trust_env=False)
+            with httpx.Client(timeout=10, trust_env=False, verify=agents_tls()) as http:
+                health = http.get(  # TLS through the tunnel, checked for node-1's address
+                    opened["local"] + "/v1/health",
+                    extensions={"sni_hostname": node_entry(record, "node-1")["addr"]},
+                )
             assert health.json()["name"] == "node-1"
 
             # a record that says via = "ssh" makes it every front end's way: here hyops eval
@@ -326,7 +333,9 @@ def test_a_cloud_whose_api_only_ssh_reaches_is_operated_via_ssh(
         cloud.docker("node-2", "rm", "-f", "greeter")
     # closing the session closed its tunnels
     with pytest.raises(httpx.TransportError):
-        httpx.get(opened["local"] + "/v1/health", timeout=5, trust_env=False)
+        with httpx.Client(timeout=5, trust_env=False, verify=agents_tls()) as http:
+            sni = {"sni_hostname": node_entry(record, "node-1")["addr"]}  # else TLS would refuse
+            http.get(opened["local"] + "/v1/health", extensions=sni)
 
 
 def test_an_interactive_shell_is_not_offered(record: dict) -> None:

@@ -14,6 +14,7 @@ from urllib.parse import urlencode
 import httpx
 
 from wire.signing import sign_headers
+from wire.tls import explain_tls_failure
 
 # The largest answer read from an agent: node and service lists of a big cloud are a few hundred
 # KB; an agent (or whatever answers at its address) sending more is refused, not held.
@@ -95,6 +96,9 @@ def _error_from_content(url: str, response: httpx.Response, content: bytes) -> N
 
 
 def _unreachable(url: str, exc: Exception) -> NodeApiError:
+    refused = explain_tls_failure(exc)  # a node whose certificate the cloud CA does not vouch for
+    if refused:
+        return NodeApiError(url, None, "unreachable", refused)
     return NodeApiError(
         url,
         None,
@@ -105,7 +109,7 @@ def _unreachable(url: str, exc: Exception) -> NodeApiError:
 
 
 class NodeClient:
-    """Signed requests to one agent's node API at `base_url` (e.g. http://10.213.7.11:7300).
+    """Signed requests to one agent's node API at `base_url` (e.g. https://10.213.7.11:7300).
 
     `key` is the caller's private key (asyncssh.SSHKey); `http` an httpx.AsyncClient shared
     between clients so connections are kept between calls.

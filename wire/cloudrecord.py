@@ -2,10 +2,11 @@
 
 A workspace records each cloud it operates in one TOML file (`hyops up` writes one for a local
 cloud): where the cloud's bootstrap list is, which key the operator signs with, how the agents
-are reached (`via`), the cloud's SSH `known_hosts`, and one `[[node]]` table per node it knows
-(`name`, `addr`, `api`, `ssh`). Whatever else a writer keeps there (a local cloud's prefix,
-subnet, bridge, trust file, each node's namespace and resources) is carried in `extra` and
-written back unchanged, so reading and writing a record never loses anything.
+are reached (`via`), the cloud's SSH `known_hosts`, the cloud CA's certificate (`tls_ca`: the
+only issuer whose certificates the workspace accepts from the agents), and one `[[node]]` table
+per node it knows (`name`, `addr`, `api`, `ssh`). Whatever else a writer keeps there (a local
+cloud's prefix, subnet, bridge, trust file, each node's namespace and resources) is carried in
+`extra` and written back unchanged, so reading and writing a record never loses anything.
 
 Pure: no network, no workspace, no Session. Errors name the file and the key that is wrong.
 
@@ -39,7 +40,9 @@ __all__ = [
     "write_record",
 ]
 
-VIAS = ("http", "ssh")  # how the workspace reaches the agents: plain HTTP, or SSH tunnels
+# how the workspace reaches the agents: dialling their API ("http", which is HTTPS when the
+# record names a `tls_ca`), or through SSH tunnels (TLS still end to end)
+VIAS = ("http", "ssh")
 _REQUIRED = ("name", "list", "operator_key")
 _NODE_FIELDS = ("name", "addr", "api", "ssh")
 
@@ -110,7 +113,9 @@ class CloudRecord:
 
     `list_url` is the bootstrap list (the file's `list`), `operator_key` the private key the
     operator signs with, `via` how the agents are reached ("http" or "ssh"), `known_hosts` the
-    file of the nodes' SSH host keys (None: not recorded, so no SSH), `nodes` the recorded nodes.
+    file of the nodes' SSH host keys (None: not recorded, so no SSH), `tls_ca` the cloud CA's
+    certificate the agents' HTTPS is checked against (None: not recorded, so https:// URLs are
+    checked against the system's CAs), `nodes` the recorded nodes.
     `extra` holds the file's other top-level keys, written back unchanged. `path` is where the
     record was read from (None: made in memory, e.g. a cloud known only by its list URL); it is
     not part of the record's value.
@@ -121,6 +126,7 @@ class CloudRecord:
     operator_key: Path
     via: str = "http"
     known_hosts: Path | None = None
+    tls_ca: Path | None = None
     nodes: tuple[NodeEntry, ...] = ()
     extra: Mapping[str, Any] = field(default_factory=dict, hash=False)
     path: Path | None = field(default=None, compare=False)
@@ -129,6 +135,8 @@ class CloudRecord:
         object.__setattr__(self, "operator_key", Path(self.operator_key))
         if self.known_hosts is not None:
             object.__setattr__(self, "known_hosts", Path(self.known_hosts))
+        if self.tls_ca is not None:
+            object.__setattr__(self, "tls_ca", Path(self.tls_ca))
         object.__setattr__(self, "nodes", tuple(self.nodes))
         object.__setattr__(self, "extra", _frozen(self.extra))
         if self.via not in VIAS:
@@ -180,6 +188,7 @@ class CloudRecord:
         for key in _REQUIRED:
             text(data, key, key, True)
         known_hosts = text(data, "known_hosts", "known_hosts", False)
+        tls_ca = text(data, "tls_ca", "tls_ca", False)
         tables = data.get("node", [])
         if not isinstance(tables, list):
             raise fail("node must be an array of tables ([[node]])", "node")
@@ -199,13 +208,14 @@ class CloudRecord:
                     ) from None
             rest = {k: v for k, v in table.items() if k not in _NODE_FIELDS}
             nodes.append(NodeEntry(**values, extra=rest))
-        known = {*_REQUIRED, "via", "known_hosts", "node"}
+        known = {*_REQUIRED, "via", "known_hosts", "tls_ca", "node"}
         return cls(
             name=data["name"],
             list_url=data["list"],
             operator_key=Path(data["operator_key"]),
             via=data.get("via", "http"),  # checked as the record is made
             known_hosts=Path(known_hosts) if known_hosts else None,
+            tls_ca=Path(tls_ca) if tls_ca else None,
             nodes=tuple(nodes),
             extra={k: v for k, v in data.items() if k not in known},
             path=path,
@@ -222,6 +232,8 @@ class CloudRecord:
             data["via"] = self.via
         if self.known_hosts is not None:
             data["known_hosts"] = str(self.known_hosts)
+        if self.tls_ca is not None:
+            data["tls_ca"] = str(self.tls_ca)
         data.update(self.extra)
         if self.nodes:
             data["node"] = [n.to_dict() for n in self.nodes]

@@ -13,7 +13,7 @@ __all__ = [
     "SSH_PORT",
 ]
 
-API_PORT = 7300  # each agent's node API (HTTP)
+API_PORT = 7300  # each agent's node API (HTTPS with [tls]; wire.tls.api_url)
 SSH_PORT = 7322  # each agent's embedded SSH server (node/sshd.py)
 
 HEADER_PREFIX = "X-Hyops-"

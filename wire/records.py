@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from wire.ports import API_PORT
+from wire.tls import api_url
 
 # labels an agent puts on its own node (workers ask a manager's agent to set them)
 LABEL_CPUS = "hyops.cpus"
@@ -37,8 +38,9 @@ def _number(text: str | None) -> float | int | None:
     return int(value) if value.is_integer() else value
 
 
-def node_record(node: dict[str, Any]) -> dict[str, Any]:
-    """One Engine `Node` object as a node record (see docs/protocol.md section 4)."""
+def node_record(node: dict[str, Any], *, tls: bool = True) -> dict[str, Any]:
+    """One Engine `Node` object as a node record (see docs/protocol.md section 4); its `api` is
+    an `https://` URL unless `tls` is False (an agent configured without a `[tls]` section)."""
     spec = node.get("Spec") or {}
     desc = node.get("Description") or {}
     status = node.get("Status") or {}
@@ -65,25 +67,23 @@ def node_record(node: dict[str, Any]) -> dict[str, Any]:
         "memory": memory,
         "labels": labels,
         "engine": (desc.get("Engine") or {}).get("EngineVersion"),
-        "api": agent_api(node),
+        "api": agent_api(node, tls=tls),
         "version": (node.get("Version") or {}).get("Index"),
     }
 
 
-def agent_api(node: dict[str, Any], port: int = API_PORT) -> str | None:
+def agent_api(node: dict[str, Any], port: int = API_PORT, *, tls: bool = True) -> str | None:
     """The URL of a node's agent: the host Swarm knows the node by (a manager's Raft address,
     else the address it reported) on the API port. Never the `hyops.api` label: labels are data a
     node's own key may write, and whoever dials this (the workspace, for logs) must not be sent
-    to, and sign requests for, an address a label names."""
+    to, and sign requests for, an address a label names. The scheme is `wire.tls.api_url`'s."""
     manager = (node.get("ManagerStatus") or {}).get("Addr") or ""
     host = manager.rsplit(":", 1)[0] if manager else ""
     if not host or host in ("0.0.0.0", "[::]"):
         host = str((node.get("Status") or {}).get("Addr") or "")
     if not host or host in ("0.0.0.0", "::"):
         return None
-    if ":" in host and not host.startswith("["):
-        host = f"[{host}]"
-    return f"http://{host}:{port}"
+    return api_url(host, port, tls=tls)
 
 
 def sort_nodes(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
