@@ -12,6 +12,7 @@ import asyncio
 import http.server
 import json
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -26,7 +27,7 @@ import pytest
 from localcloud.host import pids_matching
 from node import limits
 from node.config import load_config
-from tests.helpers import wait_until
+from tests.helpers import agents_tls, trust_cloud, wait_until
 from tests.test_agent import api
 from wire import client
 from wire.client import NodeApiError, NodeClient
@@ -44,9 +45,13 @@ MB = 1024 * 1024
 @pytest.fixture(scope="module")
 def agent(make_module_cloud) -> Iterator[tuple[str, int]]:
     """One node with its agent: the API's URL and the agent process's pid."""
-    cloud = make_module_cloud(nodes=1)
+    cloud = trust_cloud(make_module_cloud(nodes=1))
     url = api(cloud, "node-1")
-    wait_until(lambda: httpx.get(url + "/v1/health", timeout=5).is_success, 60, "the agent")
+    wait_until(
+        lambda: httpx.get(url + "/v1/health", timeout=5, verify=agents_tls()).is_success,
+        60,
+        "the agent",
+    )
     config = str(cloud.node_dir("node-1") / "agent.toml")
     pids = pids_matching("node.agent", config)
     assert pids, "the agent's process"
@@ -74,7 +79,7 @@ def _check_error(response: httpx.Response, status: int, code: str) -> None:
 
 
 def _still_answers(url: str) -> None:
-    assert httpx.get(url + "/v1/health", timeout=10).json()["ok"] is True
+    assert httpx.get(url + "/v1/health", timeout=10, verify=agents_tls()).json()["ok"] is True
 
 
 def test_a_400_mb_unsigned_body_is_refused_with_the_agents_memory_bounded(agent) -> None:
@@ -87,7 +92,7 @@ def test_a_400_mb_unsigned_body_is_refused_with_the_agents_memory_bounded(agent)
             yield chunk
 
     try:  # chunked: the agent must count while it reads, and stop
-        response = httpx.put(url + "/v1/spec", content=body(), timeout=60)
+        response = httpx.put(url + "/v1/spec", content=body(), timeout=60, verify=agents_tls())
     except httpx.HTTPError:
         response = None  # the agent closed the connection while we were still sending
     if response is not None:
@@ -100,7 +105,7 @@ def test_a_400_mb_unsigned_body_is_refused_with_the_agents_memory_bounded(agent)
 def test_a_body_announced_too_large_is_refused_before_it_is_read(agent) -> None:
     url, _ = agent
     host, port = _address(url)
-    with socket.create_connection((host, port), timeout=30) as sock:
+    with _connect(host, port, 30) as sock:
         sock.sendall(
             f"PUT /v1/spec HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {400 * MB}\r\n\r\n".encode()
@@ -110,6 +115,13 @@ def test_a_body_announced_too_large_is_refused_before_it_is_read(agent) -> None:
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 413"), head
     assert json.loads(body)["error"] == "too-large"
+
+
+def _connect(host: str, port: int, timeout: float) -> ssl.SSLSocket:
+    """A raw connection to the agent's API, over TLS as every client's (the cloud's CA checked),
+    so what the test sends by hand reaches the HTTP layer the limits guard."""
+    sock = socket.create_connection((host, port), timeout=timeout)
+    return agents_tls().wrap_socket(sock, server_hostname=host)
 
 
 def _read_until_closed(sock: socket.socket, deadline: float) -> bytes | None:
@@ -123,7 +135,7 @@ def _read_until_closed(sock: socket.socket, deadline: float) -> bytes | None:
             chunk = sock.recv(65536)
         except TimeoutError:
             return None
-        except ConnectionResetError:
+        except (ConnectionResetError, ssl.SSLError):
             return received
         if not chunk:
             return received
@@ -134,7 +146,7 @@ def _read_until_closed(sock: socket.socket, deadline: float) -> bytes | None:
 def test_a_header_never_finished_is_closed_by_the_agent(agent) -> None:
     url, _ = agent
     host, port = _address(url)
-    with socket.create_connection((host, port), timeout=10) as sock:
+    with _connect(host, port, 10) as sock:
         sock.sendall(f"GET /v1/health HTTP/1.1\r\nHost: {host}\r\nX-Slow: ".encode())
         answer = _read_until_closed(sock, 6 * limits.HEADER_TIMEOUT)
     assert answer is not None, "the half-sent request was still open"
@@ -148,7 +160,7 @@ def test_a_header_never_finished_is_closed_by_the_agent(agent) -> None:
 def test_a_body_dripped_is_closed_by_the_agent(agent) -> None:
     url, _ = agent
     host, port = _address(url)
-    with socket.create_connection((host, port), timeout=10) as sock:
+    with _connect(host, port, 10) as sock:
         sock.sendall(
             f"PUT /v1/spec HTTP/1.1\r\nHost: {host}\r\nContent-Length: 1000\r\n\r\n{{".encode()
         )
@@ -165,7 +177,7 @@ def test_a_body_dripped_is_closed_by_the_agent(agent) -> None:
                 closed = sock.recv(65536) == b"" or closed
             except TimeoutError:
                 pass
-            except ConnectionResetError:
+            except (ConnectionResetError, ssl.SSLError):
                 closed = True
     assert closed, "the dripped request was still open"
     _still_answers(url)
@@ -174,7 +186,9 @@ def test_a_body_dripped_is_closed_by_the_agent(agent) -> None:
 def test_a_70_kb_header_is_refused(agent) -> None:
     url, _ = agent
     try:
-        response = httpx.get(url + "/v1/health", headers={"X-Big": "a" * 70_000}, timeout=30)
+        response = httpx.get(
+            url + "/v1/health", headers={"X-Big": "a" * 70_000}, timeout=30, verify=agents_tls()
+        )
     except httpx.HTTPError:
         response = None  # closed without an answer is a refusal too
     if response is not None:
