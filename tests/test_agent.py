@@ -17,8 +17,8 @@ import httpx
 import pytest
 
 from localcloud.cloud import LocalCloud
-from tests.helpers import signed, wait_until
-from wire.signing import load_private_key, sign_headers
+from tests.helpers import sign_for, signed, wait_until
+from wire.signing import load_private_key
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.cloud
@@ -403,9 +403,13 @@ def test_a_forwarded_request_is_not_forwarded_again(cloud: LocalCloud) -> None:
     worker = next(n for n in ("node-1", "node-2", "node-3") if n != _manager(cloud))
     key = load_private_key(operator_key(cloud))
     url = api(cloud, worker) + "/v1/nodes"
-    plain = httpx.get(url, headers=sign_headers(key, "GET", "/v1/nodes"), timeout=10)
+    plain = httpx.get(
+        url, headers=sign_for(api(cloud, worker), key, "GET", "/v1/nodes"), timeout=10
+    )
     assert plain.status_code == 200 and len(plain.json()) == 3  # forwarded to a manager
-    headers = sign_headers(key, "GET", "/v1/nodes") | {"X-Hyops-Forwarded-By": "node-9"}
+    headers = sign_for(api(cloud, worker), key, "GET", "/v1/nodes") | {
+        "X-Hyops-Forwarded-By": "node-9"
+    }
     again = httpx.get(url, headers=headers, timeout=10)
     assert again.status_code == 421, again.text
     body = again.json()
