@@ -8,8 +8,10 @@ list naming an API that answers garbage, and the workspace refusing an unsigned 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import socket
 import subprocess
 import tempfile
 import threading
@@ -199,6 +201,30 @@ def _serve(host: str, answer) -> tuple[ThreadingHTTPServer, str]:
     return server, f"http://{host}:{server.server_address[1]}"
 
 
+def _relay(host: str, to: tuple[str, int]) -> tuple[socket.socket, str]:
+    """A TCP relay on `host` (a test cloud's bridge address) to `to` (another test cloud's
+    agent): what an attacker who holds that cloud makes reachable. Closed with the socket."""
+    listener = socket.create_server((host, 0))
+
+    def pipe(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                client, _ = listener.accept()
+                upstream = socket.create_connection(to, timeout=10)
+                threading.Thread(target=pipe, args=(client, upstream), daemon=True).start()
+                threading.Thread(target=pipe, args=(upstream, client), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return listener, f"http://{host}:{listener.getsockname()[1]}"
+
+
 def _repo(cloud: LocalCloud) -> Path:
     return Path(cloud.record["list"].removeprefix("git+file://"))
 
@@ -298,13 +324,20 @@ def test_a_request_for_one_node_or_cloud_is_refused_by_another(clouds) -> None:
     assert answer.status_code == 200, answer.text
 
 
-def test_a_list_pointing_at_another_cloud_is_refused_until_it_is_put_back(clouds) -> None:
-    """A new node of cloud A whose list was rewritten to name cloud B's managers (signed with
-    B's own cloud key, and B even trusting the new node's key) stays out and says why; once the
-    list is put back it joins A."""
+def test_a_list_pointing_at_another_cloud_is_refused_until_it_is_put_back(
+    clouds, request: pytest.FixtureRequest
+) -> None:
+    """A new node of cloud A whose list was rewritten to name cloud B's manager (signed with
+    B's own cloud key; its API made reachable from A's network by a relay, and B even trusting
+    the new node's key) stays out and says why; once the list is put back it joins A."""
     a, b = clouds
     original = list_text(a)
-    write_list(a, list_text(b))
+    theirs = parse_list(list_text(b), "B")
+    host, port = theirs.managers[0].api.removeprefix("http://").split(":")
+    relay, url = _relay(a.record["bridge_addr"], (host, int(port)))
+    request.addfinalizer(relay.close)
+    poisoned = BootstrapList(theirs.cloud_id, (Manager("node-1", theirs.managers[0].addr, url),))
+    write_list(a, render_list(sign_list(poisoned, load_private_key(b.cloud_key))))
     entry = a.add_node(agent=False)
     name = entry["name"]
     public = load_private_key(a.node_key(name)).export_public_key().decode()
