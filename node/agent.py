@@ -104,6 +104,7 @@ class Agent:
             load_private_key(config.cloud_key_path) if config.cloud_key_path is not None else None
         )
         self._join_trouble = ""  # the last reason joining failed, logged once per reason
+        self._said_unsigned = False  # logged once that this node publishes unsigned lists
         self.lists = open_list(config.list_url, config.data_dir / "list")
         self.http = httpx.AsyncClient(timeout=10.0)
         self.api_url = f"http://{config.api_host}:{config.api_port}"
@@ -121,7 +122,7 @@ class Agent:
         self.swarm = SwarmView(
             self.engine,
             active=lambda: self.state == "active",
-            read_list=self.lists.read,
+            read_list=self._read_signed_list,
             advertise_addr=config.advertise_addr,
             api_port=config.api_port,
             api_url=self.api_url,
@@ -142,6 +143,14 @@ class Agent:
             return json.loads(self._state_file.read_text())
         except (OSError, ValueError):
             return {}
+
+    def _read_signed_list(self) -> BootstrapList:
+        """The bootstrap list, if the cloud signed its managers (ListError otherwise): what the
+        Swarm view falls back on to find managers' agents to forward to."""
+        lst = self.lists.read()
+        if not lst.is_empty:
+            verify_list(lst, self.trust, self.config.list_url)
+        return lst
 
     def _save_state(self) -> None:
         state = {"cloud_id": self.cloud_id, "node_id": self.node_id, "joined_via": self.joined_via}
@@ -376,7 +385,7 @@ class Agent:
         node holds none (joining agents then refuse its managers: say so once)."""
         if self.cloud_key is not None:
             return sign_list(lst, self.cloud_key)
-        if not getattr(self, "_said_unsigned", False):
+        if not self._said_unsigned:
             self._said_unsigned = True
             log.warning(
                 "this node holds no cloud key ([cloud] key in its config): the managers it "
