@@ -52,7 +52,13 @@ from localcloud.host import (
     stop,
 )
 from localcloud.image import BUSYBOX, import_image
-from localcloud.keys import ensure_key, ensure_node_tls, ensure_tls_ca, ensure_trust
+from localcloud.keys import (
+    ensure_cloud_key,
+    ensure_key,
+    ensure_node_tls,
+    ensure_tls_ca,
+    ensure_trust,
+)
 from localcloud.network import (
     choose_subnet,
     cloud_prefix,
@@ -197,6 +203,11 @@ class LocalCloud:
 
     def node_dir(self, node: str) -> Path:
         return self.cloud_dir / "nodes" / node
+
+    @property
+    def cloud_key(self) -> Path:
+        """The cloud's private key (0600): it signs the managers published to the list."""
+        return self.cloud_dir / "cloud_ed25519"
 
     def node_key(self, node: str) -> Path:
         """That node's own private key (0600, in its folder; its agent signs with it)."""
@@ -368,6 +379,7 @@ class LocalCloud:
             for entry in record["node"]
         }
         ensure_trust(Path(record["trust"]), operator, nodes)
+        ensure_cloud_key(self.cloud_key, Path(record["trust"]))
         if record.pop("node_key", None):  # a cloud recorded before nodes had keys of their own
             (self.cloud_dir / "node_ed25519").unlink(missing_ok=True)
             (self.cloud_dir / "node_ed25519.pub").unlink(missing_ok=True)
@@ -561,7 +573,9 @@ class LocalCloud:
                 "may_originate": True,  # every node may: the list's tie-break picks one
             },
             "resources": {k: v for k, v in resources.items() if v is not None} or None,
-            "cloud": {"list": record["list"], "trust": record["trust"]},
+            # every node the cloud key: any may become a manager and publish the list (a real
+            # deployment gives it to manager-capable machines only)
+            "cloud": {"list": record["list"], "trust": record["trust"], "key": str(self.cloud_key)},
             "tls": {
                 "cert": str(self.node_dir(node) / "tls.pem"),
                 "key": str(self.node_dir(node) / "tls.key"),

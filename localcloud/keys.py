@@ -13,7 +13,15 @@ from pathlib import Path
 from wire.keys import generate_key, load_private_key
 from wire.trust import Trust, TrustedKey, TrustError, write_trust
 
-__all__ = ["LEGACY_NODE_KEY", "ensure_key", "ensure_node_tls", "ensure_tls_ca", "ensure_trust"]
+__all__ = [
+    "CLOUD_KEY",
+    "LEGACY_NODE_KEY",
+    "ensure_cloud_key",
+    "ensure_key",
+    "ensure_node_tls",
+    "ensure_tls_ca",
+    "ensure_trust",
+]
 
 # the name of the one key all nodes shared before each node had its own: it owned the cloud (any
 # node could act on any other), so it is dropped from the trust file when one is rewritten
@@ -78,3 +86,27 @@ def ensure_node_tls(
     cert, key = node_dir / "tls.pem", node_dir / "tls.key"
     ensure_node_cert(ca[0], ca[1], key, cert, node, addresses)
     return cert, key
+
+
+# the name of the cloud key in the trust file (role `cloud`: it signs the list's managers)
+CLOUD_KEY = "cloud"
+
+
+def ensure_cloud_key(path: Path, trust_path: Path) -> str:
+    """The cloud key at `path` (made when missing) listed as `cloud` (role cloud) in the trust
+    file at `trust_path` (after `ensure_trust`, which keeps it): it signs the managers the
+    leader publishes to the bootstrap list, and joining agents and the workspace check them
+    with it (docs/protocol.md section 2).
+
+    The local cloud gives every node's agent its path, since any node may become a manager; a
+    real deployment gives it to the manager-capable machines only."""
+    public = ensure_key(path, "cloud@hyops")
+    ours = TrustedKey.from_public(CLOUD_KEY, "cloud", public)
+    keys = [k for k in Trust.load(trust_path).keys if k.name != CLOUD_KEY]
+    if any(k.fingerprint == ours.fingerprint for k in keys):
+        keys = [k for k in keys if k.fingerprint != ours.fingerprint]
+    wanted = [*keys, ours]
+    if Trust.load(trust_path).keys != tuple(wanted):
+        write_trust(trust_path, wanted)
+        os.chmod(trust_path, 0o600)
+    return public

@@ -5,9 +5,11 @@ dockerd. The agent serves its API from the first moment (health says what it is 
 
 1. waits for its Docker engine and negotiates the API version;
 2. if the engine is already in a swarm, resumes (a restarted agent never re-joins);
-3. otherwise reads the bootstrap list: when it names managers, asks one of their agents for a join
-   token (a node-signed request) and joins; when it is empty and the config allows it, claims the
-   list (the tie-break: only one claim can win) and originates the swarm;
+3. otherwise reads the bootstrap list: when it names managers signed by the cloud's key, asks one
+   of their agents for a join token (a node-signed request for that manager) and joins, once the
+   answer is signed by that very manager's node key and names the list's cloud; when it is
+   empty and the config allows it, claims the list (the tie-break: only one claim can win) and
+   originates the swarm;
 4. makes sure its node carries its resource and API labels (a worker asks a manager's agent);
 5. on the leader, publishes the managers to the bootstrap list whenever they change.
 """
@@ -35,8 +37,10 @@ from node.swarm import SwarmView
 from wire.client import NodeApiError, NodeClient
 from wire.files import PRIVATE, write_atomic
 from wire.lists import BootstrapList, ListError, Manager, open_list
+from wire.lists.format import sign_list, verify_list
+from wire.ports import MANAGERS
 from wire.records import LABEL_API, LABEL_CPUS, LABEL_JOINED_VIA, LABEL_MEMORY, node_record
-from wire.signing import Verifier, load_private_key
+from wire.signing import Verifier, audience, load_private_key
 from wire.tls import api_url, check_server_files, client_context
 from wire.trust import TrustFile
 
@@ -95,6 +99,13 @@ class Agent:
         self.trust = TrustFile(config.trust_path)
         self.verifier = Verifier(self.trust, journal=config.data_dir / "nonces")
         self.key = load_private_key(config.key_path)
+        # signs the managers this node publishes when it leads (None: it publishes unsigned,
+        # and joining agents will not use them)
+        self.cloud_key = (
+            load_private_key(config.cloud_key_path) if config.cloud_key_path is not None else None
+        )
+        self._join_trouble = ""  # the last reason joining failed, logged once per reason
+        self._said_unsigned = False  # logged once that this node publishes unsigned lists
         self.lists = open_list(config.list_url, config.data_dir / "list")
         # other agents are called over HTTPS, trusting the cloud CA only ([tls] ca)
         tls = config.tls
@@ -117,7 +128,7 @@ class Agent:
         self.swarm = SwarmView(
             self.engine,
             active=lambda: self.state == "active",
-            read_list=self.lists.read,
+            read_list=self._read_signed_list,
             advertise_addr=config.advertise_addr,
             api_port=config.api_port,
             api_url=self.api_url,
@@ -138,6 +149,14 @@ class Agent:
             return json.loads(self._state_file.read_text())
         except (OSError, ValueError):
             return {}
+
+    def _read_signed_list(self) -> BootstrapList:
+        """The bootstrap list, if the cloud signed its managers (ListError otherwise): what the
+        Swarm view falls back on to find managers' agents to forward to."""
+        lst = self.lists.read()
+        if not lst.is_empty:
+            verify_list(lst, self.trust, self.config.list_url)
+        return lst
 
     def _save_state(self) -> None:
         state = {"cloud_id": self.cloud_id, "node_id": self.node_id, "joined_via": self.joined_via}
@@ -307,13 +326,18 @@ class Agent:
             return False
         try:
             lst = await asyncio.to_thread(self.lists.read)
-        except ListError:
+            verify_list(lst, self.trust)  # only the cloud's own managers may make it leave
+        except ListError as exc:
+            log.warning("not asking the list's managers about this node: %s", exc)
             return False
         for manager in lst.managers:
-            if manager.api == self.api_url:
+            if manager.api == self.api_url or lst.cloud_id is None:
                 continue
+            to = audience(lst.cloud_id, manager.name)
             try:
-                nodes = await NodeClient(manager.api, self.key, self.http).get("/v1/nodes")
+                nodes = await NodeClient(manager.api, self.key, self.http, audience=to).get(
+                    "/v1/nodes"
+                )
             except NodeApiError:
                 continue
             if any(n.get("id") == node_id for n in nodes):
@@ -366,9 +390,24 @@ class Agent:
             addr=f"{self.config.advertise_addr}:{SWARM_PORT}",
             api=self.api_url,
         )
-        return BootstrapList(
-            cloud_id=cloud_id, managers=(me,), written=_now(), written_by=self.config.name
+        return self._signed(
+            BootstrapList(
+                cloud_id=cloud_id, managers=(me,), written=_now(), written_by=self.config.name
+            )
         )
+
+    def _signed(self, lst: BootstrapList) -> BootstrapList:
+        """`lst` signed with the cloud key (docs/protocol.md section 2), or as it is when this
+        node holds none (joining agents then refuse its managers: say so once)."""
+        if self.cloud_key is not None:
+            return sign_list(lst, self.cloud_key)
+        if not self._said_unsigned:
+            self._said_unsigned = True
+            log.warning(
+                "this node holds no cloud key ([cloud] key in its config): the managers it "
+                "publishes are unsigned, and joining agents will not use them"
+            )
+        return lst
 
     async def join_or_originate(self) -> None:
         delay = 0.3
@@ -407,25 +446,57 @@ class Agent:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
 
+    def _trouble(self, reason: str) -> None:
+        """Joining failed for `reason` (never a token): kept in `detail`, logged once per
+        reason (the agent retries every few seconds)."""
+        self.detail = reason
+        if reason != self._join_trouble:
+            self._join_trouble = reason
+            log.warning("not joining yet: %s (retrying)", reason)
+
     async def _try_join(self, lst: BootstrapList) -> bool:
+        """Join the cloud through the first of `lst`'s managers that vouches for itself.
+
+        The list's managers must be signed by a cloud key of the trust file; the join-token
+        answer must be signed (for this request) by the node key of the very manager the list
+        names, and name the list's cloud. Anything else is refused and tried again later: a
+        poisoned list or an impostor in the middle cannot steer this node into another cloud,
+        and a garbage answer never leaves the agent in `error`."""
+        try:
+            verify_list(lst, self.trust, self.config.list_url)
+        except ListError as exc:
+            self._trouble(str(exc))
+            return False
+        assert lst.cloud_id is not None  # a list naming managers names their cloud
         for manager in lst.managers:
-            client = NodeClient(manager.api, self.key, self.http)
+            to = audience(lst.cloud_id, manager.name)
+            client = NodeClient(manager.api, self.key, self.http, audience=to)
             try:
-                answer = await client.post("/v1/join-token", {"role": "worker"})
+                answer, signer = await client.signed_answer(
+                    "POST", "/v1/join-token", {"role": "worker"}, self.trust
+                )
             except NodeApiError as exc:
-                self.detail = f"manager {manager.name}: {exc.message}"
-                log.info("manager %s cannot give a join token yet: %s", manager.name, exc.message)
+                self._trouble(f"manager {manager.name} ({manager.api}): {exc.message}")
                 continue
-            remotes = list(answer.get("managers") or []) or [manager.addr]
+            problem = _join_answer_problem(answer, signer.name, signer.role, manager, lst)
+            if problem:
+                self._trouble(f"manager {manager.name} ({manager.api}): {problem}")
+                continue
+            remotes = [str(a) for a in answer.get("managers") or []] or [manager.addr]
             log.info("joining cloud %s through %s", lst.cloud_id, ", ".join(remotes))
-            await self.engine.swarm_join(
-                advertise_addr=self.config.advertise_addr,
-                remote_addrs=remotes,
-                token=answer["token"],
-            )
+            try:
+                await self.engine.swarm_join(
+                    advertise_addr=self.config.advertise_addr,
+                    remote_addrs=remotes,
+                    token=answer["token"],
+                )
+            except EngineError as exc:
+                self._trouble(f"the engine could not join through {manager.name}: {exc}")
+                continue
             self.joined_via = remotes[0]  # dockerd's way into Raft, should it be promoted
             await self._wait_active()
             self.cloud_id = lst.cloud_id
+            self._join_trouble = ""
             return True
         return False
 
@@ -472,9 +543,11 @@ class Agent:
 
     async def _ask_manager(self, method: str, path: str, body: Any = None) -> Any:
         last: NodeApiError | None = None
+        to = audience(str(self.cloud_id), MANAGERS)
         for url in await self.swarm.manager_apis():
             try:
-                return await NodeClient(url, self.key, self.http).request(method, path, body=body)
+                client = NodeClient(url, self.key, self.http, audience=to)
+                return await client.request(method, path, body=body)
             except NodeApiError as exc:
                 if exc.status is not None and exc.status < 500:
                     raise
@@ -510,13 +583,43 @@ class Agent:
         key = tuple((m.name, m.addr, m.api) for m in managers)
         if not managers or key == self._published:
             return
-        lst = BootstrapList(
-            cloud_id=self.cloud_id, managers=managers, written=_now(), written_by=self.config.name
+        lst = self._signed(
+            BootstrapList(
+                cloud_id=self.cloud_id,
+                managers=managers,
+                written=_now(),
+                written_by=self.config.name,
+            )
         )
         message = "managers: " + ", ".join(m.name for m in managers)
         if await asyncio.to_thread(self.lists.publish, lst, self.config.name, message):
             log.info("published to the bootstrap list: %s", message)
         self._published = key
+
+
+def _join_answer_problem(
+    answer: Any, signer: str, role: str, manager: Manager, lst: BootstrapList
+) -> str:
+    """What is wrong with a join-token answer signed by `signer` (empty: nothing). Never
+    quotes the token."""
+    if role != "node" or signer != manager.name:
+        return (
+            f"the answer is signed by {signer} ({role} key), not by {manager.name}'s node key; "
+            "is the list pointing at another node?"
+        )
+    if not isinstance(answer, dict):
+        return "the answer is not a JSON object"
+    if answer.get("cloud_id") != lst.cloud_id:
+        return f"the answer is for cloud {answer.get('cloud_id')!r}, the list's is {lst.cloud_id}"
+    token = answer.get("token")
+    if not isinstance(token, str) or not token.startswith("SWMTKN-"):
+        return "the answer holds no join token"
+    managers = answer.get("managers")
+    if managers is not None and not (
+        isinstance(managers, list) and all(isinstance(a, str) for a in managers)
+    ):
+        return "the answer's managers are not a list of addresses"
+    return ""
 
 
 def setup_logging() -> None:

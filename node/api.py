@@ -1,8 +1,10 @@
 """The node API: HTTP + JSON, served by every agent (docs/protocol.md section 4).
 
-Every route but `/v1/health` needs a request signed by a trusted key; control routes need the
-right role. Routes that only a manager can answer are forwarded verbatim (signature included) to
-a manager's agent when this node is a worker, so the manager checks the caller's signature itself;
+Every route but `/v1/health` needs a request signed by a trusted key for this node's audience
+(`CLOUD/NAME`, or `CLOUD/managers` on what a manager answers); control routes need the right
+role. An agent in no cloud yet answers only `/v1/health`. Routes that only a manager can answer
+are forwarded verbatim (signature included) to a manager's agent when this node is a worker and
+the request is signed for the managers, so the manager checks the caller's signature itself;
 forwarding lives here, with the routes. The agent's domain errors (`node.errors.AgentError`)
 become status codes in one table, `STATUS`. The OpenAPI document is at `/openapi.json`.
 
@@ -30,8 +32,25 @@ from node.engine import EngineError
 from node.errors import AgentError, Kind
 from node.operations import Operations
 from node.swarm import SwarmView
-from wire.ports import HEADER_FORWARDED_BY, HEADER_PREFIX
-from wire.signing import AuthError, TrustedKey, Verifier, require_role
+from wire.client import NODE_ROUTES
+from wire.ports import (
+    HEADER_ANSWER_KEY,
+    HEADER_ANSWER_SIGNATURE,
+    HEADER_AUDIENCE,
+    HEADER_FORWARDED_BY,
+    HEADER_NONCE,
+    HEADER_PREFIX,
+    MANAGERS,
+)
+from wire.signing import (
+    AuthError,
+    TrustedKey,
+    Verifier,
+    audience,
+    require_role,
+    sign_answer,
+    wrong_audience,
+)
 
 log = logging.getLogger("hyops.api")
 
@@ -51,6 +70,7 @@ class NodeAgent(Protocol):
 
     name: str
     api_url: str
+    key: Any  # the node's own key: it signs the join-token answer
     verifier: Verifier
     http: httpx.AsyncClient
     swarm: SwarmView
@@ -84,11 +104,13 @@ def relay_headers(request: Request) -> dict[str, str]:
 
 
 def as_response(answer: httpx.Response) -> Response:
-    """Another agent's answer, passed on as it came."""
+    """Another agent's answer, passed on as it came (with its answer signature, if any)."""
+    kept = (HEADER_ANSWER_KEY, HEADER_ANSWER_SIGNATURE)
     return Response(
         answer.content,
         status_code=answer.status_code,
         media_type=answer.headers.get("content-type", "application/json"),
+        headers={h: answer.headers[h] for h in kept if h in answer.headers},
     )
 
 
@@ -125,6 +147,9 @@ async def autopilot_answer(agent: NodeAgent, request: Request) -> Any:
     pilot = agent.autopilot
     if pilot.leading:
         return pilot.status()
+    if not str(request.headers.get(HEADER_AUDIENCE, "")).endswith("/" + MANAGERS):
+        # signed for this node only: the leader would refuse it (wrong-audience)
+        return {**pilot.status(), "note": f"ask CLOUD/{MANAGERS} for the leader's view"}
     leader_api = await agent.swarm.leader_api()
     if leader_api is None or leader_api == agent.api_url:
         return {**pilot.status(), "note": "no leader's agent is known yet"}
@@ -247,9 +272,27 @@ def create_app(agent: NodeAgent) -> FastAPI:
             500, "internal", f"unexpected {type(exc).__name__}", "see the agent's log"
         )
 
+    def audiences(request: Request) -> set[str]:
+        """The audiences this node answers on this route: itself, and on a route a manager
+        answers also the cloud's managers (a worker forwards those; `manager_or_forward`).
+        None before the node is in a cloud: then it answers only /v1/health."""
+        cloud = agent.cloud_id
+        if cloud is None:
+            raise AgentError(
+                "unavailable",
+                "not-in-a-cloud",
+                f"{agent.name} is in no cloud yet: only GET /v1/health answers",
+                "wait until it has joined (GET /v1/health says its state and cloud_id)",
+            )
+        if request.url.path in NODE_ROUTES:
+            return {audience(cloud, agent.name)}
+        return {audience(cloud, agent.name), audience(cloud, MANAGERS)}
+
     async def caller(request: Request) -> TrustedKey:
         body = await request.body()
-        return agent.verifier.verify(request.method, request_path(request), body, request.headers)
+        return agent.verifier.verify(
+            request.method, request_path(request), body, request.headers, audiences(request)
+        )
 
     def role(*roles: str):
         async def check(key: TrustedKey = Depends(caller)) -> TrustedKey:
@@ -276,6 +319,12 @@ def create_app(agent: NodeAgent) -> FastAPI:
         agent.ops.require_swarm()
         if await agent.swarm.is_manager() or await agent.swarm.is_manager(fresh=True):
             return None
+        target = str(request.headers.get(HEADER_AUDIENCE, ""))
+        managers = audience(str(agent.cloud_id), MANAGERS)
+        if target != managers:
+            # signed for this worker alone: a manager would refuse it, and forwarding a
+            # request signed for one node would let it be replayed as if from that node
+            raise wrong_audience(target, {managers})
         by = request.headers.get(HEADER_FORWARDED_BY)
         if by:
             raise AgentError(
@@ -427,6 +476,18 @@ def create_app(agent: NodeAgent) -> FastAPI:
             )
         if body.role == "worker":
             require_role(key, "node")
-        return await on_manager(request, lambda: agent.ops.join_token(body.role, by=key.name))
+        forwarded = await manager_or_forward(request)
+        if forwarded is not None:
+            return forwarded  # the answering manager's own signature is passed on
+        answer = await agent.ops.join_token(body.role, by=key.name)
+        # the joining agent checks which node answered, for which cloud, to its own request
+        data = json.dumps({**answer, "cloud_id": agent.cloud_id}).encode()
+        signed = sign_answer(
+            agent.key,
+            data,
+            request.headers.get(HEADER_NONCE, ""),
+            request.headers.get(HEADER_AUDIENCE, ""),
+        )
+        return Response(data, media_type="application/json", headers=signed)
 
     return app

@@ -91,6 +91,10 @@ class AgentConfig:
     ssh: SshConfig | None = None  # no [ssh] section: no SSH server
     api_max_body: int | None = None  # bytes; None: node/limits.py's MAX_BODY (1 MiB)
     tls: TlsConfig | None = None  # no [tls] section: plain HTTP (kept for older configs only)
+    # the cloud key, which signs the managers this node publishes to the list when it leads
+    # (docs/protocol.md section 2); None: it publishes none (only manager-capable machines
+    # should hold it)
+    cloud_key_path: Path | None = None
 
     @property
     def api_addr(self) -> str:
@@ -348,7 +352,11 @@ def load_config(path: str | Path) -> AgentConfig:
 
     list_url = r.get("cloud", cloud, "list", "the bootstrap list's URL", _list_url)
     trust = r.get("cloud", cloud, "trust", "the path of the cloud's trust file", r.path)
-    r.unknown("cloud", cloud, {"list", "trust"})
+    cloud_key = r.get(
+        "cloud", cloud, "key", "the path of the cloud's ed25519 private key", r.path,
+        required=False,
+    )  # fmt: skip
+    r.unknown("cloud", cloud, {"list", "trust", "key"})
 
     ssh = None
     if "ssh" in data:
@@ -391,4 +399,5 @@ def load_config(path: str | Path) -> AgentConfig:
         ssh=ssh,
         api_max_body=max_body,
         tls=tls,
+        cloud_key_path=cloud_key,
     )

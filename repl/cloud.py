@@ -70,12 +70,70 @@ def unknown_name(kind: str, name: str, known: list[str]) -> CloudError:
     return CloudError(f"no {kind} named {name!r}", status=404, code=f"unknown-{kind}", hint=hint)
 
 
-def url_record(url: str, operator_key: Path) -> CloudRecord:
+def url_record(url: str, operator_key: Path, trust: Path | None = None) -> CloudRecord:
     """A cloud known only by its bootstrap list's URL (`git+file://`, `file://`, `http://`):
-    not recorded in the workspace, so no path, no nodes and no known_hosts."""
+    not recorded in the workspace, so no path, no nodes and no known_hosts. `trust` is the
+    trust file whose cloud key signs the list's managers (without one they are not used)."""
     from wire.lists import redact_url
 
-    return CloudRecord(name=redact_url(url), list_url=url, operator_key=operator_key)
+    extra = {"trust": str(trust)} if trust is not None else {}
+    return CloudRecord(name=redact_url(url), list_url=url, operator_key=operator_key, extra=extra)
+
+
+def trust_for_list(workspace: Workspace, url: str) -> Path | None:
+    """The trust file of the recorded cloud whose list is at `url` (None: none is recorded)."""
+    for name in recorded_clouds(workspace):
+        with contextlib.suppress(CloudError):
+            record = load_record(workspace, name)
+            if record.list_url == url and record.extra.get("trust"):
+                return Path(str(record.extra["trust"]))
+    return None
+
+
+def recorded_trust_files(workspace: Workspace) -> list[Path]:
+    """The trust files of every cloud recorded in the workspace."""
+    found: list[Path] = []
+    for name in recorded_clouds(workspace):
+        with contextlib.suppress(CloudError):
+            trust = load_record(workspace, name).extra.get("trust")
+            if trust:
+                found.append(Path(str(trust)))
+    return found
+
+
+def verified_managers(record: CloudRecord, lst: Any, workspace: Workspace | None = None) -> None:
+    """CloudError unless `lst`'s managers are signed by a cloud key of the record's trust file
+    (docs/protocol.md section 2): anyone can write to a public list, and the workspace must not
+    send the operator's signed requests to whoever a poisoned list names. A cloud known only by
+    its URL (no trust file recorded) is checked against the cloud keys of the clouds recorded
+    in `workspace`."""
+    from wire.lists.format import ListError, verify_list
+    from wire.trust import Trust, TrustError
+
+    own = record.extra.get("trust")
+    paths = [Path(str(own))] if own else (recorded_trust_files(workspace) if workspace else [])
+    if not paths:
+        raise CloudError(
+            f"cannot check who wrote the managers of {record.name}'s bootstrap list: no trust "
+            "file is recorded for this cloud",
+            code="unsigned-list",
+            hint="connect by its recorded name (hyops up records the trust file), or add "
+            '`trust = "PATH"` (the cloud\'s trust file, whose cloud key signs the list) to its '
+            "cloud.toml",
+        )
+    problems: list[str] = []
+    for path in paths:
+        try:
+            verify_list(lst, Trust.load(path), record.list_url)
+            return
+        except (ListError, TrustError) as exc:
+            problems.append(str(exc))
+    raise CloudError(
+        f"not using the managers of {record.name}'s bootstrap list: {problems[0]}",
+        code="unsigned-list",
+        hint="the list may have been tampered with: check who wrote it (git log), put back the "
+        "one the cloud signed, or wait for the cloud's leader to publish a signed one",
+    )
 
 
 def cache_name(record: CloudRecord) -> str:
@@ -216,6 +274,7 @@ class Connection:
         self._key: Any = None
         self._http: Any = None
         self._managers: list[str] = []
+        self._names: dict[str, str] = {}  # manager API URL -> its node name (the audience)
         self._list_read = 0.0  # when the bootstrap list was last read (Unix time)
 
     def __repr__(self) -> str:
@@ -341,11 +400,14 @@ class Connection:
                 data["list"] == self.record.list_url
                 and data["record"] == self._record_stamp()
                 and 0 <= time.time() - float(data["read"]) < MANAGERS_CACHED_FOR
+                and isinstance(data.get("names"), dict)  # older caches: read the list
+                and data.get("cloud_id")
             )
             if not fresh:
                 return []
             self._list_read = float(data["read"])
             self.cloud_id = self.cloud_id or data.get("cloud_id")
+            self._names = {str(k): str(v) for k, v in data["names"].items()}
             return [str(u) for u in data["managers"]]
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return []
@@ -362,6 +424,7 @@ class Connection:
             "read": self._list_read,
             "cloud_id": self.cloud_id,
             "managers": self._managers,
+            "names": self._names,  # the managers' names, from the same verified list
         }
         # a cache: losing it to a crash costs one list read, so it is not synced to disk
         write_private(self._cache_dir / "managers.json", json.dumps(seen), sync=False)
@@ -388,9 +451,11 @@ class Connection:
                 f"the bootstrap list of {self.record.name} names no manager yet",
                 hint="is the cloud starting? (hyops up starts a local one)",
             )
+        verified_managers(self.record, lst, self.workspace)
         self.cloud_id = lst.cloud_id
         self._list_read = time.time()
         fresh = [m.api for m in lst.managers]
+        self._names = {m.api: m.name for m in lst.managers}
         # keep the one that answered last in front
         self._managers = sorted(fresh, key=lambda u: u != self.answering)
         self._remember_managers()
@@ -416,7 +481,13 @@ class Connection:
                     continue
                 tried.add(url)
                 try:
-                    client = NodeClient(await self.reach(url), self._key, self._http)
+                    client = NodeClient(
+                        await self.reach(url),
+                        self._key,
+                        self._http,
+                        cloud_id=self.cloud_id,
+                        name=self._names.get(url),
+                    )
                     answer = await client.request(method, path, params=params, body=body)
                 except SshError as exc:
                     failures.append(f"{url}: {exc}")
@@ -466,7 +537,10 @@ class Connection:
 
         await self._setup()
         try:
-            return NodeClient(await self.reach(api_url), self._key, self._http)
+            # signed for that node of this cloud (its name from its /v1/health)
+            return NodeClient(
+                await self.reach(api_url), self._key, self._http, cloud_id=self.cloud_id
+            )
         except SshError as exc:
             raise NodeApiError(api_url, None, "unreachable", str(exc)) from None
 
@@ -540,7 +614,11 @@ def connect(
                 f"{target!r} is not a bootstrap list URL",
                 hint="use git+file://, git+https://, file://, http:// or https://",
             )
-        record = url_record(target, Path(key) if key else operator_key_path(workspace))
+        record = url_record(
+            target,
+            Path(key) if key else operator_key_path(workspace),
+            trust_for_list(workspace, target),
+        )
         # the agents' certificates are checked against the CA of the cloud recorded here with
         # this list, if there is one (a list URL alone names no CA: then the system's CAs)
         for name in recorded_clouds(workspace):

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import httpx
 
+from wire.client import audience_for
 from wire.keys import load_private_key
 from wire.signing import sign_headers
 
@@ -72,18 +73,39 @@ def signed(
     *,
     now: float | None = None,
     timeout: float = 20.0,
+    audience: str | None = None,
 ) -> httpx.Response:
-    """A request to a node API signed with the key at `key_path` (or an asyncssh key)."""
+    """A request to a node API signed with the key at `key_path` (or an asyncssh key), for
+    `audience`: by default the one `wire.client.NodeClient` would sign for (that node, or its
+    cloud's managers; its name and cloud from its open `/v1/health`)."""
     key = load_private_key(key_path) if isinstance(key_path, Path | str) else key_path
     parts = httpx.URL(url)
     path = parts.raw_path.decode()
     data = b"" if body is None else json.dumps(body).encode()
-    headers = sign_headers(key, method, path, data, now=now)
+    if audience is None:
+        audience = audience_at(url)
+    headers = sign_headers(key, method, path, data, now=now, audience=audience)
     if body is not None:
         headers["Content-Type"] = "application/json"
     return httpx.request(
         method, url, content=data or None, headers=headers, timeout=timeout, verify=agents_tls()
     )
+
+
+def audience_at(url: str) -> str:
+    """The audience `wire.client.NodeClient` signs a request to `url` for: that node or its
+    cloud's managers, by the path (the node's name and cloud from its open `/v1/health`)."""
+    parts = httpx.URL(url)
+    health = httpx.get(str(parts.copy_with(raw_path=b"/v1/health")), timeout=10, verify=agents_tls()).json()
+    return audience_for(parts.path, health["cloud_id"], health["name"])
+
+
+def sign_for(
+    base_url: str, key: Any, method: str, path: str, body: bytes = b"", **kw: Any
+) -> dict[str, str]:
+    """`wire.signing.sign_headers` for a request to the node API at `base_url`, for the audience
+    `audience_at` finds (tests that build requests by hand)."""
+    return sign_headers(key, method, path, body, audience=audience_at(base_url + path), **kw)
 
 
 def manager_of(cloud: Any) -> str | None:

@@ -17,8 +17,8 @@ import httpx
 import pytest
 
 from localcloud.cloud import LocalCloud
-from tests.helpers import agents_tls, signed, trust_cloud, wait_until
-from wire.signing import load_private_key, sign_headers
+from tests.helpers import agents_tls, sign_for, signed, trust_cloud, wait_until
+from wire.signing import load_private_key
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.cloud
@@ -404,10 +404,15 @@ def test_a_forwarded_request_is_not_forwarded_again(cloud: LocalCloud) -> None:
     key = load_private_key(operator_key(cloud))
     url = api(cloud, worker) + "/v1/nodes"
     plain = httpx.get(
-        url, headers=sign_headers(key, "GET", "/v1/nodes"), timeout=10, verify=agents_tls()
+        url,
+        headers=sign_for(api(cloud, worker), key, "GET", "/v1/nodes"),
+        timeout=10,
+        verify=agents_tls(),
     )
     assert plain.status_code == 200 and len(plain.json()) == 3  # forwarded to a manager
-    headers = sign_headers(key, "GET", "/v1/nodes") | {"X-Hyops-Forwarded-By": "node-9"}
+    headers = sign_for(api(cloud, worker), key, "GET", "/v1/nodes") | {
+        "X-Hyops-Forwarded-By": "node-9"
+    }
     again = httpx.get(url, headers=headers, timeout=10, verify=agents_tls())
     assert again.status_code == 421, again.text
     body = again.json()

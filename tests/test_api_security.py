@@ -12,9 +12,9 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from tests.helpers import agents_tls, signed, wait_until
+from tests.helpers import agents_tls, sign_for, signed, wait_until
 from tests.test_agent import api, docker_nodes, new_cloud, node_key, operator_key
-from wire.signing import fingerprint, load_private_key, sign_headers
+from wire.signing import fingerprint, load_private_key
 
 pytestmark = pytest.mark.cloud
 
@@ -59,7 +59,7 @@ def test_unknown_key_and_bad_signature_get_identical_refusals_naming_no_key(one)
     """Nobody without a trusted key learns which keys the cloud trusts from the refusals."""
     stranger = asyncssh.generate_private_key("ssh-ed25519")
     unknown = signed("GET", api(one, "node-1") + "/v1/nodes", stranger)
-    headers = sign_headers(stranger, "GET", "/v1/nodes", b"")
+    headers = sign_for(api(one, "node-1"), stranger, "GET", "/v1/nodes", b"")
     headers["X-Hyops-Key"] = fingerprint(load_private_key(operator_key(one)))
     forged = httpx.get(
         api(one, "node-1") + "/v1/nodes", headers=headers, timeout=10, verify=agents_tls()
@@ -73,8 +73,14 @@ def test_forged_signature_is_refused(one) -> None:
     """A stranger signs but names the operator's key."""
     url = api(one, "node-1") + "/v1/nodes/node-1/demote"
     stranger = asyncssh.generate_private_key("ssh-ed25519")
-    headers = sign_headers(stranger, "POST", "/v1/nodes/node-1/demote", b"")
-    real = sign_headers(load_private_key(operator_key(one)), "POST", "/v1/nodes/node-1/demote", b"")
+    headers = sign_for(api(one, "node-1"), stranger, "POST", "/v1/nodes/node-1/demote", b"")
+    real = sign_for(
+        api(one, "node-1"),
+        load_private_key(operator_key(one)),
+        "POST",
+        "/v1/nodes/node-1/demote",
+        b"",
+    )
     headers["X-Hyops-Key"] = real["X-Hyops-Key"]
     before = cloud_state(one)
     check_error(
@@ -86,11 +92,11 @@ def test_forged_signature_is_refused(one) -> None:
 def test_tampered_path_and_body_are_refused(one) -> None:
     key = load_private_key(operator_key(one))
     base = api(one, "node-1")
-    headers = sign_headers(key, "GET", "/v1/services", b"")
+    headers = sign_for(api(one, "node-1"), key, "GET", "/v1/services", b"")
     r = httpx.get(base + "/v1/nodes", headers=headers, timeout=10, verify=agents_tls())
     check_error(r, 401, "not-authenticated")
     body = json.dumps({"labels": {"a": "1"}}).encode()
-    headers = sign_headers(key, "POST", "/v1/nodes/node-1/labels", body)
+    headers = sign_for(api(one, "node-1"), key, "POST", "/v1/nodes/node-1/labels", body)
     headers["Content-Type"] = "application/json"
     tampered = json.dumps({"labels": {"a": "2"}}).encode()
     r = httpx.post(
@@ -111,7 +117,7 @@ def test_expired_or_future_requests_are_refused(one, skew: int) -> None:
 
 def test_replayed_request_is_refused(one) -> None:
     key = load_private_key(operator_key(one))
-    headers = sign_headers(key, "GET", "/v1/nodes", b"")
+    headers = sign_for(api(one, "node-1"), key, "GET", "/v1/nodes", b"")
     url = api(one, "node-1") + "/v1/nodes"
     assert httpx.get(url, headers=headers, timeout=10, verify=agents_tls()).status_code == 200
     check_error(httpx.get(url, headers=headers, timeout=10, verify=agents_tls()), 401, "replayed")
@@ -121,7 +127,9 @@ def test_a_control_request_replayed_after_the_agent_crashed_and_restarted_is_ref
     key = load_private_key(operator_key(one))
     path = "/v1/nodes/node-1/labels"
     body = json.dumps({"labels": {"replay-check": "first"}}).encode()
-    headers = sign_headers(key, "POST", path, body) | {"content-type": "application/json"}
+    headers = sign_for(api(one, "node-1"), key, "POST", path, body) | {
+        "content-type": "application/json"
+    }
     url = api(one, "node-1") + path
     assert (
         httpx.post(url, content=body, headers=headers, timeout=10, verify=agents_tls()).status_code
@@ -218,7 +226,7 @@ def test_node_key_gets_a_join_token(one) -> None:
 )
 def test_malformed_bodies_get_a_clear_400(one, body: bytes) -> None:
     key = load_private_key(operator_key(one))
-    headers = sign_headers(key, "POST", "/v1/nodes/node-1/labels", body)
+    headers = sign_for(api(one, "node-1"), key, "POST", "/v1/nodes/node-1/labels", body)
     headers["Content-Type"] = "application/json"
     before = cloud_state(one)
     r = httpx.post(
@@ -270,7 +278,7 @@ def test_fuzzing_the_openapi_document_never_breaks_the_agent(one) -> None:
             content=encode(case.body),
         )
         path = request.url.raw_path.decode()
-        headers = sign_headers(key, case.method, path, request.content or b"")
+        headers = sign_for(api(one, "node-1"), key, case.method, path, request.content or b"")
         request.headers.update(headers)
         request.headers["Content-Type"] = "application/json"
         response = client.send(request)

@@ -22,7 +22,9 @@ from repl.session import HyopsEvalError, Session
 from repl.workspace import Workspace
 from tests.conftest import MakeCloud
 from tests.helpers import ev, manager_of, wait_until
+from wire.keys import load_private_key
 from wire.lists import BootstrapList, Manager, render_list
+from wire.lists.format import sign_list
 
 pytestmark = pytest.mark.cloud
 NAMES = ["node-1", "node-2", "node-3"]
@@ -191,8 +193,9 @@ def test_one_shot_eval_counts_the_nodes(cloud: LocalCloud) -> None:
 # --- connecting elsewhere, and clouds that do not answer ------------------------------------
 
 
-def _dead_list(tmp_path: Path) -> str:
-    """A file:// bootstrap list naming one manager on a loopback port nothing listens on."""
+def _dead_list(tmp_path: Path, cloud: LocalCloud) -> str:
+    """A file:// bootstrap list naming one manager on a loopback port nothing listens on,
+    signed by `cloud`'s cloud key (the workspace uses no unsigned managers)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -201,7 +204,7 @@ def _dead_list(tmp_path: Path) -> str:
         managers=(Manager("gone", "127.0.0.1:2377", f"http://127.0.0.1:{port}"),),
     )
     path = tmp_path / "dead-list.toml"
-    path.write_text(render_list(lst))
+    path.write_text(render_list(sign_list(lst, load_private_key(cloud.cloud_key))))
     return f"file://{path}"
 
 
@@ -214,11 +217,11 @@ def test_connect_by_list_url_then_back_by_name(cloud: LocalCloud, session: Sessi
 
 
 def test_connecting_to_an_unreachable_cloud_keeps_the_old_connection(
-    session: Session, tmp_path: Path
+    cloud: LocalCloud, session: Session, tmp_path: Path
 ) -> None:
     before = ev(session, "(:name (cloud))")
     with pytest.raises(HyopsEvalError) as err:
-        session.eval(f'(connect! "{_dead_list(tmp_path)}")')
+        session.eval(f'(connect! "{_dead_list(tmp_path, cloud)}")')
     assert "no manager of" in str(err.value) and "answered" in str(err.value)
     assert "workspace is fine" in str(err.value)
     assert ev(session, "(:name (cloud))") == before
@@ -240,8 +243,9 @@ def test_a_recorded_cloud_that_does_not_answer_gives_a_clear_message(
     record = workspace / ".hyops" / "clouds" / "far" / "cloud.toml"
     record.parent.mkdir(parents=True)
     record.write_text(
-        f'name = "far"\nlist = "{_dead_list(tmp_path)}"\n'
+        f'name = "far"\nlist = "{_dead_list(tmp_path, cloud)}"\n'
         f'operator_key = "{cloud.record["operator_key"]}"\n'
+        f'trust = "{cloud.record["trust"]}"\n'
     )
     out = hyops_eval(workspace, "(nodes)")
     assert out.returncode == 1
@@ -296,20 +300,29 @@ def test_managers_are_cached_briefly_and_forgotten_when_the_record_changes(
 
     import repl.cloud
     from repl.cloud import Connection, read_cloud_record
+    from wire.keys import generate_key
+    from wire.trust import TrustedKey, write_trust
 
     listed = tmp_path / "list.toml"
+    # the list's managers are signed by the cloud key the recorded trust file lists
+    trust = tmp_path / "trust.toml"
+    public = generate_key(tmp_path / "cloud_ed25519", "cloud")
+    write_trust(trust, [TrustedKey.from_public("cloud", "cloud", public)])
+    cloud_key = load_private_key(tmp_path / "cloud_ed25519")
 
     def publish(port: int) -> str:
         api = f"http://127.0.0.1:{port}"
         lst = BootstrapList("c-00000001", (Manager("m", "127.0.0.1:2377", api),))
-        listed.write_text(render_list(lst))
+        listed.write_text(render_list(sign_list(lst, cloud_key)))
         return api
 
     (tmp_path / "ops").mkdir()
     ws = Workspace(tmp_path)
     record = ws.clouds_dir / "x" / "cloud.toml"
     record.parent.mkdir(parents=True)
-    record.write_text(f'name = "x"\nlist = "file://{listed}"\noperator_key = "/nonexistent"\n')
+    record.write_text(
+        f'name = "x"\nlist = "file://{listed}"\noperator_key = "/nonexistent"\ntrust = "{trust}"\n'
+    )
 
     def managers() -> list[str]:
         return asyncio.run(Connection(read_cloud_record(record), ws).managers())

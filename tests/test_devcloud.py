@@ -185,8 +185,10 @@ def test_the_record_names_list_keys_trust_and_resources(cloud: LocalCloud) -> No
     )
     trust = tomllib.loads(Path(record["trust"]).read_text())
     roles = {k["name"]: k["role"] for k in trust["key"]}
-    # each node its own key, named by its node (no key shared by all nodes)
-    assert roles == {"operator": "operator", **{f"node-{i}": "node" for i in (1, 2, 3)}}
+    # each node its own key, named by its node (no key shared by all nodes); the cloud key,
+    # which signs the list's managers
+    nodes = {f"node-{i}": "node" for i in (1, 2, 3)}
+    assert roles == {"operator": "operator", **nodes, "cloud": "cloud"}
     publics = {k["name"]: k["public"] for k in trust["key"]}
     for node in ("node-1", "node-2", "node-3"):
         pub = cloud.node_key(node).with_name("node_ed25519.pub").read_text().strip()

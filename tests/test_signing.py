@@ -15,13 +15,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from wire.keys import KeyFileError, fingerprint, generate_key, load_private_key
-from wire.ports import HEADER_KEY, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIME
-from wire.signing import AuthError, Verifier, require_role, sign_headers
+from wire.ports import HEADER_AUDIENCE, HEADER_KEY, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIME
+from wire.signing import AuthError, Verifier, require_role
+from wire.signing import sign_headers as _sign_headers
 from wire.trust import Trust, TrustedKey, TrustError, write_trust
 
 NOW = 1_790_000_000.0
 PATH = "/v1/nodes/node-2/demote?why=test"
 BODY = b'{"labels": {"zone": "a"}}'
+AUDIENCE = "c-test/node-2"
+
+
+def sign_headers(*args, audience: str = AUDIENCE, **kw) -> dict[str, str]:
+    """`wire.signing.sign_headers` for the audience these tests use."""
+    return _sign_headers(*args, audience=audience, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -195,7 +202,7 @@ def test_trust_file_problems_are_named(tmp_path, keys):
         Trust.load(path)
     message = str(info.value)
     assert message.startswith(f"trust file {path}: ")
-    assert "[[key]] #1 (a) role: expected one of operator, node, got 'admin'" in message
+    assert "[[key]] #1 (a) role: expected one of operator, node, cloud, got 'admin'" in message
     assert "[[key]] #2 (b): public is not an SSH public key line" in message
     assert "[[key]] #3 name: expected a non-empty string, got None" in message
     assert "[[key]] #3: unknown keys ['colour']" in message
@@ -231,7 +238,13 @@ def test_trusted_key_refuses_non_ed25519_keys(tmp_path):
 
 def test_a_signed_request_verifies_to_its_key(keys):
     headers = sign_headers(keys["operator"], "post", PATH, BODY, now=NOW)
-    assert set(headers) == {HEADER_KEY, HEADER_TIME, HEADER_NONCE, HEADER_SIGNATURE}
+    assert set(headers) == {
+        HEADER_KEY,
+        HEADER_TIME,
+        HEADER_NONCE,
+        HEADER_AUDIENCE,
+        HEADER_SIGNATURE,
+    }
     assert headers[HEADER_TIME] == str(int(NOW))
     assert len(headers[HEADER_NONCE]) == 32
     assert headers[HEADER_KEY] == fingerprint(keys["operator"])
@@ -521,14 +534,14 @@ def test_any_change_to_method_path_or_body_breaks_the_signature(keys, method, pa
 def test_signing_key_signs_as_asyncssh_verifies_without_importing_it(tmp_path):
     """The workspace's cheap signer (cryptography only) makes signatures the agent accepts."""
     from wire.keys import load_signing_key
-    from wire.signing import Verifier, sign_headers
+    from wire.signing import Verifier
     from wire.trust import Trust, TrustedKey
 
     path = tmp_path / "k"
     public = generate_key(path, "operator")
     code = (
         "import sys; from wire.signing import load_signing_key, sign_headers;"
-        f"k = load_signing_key({str(path)!r}); sign_headers(k, 'GET', '/v1/nodes');"
+        f"k = load_signing_key({str(path)!r}); sign_headers(k, 'GET', '/v1/nodes', audience='c/n');"
         "print('asyncssh' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -2,6 +2,11 @@
 
 Used by agents talking to each other (join tokens, labels, forwarding reads) and by the
 workspace's cloud client, so both sides sign the same way.
+
+Every request is signed for its audience (`wire.signing.audience`): `CLOUD/NODE` for what a node
+answers about itself (`NODE_ROUTES`), `CLOUD/managers` for the rest, which any manager answers
+(a worker forwards it). The client knows the cloud and the node it calls from its caller (the
+bootstrap list, the cloud record) or else asks the node's open `GET /v1/health` once.
 """
 
 from __future__ import annotations
@@ -13,8 +18,10 @@ from urllib.parse import urlencode
 
 import httpx
 
-from wire.signing import sign_headers
+from wire.ports import HEADER_AUDIENCE, HEADER_NONCE, MANAGERS
+from wire.signing import AnswerError, Trust, TrustedKey, audience, sign_headers, verify_answer
 from wire.tls import explain_tls_failure
+from wire.trust import TrustFile
 
 # The largest answer read from an agent: node and service lists of a big cloud are a few hundred
 # KB; an agent (or whatever answers at its address) sending more is refused, not held.
@@ -23,6 +30,16 @@ MAX_ANSWER = 8 * 1024 * 1024
 MAX_LINE = 1024 * 1024
 # The part of an error answer that is read (its JSON error shape is small).
 MAX_ERROR_ANSWER = 64 * 1024
+
+# the routes a node answers about itself, signed for that node; the others for the managers
+NODE_ROUTES = ("/v1/node", "/v1/logs")
+
+
+def audience_for(path: str, cloud_id: str, node: str) -> str:
+    """The audience of a request for `path` to node `node` of cloud `cloud_id`: the node itself
+    for `NODE_ROUTES`, else the cloud's managers (answered by a manager, forwarded by a worker)."""
+    target = node if path.split("?", 1)[0] in NODE_ROUTES else MANAGERS
+    return audience(cloud_id, target)
 
 
 class NodeApiError(Exception):
@@ -112,18 +129,56 @@ class NodeClient:
     """Signed requests to one agent's node API at `base_url` (e.g. https://10.213.7.11:7300).
 
     `key` is the caller's private key (asyncssh.SSHKey); `http` an httpx.AsyncClient shared
-    between clients so connections are kept between calls.
+    between clients so connections are kept between calls. `audience` signs every request for
+    that one audience; otherwise each is signed per `audience_for` with `cloud_id` and `name`
+    (the node's name), and what of those is not given is asked of `GET /v1/health` once.
     """
 
-    def __init__(self, base_url: str, key: Any, http: httpx.AsyncClient) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        key: Any,
+        http: httpx.AsyncClient,
+        *,
+        audience: str | None = None,
+        cloud_id: str | None = None,
+        name: str | None = None,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.key = key
         self.http = http
+        self.audience = audience
+        self.cloud_id = cloud_id
+        self.name = name
+
+    async def _audience(self, path: str) -> str:
+        """The audience to sign a request for `path` with (asking /v1/health once if needed)."""
+        if self.audience is not None:
+            return self.audience
+        if self.cloud_id is None or self.name is None:
+            url = self.base_url + "/v1/health"
+            try:
+                async with self.http.stream("GET", url, timeout=10.0) as response:
+                    health = json.loads(await _read_capped(url, response, MAX_ERROR_ANSWER))
+            except (httpx.HTTPError, ValueError) as exc:
+                raise _unreachable(url, exc) from None
+            cloud_id = health.get("cloud_id") if isinstance(health, dict) else None
+            if not isinstance(cloud_id, str) or not isinstance(health.get("name"), str):
+                raise NodeApiError(
+                    url,
+                    503,
+                    "not-in-a-cloud",
+                    "the node's agent is in no cloud yet, so nothing can be signed for it",
+                    "wait until it has joined (GET /v1/health says its state)",
+                )
+            self.cloud_id = self.cloud_id or cloud_id
+            self.name = self.name or str(health["name"])
+        return audience_for(path, self.cloud_id, self.name)
 
     def __repr__(self) -> str:
         return f"NodeClient({self.base_url!r})"
 
-    def _prepare(
+    async def _prepare(
         self, method: str, path: str, params: dict[str, Any] | None, body: Any
     ) -> tuple[str, bytes, dict[str, str]]:
         query = {k: v for k, v in (params or {}).items() if v is not None}
@@ -132,7 +187,8 @@ class NodeClient:
                 query[k] = "true" if v else "false"
         path_with_query = path + (("?" + urlencode(query)) if query else "")
         data = b"" if body is None else json.dumps(body, separators=(",", ":")).encode()
-        headers = sign_headers(self.key, method, path_with_query, data)
+        to = await self._audience(path)
+        headers = sign_headers(self.key, method, path_with_query, data, audience=to)
         if body is not None:
             headers["Content-Type"] = "application/json"
         return self.base_url + path_with_query, data, headers
@@ -147,7 +203,7 @@ class NodeClient:
         timeout: float = 10.0,
     ) -> Any:
         """Send a signed request and return the decoded JSON answer; NodeApiError otherwise."""
-        url, data, headers = self._prepare(method, path, params, body)
+        url, data, headers = await self._prepare(method, path, params, body)
         headers["Accept-Encoding"] = "identity"  # what is counted is what is parsed
         try:
             async with self.http.stream(
@@ -179,7 +235,7 @@ class NodeClient:
         self, path: str, *, params: dict[str, Any] | None = None, timeout: float | None = None
     ) -> AsyncIterator[dict[str, Any]]:
         """A signed GET whose answer is newline-delimited JSON; yields one record per line."""
-        url, _, headers = self._prepare("GET", path, params, None)
+        url, _, headers = await self._prepare("GET", path, params, None)
         headers["Accept-Encoding"] = "identity"
         try:
             async with self.http.stream(
@@ -201,3 +257,35 @@ class NodeClient:
                     yield json.loads(pending)
         except httpx.HTTPError as exc:
             raise _unreachable(url, exc) from None
+
+    async def signed_answer(
+        self, method: str, path: str, body: Any, trust: Trust | TrustFile
+    ) -> tuple[Any, TrustedKey]:
+        """Like `request`, and the answer must be signed (`wire.signing.sign_answer`) by a key
+        in `trust` for this very request: returns the decoded answer and that key (the caller
+        checks its role and name). NodeApiError `unsigned-answer` when it is not."""
+        url, data, headers = await self._prepare(method, path, None, body)
+        headers["Accept-Encoding"] = "identity"  # the signature covers the bytes as sent
+        try:
+            async with self.http.stream(
+                method, url, content=data or None, headers=headers, timeout=10.0
+            ) as response:
+                if response.status_code >= 400:
+                    raise await _error_from_stream(url, response)
+                content = await _read_capped(url, response, MAX_ANSWER)
+        except httpx.HTTPError as exc:
+            raise _unreachable(url, exc) from None
+        try:
+            signer = verify_answer(
+                trust,
+                content,
+                response.headers,
+                headers[HEADER_NONCE],
+                headers[HEADER_AUDIENCE],
+            )
+            answer = json.loads(content)
+        except (AnswerError, ValueError) as exc:
+            raise NodeApiError(
+                url, response.status_code, "unsigned-answer", str(exc), "not that cloud's node?"
+            ) from None
+        return answer, signer

@@ -1,11 +1,14 @@
 """Signed requests (`docs/protocol.md` section 3).
 
-A control request carries four `X-Hyops-*` headers: the key's SHA256 fingerprint, the time, a
-random nonce and an SSH signature over a canonical string made of those and the request's
-method, path and body digest (`sign_headers`). The agent's `Verifier` checks them against the
-trust file and raises `AuthError` with the protocol's status and code (401 unsigned,
-not-authenticated, expired, replayed; 403 wrong-role; 503 busy, journal-failed), and keeps a
-journal of control requests' nonces so a replay is refused across restarts.
+A control request carries five `X-Hyops-*` headers: the key's SHA256 fingerprint, the time, a
+random nonce, the audience (`CLOUD/NODE`, or `CLOUD/managers` for any manager of the cloud) and
+an SSH signature over a canonical string made of those and the request's method, path and body
+digest (`sign_headers`). The audience binds a request to its target: one captured on its way to
+node-1 is refused by node-2 and by another cloud's nodes (421 wrong-audience). The agent's
+`Verifier` checks them against the trust file and raises `AuthError` with the protocol's
+status and code (401 unsigned, no-audience, not-authenticated, expired, replayed; 421
+wrong-audience; 403 wrong-role; 503 busy, journal-failed), and keeps a journal of control
+requests' nonces so a replay is refused across restarts.
 
 An unknown key, a malformed header and a signature that does not match all get one and the same
 refusal (401 not-authenticated, naming no key): a caller without a trusted key must not learn
@@ -31,7 +34,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -46,7 +49,16 @@ from wire.keys import (
     load_signing_key,
     public_key,
 )
-from wire.ports import HEADER_KEY, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIME
+from wire.ports import (
+    HEADER_ANSWER_KEY,
+    HEADER_ANSWER_SIGNATURE,
+    HEADER_AUDIENCE,
+    HEADER_KEY,
+    HEADER_NONCE,
+    HEADER_SIGNATURE,
+    HEADER_TIME,
+    MANAGERS,
+)
 from wire.trust import ROLES, Trust, TrustedKey, TrustError, TrustFile, write_trust
 
 if TYPE_CHECKING:
@@ -54,11 +66,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "HEADERS",
+    "HEADER_AUDIENCE",
     "HEADER_KEY",
     "HEADER_NONCE",
     "HEADER_SIGNATURE",
     "HEADER_TIME",
+    "MANAGERS",
     "ROLES",
+    "AnswerError",
     "AuthError",
     "KeyFileError",
     "SigningKey",
@@ -66,30 +81,49 @@ __all__ = [
     "TrustError",
     "TrustedKey",
     "Verifier",
+    "audience",
     "fingerprint",
     "generate_key",
     "load_private_key",
     "load_signing_key",
     "require_role",
+    "sign_answer",
     "sign_headers",
     "signed_string",
+    "verify_answer",
     "write_trust",
+    "wrong_audience",
 ]
 
 log = logging.getLogger("hyops.signing")
 
-HEADERS = (HEADER_KEY, HEADER_TIME, HEADER_NONCE, HEADER_SIGNATURE)
-SIGNED_PREFIX = "hyops-request-v1"
+HEADERS = (HEADER_KEY, HEADER_TIME, HEADER_NONCE, HEADER_AUDIENCE, HEADER_SIGNATURE)
+SIGNED_PREFIX = "hyops-request-v2"  # v2: the audience is signed too
+ANSWER_PREFIX = "hyops-answer-v1"
 
 _NONCE = re.compile(r"^[0-9a-f]{32}$")
 _DIGITS = re.compile(r"^[0-9]{1,12}$")
 _FINGERPRINT = re.compile(r"^SHA256:[A-Za-z0-9+/]{43}$")
 
 
-def signed_string(method: str, path_with_query: str, body: bytes, when: int, nonce: str) -> bytes:
+_AUDIENCE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}/[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+
+
+def audience(cloud_id: str, target: str) -> str:
+    """The audience of a request: `CLOUD/NODE` (that node only) or `CLOUD/managers` (any manager
+    of that cloud; a worker forwards it). ValueError when either part is not a name."""
+    value = f"{cloud_id}/{target}"
+    if not _AUDIENCE.fullmatch(value):
+        raise ValueError(f"not an audience (CLOUD/NODE or CLOUD/{MANAGERS}): {value!r}")
+    return value
+
+
+def signed_string(
+    method: str, path_with_query: str, body: bytes, when: int, nonce: str, audience: str
+) -> bytes:
     """The bytes a request's signature covers (`docs/protocol.md` section 3)."""
     digest = hashlib.sha256(body).hexdigest()
-    parts = [SIGNED_PREFIX, method.upper(), path_with_query, digest, str(when), nonce]
+    parts = [SIGNED_PREFIX, method.upper(), path_with_query, digest, str(when), nonce, audience]
     return "\n".join(parts).encode()
 
 
@@ -99,20 +133,80 @@ def sign_headers(
     path_with_query: str,
     body: bytes = b"",
     now: float | None = None,
+    *,
+    audience: str,
 ) -> dict[str, str]:
-    """The four `X-Hyops-*` headers that sign this request with `key`.
+    """The five `X-Hyops-*` headers that sign this request with `key` for `audience`
+    (`CLOUD/NODE` or `CLOUD/managers`: see `audience()`).
 
     `path_with_query` must be exactly what goes on the wire (e.g. `/v1/logs?tail=10`).
     """
     when = int(time.time() if now is None else now)
     nonce = secrets.token_hex(16)
-    signature = key.sign(signed_string(method, path_with_query, body, when, nonce), ALGORITHM)
+    data = signed_string(method, path_with_query, body, when, nonce, audience)
+    signature = key.sign(data, ALGORITHM)
     return {
         HEADER_KEY: fingerprint(key),
         HEADER_TIME: str(when),
         HEADER_NONCE: nonce,
+        HEADER_AUDIENCE: audience,
         HEADER_SIGNATURE: base64.b64encode(signature).decode(),
     }
+
+
+# --- signed answers: the answering node vouches for what it says (the join-token answer) ------
+
+
+class AnswerError(Exception):
+    """An answer is not signed, or not by a key the caller trusts for it (what is wrong)."""
+
+
+def _answer_string(body: bytes, nonce: str, audience: str) -> bytes:
+    digest = hashlib.sha256(body).hexdigest()
+    return "\n".join([ANSWER_PREFIX, audience, nonce, digest]).encode()
+
+
+def sign_answer(
+    key: asyncssh.SSHKey | SigningKey, body: bytes, nonce: str, audience: str
+) -> dict[str, str]:
+    """Headers that sign an answer `body` to the request with `nonce` and `audience` with the
+    answering node's own `key`: a caller learns which node answered, and that the answer is the
+    one to its own request (a replayed or relayed old answer has another nonce)."""
+    signature = key.sign(_answer_string(body, nonce, audience), ALGORITHM)
+    return {
+        HEADER_ANSWER_KEY: fingerprint(key),
+        HEADER_ANSWER_SIGNATURE: base64.b64encode(signature).decode(),
+    }
+
+
+def verify_answer(
+    trust: Trust | TrustFile,
+    body: bytes,
+    headers: Mapping[str, str],
+    nonce: str,
+    audience: str,
+) -> TrustedKey:
+    """The trusted key that signed this answer to our request (`nonce`, `audience`), or
+    AnswerError saying what is wrong. The caller still checks the key's role and name."""
+    lower = {k.lower(): v for k, v in headers.items()}
+    fp = lower.get(HEADER_ANSWER_KEY.lower(), "").strip()
+    sig_text = lower.get(HEADER_ANSWER_SIGNATURE.lower(), "").strip()
+    if not fp or not sig_text:
+        raise AnswerError(f"the answer is not signed (no {HEADER_ANSWER_SIGNATURE} header)")
+    key = trust.by_fingerprint(fp)
+    if key is None:
+        raise AnswerError("the answer is signed by a key the trust file does not list")
+    import asyncssh
+
+    try:
+        ok = public_key(key.public).verify(
+            _answer_string(body, nonce, audience), base64.b64decode(sig_text, validate=True)
+        )
+    except (binascii.Error, ValueError, RuntimeError, asyncssh.KeyImportError):
+        ok = False
+    if not ok:
+        raise AnswerError(f"the answer's signature by {key.name} does not match the answer")
+    return key
 
 
 class AuthError(Exception):
@@ -183,12 +277,29 @@ class Verifier:
             self._load_journal(journal)
 
     def verify(
-        self, method: str, path_with_query: str, body: bytes, headers: Mapping[str, str]
+        self,
+        method: str,
+        path_with_query: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        audiences: Collection[str] | None = None,
     ) -> TrustedKey:
-        """The trusted key that signed this request, or AuthError (401, or 503 busy/journal-
-        failed) saying why not."""
+        """The trusted key that signed this request, or AuthError (401, 421 wrong-audience, or
+        503 busy/journal-failed) saying why not.
+
+        `audiences` are the audiences this node answers here (e.g. `c-1/node-2` and
+        `c-1/managers`); a well-signed request for another is refused (421 wrong-audience)
+        before its nonce is remembered. None: any audience (still signed)."""
         lower = {k.lower(): v for k, v in headers.items()}
         missing = [h for h in HEADERS if not lower.get(h.lower())]
+        if missing == [HEADER_AUDIENCE]:
+            raise AuthError(
+                401,
+                "no-audience",
+                f"the request names no audience ({HEADER_AUDIENCE}: CLOUD/NODE or "
+                f"CLOUD/{MANAGERS}), so it could be replayed to any node",
+                "sign it with this hyops (it signs the target node or cloud's managers for you)",
+            )
         if missing:
             raise AuthError(
                 401,
@@ -196,12 +307,12 @@ class Verifier:
                 f"the request is not signed (missing {', '.join(missing)})",
                 "sign it with a key the cloud trusts (hyops does this for you)",
             )
-        fp, when_text, nonce, sig_text = (lower[h.lower()].strip() for h in HEADERS)
+        fp, when_text, nonce, target, sig_text = (lower[h.lower()].strip() for h in HEADERS)
         key = self.trust.by_fingerprint(fp)
         if key is None:
             shown = fp if _FINGERPRINT.fullmatch(fp) else "a malformed fingerprint"
             _check_signature(_decoy_public(), method, path_with_query, body, when_text, nonce,
-                             sig_text)  # fmt: skip  # as long as for a trusted key
+                             target, sig_text)  # fmt: skip  # as long as for a trusted key
             raise _not_authenticated(f"no trusted key has the fingerprint {shown}")
         if not _DIGITS.fullmatch(when_text) or not _NONCE.fullmatch(nonce):
             raise _not_authenticated(
@@ -209,7 +320,7 @@ class Verifier:
                 "Unix seconds and 32 lower-case hex characters)"
             )
         if not _check_signature(
-            key.public, method, path_with_query, body, when_text, nonce, sig_text
+            key.public, method, path_with_query, body, when_text, nonce, target, sig_text
         ):
             raise _not_authenticated(
                 f"the signature does not match {method} {path_with_query} for key {key.name} "
@@ -225,6 +336,12 @@ class Verifier:
                 f"(more than {self.window:g} s)",
                 "check both machines' clocks (NTP), then send a freshly signed request",
             )
+        if audiences is not None and target not in audiences:
+            log.warning(
+                "refused a request by %s for audience %r (this node answers %s)",
+                key.name, target, ", ".join(sorted(audiences)) or "none yet",
+            )  # fmt: skip
+            raise wrong_audience(target, audiences)
         with self._lock:
             self._forget(now)
             if nonce in self._seen:
@@ -353,6 +470,7 @@ def _check_signature(
     body: bytes,
     when_text: str,
     nonce: str,
+    target: str,
     sig_text: str,
 ) -> bool:
     """Whether `sig_text` signs this request with `public` (False for anything malformed)."""
@@ -361,7 +479,7 @@ def _check_signature(
     try:
         when = int(when_text) if _DIGITS.fullmatch(when_text) else 0
         signature = base64.b64decode(sig_text, validate=True)
-        data = signed_string(method, path_with_query, body, when, nonce)
+        data = signed_string(method, path_with_query, body, when, nonce, target)
         key = public_key(public) if isinstance(public, str) else public
         return bool(key.verify(data, signature))
     except (binascii.Error, ValueError, RuntimeError, asyncssh.KeyImportError):
@@ -391,3 +509,16 @@ def require_role(key: TrustedKey, *roles: str) -> None:
             f"this needs role {' or '.join(roles)}",
             "sign with a key that has that role in the cloud's trust file",
         )
+
+
+def wrong_audience(target: str, audiences: Collection[str]) -> AuthError:
+    """421 wrong-audience: a request signed for another node or cloud (or, on a worker, for the
+    managers on a route only this node answers). Its audience is signed: it cannot be changed."""
+    mine = " or ".join(sorted(audiences)) or "none: this node is in no cloud yet"
+    return AuthError(
+        421,
+        "wrong-audience",
+        f"the request was signed for {target!r}; this node answers {mine} here",
+        "send it to the node (or cloud) it was signed for, or sign it anew for this one "
+        "(GET /v1/health says this node's name and cloud_id)",
+    )

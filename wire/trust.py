@@ -1,6 +1,7 @@
 """The cloud's trust file (`docs/protocol.md` section 3): the public keys a cloud trusts, each
 with its holder's name and role (`operator` may change the cloud, `node` may join it and act on
-its own node: a node key's name is its node's name).
+its own node: a node key's name is its node's name; `cloud` signs the bootstrap list's managers
+and may sign no request).
 
 `TrustFile` holds a trust file an agent serves by and re-reads it when it changes, so a key
 removed from the file is refused within seconds, without restarting the agent."""
@@ -22,7 +23,7 @@ from wire.keys import ALGORITHM, fingerprint
 
 __all__ = ["CHECK_EVERY", "ROLES", "Trust", "TrustError", "TrustFile", "TrustedKey", "write_trust"]
 
-ROLES = ("operator", "node")
+ROLES = ("operator", "node", "cloud")
 CHECK_EVERY = 1.0  # seconds between looks at whether a held trust file changed
 
 log = logging.getLogger("hyops.trust")
@@ -34,7 +35,8 @@ class TrustError(Exception):
 
 @dataclass(frozen=True)
 class TrustedKey:
-    """A public key the cloud trusts, its holder's name and role (`operator` or `node`)."""
+    """A public key the cloud trusts, its holder's name and role (`operator`, `node` or
+    `cloud`)."""
 
     name: str
     role: str

@@ -3,6 +3,11 @@ is read (`parse_list`) and written (`render_list`).
 
 A list never holds a join token or a key: `render_list` refuses to write one, `parse_list` to
 read one. Where a list lives (a file, a URL, a git repository) is the other modules' concern.
+
+What a list says about the managers is signed by the cloud (`sign_list`, `verify_list`): a
+`[signature]` table, by a key of role `cloud` in the trust file, over a canonical rendering of
+the cloud id, the managers and the signing time (`signed_managers`). Anyone can write to a
+public list; only the cloud's managers can sign it, and readers use no unsigned managers.
 """
 
 from __future__ import annotations
@@ -24,10 +29,14 @@ __all__ = [
     "BootstrapList",
     "ListError",
     "Manager",
+    "Signature",
     "parse_list",
     "redact_url",
     "render_list",
+    "sign_list",
+    "signed_managers",
     "stamped",
+    "verify_list",
 ]
 
 FORMAT = 1
@@ -56,6 +65,16 @@ class Manager:
 
 
 @dataclass(frozen=True)
+class Signature:
+    """The cloud's signature of a list's managers: by the key with fingerprint `key`, at
+    `signed` (UTC, like `written`), `value` the SSH signature blob in standard base64."""
+
+    key: str
+    signed: str
+    value: str
+
+
+@dataclass(frozen=True)
 class BootstrapList:
     """One version of a bootstrap list. With no managers it is empty: no cloud to join yet."""
 
@@ -63,15 +82,19 @@ class BootstrapList:
     managers: tuple[Manager, ...]
     written: str | None = None  # UTC, "2026-11-26T07:01:02Z"
     written_by: str | None = None
+    signature: Signature | None = None  # the cloud's, over cloud_id and managers
 
     @property
     def is_empty(self) -> bool:
         return not self.managers
 
     def same_cloud_state(self, other: BootstrapList) -> bool:
-        """Whether both name the same cloud and the same managers (order and stamps aside)."""
-        return self.cloud_id == other.cloud_id and sorted(self.managers, key=_key) == sorted(
-            other.managers, key=_key
+        """Whether both name the same cloud and the same managers (order and stamps aside),
+        and both are signed or both not (a signed version replaces an unsigned one)."""
+        return (
+            self.cloud_id == other.cloud_id
+            and sorted(self.managers, key=_key) == sorted(other.managers, key=_key)
+            and (self.signature is None) == (other.signature is None)
         )
 
 
@@ -127,8 +150,8 @@ def parse_list(text: str, source: str) -> BootstrapList:
     elif fmt != FORMAT:
         problems.append(f"format: expected {FORMAT}, got {fmt}")
     for key in data:
-        if key not in ("format", "cloud_id", "written", "written_by", "manager"):
-            known = "format, cloud_id, written, written_by, [[manager]]"
+        if key not in ("format", "cloud_id", "written", "written_by", "manager", "signature"):
+            known = "format, cloud_id, written, written_by, [[manager]], [signature]"
             problems.append(f"{key}: unknown field (known: {known})")
     cloud_id = _field(data, "cloud_id", _ID, 'an id like "c-5f0c8a1e"', problems)
     written = data.get("written")
@@ -166,13 +189,37 @@ def parse_list(text: str, source: str) -> BootstrapList:
         problems.append(f"[[manager]] name: {name!r} is listed more than once")
     if managers and cloud_id is None and "cloud_id" not in data:
         problems.append("cloud_id: missing; a list that names managers must name their cloud")
+    signature = _signature(data.get("signature"), problems)
     if problems:
         raise ListError(
             f"{where}: wrong format: "
             + "; ".join(problems)
             + ". Fix the list (docs/protocol.md section 2)"
         )
-    return BootstrapList(cloud_id, tuple(managers), written, written_by)
+    return BootstrapList(cloud_id, tuple(managers), written, written_by, signature)
+
+
+_FINGERPRINT = re.compile(r"^SHA256:[A-Za-z0-9+/]{43}$")
+_BASE64 = re.compile(r"^[A-Za-z0-9+/]{1,400}={0,2}$")
+
+
+def _signature(table: Any, problems: list[str]) -> Signature | None:
+    if table is None:
+        return None
+    if not isinstance(table, dict):
+        problems.append("signature: expected a [signature] table")
+        return None
+    for key in table:
+        if key not in ("key", "signed", "value"):
+            problems.append(f"signature {key}: unknown field (known: key, signed, value)")
+    key = _field(table, "key", _FINGERPRINT, 'a key fingerprint "SHA256:…"', problems,
+                 "signature", True)  # fmt: skip
+    when = _field(table, "signed", _WRITTEN, 'UTC time like "2026-11-26T07:01:02Z"', problems,
+                  "signature", True)  # fmt: skip
+    value = _field(table, "value", _BASE64, "a base64 signature", problems, "signature", True)
+    if key and when and value:
+        return Signature(key, when, value)
+    return None
 
 
 def _field(
@@ -238,6 +285,9 @@ def render_list(lst: BootstrapList) -> str:
     }
     if lst.managers:
         data["manager"] = [{"name": m.name, "addr": m.addr, "api": m.api} for m in lst.managers]
+    if lst.signature is not None:
+        sig = lst.signature
+        data["signature"] = {"key": sig.key, "signed": sig.signed, "value": sig.value}
     text = wire.toml.dumps(data, comment=_COMMENT)
     # Whatever we write, every reader must be able to read: check by reading it back.
     back = parse_list(text, "(about to be written)")
@@ -249,3 +299,71 @@ def render_list(lst: BootstrapList) -> str:
 def stamped(lst: BootstrapList, by: str) -> BootstrapList:
     """`lst` as `by` writes it now: `written` and `written_by` set."""
     return dataclasses.replace(lst, managers=tuple(lst.managers), written=_now(), written_by=by)
+
+
+# --- the cloud's signature ----------------------------------------------------------------------
+
+
+def signed_managers(cloud_id: str | None, managers: tuple[Manager, ...], signed: str) -> bytes:
+    """The bytes the cloud key signs: the cloud id, the signing time and every manager (sorted,
+    one line each: name, Swarm address, API URL). `written`, `written_by` and the managers'
+    order are not covered: writers restamp them."""
+    lines = ["hyops-list-v1", cloud_id or "", signed]
+    lines += [" ".join(_key(m)) for m in sorted(managers, key=_key)]
+    return "\n".join(lines).encode()
+
+
+def sign_list(lst: BootstrapList, key: Any, now: str | None = None) -> BootstrapList:
+    """`lst` with its managers signed by the cloud `key` (an asyncssh or `wire.keys` key)."""
+    import base64
+
+    from wire.keys import ALGORITHM, fingerprint
+
+    when = now or _now()
+    blob = key.sign(signed_managers(lst.cloud_id, lst.managers, when), ALGORITHM)
+    sig = Signature(fingerprint(key), when, base64.b64encode(blob).decode())
+    return dataclasses.replace(lst, managers=tuple(lst.managers), signature=sig)
+
+
+def verify_list(lst: BootstrapList, trust: Any, source: str = "") -> Any:
+    """The trusted `cloud` key that signed `lst`'s managers; ListError saying what is wrong
+    (unsigned, a key that is not the cloud's, a signature that does not match) and what to do.
+    `trust` is a `wire.trust.Trust` or `TrustFile`."""
+    import base64
+    import binascii
+
+    from wire.keys import public_key
+
+    where = f"list {redact_url(source)}: " if source else "the bootstrap list: "
+    cloud_keys = [k for k in trust.keys if k.role == "cloud"]
+    if not cloud_keys:
+        raise ListError(
+            where + "cannot check who wrote its managers: the trust file lists no key of role "
+            "cloud; add the cloud's public key (role cloud) to the trust file"
+        )
+    sig = lst.signature
+    if sig is None:
+        raise ListError(
+            where + "its managers are not signed by the cloud, so they are not used (anyone "
+            "can write to a list); wait for the cloud's leader to publish a signed list, or "
+            "put back the list the cloud wrote"
+        )
+    key = next((k for k in cloud_keys if k.fingerprint == sig.key), None)
+    if key is None:
+        raise ListError(
+            where + f"its managers are signed by {sig.key}, which is not a cloud key of the "
+            "trust file: it is another cloud's list, or the trust file is out of date"
+        )
+    try:
+        ok = public_key(key.public).verify(
+            signed_managers(lst.cloud_id, lst.managers, sig.signed),
+            base64.b64decode(sig.value, validate=True),
+        )
+    except (binascii.Error, ValueError):
+        ok = False
+    if not ok:
+        raise ListError(
+            where + f"the signature by cloud key {key.name} does not match its managers: the "
+            "list was changed after the cloud signed it; put back the list the cloud wrote"
+        )
+    return key
