@@ -96,7 +96,9 @@ def audience_at(url: str) -> str:
     """The audience `wire.client.NodeClient` signs a request to `url` for: that node or its
     cloud's managers, by the path (the node's name and cloud from its open `/v1/health`)."""
     parts = httpx.URL(url)
-    health = httpx.get(str(parts.copy_with(raw_path=b"/v1/health")), timeout=10, verify=agents_tls()).json()
+    health = httpx.get(
+        str(parts.copy_with(raw_path=b"/v1/health")), timeout=10, verify=agents_tls()
+    ).json()
     return audience_for(parts.path, health["cloud_id"], health["name"])
 
 
