@@ -22,7 +22,8 @@ sys.path.insert(0, str(REPO))
 
 from localcloud.cloud import LocalCloud  # noqa: E402
 from wire.keys import load_private_key  # noqa: E402
-from wire.signing import sign_headers  # noqa: E402
+from wire.ports import MANAGERS  # noqa: E402
+from wire.signing import audience, sign_headers  # noqa: E402
 
 ROUNDS = 200
 
@@ -56,6 +57,7 @@ def main() -> int:
                 print("no manager became active in 120 s", file=sys.stderr)
                 return 1
             agent = httpx.Client(base_url=manager["api"], verify=tls)
+            to = audience(health["cloud_id"], MANAGERS)  # what the workspace signs (nodes) for
             engine = httpx.Client(
                 transport=httpx.HTTPTransport(uds=manager["docker_socket"]),
                 base_url="http://docker",
@@ -63,7 +65,9 @@ def main() -> int:
             ours, theirs = [], []
             for _ in range(ROUNDS):
                 t = time.perf_counter()
-                r = agent.get("/v1/nodes", headers=sign_headers(key, "GET", "/v1/nodes", b""))
+                r = agent.get(
+                    "/v1/nodes", headers=sign_headers(key, "GET", "/v1/nodes", b"", audience=to)
+                )
                 ours.append(time.perf_counter() - t)
                 assert r.status_code == 200, r.text
                 t = time.perf_counter()

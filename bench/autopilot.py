@@ -23,7 +23,8 @@ from pathlib import Path
 from localcloud.cloud import LocalCloud
 from wire.keys import load_private_key
 from wire.policy import plan_step
-from wire.signing import sign_headers
+from wire.ports import MANAGERS
+from wire.signing import audience, sign_headers
 from wire.spec import check_spec
 
 REPO = Path(__file__).resolve().parent.parent
@@ -34,15 +35,21 @@ def get(cloud: LocalCloud, path: str, skip: tuple[str, ...] = ()) -> object:
     import httpx
 
     key = load_private_key(Path(cloud.record["operator_key"]))
+    tls = cloud.tls_context()
     for entry in cloud.nodes:
         if entry["name"] in skip:
             continue
         try:
+            health = httpx.get(entry["api"] + "/v1/health", timeout=5, verify=tls).json()
+            to = audience(health["cloud_id"], MANAGERS)
             answer = httpx.get(
-                entry["api"] + path, headers=sign_headers(key, "GET", path), timeout=5
+                entry["api"] + path,
+                headers=sign_headers(key, "GET", path, audience=to),
+                timeout=5,
+                verify=tls,
             )
-        except httpx.HTTPError:
-            continue
+        except (httpx.HTTPError, ValueError, KeyError, TypeError):
+            continue  # away, or not in a cloud yet (its health names none)
         if answer.status_code == 200:
             return answer.json()
     return None

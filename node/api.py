@@ -32,7 +32,7 @@ from node.engine import EngineError
 from node.errors import AgentError, Kind
 from node.operations import Operations
 from node.swarm import SwarmView
-from wire.client import NODE_ROUTES
+from wire.client import MAX_ANSWER, NODE_ROUTES, NodeApiError, read_capped
 from wire.ports import (
     HEADER_ANSWER_KEY,
     HEADER_ANSWER_SIGNATURE,
@@ -103,11 +103,12 @@ def relay_headers(request: Request) -> dict[str, str]:
     }
 
 
-def as_response(answer: httpx.Response) -> Response:
-    """Another agent's answer, passed on as it came (with its answer signature, if any)."""
+def as_response(answer: httpx.Response, content: bytes) -> Response:
+    """Another agent's answer (its body read with a cap: `content`), passed on as it came, with
+    its answer signature, if any."""
     kept = (HEADER_ANSWER_KEY, HEADER_ANSWER_SIGNATURE)
     return Response(
-        answer.content,
+        content,
         status_code=answer.status_code,
         media_type=answer.headers.get("content-type", "application/json"),
         headers={h: answer.headers[h] for h in kept if h in answer.headers},
@@ -125,14 +126,17 @@ async def forward_to_manager(agent: NodeAgent, request: Request) -> Response:
     headers[HEADER_FORWARDED_BY] = agent.name
     for url in await agent.swarm.manager_apis():
         try:
-            answer = await agent.http.request(
+            async with agent.http.stream(
                 request.method, url + path, content=body or None, headers=headers
-            )
-        except httpx.HTTPError:
+            ) as answer:
+                if answer.status_code == 421 or (
+                    answer.status_code >= 500 and answer.status_code != 503
+                ):
+                    continue  # not a manager after all (421), or broken: the next one
+                content = await read_capped(url, answer, MAX_ANSWER)  # never held whole
+        except (httpx.HTTPError, NodeApiError):
             continue
-        if answer.status_code == 421 or (answer.status_code >= 500 and answer.status_code != 503):
-            continue  # not a manager after all (421), or broken: the next one
-        return as_response(answer)
+        return as_response(answer, content)
     raise AgentError(
         "unavailable",
         "no-manager",
@@ -153,13 +157,13 @@ async def autopilot_answer(agent: NodeAgent, request: Request) -> Any:
     leader_api = await agent.swarm.leader_api()
     if leader_api is None or leader_api == agent.api_url:
         return {**pilot.status(), "note": "no leader's agent is known yet"}
+    url = leader_api + request_path(request)
     try:
-        answer = await agent.http.get(
-            leader_api + request_path(request), headers=relay_headers(request)
-        )
+        async with agent.http.stream("GET", url, headers=relay_headers(request)) as answer:
+            content = await read_capped(url, answer, MAX_ANSWER)
     except Exception as exc:  # the leader's agent is away: say what this one knows
         return {**pilot.status(), "note": f"the leader's agent did not answer: {exc!r}"}
-    return as_response(answer)
+    return as_response(answer, content)
 
 
 class ErrorBody(BaseModel):
@@ -194,23 +198,28 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "malformed request"},
     401: {
         "model": ErrorBody,
-        "description": "unsigned, not authenticated (one answer for any bad key or signature), "
-        "expired, replayed",
+        "description": "unsigned, no audience, not authenticated (one answer for any bad key or "
+        "signature), expired, replayed",
     },
     403: {
         "model": ErrorBody,
         "description": "the key's role may not do this, or a node key acting on another node",
     },
     404: {"model": ErrorBody, "description": "no such node, service or container"},
+    408: {"model": ErrorBody, "description": "the request came too slowly (node/limits.py)"},
+    413: {"model": ErrorBody, "description": "the body is over the limit (node/limits.py)"},
+    431: {"model": ErrorBody, "description": "the headers are over 16 KiB (node/limits.py)"},
     409: {"model": ErrorBody, "description": "refused as unsafe by Swarm's rules"},
     421: {
         "model": ErrorBody,
-        "description": "forwarded to a node that is not a manager (the forwarder tries another)",
+        "description": "signed for another node or cloud (wrong-audience), or forwarded to a "
+        "node that is not a manager (the forwarder tries another)",
     },
     502: {"model": ErrorBody, "description": "another agent or the engine failed"},
     503: {
         "model": ErrorBody,
-        "description": "this node is not ready (joining, or no manager), or busy (try again)",
+        "description": "this node is not ready (joining, not in a cloud, no manager), or busy "
+        "(try again)",
     },
 }
 

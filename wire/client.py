@@ -72,7 +72,7 @@ def _too_large(url: str, what: str, limit: int) -> NodeApiError:
     )
 
 
-async def _read_capped(url: str, response: httpx.Response, limit: int) -> bytes:
+async def read_capped(url: str, response: httpx.Response, limit: int) -> bytes:
     """The answer's body, read while it streams; NodeApiError once it passes `limit`."""
     length = response.headers.get("content-length", "")
     if length.isdigit() and int(length) > limit:
@@ -159,7 +159,7 @@ class NodeClient:
             url = self.base_url + "/v1/health"
             try:
                 async with self.http.stream("GET", url, timeout=10.0) as response:
-                    health = json.loads(await _read_capped(url, response, MAX_ERROR_ANSWER))
+                    health = json.loads(await read_capped(url, response, MAX_ERROR_ANSWER))
             except (httpx.HTTPError, ValueError) as exc:
                 raise _unreachable(url, exc) from None
             cloud_id = health.get("cloud_id") if isinstance(health, dict) else None
@@ -211,7 +211,7 @@ class NodeClient:
             ) as response:
                 if response.status_code >= 400:
                     raise await _error_from_stream(url, response)
-                content = await _read_capped(url, response, MAX_ANSWER)
+                content = await read_capped(url, response, MAX_ANSWER)
         except httpx.HTTPError as exc:
             raise _unreachable(url, exc) from None
         try:
@@ -272,7 +272,7 @@ class NodeClient:
             ) as response:
                 if response.status_code >= 400:
                     raise await _error_from_stream(url, response)
-                content = await _read_capped(url, response, MAX_ANSWER)
+                content = await read_capped(url, response, MAX_ANSWER)
         except httpx.HTTPError as exc:
             raise _unreachable(url, exc) from None
         try:
