@@ -28,7 +28,7 @@ import sys
 import threading
 import traceback
 import types
-from collections.abc import Callable, Coroutine, MutableMapping
+from collections.abc import Callable, Coroutine, Iterator, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ from typing import Any
 import hy
 from hy.compiler import HyASTCompiler, hy_compile
 from hy.errors import HyLanguageError, HyMacroExpansionError
+from hy.macros import require
 from hy.reader import HyReader
 from hy.reader.exceptions import LexException, PrematureEndOfInput
 
@@ -47,6 +48,10 @@ from repl.workspace import Workspace, find_workspace
 WORKSPACE_MODULE = "hyops_workspace"
 RESULT_NAMES = tuple(hy.mangle(f"*{i}") for i in (1, 2, 3))
 ERROR_NAME = hy.mangle("*e")
+# Clojure's everyday macros, from hyrule, in every workspace without a `require` line: the
+# threading macros, `doto`, `as->`, `some->`, `unless`, `comment` and the destructuring binders.
+CLOJURE_MACROS = ("->", "->>", "as->", "doto", "some->", "unless", "comment", "let+", "setv+")
+_CLOJURE = [(hy.mangle(m), hy.mangle(m)) for m in CLOJURE_MACROS]
 _TOP_LEVEL_AWAIT = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
 _CO_COROUTINE = 0x0080  # inspect.CO_COROUTINE, without importing inspect's users
 
@@ -160,30 +165,46 @@ def read_forms(
     """Read every top-level form of `source`, or raise `HyopsEvalError` naming the position.
 
     All forms are read before any is evaluated, so a reader error anywhere means nothing of the
-    input ran.
+    input ran. (A reader macro defined in `source` is not applied to its later forms: to have
+    that, compile each form as it is read, as `iter_forms` lets `Session.eval` do.)
     """
-    try:
-        models = list(hy.read_many(source, filename=filename, reader=reader, skip_shebang=True))
-    except PrematureEndOfInput as e:
-        raise IncompleteInput(
-            f'incomplete input: {_reader_message(e)}; close the open ( [ {{ or "',
-            kind="incomplete",
-            original=e,
-            filename=filename,
-            line=e.lineno,
-            column=e.offset,
-        ) from None
-    except LexException as e:
-        raise HyopsEvalError(
-            f"reader error: {_reader_message(e)}",
-            kind="reader",
-            original=e,
-            filename=filename,
-            line=e.lineno,
-            column=e.offset,
-        ) from None
-    return [
-        Form(
+    return list(iter_forms(source, filename, reader))
+
+
+def iter_forms(
+    source: str, filename: str = "<input>", reader: HyReader | None = None
+) -> Iterator[Form]:
+    """The top-level forms of `source`, read one at a time (as `hy.REPL` reads them).
+
+    Each form is read only when the previous one was taken, so compiling a form before taking
+    the next lets a `defreader` apply to the rest of the same input. Reader errors raise
+    `HyopsEvalError` (or `IncompleteInput`) naming the position, when reached.
+    """
+    models = iter(hy.read_many(source, filename=filename, reader=reader, skip_shebang=True))
+    while True:
+        try:
+            m = next(models)
+        except StopIteration:
+            return
+        except PrematureEndOfInput as e:
+            raise IncompleteInput(
+                f'incomplete input: {_reader_message(e)}; close the open ( [ {{ or "',
+                kind="incomplete",
+                original=e,
+                filename=filename,
+                line=e.lineno,
+                column=e.offset,
+            ) from None
+        except LexException as e:
+            raise HyopsEvalError(
+                f"reader error: {_reader_message(e)}",
+                kind="reader",
+                original=e,
+                filename=filename,
+                line=e.lineno,
+                column=e.offset,
+            ) from None
+        yield Form(
             model=m,
             filename=filename,
             line=getattr(m, "start_line", None) or 1,
@@ -191,8 +212,6 @@ def read_forms(
             end_line=getattr(m, "end_line", None) or 1,
             end_column=getattr(m, "end_column", None) or 1,
         )
-        for m in models
-    ]
 
 
 def is_complete(source: str) -> bool:
@@ -246,6 +265,8 @@ class Session:
         # Hy's prelude (`import hy` and friends) goes in once, like `hy.REPL` does it.
         prelude = hy_compile(hy.read_many(""), self.module, compiler=self.compiler)
         exec(compile(prelude, "<prelude>", "exec"), self.namespace)
+        # A dict target spares `require` its stack inspection.
+        require("hyrule", self.namespace.setdefault("_hy_macros", {}), assignments=_CLOJURE)
         if top_level:
             context.set_fallback(self)
         self.vocab.load()
@@ -287,6 +308,10 @@ class Session:
     def _eval(
         self, source: str, filename: str, on_result: Callable[[Any], None] | None
     ) -> list[Any]:
+        # As `hy.REPL` does: read and compile the forms one after another (so a `defreader` or
+        # `defmacro` applies to the forms after it), then run them in order. A reader or compile
+        # error anywhere means nothing of the input ran; each form's value is shown as it is
+        # done and bound to `*1` (as Clojure's REPL does), where `hy.REPL` binds only the last.
         slots = context.current().slots
         with self._compile_lock:
             self.reload_changed()
@@ -294,15 +319,18 @@ class Session:
             # `enable_readers` does the same but inspects the whole stack to find the module.)
             self.reader.reader_macros.update(self.namespace.get("_hy_reader_macros", {}))
             name = self._register_source(source, filename)
+            compiled = []
             try:
-                forms = read_forms(source, name, reader=self.reader)
+                for form in iter_forms(source, name, reader=self.reader):
+                    compiled.append((form, *self._compile_form(form, source, filename)))
             except HyopsEvalError as e:
-                e.filename = filename
-                self._record_error(e, slots)
+                if e.kind in ("incomplete", "reader"):
+                    e.filename = filename
+                    self._record_error(e, slots)
                 raise
         results = []
-        for form in forms:
-            value = self.eval_form(form, source, display_name=filename)
+        for form, exec_code, eval_code in compiled:
+            value = self._run_form(form, exec_code, eval_code, filename)
             results.append(value)
             if on_result is not None:
                 on_result(value)
@@ -317,12 +345,18 @@ class Session:
     ) -> Any:
         """Compile and evaluate one form; bind `*1 *2 *3` to its value (or `*e` on error)."""
         with self.evaluating(slots):
-            return self._eval_form(form, source, display_name or form.filename)
+            shown = display_name or form.filename
+            with self._compile_lock:
+                exec_code, eval_code = self._compile_form(form, source, shown)
+            return self._run_form(form, exec_code, eval_code, shown)
 
-    def _eval_form(self, form: Form, source: str, shown: str) -> Any:
-        with self._compile_lock:
-            self.vocab.load_referenced(form.model)
-            exec_code, eval_code = self._compile(form, source, shown)
+    def _compile_form(self, form: Form, source: str, shown: str) -> tuple[types.CodeType, Any]:
+        self.vocab.load_referenced(form.model)
+        return self._compile(form, source, shown)
+
+    def _run_form(
+        self, form: Form, exec_code: types.CodeType, eval_code: types.CodeType, shown: str
+    ) -> Any:
         try:
             self._execute(exec_code)
             value = self._execute(eval_code)
