@@ -11,7 +11,8 @@
   "  (help name)    the docstring of an op, function or macro"
   "  (pst)          the full traceback of the last error (*e holds the exception)"
   "  (reload!)      reload every ops/ module (saved files reload on their own)"
-  "  *1 *2 *3       the last three results"]))
+  "  *1 *2 *3       the last three results"
+  "  -> ->> as-> doto some-> unless comment let+, get-in assoc dissoc: as in Clojure"]))
 
 (defn _macro-named [module name]
   "The macro `name` would expand to in `module`, or None."
@@ -70,3 +71,30 @@
   :port 7888 picks the port (default: any free one)."
   (import repl.nrepl [serve])
   (serve (current) :port port :host host))
+
+(defn get-in [m ks [default None]]
+  "The value at the path of keys `ks` in nested maps and lists, or `default`, as Clojure's get-in.
+
+  (get-in (status) [\"services\" 0 \"name\"]) - a missing key or index anywhere gives `default`."
+  (setv value m)
+  (for [k ks]
+    (try
+      (setv value (get value k))
+      (except [[KeyError IndexError TypeError]]
+        (return default))))
+  value)
+
+(defn assoc [m #* kvs]
+  "A copy of the map `m` with each key set to the value after it, as Clojure's assoc: m is untouched.
+
+  (assoc node \"role\" \"manager\")"
+  (when (% (len kvs) 2)
+    (raise (TypeError "assoc takes keys and values in pairs: (assoc m k v k2 v2)")))
+  (setv new (dict m))
+  (for [i (range 0 (len kvs) 2)]
+    (setv (get new (get kvs i)) (get kvs (+ i 1))))
+  new)
+
+(defn dissoc [m #* ks]
+  "A copy of the map `m` without the keys `ks`, as Clojure's dissoc: m is untouched."
+  (dfor [k v] (.items m) :if (not-in k ks) k v))
