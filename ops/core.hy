@@ -3,7 +3,8 @@
 (import builtins
         traceback
         repl.session [current]
-        repl.render [help-text redact-text vocabulary-lines])
+        sys
+        repl.render [help-text redact-text render vocabulary-lines])
 
 (setv _INTRO (.join "\n" [
   "hyops console: evaluate Hy forms in this workspace; results come back as data."
@@ -12,6 +13,7 @@
   "  (pst)          the full traceback of the last error (*e holds the exception)"
   "  (reload!)      reload every ops/ module (saved files reload on their own)"
   "  *1 *2 *3       the last three results"
+  "  (show-all *1)  print a long result whole (*print-length* *print-lines* limit the console)"
   "  -> ->> as-> doto some-> unless comment let+, get-in assoc dissoc: as in Clojure"]))
 
 (defn _macro-named [module name]
@@ -98,3 +100,15 @@
 (defn dissoc [m #* ks]
   "A copy of the map `m` without the keys `ks`, as Clojure's dissoc: m is untouched."
   (dfor [k v] (.items m) :if (not-in k ks) k v))
+
+(defn show-all [x]
+  "Print x whole: every item and line the console leaves out of a long result (*print-length*,
+  *print-lines*). (show-all *1) after a result that ended in a ;; … line.
+
+  The console prints at most *print-length* items of a collection (100) and *print-lines* lines
+  of a result (200); (setv *print-length* None) or (setv *print-lines* None) lifts a limit."
+  (import shutil)
+  (setv ansi (getattr x "ansi" None))
+  (print (if (and (callable ansi) (.isatty sys.stdout))
+           (redact-text (ansi))
+           (render x :width (. (shutil.get-terminal-size) columns)))))

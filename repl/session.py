@@ -40,7 +40,7 @@ from hy.macros import require
 from hy.reader import HyReader
 from hy.reader.exceptions import LexException, PrematureEndOfInput
 
-from repl import context
+from repl import context, render
 from repl.vocabulary import Entry, OpsModule, Vocabulary
 from repl.vocabulary import LazyOp as LazyOp  # re-exported: repl.nrepl.lookup imports it
 from repl.workspace import Workspace, find_workspace
@@ -48,6 +48,8 @@ from repl.workspace import Workspace, find_workspace
 WORKSPACE_MODULE = "hyops_workspace"
 RESULT_NAMES = tuple(hy.mangle(f"*{i}") for i in (1, 2, 3))
 ERROR_NAME = hy.mangle("*e")
+# How much of one result the console prints (repl.render): `(setv *print-length* None)` etc.
+PRINT_LENGTH_NAME, PRINT_LINES_NAME = hy.mangle("*print-length*"), hy.mangle("*print-lines*")
 # Clojure's everyday macros, from hyrule, in every workspace without a `require` line: the
 # threading macros, `doto`, `as->`, `some->`, `unless`, `comment` and the destructuring binders.
 CLOJURE_MACROS = ("->", "->>", "as->", "doto", "some->", "unless", "comment", "let+", "setv+")
@@ -262,6 +264,8 @@ class Session:
 
         for name in (*RESULT_NAMES, ERROR_NAME):
             self.namespace[name] = None
+        self.namespace[PRINT_LENGTH_NAME] = render.PRINT_LENGTH
+        self.namespace[PRINT_LINES_NAME] = render.PRINT_LINES
         # Hy's prelude (`import hy` and friends) goes in once, like `hy.REPL` does it.
         prelude = hy_compile(hy.read_many(""), self.module, compiler=self.compiler)
         exec(compile(prelude, "<prelude>", "exec"), self.namespace)
@@ -621,6 +625,18 @@ class Session:
     def lookup(self, name: str) -> Any:
         """The value a symbol names in the workspace (dotted names follow attributes)."""
         return self.vocab.lookup(name)
+
+    def print_limits(self) -> tuple[int | None, int | None]:
+        """`*print-length*` and `*print-lines*` as the workspace has them (None: no limit):
+        how many items of a collection and lines of a result a front end prints."""
+
+        def limit(name: str, default: int) -> int | None:
+            value = self.namespace.get(name, default)
+            return value if value is None or (isinstance(value, int) and value > 0) else default
+
+        return limit(PRINT_LENGTH_NAME, render.PRINT_LENGTH), limit(
+            PRINT_LINES_NAME, render.PRINT_LINES
+        )
 
     def completions(self, prefix: str, head: str | None = None) -> list[str]:
         """Names that complete `prefix`, in Hy spelling.
