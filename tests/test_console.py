@@ -42,12 +42,17 @@ class Console:
         self.child.send(line)
         self.child.send("\r")
 
+    @property
+    def text(self) -> str:
+        """What the console showed so far, colour codes and carriage returns stripped."""
+        return ANSI.sub("", self.raw).replace("\r", "")
+
     def wait_for(self, pattern: str, timeout: float = 20) -> re.Match[str]:
         """Wait until `pattern` shows up after what was matched before; fail with the screen."""
         regex = re.compile(pattern)
         deadline = time.monotonic() + timeout
         while True:
-            text = ANSI.sub("", self.raw)
+            text = self.text
             match = regex.search(text, self.pos)
             if match:
                 self.pos = match.end()

@@ -33,12 +33,15 @@ from repl.session import HyopsEvalError, Session, read_forms
 from repl.workspace import Workspace
 from tests.conftest import REPO, MakeCloud
 from tests.helpers import ev, manager_of, wait_until
-from tests.test_console import ANSI, Console
+from tests.test_console import Console
 
 pytestmark = pytest.mark.cloud
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 MARK = re.compile(r"<!--\s*doc-test:\s*skip\s+(\S+):\s*(.+?)\s*-->")
-WEB = 'i=0; while true; do i=$((i+1)); echo "web request $i"; [ $((i % 5)) = 0 ] && echo "ERROR $i"; sleep 1; done'
+WEB = (
+    'i=0; while true; do i=$((i+1)); echo "web request $i";'
+    ' [ $((i % 5)) = 0 ] && echo "ERROR $i"; sleep 1; done'
+)
 
 
 @dataclass(frozen=True)
@@ -157,3 +160,67 @@ def test_every_hy_example_in_the_docs_runs(workspace: Workspace, example: Exampl
                     pytest.fail(f"{where}: {text.strip()}\n  -> {e}\n{out.getvalue()[-2000:]}")
     finally:
         session.close()
+
+
+# What an operator sees after typing each line of the README's console block, in order: a
+# pattern to wait for, and (for a mutation that may ask) what the question looks like.
+README_SEES = [
+    (r"; ops\.cluster[\s\S]*show-all +Print x whole", None),
+    # wider than the terminal's 200 columns as one line: pretty-printed, values aligned
+    (r'\{"cloud" +"local"\n "cloud_id" +"c-[0-9a-f]+"\n', None),
+    (r"\nid +name +role +state", None),
+    (r"\n(\[\]|id +name +role)", None),
+    (r"node-\d heartbeat │ beat \d+ from [\s\S]*;; \d+ lines of heartbeat from 3 sources", None),
+    (r'"[^"\n]*/logs/heartbeat\.log"', None),
+    (r'"result" +"(no change|done)"', r"\? \[y/N\]"),
+    (r'"result" +"dry-run"', None),
+    (r'"node" +"node-\d"[\s\S]*"leading" +True', r"\? \[y/N\]"),
+    (r'"[^"\n]*/logs/node-2/dockerd\.log"', None),
+    (r'"exit" +0', None),
+    (r'"via" +"ssh"', None),
+]
+
+
+def test_readme_typed_into_the_console(workspace: Workspace) -> None:
+    """The README's console examples, typed in order into `hyops repl` in a 200-column
+    terminal: each answers as the README says, and none fails."""
+    readme = next(e for e in EXAMPLES if e.doc.name == "README.md")
+    typed = [line for line in readme.source.splitlines() if line.strip()]
+    assert len(typed) == len(README_SEES), "README_SEES has one entry per README line"
+    env = {
+        **os.environ,
+        "HYOPS_WORKSPACE": str(workspace.root),
+        "TERM": "xterm-256color",
+        "PROMPT_TOOLKIT_NO_CPR": "1",
+    }
+    for name in ("HYOPS_EDITOR", "VISUAL", "EDITOR"):
+        env.pop(name, None)
+    child = pexpect.spawn(
+        str(Path(sys.executable).parent / "hyops"),
+        ["repl"],
+        env=env,
+        cwd=str(workspace.root),
+        encoding="utf-8",
+        dimensions=(50, 200),
+        timeout=60,
+    )
+    c = Console(child)
+    c.wait_for("=>")
+    try:
+        for line, (sees, question) in zip(typed, README_SEES, strict=True):
+            start = c.pos
+            c.submit(line)
+            if question:
+                m = c.wait_for(f"({question}|{sees})", timeout=90)
+                if re.search(question, m.group(0)):
+                    c.submit("y")
+                    c.wait_for(sees, timeout=90)
+            else:
+                c.wait_for(sees, timeout=90)
+            shown = c.text[start : c.pos]
+            assert not re.search(r"<input>:\d+", shown), f"{line!r} failed:\n{shown[-1500:]}"
+        # a table uses the terminal's width, not 80 columns
+        rows = [row for row in c.text.splitlines() if re.match(r"\s*\S{25} +node-1 +manager", row)]
+        assert rows and max(map(len, rows)) > 120, rows
+    finally:
+        c.quit()
