@@ -6,7 +6,7 @@ A map or list too wide for the terminal is pretty-printed over several lines, on
 aligned under its opening bracket (as Clojure's `pprint`). So that one result cannot flood the
 console, collections show at most `print_length` items (then `...`) and a result at most
 `print_lines` lines (the first and last halves, and a `;;` line saying how many were left out
-and how to see them all): docs/decisions/0013-printing-elides.md.
+and how to see them all): docs/decisions/0013-printing.md.
 """
 
 from __future__ import annotations
