@@ -220,7 +220,11 @@ def test_readme_typed_into_the_console(workspace: Workspace) -> None:
             shown = c.text[start : c.pos]
             assert not re.search(r"<input>:\d+", shown), f"{line!r} failed:\n{shown[-1500:]}"
         # a table uses the terminal's width, not 80 columns
-        rows = [row for row in c.text.splitlines() if re.match(r"\s*\S{25} +node-1 +manager", row)]
+        rows = [
+            row
+            for row in c.text.splitlines()
+            if re.match(r"\S{25} +node-\d +(manager|worker) ", row)
+        ]
         assert rows and max(map(len, rows)) > 120, rows
     finally:
         c.quit()
