@@ -333,8 +333,11 @@ class Session:
                     self._record_error(e, slots)
                 raise
         results = []
-        for form, exec_code, eval_code in compiled:
+        for i, (form, exec_code, eval_code) in enumerate(compiled):
             value = self._run_form(form, exec_code, eval_code, filename)
+            if i == 0 and len(compiled) > 1 and isinstance(form.model, hy.models.String):
+                # Hy compiles an input as a module: a string before other forms is its docstring
+                self._locals()["__doc__"] = value
             results.append(value)
             if on_result is not None:
                 on_result(value)

@@ -88,6 +88,7 @@ CASES: dict[str, list[str]] = {
     "keyword repr": ["(hy.repr :foo)"],
     "quasiquote": ["(setv xs [1 2]) `(a ~@xs ~(+ 1 2))"],
     "a model as a value": ["'(+ 1 2)"],
+    "a leading string is the docstring": ['"hello" __doc__', '"alone"', "__doc__"],
     # errors
     "undefined name": ["nope"],
     "error after a definition in the same input": ["(setv before 1) (/ 1 0)"],
@@ -101,6 +102,12 @@ CASES: dict[str, list[str]] = {
     "macros persist": ["(defmacro m6 [] 6)", "(m6)"],
     "imports persist": ["(import math)", "(math.floor 2.5)"],
     "import star": ["(import os.path *) (callable join)"],
+    "del": ['(setv d 1) (del d) (in "d" (globals))'],
+    "exec binds a global": ['(exec "zz9 = 4") zz9'],
+    "hy.eval defines a macro": ["(hy.eval '(defmacro nm [] 5)) (hy.eval '(nm))"],
+    "a closure per iteration": ["(setv fs (lfor i (range 3) (fn [] i))) (lfor f fs (f))"],
+    "a workspace macro can be redefined": ["(defmacro -> [#* a] 99) (-> 1 2)"],
+    "hy.I": ["(hy.I.math.floor 2.5)"],
     "pragma": ["(pragma :warn-on-core-shadow False) 1"],
     "export": ["(export :objects [a]) __all__"],
 }
