@@ -102,8 +102,9 @@
   (dfor [k v] (.items m) :if (not-in k ks) k v))
 
 (defn show-all [x]
-  "Print x whole: every item and line the console leaves out of a long result (*print-length*,
-  *print-lines*). (show-all *1) after a result that ended in a ;; … line.
+  "Print x whole, with every item and line the console left out of a long result: (show-all *1).
+
+  After a result that ends in a ;; … line (the console's *print-length* and *print-lines*).
 
   The console prints at most *print-length* items of a collection (100) and *print-lines* lines
   of a result (200); (setv *print-length* None) or (setv *print-lines* None) lifts a limit."
