@@ -788,8 +788,9 @@ class LocalCloud:
     # -- down ---------------------------------------------------------------------------------
 
     def down(self, clean: bool = False) -> None:
-        """Stop agents, then dockerds (they stop their tasks: up to ~15 s), then remove the
-        namespaces and the bridge. Data stays for the next `up` unless `clean`. Idempotent."""
+        """Stop agents, then every container at once (SIGTERM, SIGKILL after STOP_GRACE s),
+        then dockerds, then remove the namespaces and the bridge. Data stays for the next `up`
+        unless `clean`. Idempotent."""
         prefix = self.prefix
         hold_cloud_lock(prefix)
         try:
@@ -797,6 +798,8 @@ class LocalCloud:
             names = [n["name"] for n in (record or {}).get("node", [])]
             agents = [p for n in names if (p := self._agent_pid(n))]
             stop(agents, grace=10)
+            live = [n for n in names if self._dockerd_pid(n)]
+            stop_containers([self.node_info(n)["docker_socket"] for n in live], STOP_GRACE)
             dockerds = [p for n in names if (p := self._dockerd_pid(n))]
             stop(dockerds, grace=45)
             remove_prefix_network(prefix)
@@ -809,3 +812,34 @@ class LocalCloud:
             self._record = None
         finally:
             release_cloud_lock(prefix)
+
+
+STOP_GRACE = 2  # seconds a container has between SIGTERM and SIGKILL when the cloud goes down
+
+
+def stop_containers(sockets: list[str], grace: int) -> None:
+    """Stop the running containers of every dockerd at `sockets` all at once, each with `grace`
+    seconds before SIGKILL. dockerd's own shutdown stops them one timeout at a time (Swarm's
+    tasks: 10 s), so one program that ignores SIGTERM would hold the whole cloud's `down`.
+    Best effort: a dockerd that does not answer is stopped (and its containers) by its pid."""
+
+    async def one(client: httpx.AsyncClient, container: str) -> None:
+        with contextlib.suppress(httpx.HTTPError, OSError):
+            await client.post(f"/containers/{container}/stop", params={"t": grace})
+
+    async def node(socket: str) -> None:
+        transport = httpx.AsyncHTTPTransport(uds=socket)
+        timeout = httpx.Timeout(grace + 10.0)
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://docker", timeout=timeout, trust_env=False
+        ) as client:
+            try:
+                running = (await client.get("/containers/json")).json()
+            except (httpx.HTTPError, OSError, ValueError):
+                return
+            await asyncio.gather(*(one(client, c["Id"]) for c in running))
+
+    async def every_node() -> None:
+        await asyncio.gather(*(node(s) for s in sockets))
+
+    run_async(every_node)

@@ -3,7 +3,8 @@
 (import builtins
         traceback
         repl.session [current]
-        repl.render [help-text redact-text vocabulary-lines])
+        sys
+        repl.render [help-text redact-text render vocabulary-lines])
 
 (setv _INTRO (.join "\n" [
   "hyops console: evaluate Hy forms in this workspace; results come back as data."
@@ -11,7 +12,9 @@
   "  (help name)    the docstring of an op, function or macro"
   "  (pst)          the full traceback of the last error (*e holds the exception)"
   "  (reload!)      reload every ops/ module (saved files reload on their own)"
-  "  *1 *2 *3       the last three results"]))
+  "  *1 *2 *3       the last three results"
+  "  (show-all *1)  print a long result whole (*print-length* *print-lines* limit the console)"
+  "  -> ->> as-> doto some-> unless comment let+, get-in assoc dissoc: as in Clojure"]))
 
 (defn _macro-named [module name]
   "The macro `name` would expand to in `module`, or None."
@@ -70,3 +73,43 @@
   :port 7888 picks the port (default: any free one)."
   (import repl.nrepl [serve])
   (serve (current) :port port :host host))
+
+(defn get-in [m ks [default None]]
+  "The value at the path of keys `ks` in nested maps and lists, or `default`, as Clojure's get-in.
+
+  (get-in (status) [\"services\" 0 \"name\"]) - a missing key or index anywhere gives `default`."
+  (setv value m)
+  (for [k ks]
+    (try
+      (setv value (get value k))
+      (except [[KeyError IndexError TypeError]]
+        (return default))))
+  value)
+
+(defn assoc [m #* kvs]
+  "A copy of the map `m` with each key set to the value after it, as Clojure's assoc: m is untouched.
+
+  (assoc node \"role\" \"manager\")"
+  (when (% (len kvs) 2)
+    (raise (TypeError "assoc takes keys and values in pairs: (assoc m k v k2 v2)")))
+  (setv new (dict m))
+  (for [i (range 0 (len kvs) 2)]
+    (setv (get new (get kvs i)) (get kvs (+ i 1))))
+  new)
+
+(defn dissoc [m #* ks]
+  "A copy of the map `m` without the keys `ks`, as Clojure's dissoc: m is untouched."
+  (dfor [k v] (.items m) :if (not-in k ks) k v))
+
+(defn show-all [x]
+  "Print x whole, with every item and line the console left out of a long result: (show-all *1).
+
+  After a result that ends in a ;; … line (the console's *print-length* and *print-lines*).
+
+  The console prints at most *print-length* items of a collection (100) and *print-lines* lines
+  of a result (200); (setv *print-length* None) or (setv *print-lines* None) lifts a limit."
+  (import shutil)
+  (setv ansi (getattr x "ansi" None))
+  (print (if (and (callable ansi) (.isatty sys.stdout))
+           (redact-text (ansi))
+           (render x :width (. (shutil.get-terminal-size) columns)))))

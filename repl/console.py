@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import sys
 from collections.abc import Iterable
 from typing import Any
@@ -34,7 +35,7 @@ from ptpython.repl import PythonRepl
 from pygments.lexers.lisp import HyLexer
 
 from repl import context
-from repl.render import is_records, redact_text, render
+from repl.render import elide_lines, is_records, redact_text, render
 from repl.session import HyopsEvalError, Session, is_complete
 from repl.workspace import Workspace, WorkspaceError
 
@@ -209,13 +210,13 @@ class HyRepl(PythonRepl):
     def _show_result(self, result: object) -> None:
         if result is None:
             return
+        length, lines = self.session.print_limits()
         ansi = getattr(result, "ansi", None)
         if callable(ansi) and self.enable_syntax_highlighting:
             # a value that colours itself (e.g. logs, prefixed and coloured by source)
-            self._print(ANSI(redact_text(ansi())))
+            self._print(ANSI(elide_lines(redact_text(ansi()), lines)))
             return
-        width = self.app.output.get_size().columns
-        text = render(result, width=width)
+        text = render(result, width=self.width(), print_length=length, print_lines=lines)
         if is_records(result) or not self.enable_syntax_highlighting:
             self._print([("", text)])
             return
@@ -224,6 +225,14 @@ class HyRepl(PythonRepl):
             kind, value = tokens[-1]
             tokens[-1] = (kind, value[:-1])
         self._print(PygmentsTokens(tokens))
+
+    def width(self) -> int:
+        """The terminal's width in columns (prompt_toolkit's view, else the tty's own)."""
+        try:
+            columns = self.app.output.get_size().columns
+        except Exception:
+            columns = 0
+        return max(columns, shutil.get_terminal_size((0, 0)).columns) or 80
 
     def _show_error(self, error: HyopsEvalError) -> None:
         hint = "   ; (pst) shows the traceback" if error.kind in ("runtime", "macro") else ""

@@ -112,10 +112,16 @@ class LogResult(Mapping[str, Any]):
     suffix = ".log"
 
     def __init__(
-        self, target: str, lines: Iterable[Record], failed: Iterable[Record], followed: bool = False
+        self,
+        target: str,
+        lines: Iterable[Record],
+        failed: Iterable[Record],
+        followed: bool = False,
+        read: str = "",
     ) -> None:
         self._data = {"target": target, "lines": list(lines), "failed": list(failed)}
         self.followed = followed
+        self.read = read  # what was read ("3 tasks on 2 nodes"), said when no line came
 
     def __getitem__(self, key: str) -> Any:
         return self._data[key]
@@ -136,6 +142,10 @@ class LogResult(Mapping[str, Any]):
         lines = self["lines"]
         sources = len({source_of(r) for r in lines})
         text = f";; {len(lines)} lines of {self['target']} from {sources} sources"
+        if not lines and self.read:
+            text = f";; 0 lines of {self['target']}: read {self.read}, none had a line"
+            if not self["failed"]:
+                text += " (try a longer :since, or no :grep)"
         if self.followed:
             text += " (followed; (:lines *1) holds them)"
         for f in self["failed"]:
@@ -194,6 +204,16 @@ class Sources:
     nodes: tuple[Mapping[str, Any], ...]
     params: Mapping[str, Any] = field(default_factory=dict)
     names: tuple[str, ...] = ()
+    tasks: int | None = None  # a service's: how many tasks it has (so no lines can say so)
+
+    def read(self) -> str:
+        """What was read, for an answer with no lines: "3 tasks on 2 nodes", "node-2"."""
+        nodes = f"{len(self.nodes)} node{'' if len(self.nodes) == 1 else 's'}"
+        if self.kind == "service":
+            return f"{self.tasks} task{'' if self.tasks == 1 else 's'} on {nodes}"
+        if self.kind == "node":
+            return f"the containers of {self.target}"
+        return f"{self.target} on {nodes}"
 
 
 async def find_sources(conn: Connection, target: str) -> Sources:
@@ -218,7 +238,7 @@ async def find_sources(conn: Connection, target: str) -> Sources:
         tasks = await conn.request("GET", f"/v1/services/{quote(target, safe='')}/tasks")
         names = sorted({t["node"] for t in tasks if t.get("node")})
         nodes_of = tuple(by_name.get(n, {"name": n, "api": None}) for n in names)
-        return Sources(target, "service", nodes_of, {"service": target})
+        return Sources(target, "service", nodes_of, {"service": target}, tasks=len(tasks))
     return Sources(target, "container", tuple(nodes), {"container": target}, (*by_name, *services))
 
 
@@ -334,7 +354,7 @@ def merge(
     if sources.kind == "container" and answers and all(a.status == "absent" for a in answers):
         raise not_found(sources.target, sources.names, [a.hint for a in answers])
     ordered = sorted(lines, key=lambda r: time_key(r.get("time")))
-    return LogResult(sources.target, ordered, failed, followed=followed)
+    return LogResult(sources.target, ordered, failed, followed=followed, read=sources.read())
 
 
 # --- the two ways to ask: read what is there, or follow -----------------------------------------

@@ -43,6 +43,13 @@ def main(args: argparse.Namespace) -> int:
         if type(value) in (int, bool):
             # Same text as hy.repr, without loading Hy's printer (about 18 ms on first use).
             print(repr(value), flush=True)
+        elif sys.stdout.isatty():
+            # at a terminal, as the console prints (pretty-printed to its width), but whole
+            import shutil
+
+            from repl.render import render
+
+            print(render(value, width=shutil.get_terminal_size().columns), flush=True)
         else:
             import hy
 

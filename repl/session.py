@@ -28,7 +28,7 @@ import sys
 import threading
 import traceback
 import types
-from collections.abc import Callable, Coroutine, MutableMapping
+from collections.abc import Callable, Coroutine, Iterator, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,10 +36,11 @@ from typing import Any
 import hy
 from hy.compiler import HyASTCompiler, hy_compile
 from hy.errors import HyLanguageError, HyMacroExpansionError
+from hy.macros import require
 from hy.reader import HyReader
 from hy.reader.exceptions import LexException, PrematureEndOfInput
 
-from repl import context
+from repl import context, render
 from repl.vocabulary import Entry, OpsModule, Vocabulary
 from repl.vocabulary import LazyOp as LazyOp  # re-exported: repl.nrepl.lookup imports it
 from repl.workspace import Workspace, find_workspace
@@ -47,6 +48,12 @@ from repl.workspace import Workspace, find_workspace
 WORKSPACE_MODULE = "hyops_workspace"
 RESULT_NAMES = tuple(hy.mangle(f"*{i}") for i in (1, 2, 3))
 ERROR_NAME = hy.mangle("*e")
+# How much of one result the console prints (repl.render): `(setv *print-length* None)` etc.
+PRINT_LENGTH_NAME, PRINT_LINES_NAME = hy.mangle("*print-length*"), hy.mangle("*print-lines*")
+# Clojure's everyday macros, from hyrule, in every workspace without a `require` line: the
+# threading macros, `doto`, `as->`, `some->`, `unless`, `comment` and the destructuring binders.
+CLOJURE_MACROS = ("->", "->>", "as->", "doto", "some->", "unless", "comment", "let+", "setv+")
+_CLOJURE = [(hy.mangle(m), hy.mangle(m)) for m in CLOJURE_MACROS]
 _TOP_LEVEL_AWAIT = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
 _CO_COROUTINE = 0x0080  # inspect.CO_COROUTINE, without importing inspect's users
 
@@ -160,30 +167,46 @@ def read_forms(
     """Read every top-level form of `source`, or raise `HyopsEvalError` naming the position.
 
     All forms are read before any is evaluated, so a reader error anywhere means nothing of the
-    input ran.
+    input ran. (A reader macro defined in `source` is not applied to its later forms: to have
+    that, compile each form as it is read, as `iter_forms` lets `Session.eval` do.)
     """
-    try:
-        models = list(hy.read_many(source, filename=filename, reader=reader, skip_shebang=True))
-    except PrematureEndOfInput as e:
-        raise IncompleteInput(
-            f'incomplete input: {_reader_message(e)}; close the open ( [ {{ or "',
-            kind="incomplete",
-            original=e,
-            filename=filename,
-            line=e.lineno,
-            column=e.offset,
-        ) from None
-    except LexException as e:
-        raise HyopsEvalError(
-            f"reader error: {_reader_message(e)}",
-            kind="reader",
-            original=e,
-            filename=filename,
-            line=e.lineno,
-            column=e.offset,
-        ) from None
-    return [
-        Form(
+    return list(iter_forms(source, filename, reader))
+
+
+def iter_forms(
+    source: str, filename: str = "<input>", reader: HyReader | None = None
+) -> Iterator[Form]:
+    """The top-level forms of `source`, read one at a time (as `hy.REPL` reads them).
+
+    Each form is read only when the previous one was taken, so compiling a form before taking
+    the next lets a `defreader` apply to the rest of the same input. Reader errors raise
+    `HyopsEvalError` (or `IncompleteInput`) naming the position, when reached.
+    """
+    models = iter(hy.read_many(source, filename=filename, reader=reader, skip_shebang=True))
+    while True:
+        try:
+            m = next(models)
+        except StopIteration:
+            return
+        except PrematureEndOfInput as e:
+            raise IncompleteInput(
+                f'incomplete input: {_reader_message(e)}; close the open ( [ {{ or "',
+                kind="incomplete",
+                original=e,
+                filename=filename,
+                line=e.lineno,
+                column=e.offset,
+            ) from None
+        except LexException as e:
+            raise HyopsEvalError(
+                f"reader error: {_reader_message(e)}",
+                kind="reader",
+                original=e,
+                filename=filename,
+                line=e.lineno,
+                column=e.offset,
+            ) from None
+        yield Form(
             model=m,
             filename=filename,
             line=getattr(m, "start_line", None) or 1,
@@ -191,8 +214,6 @@ def read_forms(
             end_line=getattr(m, "end_line", None) or 1,
             end_column=getattr(m, "end_column", None) or 1,
         )
-        for m in models
-    ]
 
 
 def is_complete(source: str) -> bool:
@@ -243,9 +264,13 @@ class Session:
 
         for name in (*RESULT_NAMES, ERROR_NAME):
             self.namespace[name] = None
+        self.namespace[PRINT_LENGTH_NAME] = render.PRINT_LENGTH
+        self.namespace[PRINT_LINES_NAME] = render.PRINT_LINES
         # Hy's prelude (`import hy` and friends) goes in once, like `hy.REPL` does it.
         prelude = hy_compile(hy.read_many(""), self.module, compiler=self.compiler)
         exec(compile(prelude, "<prelude>", "exec"), self.namespace)
+        # A dict target spares `require` its stack inspection.
+        require("hyrule", self.namespace.setdefault("_hy_macros", {}), assignments=_CLOJURE)
         if top_level:
             context.set_fallback(self)
         self.vocab.load()
@@ -287,6 +312,10 @@ class Session:
     def _eval(
         self, source: str, filename: str, on_result: Callable[[Any], None] | None
     ) -> list[Any]:
+        # As `hy.REPL` does: read and compile the forms one after another (so a `defreader` or
+        # `defmacro` applies to the forms after it), then run them in order. A reader or compile
+        # error anywhere means nothing of the input ran; each form's value is shown as it is
+        # done and bound to `*1` (as Clojure's REPL does), where `hy.REPL` binds only the last.
         slots = context.current().slots
         with self._compile_lock:
             self.reload_changed()
@@ -294,15 +323,21 @@ class Session:
             # `enable_readers` does the same but inspects the whole stack to find the module.)
             self.reader.reader_macros.update(self.namespace.get("_hy_reader_macros", {}))
             name = self._register_source(source, filename)
+            compiled = []
             try:
-                forms = read_forms(source, name, reader=self.reader)
+                for form in iter_forms(source, name, reader=self.reader):
+                    compiled.append((form, *self._compile_form(form, source, filename)))
             except HyopsEvalError as e:
-                e.filename = filename
-                self._record_error(e, slots)
+                if e.kind in ("incomplete", "reader"):
+                    e.filename = filename
+                    self._record_error(e, slots)
                 raise
         results = []
-        for form in forms:
-            value = self.eval_form(form, source, display_name=filename)
+        for i, (form, exec_code, eval_code) in enumerate(compiled):
+            value = self._run_form(form, exec_code, eval_code, filename)
+            if i == 0 and len(compiled) > 1 and isinstance(form.model, hy.models.String):
+                # Hy compiles an input as a module: a string before other forms is its docstring
+                self._locals()["__doc__"] = value
             results.append(value)
             if on_result is not None:
                 on_result(value)
@@ -317,12 +352,18 @@ class Session:
     ) -> Any:
         """Compile and evaluate one form; bind `*1 *2 *3` to its value (or `*e` on error)."""
         with self.evaluating(slots):
-            return self._eval_form(form, source, display_name or form.filename)
+            shown = display_name or form.filename
+            with self._compile_lock:
+                exec_code, eval_code = self._compile_form(form, source, shown)
+            return self._run_form(form, exec_code, eval_code, shown)
 
-    def _eval_form(self, form: Form, source: str, shown: str) -> Any:
-        with self._compile_lock:
-            self.vocab.load_referenced(form.model)
-            exec_code, eval_code = self._compile(form, source, shown)
+    def _compile_form(self, form: Form, source: str, shown: str) -> tuple[types.CodeType, Any]:
+        self.vocab.load_referenced(form.model)
+        return self._compile(form, source, shown)
+
+    def _run_form(
+        self, form: Form, exec_code: types.CodeType, eval_code: types.CodeType, shown: str
+    ) -> Any:
         try:
             self._execute(exec_code)
             value = self._execute(eval_code)
@@ -587,6 +628,18 @@ class Session:
     def lookup(self, name: str) -> Any:
         """The value a symbol names in the workspace (dotted names follow attributes)."""
         return self.vocab.lookup(name)
+
+    def print_limits(self) -> tuple[int | None, int | None]:
+        """`*print-length*` and `*print-lines*` as the workspace has them (None: no limit):
+        how many items of a collection and lines of a result a front end prints."""
+
+        def limit(name: str, default: int) -> int | None:
+            value = self.namespace.get(name, default)
+            return value if value is None or (isinstance(value, int) and value > 0) else default
+
+        return limit(PRINT_LENGTH_NAME, render.PRINT_LENGTH), limit(
+            PRINT_LINES_NAME, render.PRINT_LINES
+        )
 
     def completions(self, prefix: str, head: str | None = None) -> list[str]:
         """Names that complete `prefix`, in Hy spelling.

@@ -1,45 +1,84 @@
 #!/usr/bin/env bash
-# Set up everything hyops needs on a fresh Debian machine, as root. Idempotent and quick when done.
-#   system: docker.io (dockerd, for the local cloud), busybox-static (the tiny service image),
-#           chromium (report rendering tests), clojure + libnrepl-clojure (reference nREPL client),
-#           iproute2 + util-linux (namespaces), iptables (a test closes the API port), git (bootstrap
-#           lists), tmux (console tests), emacs-nox + neovim (real editors for (edit x))
-#   python: a virtualenv in .venv with hyops installed in editable mode, with its dev tools
+# Set up what hyops needs on a fresh Debian machine, as root. Idempotent and quick when done.
+#
+#   scripts/setup.sh          the main job (`make repl`): what the local cloud and the console need
+#       system: docker.io (dockerd, for the local cloud), busybox-static (the tiny service image),
+#               iproute2 + util-linux (namespaces), git (bootstrap lists)
+#       python: a virtualenv in .venv with hyops installed in editable mode
+#   scripts/setup.sh --tests  the above, and what the tests need (`make test`, CI)
+#       system: chromium (report rendering tests), clojure + libnrepl-clojure (reference nREPL
+#               client), iptables (a test closes the API port), tmux (console tests),
+#               emacs-nox + neovim (real editors for (edit x))
+#       python: the dev tools (pytest, pexpect, ruff, import-linter, …)
+#
+# It prints one line per thing it installs, and the installers' own output only when they fail.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+tests=0
+case "${1:-}" in
+  --tests) tests=1 ;;
+  "") ;;
+  *) echo "usage: scripts/setup.sh [--tests]" >&2; exit 2 ;;
+esac
 
 if [ "$(id -u)" != 0 ]; then
   echo "hyops setup: run as root (the local cloud makes network namespaces and runs dockerd)" >&2
   exit 1
 fi
 
+# Run a command quietly: its output is shown only if it fails.
+quietly() {
+  local log
+  log=$(mktemp)
+  if ! "$@" >"$log" 2>&1; then
+    cat "$log" >&2
+    rm -f "$log"
+    echo "hyops setup: failed: $*" >&2
+    return 1
+  fi
+  rm -f "$log"
+}
+
 need=()
 command -v dockerd >/dev/null || need+=(docker.io)
 dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
 command -v ip >/dev/null || need+=(iproute2)
 command -v nsenter >/dev/null || need+=(util-linux)
-command -v iptables >/dev/null || need+=(iptables)
 command -v git >/dev/null || need+=(git)
-command -v tmux >/dev/null || need+=(tmux)
-command -v chromium >/dev/null || need+=(chromium)
-# real editors that (edit x) hands files to in the tests (emacsclient, nvim --remote)
-command -v emacsclient >/dev/null || need+=(emacs-nox)
-command -v nvim >/dev/null || need+=(neovim)
-# the reference nREPL client (Clojure's own), which the nREPL tests talk to
-dpkg -s libnrepl-clojure >/dev/null 2>&1 || need+=(clojure libnrepl-clojure)
+if [ "$tests" = 1 ]; then
+  command -v iptables >/dev/null || need+=(iptables)
+  command -v tmux >/dev/null || need+=(tmux)
+  command -v chromium >/dev/null || need+=(chromium)
+  # real editors that (edit x) hands files to in the tests (emacsclient, nvim --remote)
+  command -v emacsclient >/dev/null || need+=(emacs-nox)
+  command -v nvim >/dev/null || need+=(neovim)
+  # the reference nREPL client (Clojure's own), which the nREPL tests talk to
+  dpkg -s libnrepl-clojure >/dev/null 2>&1 || need+=(clojure libnrepl-clojure)
+fi
 if [ ${#need[@]} -gt 0 ]; then
   echo "hyops setup: installing ${need[*]}"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  quietly apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive quietly apt-get install -y -qq "${need[@]}"
 fi
 
-stamp=.venv/.hyops-installed
 if [ ! -x .venv/bin/python ]; then
-  python3 -m venv .venv
+  echo "hyops setup: making .venv"
+  quietly python3 -m venv .venv
+fi
+stamp=.venv/.hyops-installed
+extras=.
+if [ "$tests" = 1 ]; then
+  stamp=.venv/.hyops-installed-tests
+  extras='.[dev]'
 fi
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  echo "hyops setup: installing Python dependencies into .venv"
-  .venv/bin/pip install -q --upgrade pip >/dev/null
-  .venv/bin/pip install -q -e '.[dev]'
+  what="Python dependencies"; [ "$tests" = 1 ] && what="Python dependencies and test tools"
+  echo "hyops setup: installing $what into .venv"
+  quietly .venv/bin/pip install --disable-pip-version-check --upgrade pip
+  quietly .venv/bin/pip install --disable-pip-version-check -e "$extras"
   touch "$stamp"
+  # the test tools include the main job's dependencies
+  [ "$tests" = 1 ] && touch .venv/.hyops-installed
 fi
+exit 0

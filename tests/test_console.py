@@ -9,10 +9,12 @@ import sys
 import time
 from pathlib import Path
 
+import hy
 import pexpect
 import pytest
 
 from repl.console import enclosing_head, indentation, open_brackets
+from repl.render import elide_lines, render
 from repl.workspace import Workspace
 from tests.test_session import make_workspace
 
@@ -42,12 +44,17 @@ class Console:
         self.child.send(line)
         self.child.send("\r")
 
+    @property
+    def text(self) -> str:
+        """What the console showed so far, colour codes and carriage returns stripped."""
+        return ANSI.sub("", self.raw).replace("\r", "")
+
     def wait_for(self, pattern: str, timeout: float = 20) -> re.Match[str]:
         """Wait until `pattern` shows up after what was matched before; fail with the screen."""
         regex = re.compile(pattern)
         deadline = time.monotonic() + timeout
         while True:
-            text = ANSI.sub("", self.raw)
+            text = self.text
             match = regex.search(text, self.pos)
             if match:
                 self.pos = match.end()
@@ -66,7 +73,9 @@ class Console:
         assert self.child.exitstatus == 0
 
 
-def start_console(workspace: Workspace, *args: str) -> Console:
+def start_console(
+    workspace: Workspace, *args: str, dimensions: tuple[int, int] = (40, 120)
+) -> Console:
     env = {
         **os.environ,
         "HYOPS_WORKSPACE": str(workspace.root),
@@ -80,7 +89,7 @@ def start_console(workspace: Workspace, *args: str) -> Console:
         env=env,
         cwd=str(workspace.root),
         encoding="utf-8",
-        dimensions=(40, 120),
+        dimensions=dimensions,
         timeout=20,
     )
     console = Console(child)
@@ -248,4 +257,66 @@ def test_emacs_keys_edit_the_line(workspace: Workspace) -> None:
     c.send("\x05")  # Ctrl-E: back to the end
     c.send("\r")
     c.wait_for(r"\n23\r*\n")
+    c.quit()
+
+
+# ------------------------------------------------------------------ printing results
+
+
+def test_a_map_wider_than_the_terminal_is_pretty_printed_aligned() -> None:
+    record = {"name": "node-1", "role": "manager", "labels": {"zone": "a", "hyops.api": "x" * 30}}
+    assert render(record, width=200) == hy.repr(record)  # fits: one line, as hy.repr
+    assert render(record, width=40) == (
+        '{"name"   "node-1"\n'
+        ' "role"   "manager"\n'
+        ' "labels" {"zone"      "a"\n'
+        '           "hyops.api" "' + "x" * 30 + '"}}'
+    )
+    # a list of plain values fills each line, under its bracket
+    assert render({"ids": list(range(12))}, width=20) == (
+        '{"ids" [0 1 2 3 4 5\n        6 7 8 9 10\n        11]}'
+    )
+
+
+def test_long_results_are_elided_with_a_count_and_a_way_to_see_all() -> None:
+    text = render(list(range(1000)), width=80, print_length=10)
+    assert text.splitlines() == [
+        "[0 1 2 3 4 5 6 7 8 9 ...]",
+        ";; … long collections and strings cut (*print-length* 10): (show-all *1) prints it"
+        " all, (edit *1) opens it in your editor",
+    ]
+    lines = elide_lines("\n".join(f"line {i}" for i in range(100_000)), 10)
+    assert lines.splitlines() == [
+        *(f"line {i}" for i in range(5)),
+        ";; … 99,991 more lines of 100,000: (show-all *1) prints it all, (edit *1) opens it in"
+        " your editor",
+        *(f"line {i}" for i in range(99_996, 100_000)),
+    ]
+    rows = render([{"n": i} for i in range(500)], print_length=3)
+    assert rows.splitlines()[-1].startswith(";; … 497 more rows (*print-length* 3)")
+    # nothing is cut without limits
+    assert render(list(range(1000))) == hy.repr(list(range(1000)))
+
+
+def test_the_console_uses_the_terminal_width_and_elides_floods(workspace: Workspace) -> None:
+    c = start_console(workspace, dimensions=(40, 200))
+    # a table is as wide as the terminal, not 80 columns
+    c.submit('(lfor i (range 2) (dfor k (range 5) (+ "col" (str k)) (* (str i) 30)))')
+    c.wait_for(r"\n(0{30}  ){4}0{30}\n(1{30}  ){4}1{30}\n")
+    # a map too wide is pretty-printed over lines, aligned
+    c.submit('{"name" "node-1" "note" (* "b" 120) "more" (* "c" 100)}')
+    c.wait_for(r'\n\{"name" "node-1"\n "note" "b{120}"\n "more" "c{100}"\}')
+    # 100,000 log-like lines: the first and last hundred, and how to see them all
+    c.submit(
+        '(defclass Flood [] (defn ansi [self] (.join "\\n" (gfor i (range 100000) f"log {i}"))))'
+    )
+    c.submit("(Flood)")
+    c.wait_for(r"\nlog 99\n;; … 99,801 more lines of 100,000: \(show-all \*1\) prints it all")
+    c.wait_for(r"\nlog 99999\n")
+    c.submit("(list (range 100000))")
+    c.wait_for(r" 98 99 \.\.\.\]\n;; … long collections and strings cut \(\*print-length\* 100\)")
+    c.submit("(setv *print-length* 3) (list (range 10))")
+    c.wait_for(r"\n\[0 1 2 \.\.\.\]\n")
+    c.submit("(show-all *1)")
+    c.wait_for(r"\n\[0 1 2 3 4 5 6 7 8 9\]\n")
     c.quit()

@@ -109,6 +109,14 @@ def test_grep_keeps_matching_lines_only(session: Session) -> None:
     )
 
 
+def test_no_lines_says_how_many_tasks_were_read(session: Session) -> None:
+    text = repr(ev(session, '(logs "counted" :grep "no such line anywhere")'))
+    assert text == (
+        ";; 0 lines of counted: read 3 tasks on 3 nodes, none had a line"
+        " (try a longer :since, or no :grep)"
+    )
+
+
 def test_tail_is_the_last_lines_of_each_container(
     cloud: LocalCloud, manager: str, session: Session
 ) -> None:

@@ -328,7 +328,7 @@ def test_the_console_asks_and_n_keeps_y_promotes(
         console.submit(f'(promote! "{names.w1}")')
         console.wait_for(rf"promote {names.w1}\? \[y/N\]")
         console.submit("y")
-        console.wait_for(r'"result" "done"')
+        console.wait_for(r'"result" +"done"')  # pretty-printed: values aligned
         console.wait_for("=>")
         assert roles(cloud, names)[names.w1] == "manager"
         console.quit()
