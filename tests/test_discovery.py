@@ -11,11 +11,11 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
+import ssl
 import subprocess
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -25,7 +25,8 @@ import pytest
 
 from localcloud.cloud import LocalCloud
 from tests.conftest import MakeCloud
-from tests.helpers import audience_at, signed, wait_until
+from tests.helpers import agents_tls, audience_at, signed, wait_until
+from wire.files import write_private
 from wire.keys import generate_key, load_private_key
 from wire.lists import BootstrapList, ListError, Manager, parse_list, render_list
 from wire.lists.format import sign_list, verify_list
@@ -38,6 +39,7 @@ from wire.signing import (
     sign_headers,
     verify_answer,
 )
+from wire.tls import issue_cert
 from wire.trust import Trust, TrustedKey
 
 LIST_FILE = "hyops-list.toml"
@@ -176,9 +178,9 @@ def test_connect_refuses_an_unsigned_lists_managers_with_what_to_do(tmp_path: Pa
 # --- real clouds ---------------------------------------------------------------------------------
 
 
-def _serve(host: str, answer) -> tuple[ThreadingHTTPServer, str]:
+def _serve(host: str, answer, tls: ssl.SSLContext | None = None) -> tuple[ThreadingHTTPServer, str]:
     """A little HTTP server on `host` (loopback, or a test cloud's bridge address only) whose
-    every answer is `answer(path)` -> (status, body)."""
+    every answer is `answer(path)` -> (status, body); HTTPS with the server context `tls`."""
 
     class Handler(BaseHTTPRequestHandler):
         def _any(self) -> None:
@@ -197,32 +199,66 @@ def _serve(host: str, answer) -> tuple[ThreadingHTTPServer, str]:
             pass
 
     server = ThreadingHTTPServer((host, 0), Handler)
+    if tls is not None:  # the handshake happens in the handler's thread, on its first read
+        server.socket = tls.wrap_socket(
+            server.socket, server_side=True, do_handshake_on_connect=False
+        )
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, f"http://{host}:{server.server_address[1]}"
+    scheme = "http" if tls is None else "https"
+    return server, f"{scheme}://{host}:{server.server_address[1]}"
 
 
-def _relay(host: str, to: tuple[str, int]) -> tuple[socket.socket, str]:
-    """A TCP relay on `host` (a test cloud's bridge address) to `to` (another test cloud's
-    agent): what an attacker who holds that cloud makes reachable. Closed with the socket."""
-    listener = socket.create_server((host, 0))
+def _server_tls(cloud: LocalCloud, host: str, folder: Path) -> ssl.SSLContext:
+    """A server context whose certificate `cloud`'s CA issued for `host`: what one of that
+    cloud's own machines holds, so the cloud's agents get past TLS when they dial it (and on
+    to the checks of the answer)."""
+    ca_cert = Path(cloud.record["tls_ca"])
+    ca_key = ca_cert.with_name("tls_ca.key")  # beside it (localcloud.keys.ensure_tls_ca)
+    key, cert = issue_cert(ca_key.read_bytes(), ca_cert.read_bytes(), "stand-in", [host])
+    key_path, cert_path = folder / f"stand-in-{host}.key", folder / f"stand-in-{host}.pem"
+    write_private(key_path, key)
+    cert_path.write_bytes(cert)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(certfile=str(cert_path), keyfile=str(key_path))
+    return ctx
 
-    def pipe(src: socket.socket, dst: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while data := src.recv(65536):
-                dst.sendall(data)
-        with contextlib.suppress(OSError):
-            dst.shutdown(socket.SHUT_WR)
 
-    def serve() -> None:
-        with contextlib.suppress(OSError):
-            while True:
-                client, _ = listener.accept()
-                upstream = socket.create_connection(to, timeout=10)
-                threading.Thread(target=pipe, args=(client, upstream), daemon=True).start()
-                threading.Thread(target=pipe, args=(upstream, client), daemon=True).start()
+def _relay(
+    host: str, tls: ssl.SSLContext, to: tuple[str, int], upstream: ssl.SSLContext, seen: list
+) -> tuple[Callable[[], None], str]:
+    """An HTTPS relay on `host` (a test cloud's bridge address) to `to` (another test cloud's
+    agent): what an attacker who holds a machine of that cloud makes reachable. It serves TLS
+    with `tls` and dials `to` over TLS verified with `upstream`, passing the bytes of each
+    connection through unchanged; each connection is counted in `seen`. Returns a function that
+    closes it, and its URL."""
+    loop = asyncio.new_event_loop()
 
-    threading.Thread(target=serve, daemon=True).start()
-    return listener, f"http://{host}:{listener.getsockname()[1]}"
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError, ssl.SSLError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(writer.get_extra_info("peername"))
+        try:
+            up_reader, up_writer = await asyncio.wait_for(
+                asyncio.open_connection(*to, ssl=upstream, server_hostname=to[0]), 10
+            )
+        except (OSError, ssl.SSLError, TimeoutError):
+            writer.close()
+            return
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    server = loop.run_until_complete(asyncio.start_server(handle, host, 0, ssl=tls))
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+
+    def close() -> None:
+        loop.call_soon_threadsafe(server.close)
+        loop.call_soon_threadsafe(loop.stop)
+
+    return close, f"https://{host}:{server.sockets[0].getsockname()[1]}"
 
 
 def _repo(cloud: LocalCloud) -> Path:
@@ -258,7 +294,8 @@ def write_list(cloud: LocalCloud, text: str) -> None:
 
 
 def health(cloud: LocalCloud, node: str) -> dict:
-    return httpx.get(cloud.node_info(node)["api"] + "/v1/health", timeout=5).json()
+    url = cloud.node_info(node)["api"] + "/v1/health"
+    return httpx.get(url, timeout=5, verify=agents_tls()).json()
 
 
 def agent_log(cloud: LocalCloud, node: str) -> str:
@@ -293,6 +330,10 @@ def clouds(make_module_cloud: MakeCloud) -> Iterator[tuple[LocalCloud, LocalClou
 
 
 def test_a_request_for_one_node_or_cloud_is_refused_by_another(clouds) -> None:
+    """A signed request captured on its way to one node, replayed to another node of the same
+    cloud or to another cloud's node, is refused by the audience check (421 wrong-audience).
+    TLS is not what refuses it: the replays are sent to real agents over HTTPS verified with
+    their clouds' CAs, so they reach the signature and audience checks."""
     a, b = clouds
     key = Path(a.record["operator_key"])
     one, two = a.node_info("node-1")["api"], a.node_info("node-2")["api"]
@@ -301,8 +342,9 @@ def test_a_request_for_one_node_or_cloud_is_refused_by_another(clouds) -> None:
     assert to_one == f"{health(a, 'node-1')['cloud_id']}/node-1"
     key_obj = load_private_key(key)
     headers = sign_headers(key_obj, "GET", "/v1/node", audience=to_one)
-    assert httpx.get(one + "/v1/node", headers=headers, timeout=10).status_code == 200
-    replayed = httpx.get(two + "/v1/node", headers=headers, timeout=10)
+    tls = agents_tls()
+    assert httpx.get(one + "/v1/node", headers=headers, timeout=10, verify=tls).status_code == 200
+    replayed = httpx.get(two + "/v1/node", headers=headers, timeout=10, verify=tls)
     assert replayed.status_code == 421, replayed.text
     body = replayed.json()
     assert body["error"] == "wrong-audience" and to_one in body["message"] and body["hint"]
@@ -314,7 +356,7 @@ def test_a_request_for_one_node_or_cloud_is_refused_by_another(clouds) -> None:
     headers = sign_headers(key_obj, "POST", path, data, audience=for_a)
     headers["Content-Type"] = "application/json"
     other = httpx.post(
-        b.node_info("node-1")["api"] + path, content=data, headers=headers, timeout=10
+        b.node_info("node-1")["api"] + path, content=data, headers=headers, timeout=10, verify=tls
     )
     assert other.status_code == 421 and other.json()["error"] == "wrong-audience", other.text
     labels = b.docker("node-1", "node", "inspect", "node-1", "--format", "{{json .Spec.Labels}}")
@@ -325,17 +367,30 @@ def test_a_request_for_one_node_or_cloud_is_refused_by_another(clouds) -> None:
 
 
 def test_a_list_pointing_at_another_cloud_is_refused_until_it_is_put_back(
-    clouds, request: pytest.FixtureRequest
+    clouds, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
     """A new node of cloud A whose list was rewritten to name cloud B's manager (signed with
     B's own cloud key; its API made reachable from A's network by a relay, and B even trusting
-    the new node's key) stays out and says why; once the list is put back it joins A."""
+    the new node's key) stays out and says why; once the list is put back it joins A.
+
+    The list signature is what refuses it (the new node never dials the relay). Everything
+    after it is made to pass on purpose, so that this test fails if that check goes: the relay
+    serves TLS with a certificate A's CA issued for its address (what an attacker holding one
+    of A's machines has: that machine's certificate) and re-encrypts to B's agent, so A's node
+    would get past TLS, and B would answer its signed request with a join token. Without the
+    list check, the next layer refusing is the signed answer (signed by B's node-1, a key A's
+    trust file does not hold); without a certificate from A's CA it would be TLS."""
     a, b = clouds
     original = list_text(a)
     theirs = parse_list(list_text(b), "B")
-    host, port = theirs.managers[0].api.removeprefix("http://").split(":")
-    relay, url = _relay(a.record["bridge_addr"], (host, int(port)))
-    request.addfinalizer(relay.close)
+    target = httpx.URL(theirs.managers[0].api)
+    bridge = a.record["bridge_addr"]
+    upstream = b.tls_context()  # B's agent, checked with B's CA
+    dialled: list = []
+    close, url = _relay(
+        bridge, _server_tls(a, bridge, tmp_path), (target.host, target.port), upstream, dialled
+    )
+    request.addfinalizer(close)
     poisoned = BootstrapList(theirs.cloud_id, (Manager("node-1", theirs.managers[0].addr, url),))
     write_list(a, render_list(sign_list(poisoned, load_private_key(b.cloud_key))))
     entry = a.add_node(agent=False)
@@ -352,6 +407,7 @@ def test_a_list_pointing_at_another_cloud_is_refused_until_it_is_put_back(
     assert state["state"] == "joining" and state["cloud_id"] is None and state["ok"]
     b_nodes = b.docker("node-1", "node", "ls", "--format", "{{.Hostname}}").stdout.split()
     assert name not in b_nodes
+    assert dialled == []  # refused on the list: it never dialled the manager the list names
     write_list(a, original)
     wait_until(lambda: health(a, name)["state"] == "active", 90, "the node to join its cloud")
     assert health(a, name)["cloud_id"] == health(a, "node-1")["cloud_id"]
@@ -360,16 +416,22 @@ def test_a_list_pointing_at_another_cloud_is_refused_until_it_is_put_back(
     assert "SWMTKN-" not in log
 
 
-def test_an_api_that_answers_garbage_does_not_leave_the_agent_stuck(clouds) -> None:
+def test_an_api_that_answers_garbage_does_not_leave_the_agent_stuck(clouds, tmp_path: Path) -> None:
     """A list (signed by the cloud: e.g. a stale or mistaken one) naming an API that answers
     without a token: the new agent refuses the answer, keeps retrying, and joins once a good
-    manager is listed again."""
+    manager is listed again.
+
+    The stand-in serves HTTPS with a certificate A's CA issued for its address, so the new
+    agent gets past TLS and it is the answer (unsigned, no token) that is refused."""
     a, _ = clouds
     original = list_text(a)
     good = parse_list(original, "A")
     hits: list[str] = []
+    bridge = a.record["bridge_addr"]
     server, url = _serve(
-        a.record["bridge_addr"], lambda path: hits.append(path) or (200, b'{"managers": []}')
+        bridge,
+        lambda path: hits.append(path) or (200, b'{"managers": []}'),
+        _server_tls(a, bridge, tmp_path),
     )
     try:
         bogus = BootstrapList(
