@@ -193,6 +193,23 @@ class NodeClient:
             headers["Content-Type"] = "application/json"
         return self.base_url + path_with_query, data, headers
 
+    async def _send(
+        self, method: str, url: str, data: bytes, headers: dict[str, str], timeout: float
+    ) -> tuple[httpx.Response, bytes]:
+        """Send a prepared request; its answer and body, read with the cap (`MAX_ANSWER`) and
+        uncompressed (what is counted, parsed and signed is what was sent). NodeApiError for an
+        error answer or an agent that cannot be reached."""
+        headers["Accept-Encoding"] = "identity"
+        try:
+            async with self.http.stream(
+                method, url, content=data or None, headers=headers, timeout=timeout
+            ) as response:
+                if response.status_code >= 400:
+                    raise await _error_from_stream(url, response)
+                return response, await read_capped(url, response, MAX_ANSWER)
+        except httpx.HTTPError as exc:
+            raise _unreachable(url, exc) from None
+
     async def request(
         self,
         method: str,
@@ -204,16 +221,7 @@ class NodeClient:
     ) -> Any:
         """Send a signed request and return the decoded JSON answer; NodeApiError otherwise."""
         url, data, headers = await self._prepare(method, path, params, body)
-        headers["Accept-Encoding"] = "identity"  # what is counted is what is parsed
-        try:
-            async with self.http.stream(
-                method, url, content=data or None, headers=headers, timeout=timeout
-            ) as response:
-                if response.status_code >= 400:
-                    raise await _error_from_stream(url, response)
-                content = await read_capped(url, response, MAX_ANSWER)
-        except httpx.HTTPError as exc:
-            raise _unreachable(url, exc) from None
+        response, content = await self._send(method, url, data, headers, timeout)
         try:
             return json.loads(content)
         except ValueError:
@@ -265,16 +273,7 @@ class NodeClient:
         in `trust` for this very request: returns the decoded answer and that key (the caller
         checks its role and name). NodeApiError `unsigned-answer` when it is not."""
         url, data, headers = await self._prepare(method, path, None, body)
-        headers["Accept-Encoding"] = "identity"  # the signature covers the bytes as sent
-        try:
-            async with self.http.stream(
-                method, url, content=data or None, headers=headers, timeout=10.0
-            ) as response:
-                if response.status_code >= 400:
-                    raise await _error_from_stream(url, response)
-                content = await read_capped(url, response, MAX_ANSWER)
-        except httpx.HTTPError as exc:
-            raise _unreachable(url, exc) from None
+        response, content = await self._send(method, url, data, headers, 10.0)
         try:
             signer = verify_answer(
                 trust,
