@@ -316,12 +316,44 @@ def test_a_peers_answer_over_the_cap_is_refused(server) -> None:
     async def ask() -> None:
         key = asyncssh.generate_private_key("ssh-ed25519")
         async with httpx.AsyncClient() as http:
-            await NodeClient(server, key, http).request("GET", "/huge")
+            # the audience given: no /v1/health is asked first (that server has none)
+            await NodeClient(server, key, http, audience="c-1/managers").request("GET", "/huge")
 
     with pytest.raises(NodeApiError, match="larger than") as info:
         asyncio.run(ask())
     assert info.value.code == "too-large"
     assert 300 * MB > client.MAX_ANSWER
+
+
+def test_a_peer_dripping_its_answer_is_given_up_on(server, monkeypatch) -> None:
+    """Each read is quick (a byte every 3 s, under the 5 s read timeout), the whole never is:
+    the client gives up after its total deadline instead of waiting 50 minutes."""
+    monkeypatch.setattr(client, "TOTAL_TIME_FACTOR", 2)  # 2 x 5 s: the test stays short
+
+    async def ask() -> None:
+        key = asyncssh.generate_private_key("ssh-ed25519")
+        async with httpx.AsyncClient() as http:
+            peer = NodeClient(server, key, http, audience="c-1/managers")
+            await peer.request("GET", "/drip", timeout=5.0)
+
+    with pytest.raises(NodeApiError, match="did not arrive whole") as info:
+        asyncio.run(ask())
+    assert info.value.code == "too-slow"
+
+
+def test_a_peer_dripping_its_health_is_given_up_on(server, monkeypatch) -> None:
+    """Without an audience the client asks /v1/health first; a peer dripping that answer is
+    given up on too (the server answers every path but /huge* by dripping)."""
+    monkeypatch.setattr(client, "TOTAL_TIME_FACTOR", 0.5)  # 0.5 x 10 s
+
+    async def ask() -> None:
+        key = asyncssh.generate_private_key("ssh-ed25519")
+        async with httpx.AsyncClient() as http:
+            await NodeClient(server, key, http).request("GET", "/v1/nodes")
+
+    with pytest.raises(NodeApiError) as info:
+        asyncio.run(ask())
+    assert info.value.code == "too-slow"
 
 
 def test_requests_over_the_in_flight_limit_are_answered_busy() -> None:

@@ -11,6 +11,7 @@ bootstrap list, the cloud record) or else asks the node's open `GET /v1/health` 
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -112,6 +113,21 @@ def _error_from_content(url: str, response: httpx.Response, content: bytes) -> N
     )
 
 
+# A whole answer (not one read) must arrive within this many times the request's read timeout:
+# a peer dripping a byte at a time is given up on, not waited for (docs/protocol.md section 6).
+TOTAL_TIME_FACTOR = 3
+
+
+def _too_slow(url: str, seconds: float) -> NodeApiError:
+    return NodeApiError(
+        url,
+        None,
+        "too-slow",
+        f"the agent's answer did not arrive whole within {seconds:.0f} s; it was given up",
+        "is that address really a hyops agent, and is the network to it healthy?",
+    )
+
+
 def _unreachable(url: str, exc: Exception) -> NodeApiError:
     refused = explain_tls_failure(exc)  # a node whose certificate the cloud CA does not vouch for
     if refused:
@@ -158,8 +174,11 @@ class NodeClient:
         if self.cloud_id is None or self.name is None:
             url = self.base_url + "/v1/health"
             try:
-                async with self.http.stream("GET", url, timeout=10.0) as response:
-                    health = json.loads(await read_capped(url, response, MAX_ERROR_ANSWER))
+                async with asyncio.timeout(10.0 * TOTAL_TIME_FACTOR):
+                    async with self.http.stream("GET", url, timeout=10.0) as response:
+                        health = json.loads(await read_capped(url, response, MAX_ERROR_ANSWER))
+            except TimeoutError:
+                raise _too_slow(url, 10.0 * TOTAL_TIME_FACTOR) from None
             except (httpx.HTTPError, ValueError) as exc:
                 raise _unreachable(url, exc) from None
             cloud_id = health.get("cloud_id") if isinstance(health, dict) else None
@@ -201,12 +220,15 @@ class NodeClient:
         error answer or an agent that cannot be reached."""
         headers["Accept-Encoding"] = "identity"
         try:
-            async with self.http.stream(
-                method, url, content=data or None, headers=headers, timeout=timeout
-            ) as response:
-                if response.status_code >= 400:
-                    raise await _error_from_stream(url, response)
-                return response, await read_capped(url, response, MAX_ANSWER)
+            async with asyncio.timeout(timeout * TOTAL_TIME_FACTOR):
+                async with self.http.stream(
+                    method, url, content=data or None, headers=headers, timeout=timeout
+                ) as response:
+                    if response.status_code >= 400:
+                        raise await _error_from_stream(url, response)
+                    return response, await read_capped(url, response, MAX_ANSWER)
+        except TimeoutError:
+            raise _too_slow(url, timeout * TOTAL_TIME_FACTOR) from None
         except httpx.HTTPError as exc:
             raise _unreachable(url, exc) from None
 
