@@ -32,7 +32,9 @@ from tests.conftest import MakeCloud
 from tests.helpers import wait_until
 from wire.client import NodeApiError
 from wire.files import write_private
+from wire.keys import load_private_key
 from wire.lists import BootstrapList, Manager, render_list
+from wire.lists.format import sign_list
 from wire.tls import (
     TlsError,
     api_url,
@@ -195,7 +197,10 @@ def test_an_agent_refuses_an_impostor_manager_before_asking_for_a_join_token(
     name = entry["name"]
     lst = BootstrapList("c-00000001", (Manager("node-1", f"{host}:2377", server.url),))
     listed = tmp_path / "list.toml"
-    listed.write_text(render_list(lst))
+    # signed with the cloud's own key, as a list written by someone holding a manager would be:
+    # the list's signature passes, so what refuses the impostor here is TLS (test_discovery.py
+    # shows the signature refusing an unsigned or foreign list)
+    listed.write_text(render_list(sign_list(lst, load_private_key(cloud.cloud_key))))
     config = cloud.agent_config(name)
     config["cloud"]["list"] = f"file://{listed}"
     config["node"]["may_originate"] = False
