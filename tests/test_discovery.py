@@ -326,6 +326,12 @@ def clouds(make_module_cloud: MakeCloud) -> Iterator[tuple[LocalCloud, LocalClou
     wait_until(lambda: _active(b, ["node-1"]), 120, "cloud B's agent to be active")
     operator = load_private_key(Path(a.record["operator_key"]))
     trust_also(b, "operator-a", "operator", operator.export_public_key().decode())
+    # B's agent re-reads its trust file on use, at most once a second: wait until it has
+    nodes_of_b = b.node_info("node-1")["api"] + "/v1/nodes"
+    key_a = Path(a.record["operator_key"])
+    wait_until(
+        lambda: signed("GET", nodes_of_b, key_a).status_code == 200, 30, "B to trust A's operator"
+    )
     yield a, b
 
 
