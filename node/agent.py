@@ -32,6 +32,7 @@ import httpx
 from node.autopilot import Autopilot
 from node.config import AgentConfig, ConfigError, load_config
 from node.engine import Engine, EngineError
+from node.model import Model
 from node.operations import Operations
 from node.swarm import SwarmView
 from wire.client import NodeApiError, NodeClient
@@ -133,7 +134,14 @@ class Agent:
             api_port=config.api_port,
             api_url=self.api_url,
         )
-        self.ops = Operations(self.engine, self.swarm, self, config.name, self.api_url)
+        # the live model of the cloud (node/model.py): reads are answered from it; a change of
+        # this engine's own state (a promotion) makes the Swarm view look again
+        self.model = Model(
+            self.engine, on_change=lambda kind: self.swarm.invalidate() if kind == "info" else None
+        )
+        self.ops = Operations(
+            self.engine, self.swarm, self, config.name, self.api_url, model=self.model
+        )
         self.autopilot = Autopilot(  # idles until this node leads; keeps the given spec
             self.engine,
             self.swarm,
@@ -188,11 +196,13 @@ class Agent:
         ssh = await self._start_ssh()
         life = asyncio.create_task(self.lifecycle(), name="lifecycle")
         pilot = asyncio.create_task(self.autopilot.run(), name="autopilot")
+        model = asyncio.create_task(self.model.run(), name="model")
         try:
             await server.serve()
         finally:
             life.cancel()
             pilot.cancel()
+            model.cancel()
             if ssh is not None:
                 ssh.close()
                 with contextlib.suppress(Exception):

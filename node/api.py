@@ -14,6 +14,8 @@ This module does not know the agent: `create_app` takes anything shaped like `No
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -30,6 +32,7 @@ from node.autopilot import Autopilot
 from node.autopilot.specs import spec_for_role
 from node.engine import EngineError
 from node.errors import AgentError, Kind
+from node.model import Change
 from node.operations import Operations
 from node.swarm import SwarmView
 from wire.client import MAX_ANSWER, NODE_ROUTES, NodeApiError, read_capped
@@ -38,6 +41,7 @@ from wire.ports import (
     HEADER_ANSWER_SIGNATURE,
     HEADER_AUDIENCE,
     HEADER_FORWARDED_BY,
+    HEADER_MODEL_AGE,
     HEADER_NONCE,
     HEADER_PREFIX,
     MANAGERS,
@@ -164,6 +168,35 @@ async def autopilot_answer(agent: NodeAgent, request: Request) -> Any:
     except Exception as exc:  # the leader's agent is away: say what this one knows
         return {**pilot.status(), "note": f"the leader's agent did not answer: {exc!r}"}
     return as_response(answer, content)
+
+
+SSE = "text/event-stream"
+WATCHABLE = ("nodes", "services", "tasks", "info", "containers")
+KEEPALIVE = 15.0  # seconds between comments on a quiet watch stream (proxies keep it open)
+
+
+async def sse(changes: AsyncIterator[Change], kinds: set[str]) -> AsyncIterator[bytes]:
+    """A model subscription as server-sent events, with a comment line when it is quiet."""
+    stream = aiter(changes)
+    pending: asyncio.Task[Change] | None = None
+    try:
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(anext(stream))
+            done, _ = await asyncio.wait({pending}, timeout=KEEPALIVE)
+            if not done:
+                yield b": quiet\n\n"
+                continue
+            change, pending = pending.result(), None
+            if change.kind in kinds:
+                data = json.dumps(change.records)
+                yield f"event: {change.kind}\nid: {change.version}\ndata: {data}\n\n".encode()
+    finally:
+        if pending is not None:
+            pending.cancel()
+            with contextlib.suppress(BaseException):
+                await pending
+        await stream.aclose()  # type: ignore[attr-defined]
 
 
 class ErrorBody(BaseModel):
@@ -360,20 +393,83 @@ def create_app(agent: NodeAgent) -> FastAPI:
         """This node: id, name, address, role, leader or not, resources, engine state."""
         return await agent.ops.this_node()
 
+    # -- reads: from the live model (node/model.py) unless `fresh`, else as a manager ------
+
+    FRESH = Query(False, description="read through to the engine, not from the live model")
+
+    async def read(
+        request: Request,
+        kind: str,
+        fresh: bool,
+        answer: Callable[[], Awaitable[Any]],
+        service: str | None = None,
+    ) -> Any:
+        """The model's answer (with its age in `X-Hyops-Model-Age`) when it has one and the
+        caller did not ask for a `fresh` read; otherwise `answer()` as a manager, or a manager's
+        agent's answer."""
+        if not fresh:
+            hit = agent.ops.from_model(kind, service)
+            if hit is not None:
+                body, age = hit
+                headers = {HEADER_MODEL_AGE: f"{age:.3f}"}
+                return Response(body, media_type="application/json", headers=headers)
+        return await on_manager(request, answer)
+
     @app.get("/v1/nodes", tags=["state"])
-    async def nodes(request: Request, key: TrustedKey = Depends(readers)) -> Any:
+    async def nodes(
+        request: Request, fresh: bool = FRESH, key: TrustedKey = Depends(readers)
+    ) -> Any:
         """The cloud's nodes (a worker's agent asks a manager's)."""
-        return await on_manager(request, lambda: agent.ops.nodes())
+        return await read(request, "nodes", fresh, lambda: agent.ops.nodes())
 
     @app.get("/v1/services", tags=["state"])
-    async def services(request: Request, key: TrustedKey = Depends(readers)) -> Any:
+    async def services(
+        request: Request, fresh: bool = FRESH, key: TrustedKey = Depends(readers)
+    ) -> Any:
         """The cloud's services with their replicas and running tasks."""
-        return await on_manager(request, lambda: agent.ops.services())
+        return await read(request, "services", fresh, lambda: agent.ops.services())
 
     @app.get("/v1/services/{name}/tasks", tags=["state"])
-    async def tasks(name: str, request: Request, key: TrustedKey = Depends(readers)) -> Any:
+    async def tasks(
+        name: str, request: Request, fresh: bool = FRESH, key: TrustedKey = Depends(readers)
+    ) -> Any:
         """The tasks of one service, with the node each runs on."""
-        return await on_manager(request, lambda: agent.ops.tasks(name))
+        return await read(request, "tasks", fresh, lambda: agent.ops.tasks(name), service=name)
+
+    @app.get("/v1/model", tags=["state"])
+    async def model(key: TrustedKey = Depends(readers)) -> dict[str, Any]:
+        """This agent's live model: fed or not, rebuilds, events seen, each collection's age."""
+        return agent.ops.model.status() if agent.ops.model is not None else {"fed": False}
+
+    @app.get("/v1/watch", tags=["state"])
+    async def watch(
+        request: Request,
+        kinds: str = Query("nodes,services", description="collections, comma-separated"),
+        key: TrustedKey = Depends(readers),
+    ) -> StreamingResponse:
+        """Server-sent events: each asked-for collection (nodes, services, tasks, info,
+        containers) now, then again whenever it changes (`event: KIND`, `id: VERSION`, `data:`
+        its records as JSON, or null while the model cannot answer). Answered by a manager
+        (a worker refuses with 421: open it on a manager's agent)."""
+        wanted = [k.strip() for k in kinds.split(",") if k.strip()]
+        unknown = sorted(set(wanted) - set(WATCHABLE))
+        if unknown or not wanted:
+            raise AgentError(
+                "invalid",
+                "bad-request",
+                f"kinds: unknown {', '.join(unknown) or '(none given)'}",
+                f"ask for some of {', '.join(WATCHABLE)}",
+            )
+        agent.ops.require_swarm()
+        model = agent.ops.model
+        if model is None or not (await agent.swarm.is_manager()):
+            raise AgentError(
+                "misdirected",
+                "not-a-manager",
+                f"{agent.name} is not a manager: its agent has no stream of the cloud",
+                "open the watch on a manager's agent",
+            )
+        return StreamingResponse(sse(model.subscribe(), set(wanted)), media_type=SSE)
 
     @app.get("/v1/logs", tags=["logs"])
     async def logs(

@@ -468,6 +468,35 @@ class Engine:
             if buf:
                 yield stream, bytes(buf)
 
+    async def events(
+        self, filters: dict | None = None, on_open: Any = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The engine's events (`GET /events`), one dict each, for as long as the caller
+        iterates and the engine runs; `on_open()` is called once the engine has taken the
+        subscription (events from then on are not missed). Ends, or raises `EngineError`, when
+        the stream drops (dockerd stopped or restarted)."""
+        operation = "follow the engine's events"
+        if self.api_version is None:
+            await self.connect()
+        timeout = httpx.Timeout(self.timeout, read=None)
+        url = f"/v{self.api_version}/events"
+        try:
+            async with self._client.stream(
+                "GET", url, params=_filters(filters), timeout=timeout
+            ) as response:
+                if response.status_code >= 400:
+                    await response.aread()
+                    raise EngineError(
+                        operation, _engine_message(response), status=response.status_code
+                    )
+                if on_open is not None:
+                    on_open()
+                async for line in response.aiter_lines():
+                    if line.strip():
+                        yield json.loads(line)
+        except (httpx.TransportError, OSError) as exc:
+            raise self._unreachable(operation, exc) from None
+
     async def image_import(self, tar_path: Path, repo: str, tag: str) -> None:
         """Import a root filesystem tarball as the image `repo:tag` (like `docker import`)."""
         operation = f"import {tar_path} as {repo}:{tag}"

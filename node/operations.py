@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 from node.engine import Engine, EngineError
 from node.errors import AgentError
+from node.model import Model, tasks_answer
 from node.swarm import SwarmView
 from wire.names import unknown_name_hint
 from wire.policy import check_demote, check_promote
@@ -27,7 +29,6 @@ from wire.records import (
     parse_since,
     service_record,
     sort_nodes,
-    task_record,
 )
 from wire.signing import AuthError
 
@@ -52,9 +53,16 @@ class Operations:
     """The answers of one agent: reads of the cloud and the changes the rules allow."""
 
     def __init__(
-        self, engine: Engine, swarm: SwarmView, membership: Membership, name: str, api_url: str
+        self,
+        engine: Engine,
+        swarm: SwarmView,
+        membership: Membership,
+        name: str,
+        api_url: str,
+        model: Model | None = None,
     ) -> None:
         self.engine = engine
+        self.model = model
         self.swarm = swarm
         self.membership = membership
         self.name = name
@@ -111,19 +119,34 @@ class Operations:
         records = [service_record(s) for s in await self.engine.services(status=True)]
         return sorted(records, key=lambda r: r["name"] or "")
 
+    def from_model(self, kind: str, service: str | None = None) -> tuple[bytes, float] | None:
+        """The answer to a read of `kind` ("nodes", "services", or "tasks" of `service`) from
+        the live model, as JSON with its age in seconds; None when the model cannot answer
+        (not fed, or this node cannot read that collection) and the engine must be asked."""
+        self.require_swarm()
+        model = self.model
+        if model is None:
+            return None
+        if kind != "tasks":
+            return model.answer(kind)
+        ages = [model.age(k) for k in ("services", "nodes", "tasks")]
+        if any(age is None for age in ages):
+            return None
+        records = tasks_answer(
+            model.raw("services"), model.raw("nodes"), model.raw("tasks"), str(service)
+        )
+        if records is None:
+            return None  # no such service in the model: the engine says so (or knows it now)
+        return json.dumps(records).encode(), max(a for a in ages if a is not None)
+
     async def tasks(self, service: str) -> list[dict[str, Any]]:
         self.require_swarm()
         services = await self.engine.services(status=False)
         names = {s["Spec"]["Name"]: s["ID"] for s in services}
         if service not in names and service not in names.values():
             raise _not_found("service", service, list(names))
-        service_id = names.get(service, service)
-        node_names = {n["ID"]: node_record(n)["name"] for n in await self.engine.nodes()}
-        raw = await self.engine.tasks({"service": [service_id]})
-        records = [task_record(t, node_names) for t in raw]
-        for r in records:
-            r["service"] = service if service in names else r["service"]
-        return sorted(records, key=lambda r: (r["slot"] or 0, r["updated"] or ""), reverse=False)
+        raw = await self.engine.tasks({"service": [names.get(service, service)]})
+        return tasks_answer(services, await self.engine.nodes(), raw, service) or []
 
     async def _find_node(self, name: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         raw = await self.engine.nodes()

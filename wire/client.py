@@ -33,7 +33,7 @@ MAX_LINE = 1024 * 1024
 MAX_ERROR_ANSWER = 64 * 1024
 
 # the routes a node answers about itself, signed for that node; the others for the managers
-NODE_ROUTES = ("/v1/node", "/v1/logs")
+NODE_ROUTES = ("/v1/node", "/v1/logs", "/v1/model")
 
 
 def audience_for(path: str, cloud_id: str, node: str) -> str:

@@ -9,6 +9,7 @@ __all__ = [
     "HEADER_AUDIENCE",
     "HEADER_FORWARDED_BY",
     "HEADER_KEY",
+    "HEADER_MODEL_AGE",
     "HEADER_NONCE",
     "HEADER_PREFIX",
     "HEADER_SIGNATURE",
@@ -27,6 +28,7 @@ HEADER_NONCE = "X-Hyops-Nonce"
 HEADER_SIGNATURE = "X-Hyops-Signature"
 HEADER_FORWARDED_BY = "X-Hyops-Forwarded-By"  # set by an agent relaying to the leader
 HEADER_AUDIENCE = "X-Hyops-Audience"  # signed: "CLOUD/NODE" or "CLOUD/managers"
+HEADER_MODEL_AGE = "X-Hyops-Model-Age"  # seconds since a read answered from the live model
 HEADER_ANSWER_KEY = "X-Hyops-Answer-Key"  # an answer signed by the answering node's own key
 HEADER_ANSWER_SIGNATURE = "X-Hyops-Answer-Signature"
 MANAGERS = "managers"  # the audience target any manager of the cloud may answer
