@@ -87,7 +87,7 @@ class _Collection:
     dirty: bool = True
 
 
-@dataclass
+@dataclass(eq=False)  # kept in a set, by identity
 class _Subscriber:
     pending: dict[str, Change] = field(default_factory=dict)
     wake: asyncio.Event = field(default_factory=asyncio.Event)

@@ -1,0 +1,208 @@
+"""The live model (node/model.py) on a real local cloud: does it tell the truth?
+
+One 3-node cloud for the module (one manager: the spec keeps it so), tests in order. The cloud
+is changed behind the agent's back with the docker CLI on the manager (label, promote, drain,
+service create and scale, a node's dockerd killed), and each read of the manager's agent, answered
+from its model, must show the change within a bounded wait, agreeing with the CLI. Then
+the manager's own dockerd is restarted: the model notices the dropped stream, answers through to
+the engine meanwhile, and is rebuilt. The watch stream (`GET /v1/watch`) shows changes too.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from localcloud.cloud import LocalCloud
+from tests.conftest import MakeCloud
+from tests.helpers import agents_tls, manager_of, sign_for, signed, wait_until
+from tests.test_cluster_ops import docker_nodes
+from wire.ports import HEADER_MODEL_AGE
+from wire.signing import load_private_key
+
+ONE_MANAGER = {"managers": {"minimum": 1, "maximum": 1, "targets": [[1, 1]]}}
+
+
+@pytest.fixture(scope="module")
+def cloud(make_module_cloud: MakeCloud) -> LocalCloud:
+    cloud = make_module_cloud(nodes=3)
+    cloud.apply_spec(ONE_MANAGER)
+
+    def one_manager() -> bool:
+        manager = manager_of(cloud)
+        nodes = docker_nodes(cloud, str(manager))
+        ready = len(nodes) == 3 and all(n["status"] == "ready" for n in nodes.values())
+        return ready and [n for n, v in nodes.items() if v["role"] == "manager"] == [manager]
+
+    wait_until(one_manager, 120, "three ready nodes, one of them a manager")
+    # the tests call the one manager M, the workers W1 and W2
+    manager = str(manager_of(cloud))
+    workers = sorted(e["name"] for e in cloud.nodes if e["name"] != manager)
+    NAMES.update(M=manager, W1=workers[0], W2=workers[1])
+    return cloud
+
+
+NAMES: dict[str, str] = {}
+
+
+def get(cloud: LocalCloud, path: str, node: str = "") -> httpx.Response:
+    answer = signed("GET", cloud.api(node or NAMES["M"]) + path, Path(cloud.record["operator_key"]))
+    assert answer.status_code == 200, answer.text
+    return answer
+
+
+def nodes(cloud: LocalCloud) -> dict[str, dict[str, Any]]:
+    """the manager's agent's `/v1/nodes` (from its model), by name."""
+    return {n["name"]: n for n in get(cloud, "/v1/nodes").json()}
+
+
+def agrees(cloud: LocalCloud, what: str, check: Any, timeout: float = 30) -> None:
+    """Wait until the agent's answer passes `check` (a function of its nodes by name)."""
+    wait_until(lambda: check(nodes(cloud)), timeout, what)
+
+
+def test_reads_come_from_the_model_with_their_age_and_fresh_reads_go_through(
+    cloud: LocalCloud,
+) -> None:
+    status = wait_until(lambda: get(cloud, "/v1/model").json(), 30, "the model's status")
+    wait_until(lambda: get(cloud, "/v1/model").json()["fed"], 30, "a fed model")
+    status = get(cloud, "/v1/model").json()
+    assert status["rebuilds"] >= 1 and status["streaming"]
+    answer = get(cloud, "/v1/nodes")
+    assert float(answer.headers[HEADER_MODEL_AGE]) >= 0
+    fresh = get(cloud, "/v1/nodes?fresh=true")
+    assert HEADER_MODEL_AGE not in fresh.headers
+    assert fresh.json() == answer.json() or {n["name"] for n in fresh.json()} == {
+        n["name"] for n in answer.json()
+    }
+    # a worker's agent has no swarm in its model: it forwards, as before
+    worker = signed("GET", cloud.api(NAMES["W1"]) + "/v1/nodes", Path(cloud.record["operator_key"]))
+    assert worker.status_code == 200 and len(worker.json()) == 3
+
+
+def test_a_label_set_behind_the_agents_back_shows(cloud: LocalCloud) -> None:
+    cloud.docker(NAMES["M"], "node", "update", "--label-add", "zone=eu-1", NAMES["W1"])
+    agrees(cloud, "the label on W1", lambda n: n[NAMES["W1"]]["labels"].get("zone") == "eu-1")
+    cloud.docker(NAMES["M"], "node", "update", "--label-rm", "zone", NAMES["W1"])
+    agrees(cloud, "the label gone", lambda n: "zone" not in n[NAMES["W1"]]["labels"])
+
+
+def test_a_drain_shows(cloud: LocalCloud) -> None:
+    cloud.docker(NAMES["M"], "node", "update", "--availability", "drain", NAMES["W2"])
+    agrees(cloud, "W2 drained", lambda n: n[NAMES["W2"]]["availability"] == "drain")
+    cloud.docker(NAMES["M"], "node", "update", "--availability", "active", NAMES["W2"])
+    agrees(cloud, "W2 active", lambda n: n[NAMES["W2"]]["availability"] == "active")
+
+
+def test_a_promotion_shows(cloud: LocalCloud) -> None:
+    cloud.docker(NAMES["M"], "node", "promote", NAMES["W1"])
+    agrees(cloud, "W1 a manager", lambda n: n[NAMES["W1"]]["role"] == "manager")
+    # the autopilot (one manager wanted) may demote it again: the model follows it there too
+    cloud.docker(NAMES["M"], "node", "demote", NAMES["W1"], check=False)
+    agrees(cloud, "W1 a worker", lambda n: n[NAMES["W1"]]["role"] == "worker", timeout=60)
+
+
+def services(cloud: LocalCloud) -> dict[str, dict[str, Any]]:
+    return {s["name"]: s for s in get(cloud, "/v1/services").json()}
+
+
+def test_services_created_and_scaled_behind_its_back_show(cloud: LocalCloud) -> None:
+    cloud.docker(
+        NAMES["M"],
+        *("service", "create", "--detach", "--no-resolve-image", "--name", "web"),
+        *("--replicas", "1", "local/busybox:1", "sleep", "100000"),
+    )
+    wait_until(lambda: "web" in services(cloud), 30, "the service web")
+    cloud.docker(NAMES["M"], "service", "scale", "--detach", "web=3")
+    wait_until(lambda: services(cloud)["web"]["replicas"] == 3, 30, "web with 3 replicas wanted")
+
+    def running() -> list[dict[str, Any]]:
+        tasks = get(cloud, "/v1/services/web/tasks").json()
+        return [t for t in tasks if t["state"] == "running"]
+
+    wait_until(lambda: len(running()) == 3, 90, "three running tasks of web")
+    cloud.docker(NAMES["M"], "service", "rm", "web")
+    wait_until(lambda: "web" not in services(cloud), 30, "web gone")
+    missing = signed(
+        "GET", cloud.api(NAMES["M"]) + "/v1/services/web/tasks", Path(cloud.record["operator_key"])
+    )
+    assert missing.status_code == 404 and missing.json()["error"] == "unknown-service"
+
+
+def watch(cloud: LocalCloud, kinds: str = "nodes") -> Iterator[tuple[str, Any]]:
+    """The watch stream of the manager's agent as (event, data) pairs."""
+    path = f"/v1/watch?kinds={kinds}"
+    base = cloud.api(NAMES["M"])
+    key = load_private_key(Path(cloud.record["operator_key"]))
+    headers = sign_for(base, key, "GET", path)
+    timeout = httpx.Timeout(20, read=60)
+    with httpx.stream(
+        "GET", base + path, headers=headers, timeout=timeout, verify=agents_tls()
+    ) as r:
+        assert r.status_code == 200, r.read()
+        assert r.headers["content-type"].startswith("text/event-stream")
+        event, data = "", None
+        for line in r.iter_lines():
+            if line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: "):
+                data = json.loads(line[6:])
+            elif not line and event:
+                yield event, data
+                event, data = "", None
+
+
+def test_the_watch_stream_sends_the_nodes_then_each_change(cloud: LocalCloud) -> None:
+    stream = watch(cloud)
+    event, first = next(stream)
+    assert event == "nodes" and {n["name"] for n in first} == {"node-1", "node-2", "node-3"}
+    cloud.docker(NAMES["M"], "node", "update", "--label-add", "watched=yes", NAMES["W2"])
+    # a quiet stream sends a comment every 15 s: the read timeout (60 s) bounds the wait
+    for _event, records in stream:
+        if records and {n["name"]: n for n in records}[NAMES["W2"]]["labels"].get("watched"):
+            break
+    else:
+        raise AssertionError("the watch stream ended without showing the label")
+    stream.close()
+
+
+def test_a_killed_node_shows_down_then_back(cloud: LocalCloud) -> None:
+    cloud.kill_dockerd(NAMES["W2"])
+    agrees(cloud, "W2 down", lambda n: n[NAMES["W2"]]["state"] == "down", timeout=90)
+    assert docker_nodes(cloud, NAMES["M"])[NAMES["W2"]]["status"] == "down"
+    cloud.start_dockerd(NAMES["W2"])
+    agrees(cloud, "W2 ready again", lambda n: n[NAMES["W2"]]["state"] == "ready", timeout=90)
+
+
+def test_a_restarted_dockerd_is_noticed_and_the_model_rebuilt(cloud: LocalCloud) -> None:
+    before = get(cloud, "/v1/model").json()
+    cloud.kill_dockerd(NAMES["M"])
+    gone = wait_until(
+        lambda: not (s := get(cloud, "/v1/model").json())["streaming"] and s,
+        30,
+        "the model to notice its engine is gone",
+    )
+    assert not gone["fed"] and gone["dropped"] == before["dropped"] + 1
+    # unfed, reads go through to the engine, which is away: an error, never a stale answer
+    away = signed("GET", cloud.api(NAMES["M"]) + "/v1/nodes", Path(cloud.record["operator_key"]))
+    assert away.status_code >= 500
+    cloud.start_dockerd(NAMES["M"])
+    wait_until(
+        lambda: (s := get(cloud, "/v1/model").json())["fed"] and s["rebuilds"] > before["rebuilds"],
+        90,
+        "the model rebuilt",
+    )
+    agrees(
+        cloud,
+        "the rebuilt model agreeing with docker node ls",
+        lambda n: (
+            {k: v["role"] for k, v in n.items()}
+            == {k: v["role"] for k, v in docker_nodes(cloud, NAMES["M"]).items()}
+        ),
+        timeout=60,
+    )
