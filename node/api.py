@@ -175,20 +175,28 @@ WATCHABLE = ("nodes", "services", "tasks", "info", "containers")
 KEEPALIVE = 15.0  # seconds between comments on a quiet watch stream (proxies keep it open)
 
 
-async def sse(changes: AsyncIterator[Change], kinds: set[str]) -> AsyncIterator[bytes]:
-    """A model subscription as server-sent events, with a comment line when it is quiet."""
+async def sse(
+    changes: AsyncIterator[Change], kinds: set[str], seconds: float
+) -> AsyncIterator[bytes]:
+    """A model subscription as server-sent events: the asked-for collections now, then each
+    change for `seconds`, with a comment line when it is quiet; then the stream ends."""
     stream = aiter(changes)
     pending: asyncio.Task[Change] | None = None
+    loop = asyncio.get_running_loop()
+    end = loop.time() + seconds
+    first = set(kinds)  # the snapshot is sent whole, even with seconds=0
     try:
-        while True:
+        while first or loop.time() < end:
             if pending is None:
                 pending = asyncio.ensure_future(anext(stream))
-            done, _ = await asyncio.wait({pending}, timeout=KEEPALIVE)
+            wait = KEEPALIVE if first else min(KEEPALIVE, end - loop.time())
+            done, _ = await asyncio.wait({pending}, timeout=wait)
             if not done:
                 yield b": quiet\n\n"
                 continue
             change, pending = pending.result(), None
             if change.kind in kinds:
+                first.discard(change.kind)
                 data = json.dumps(change.records)
                 yield f"event: {change.kind}\nid: {change.version}\ndata: {data}\n\n".encode()
     finally:
@@ -445,12 +453,16 @@ def create_app(agent: NodeAgent) -> FastAPI:
     async def watch(
         request: Request,
         kinds: str = Query("nodes,services", description="collections, comma-separated"),
+        seconds: float = Query(
+            300, ge=0, le=3600, description="end the stream after this long (0: the snapshot)"
+        ),
         key: TrustedKey = Depends(readers),
     ) -> StreamingResponse:
         """Server-sent events: each asked-for collection (nodes, services, tasks, info,
         containers) now, then again whenever it changes (`event: KIND`, `id: VERSION`, `data:`
-        its records as JSON, or null while the model cannot answer). Answered by a manager
-        (a worker refuses with 421: open it on a manager's agent)."""
+        its records as JSON, or null while the model cannot answer), for `seconds`; the client
+        opens it again to go on. Answered by a manager (a worker refuses with 421: open it on
+        a manager's agent)."""
         wanted = [k.strip() for k in kinds.split(",") if k.strip()]
         unknown = sorted(set(wanted) - set(WATCHABLE))
         if unknown or not wanted:
@@ -469,7 +481,7 @@ def create_app(agent: NodeAgent) -> FastAPI:
                 f"{agent.name} is not a manager: its agent has no stream of the cloud",
                 "open the watch on a manager's agent",
             )
-        return StreamingResponse(sse(model.subscribe(), set(wanted)), media_type=SSE)
+        return StreamingResponse(sse(model.subscribe(), set(wanted), seconds), media_type=SSE)
 
     @app.get("/v1/logs", tags=["logs"])
     async def logs(

@@ -271,6 +271,8 @@ def test_fuzzing_the_openapi_document_never_breaks_the_agent(one) -> None:
         query = dict(case.query or {})
         if str(query.get("follow", "")).lower() in ("true", "1"):
             query["follow"] = "false"  # a followed log never ends; the fuzz must
+        if case.formatted_path == "/v1/watch":
+            query["seconds"] = "0"  # nor does a watch: its snapshot is enough
         request = client.build_request(
             case.method,
             base + case.formatted_path,
