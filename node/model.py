@@ -85,6 +85,8 @@ class _Collection:
     answer: Any = None  # public records, computed once per read
     encoded: bytes | None = None  # the answer as JSON, computed once per read
     dirty: bool = True
+    wanted: int = 0  # bumped by `touch`: a change was made through this agent
+    done: int = 0  # the `wanted` a stored read had seen when it started
 
 
 @dataclass(eq=False)  # kept in a set, by identity
@@ -128,7 +130,7 @@ class Model:
     def age(self, kind: str) -> float | None:
         """Seconds since `kind` was read from the engine, or None when it cannot answer."""
         c = self.collections[kind]
-        if not self.fed or c.read_at is None or c.error:
+        if not self.fed or c.read_at is None or c.error or c.done < c.wanted:
             return None
         return time.monotonic() - c.read_at
 
@@ -170,6 +172,14 @@ class Model:
                 for kind, c in self.collections.items()
             },
         }
+
+    def touch(self, *kinds: str) -> None:
+        """A change was just made through this agent (a promotion, a drain, labels): until a
+        read that started after now is stored, `kinds` answer nothing from the model (reads go
+        through to the engine), so a caller always reads its own writes."""
+        for kind in kinds:
+            self.collections[kind].wanted += 1
+        self._mark(kinds)
 
     # -- subscribing ----------------------------------------------------------------------
 
@@ -288,8 +298,10 @@ class Model:
         kinds = [k for k, c in self.collections.items() if c.dirty]
         for kind in kinds:
             self.collections[kind].dirty = False
+        seen = {kind: self.collections[kind].wanted for kind in kinds}
         results = await asyncio.gather(*(self._read(kind) for kind in kinds))
         for kind, (raw, error) in zip(kinds, results, strict=True):
+            self.collections[kind].done = seen[kind]
             self._store(kind, raw, error, time.monotonic())
         if "nodes" in kinds or "services" in kinds:
             # tasks' records name their node and service: refresh their answer
@@ -327,7 +339,7 @@ class Model:
             c.version += 1
             if kind == "info" and self.on_change is not None:
                 self.on_change(kind)
-            if self.fed:
+            if self.fed and c.done >= c.wanted:
                 self._publish(kind)
 
     def _records(self, kind: str, raw: Any) -> Any:

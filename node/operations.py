@@ -119,6 +119,11 @@ class Operations:
         records = [service_record(s) for s in await self.engine.services(status=True)]
         return sorted(records, key=lambda r: r["name"] or "")
 
+    def _touch(self) -> None:
+        """After a change made here: the model answers again once it has read it back."""
+        if self.model is not None:
+            self.model.touch("nodes", "services", "tasks", "info")
+
     def from_model(self, kind: str, service: str | None = None) -> tuple[bytes, float] | None:
         """The answer to a read of `kind` ("nodes", "services", or "tasks" of `service`) from
         the live model, as JSON with its age in seconds; None when the model cannot answer
@@ -190,6 +195,7 @@ class Operations:
                     ) from None
                 raise
             self.swarm.invalidate()
+            self._touch()
             log.info("%s is now a %s (asked by %s)", record["name"], role, by)
             try:
                 return {**node_record(await self.engine.node(node["ID"])), "changed": True}
@@ -215,6 +221,7 @@ class Operations:
                 if "out of sequence" in str(exc):
                     continue
                 raise
+            self._touch()
             log.info("%s is now %s (asked by %s)", record["name"], availability, by)
             return {**node_record(await self.engine.node(node["ID"])), "changed": True}
         raise AgentError("conflict", "conflict", f"node {name} kept changing; try again")
@@ -230,6 +237,7 @@ class Operations:
         if refusal is not None:
             raise refusal  # node/api.py logs it with the caller's path
         updated = await self.swarm.set_labels(node["ID"], labels)
+        self._touch()
         log.info("labels of %s set by %s: %s", node_record(node)["name"], by, ", ".join(labels))
         return node_record(updated)
 

@@ -1,10 +1,10 @@
 "Questions about the cloud's state. Answers are plain data: dicts with string keys, lists of them."
 
 (import urllib.parse [quote :as url-quote]
-        repl.cloud [call describe connect unknown-name]
+        repl.cloud [call describe connect unknown-name [watch :as follow-changes]]
         wire.policy [is-manager safety-view])
 
-(export :objects [cloud connect! nodes node managers leader services tasks status])
+(export :objects [cloud connect! nodes node managers leader services tasks status watch])
 
 
 (defn cloud []
@@ -52,6 +52,21 @@
 (defn leader []
   "The Raft leader's node record, or None while the managers have no leader."
   (next (gfor n (nodes) :if (get n "leader") n) None))
+
+(defn watch [[kinds "nodes"] * [seconds 60] [changes None]]
+  "Follow the cloud's changes as they happen: one line per change, until `seconds` have passed
+  or `changes` were shown (Ctrl-C stops it too). Returns how many changes were shown.
+  kinds: \"nodes\", \"services\", \"tasks\", \"info\", \"containers\", or a list of them.
+
+    (watch)                                ; the nodes, for a minute
+    (watch [\"nodes\" \"services\"] :seconds 300)
+    (watch \"nodes\" :changes 1)             ; until the next change
+
+  Lines look like `12:01:07 nodes: node-2: role 'worker' -> 'manager'`. While a session runs,
+  it keeps its own copy of the nodes and services warm the same way: a (nodes) after the first
+  is answered without a round trip, and a change made from here drops the copy until it is
+  read again."
+  (follow-changes kinds :seconds seconds :changes changes))
 
 (defn services []
   "The cloud's services: name, id, mode, replicas (desired), running, image, labels."

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import dataclasses
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ __all__ = [
     "read_cloud_record",
     "unknown_name",
     "url_record",
+    "watch",
 ]
 
 
@@ -276,6 +278,11 @@ class Connection:
         self._managers: list[str] = []
         self._names: dict[str, str] = {}  # manager API URL -> its node name (the audience)
         self._list_read = 0.0  # when the bootstrap list was last read (Unix time)
+        # the warm copy: collections the answering manager's watch stream keeps current
+        self._warm: dict[str, Any] = {}  # "nodes"/"services" -> records (None: not known now)
+        self._watch: asyncio.Task[None] | None = None
+        self._watch_url: str | None = None
+        self.round_trips = 0  # requests that went over the network (the warm copy saves them)
 
     def __repr__(self) -> str:
         from wire.lists import redact_url
@@ -472,6 +479,15 @@ class Connection:
         from repl.ssh import SshError
         from wire.client import NodeApiError, NodeClient
 
+        kind = WARM_PATHS.get(path) if method == "GET" and not params else None
+        if kind is not None:
+            warm = self._warm_answer(kind)
+            if warm is not None:
+                return warm
+        elif method != "GET":
+            # a change: what the stream sent before it may be out of date; a new stream
+            # (opened after the change, so its snapshot is read after it) warms the copy again
+            self._stop_watch()
         await self._setup()
         failures: list[str] = []
         tried: set[str] = set()
@@ -499,10 +515,13 @@ class Connection:
                     raise CloudError(
                         exc.message, status=exc.status, code=exc.code, hint=exc.hint
                     ) from None
+                self.round_trips += 1
                 if url != self.answering:
                     self.answering = url
                     self._managers = [url, *[m for m in self._managers if m != url]]
                     self._remember_managers()
+                if kind is not None and self._watch is None:
+                    self._start_watch(url)  # the next read of it costs no round trip
                 return answer
         raise CloudError(
             f"no manager of {self.record.name} answered: " + "; ".join(dict.fromkeys(failures)),
@@ -510,6 +529,68 @@ class Connection:
             hint="are its nodes up? (`hyops up` restarts a local cloud); "
             "the workspace is fine and keeps working",
         )
+
+    # -- the warm copy ---------------------------------------------------------------------
+
+    def _warm_answer(self, kind: str) -> Any:
+        """`kind`'s records from the watch stream, when it is open to the manager that answers
+        and has sent them (a copy: the caller may change it); None otherwise."""
+        if self._watch is None or self._watch.done() or self._watch_url != self.answering:
+            return None
+        records = self._warm.get(kind)
+        return copy.deepcopy(records) if records is not None else None
+
+    def _start_watch(self, url: str) -> None:
+        self._stop_watch()
+        self._watch_url = url
+        self._watch = asyncio.get_running_loop().create_task(self._follow(url), name="watch")
+
+    def _stop_watch(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+        self._watch, self._watch_url = None, None
+        self._warm.clear()
+
+    async def _follow(self, url: str) -> None:
+        """Keep the warm copy: the manager's watch stream, opened again each time it ends; on
+        any failure the copy is dropped (reads go over the network, and start a new one)."""
+        from wire.client import NodeClient
+
+        try:
+            client = NodeClient(
+                await self.reach(url),
+                self._key,
+                self._http,
+                cloud_id=self.cloud_id,
+                name=self._names.get(url),
+            )
+            while True:
+                params = {"kinds": ",".join(WARM_PATHS.values()), "seconds": WATCH_SECONDS}
+                async for kind, records in client.events("/v1/watch", params=params, timeout=60):
+                    self._warm[kind] = records
+                self._warm.clear()  # the stream ended: until the next snapshot, ask
+        except Exception:  # NodeApiError, a broken stream: the copy is not trusted
+            self._warm.clear()
+            if self._watch is not None and self._watch is asyncio.current_task():
+                self._watch, self._watch_url = None, None
+
+    async def watch(self, kinds: list[str], seconds: float) -> AsyncIterator[tuple[str, Any]]:
+        """The answering manager's watch stream of `kinds`, for `seconds` (`(watch ...)`)."""
+        from wire.client import NodeApiError, NodeClient
+
+        await self.managers()
+        await self._setup()
+        url = self.answering or self._managers[0]
+        client = NodeClient(
+            await self.reach(url), self._key, self._http, cloud_id=self.cloud_id,
+            name=self._names.get(url),
+        )  # fmt: skip
+        params = {"kinds": ",".join(kinds), "seconds": seconds}
+        try:
+            async for kind, records in client.events("/v1/watch", params=params, timeout=60):
+                yield kind, records
+        except NodeApiError as exc:
+            raise CloudError(exc.message, status=exc.status, code=exc.code, hint=exc.hint) from None
 
     async def describe(self) -> dict[str, Any]:
         """What `(cloud)` shows: name, list URL, the manager answering, cloud id, managers."""
@@ -545,6 +626,7 @@ class Connection:
             raise NodeApiError(api_url, None, "unreachable", str(exc)) from None
 
     async def aclose(self) -> None:
+        self._stop_watch()
         for _, listener in self._tunnels.values():
             listener.close()
         self._tunnels.clear()
@@ -555,6 +637,79 @@ class Connection:
         if self._http is not None:
             await self._http.aclose()
             self._http = None
+
+
+# reads the workspace answers from its warm copy (kept by the watch stream), by collection
+WARM_PATHS = {"/v1/nodes": "nodes", "/v1/services": "services"}
+WATCH_SECONDS = 300  # the warm copy's stream is opened again after this long
+WATCH_KINDS = ("nodes", "services", "tasks", "info", "containers")
+
+
+def changes_between(old: Any, new: Any) -> list[str]:
+    """What changed between two versions of a collection of records (by name), as lines:
+    `+ node-4`, `- web`, `node-2: role worker -> manager`."""
+    if not isinstance(old, list) or not isinstance(new, list):
+        return [] if old == new else ["(not known now)" if new is None else "(known again)"]
+
+    def by_name(records: list[Any]) -> dict[str, Any]:
+        return {str(r.get("name") or r.get("id")): r for r in records if isinstance(r, dict)}
+
+    before, after = by_name(old), by_name(new)
+    lines = [f"+ {name}" for name in after if name not in before]
+    lines += [f"- {name}" for name in before if name not in after]
+    for name in after:
+        if name in before and after[name] != before[name]:
+            fields = [
+                f"{k} {before[name].get(k)!r} -> {after[name].get(k)!r}"
+                for k in after[name]
+                if after[name].get(k) != before[name].get(k) and k not in ("version", "updated")
+            ]
+            if fields:
+                lines.append(f"{name}: " + ", ".join(fields))
+    return lines
+
+
+def watch(
+    kinds: Any = "nodes",
+    *,
+    seconds: float = 60.0,
+    changes: int | None = None,
+    show: Any = print,
+) -> int:
+    """Follow the cloud's changes as they happen (the answering manager's watch stream): one
+    line per change shown with `show`, until `seconds` have passed or `changes` were shown;
+    Ctrl-C stops it. Returns how many changes were shown."""
+    from repl.context import current_session
+
+    wanted = [kinds] if isinstance(kinds, str) else [str(k) for k in kinds]
+    unknown = sorted(set(wanted) - set(WATCH_KINDS))
+    if unknown or not wanted:
+        raise CloudError(
+            f"watch: unknown {', '.join(unknown) or '(nothing asked)'}",
+            hint=f"watch some of {', '.join(WATCH_KINDS)}",
+        )
+    if not 0 < float(seconds) <= 3600:
+        raise CloudError(f"watch: seconds {seconds!r}", hint="give 0 < seconds <= 3600")
+    session = current_session()
+    stream = connection(session).watch(wanted, float(seconds))
+    last: dict[str, Any] = {}
+    shown = 0
+    try:
+        while changes is None or shown < changes:
+            try:
+                kind, records = session.run(anext(stream))
+            except StopAsyncIteration:
+                break
+            if kind not in last:  # the snapshot: the starting point
+                last[kind] = records
+                continue
+            for line in changes_between(last[kind], records):
+                show(f"{time.strftime('%H:%M:%S')} {kind}: {line}")
+                shown += 1
+            last[kind] = records
+    finally:
+        session.run(stream.aclose())  # type: ignore[attr-defined]
+    return shown
 
 
 def connection(session: Any = None) -> Connection:

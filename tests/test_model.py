@@ -11,6 +11,7 @@ the engine meanwhile, and is rebuilt. The watch stream (`GET /v1/watch`) shows c
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,12 @@ import httpx
 import pytest
 
 from localcloud.cloud import LocalCloud
+from repl.cloud import watch
+from repl.context import EvalContext, use
+from repl.session import HyopsEvalError, Session
+from repl.workspace import Workspace
 from tests.conftest import MakeCloud
-from tests.helpers import agents_tls, manager_of, sign_for, signed, wait_until
+from tests.helpers import agents_tls, ev, manager_of, sign_for, signed, wait_until
 from tests.test_cluster_ops import docker_nodes
 from wire.ports import HEADER_MODEL_AGE
 from wire.signing import load_private_key
@@ -134,7 +139,7 @@ def test_services_created_and_scaled_behind_its_back_show(cloud: LocalCloud) -> 
     assert missing.status_code == 404 and missing.json()["error"] == "unknown-service"
 
 
-def watch(cloud: LocalCloud, kinds: str = "nodes") -> Iterator[tuple[str, Any]]:
+def sse_watch(cloud: LocalCloud, kinds: str = "nodes") -> Iterator[tuple[str, Any]]:
     """The watch stream of the manager's agent as (event, data) pairs."""
     path = f"/v1/watch?kinds={kinds}"
     base = cloud.api(NAMES["M"])
@@ -158,7 +163,7 @@ def watch(cloud: LocalCloud, kinds: str = "nodes") -> Iterator[tuple[str, Any]]:
 
 
 def test_the_watch_stream_sends_the_nodes_then_each_change(cloud: LocalCloud) -> None:
-    stream = watch(cloud)
+    stream = sse_watch(cloud)
     event, first = next(stream)
     assert event == "nodes" and {n["name"] for n in first} == {"node-1", "node-2", "node-3"}
     cloud.docker(NAMES["M"], "node", "update", "--label-add", "watched=yes", NAMES["W2"])
@@ -169,6 +174,62 @@ def test_the_watch_stream_sends_the_nodes_then_each_change(cloud: LocalCloud) ->
     else:
         raise AssertionError("the watch stream ended without showing the label")
     stream.close()
+
+
+@pytest.fixture(scope="module")
+def session(cloud: LocalCloud) -> Iterator[Session]:
+    s = Session(Workspace(cloud.state_dir.parent))
+    yield s
+    s.close()
+
+
+def labels_of(session: Session, node: str) -> dict[str, str]:
+    return {n["name"]: n for n in ev(session, "(nodes)")}[node]["labels"]
+
+
+def test_the_workspace_keeps_its_copy_warm_and_reads_its_own_writes(
+    cloud: LocalCloud, session: Session
+) -> None:
+    first = ev(session, "(nodes)")
+    conn = session.cloud_connection
+    assert conn is not None and conn.round_trips >= 1
+    wait_until(lambda: conn._warm.get("nodes"), 30, "the warm copy of the nodes")
+    trips = conn.round_trips
+    assert ev(session, "(nodes)") == first or len(ev(session, "(nodes)")) == 3
+    ev(session, "(services)")
+    assert conn.round_trips == trips  # answered from the warm copy
+    # a change behind the workspace's back arrives through the stream, without a round trip
+    cloud.docker(NAMES["M"], "node", "update", "--label-add", "seen=stream", NAMES["W1"])
+    wait_until(lambda: labels_of(session, NAMES["W1"]).get("seen") == "stream", 30, "the label")
+    assert conn.round_trips == trips
+    # a change made from here is read back at once (the copy is dropped, the agent reads it)
+    ev(session, f'(label! "{NAMES["W2"]}" "made" "here" :yes True)')
+    assert labels_of(session, NAMES["W2"]).get("made") == "here"
+    assert conn.round_trips > trips
+
+
+def test_watch_shows_changes_as_they_happen(cloud: LocalCloud, session: Session) -> None:
+    done = threading.Event()
+
+    def change() -> None:  # a change a second, until the watch has seen one
+        value = 0
+        while not done.is_set():
+            value += 1
+            cloud.docker(NAMES["M"], "node", "update", "--label-add", f"tick={value}", NAMES["W1"])
+            done.wait(1.0)
+
+    changer = threading.Thread(target=change, daemon=True)
+    changer.start()
+    lines: list[str] = []
+    try:
+        with use(EvalContext(session)):
+            shown = watch("nodes", seconds=60, changes=1, show=lines.append)
+    finally:
+        done.set()
+        changer.join()
+    assert shown == 1 and f"nodes: {NAMES['W1']}: labels" in lines[0] and "tick" in lines[0]
+    with pytest.raises(HyopsEvalError, match="unknown bogus"):
+        session.eval('(watch "bogus")')
 
 
 def test_a_killed_node_shows_down_then_back(cloud: LocalCloud) -> None:

@@ -265,6 +265,30 @@ class NodeClient:
         self, path: str, *, params: dict[str, Any] | None = None, timeout: float | None = None
     ) -> AsyncIterator[dict[str, Any]]:
         """A signed GET whose answer is newline-delimited JSON; yields one record per line."""
+        async for line in self.stream_raw_lines(path, params=params, timeout=timeout):
+            if line.strip():
+                yield json.loads(line)
+
+    async def events(
+        self, path: str, *, params: dict[str, Any] | None = None, timeout: float | None = None
+    ) -> AsyncIterator[tuple[str, Any]]:
+        """A signed GET whose answer is server-sent events (`GET /v1/watch`); yields (event
+        name, its data decoded from JSON) as each arrives, until the agent ends the stream."""
+        event, data = "", bytearray()
+        async for line in self.stream_raw_lines(path, params=params, timeout=timeout):
+            if line.startswith(b"event: "):
+                event = line[7:].decode()
+            elif line.startswith(b"data: "):
+                data += line[6:]
+            elif not line.strip() and event:
+                yield event, json.loads(data)
+                event, data = "", bytearray()
+
+    async def stream_raw_lines(
+        self, path: str, *, params: dict[str, Any] | None = None, timeout: float | None = None
+    ) -> AsyncIterator[bytes]:
+        """A signed GET whose answer is a stream of lines; yields each (without its newline),
+        refusing one longer than MAX_LINE."""
         url, _, headers = await self._prepare("GET", path, params, None)
         headers["Accept-Encoding"] = "identity"
         try:
@@ -281,10 +305,9 @@ class NodeClient:
                     if len(pending) > MAX_LINE:
                         raise _too_large(url, "streamed line", MAX_LINE)
                     for line in lines:
-                        if line.strip():
-                            yield json.loads(line)
-                if pending.strip():
-                    yield json.loads(pending)
+                        yield bytes(line)
+                if pending:
+                    yield bytes(pending)
         except httpx.HTTPError as exc:
             raise _unreachable(url, exc) from None
 
