@@ -1,7 +1,7 @@
 "Questions about the cloud's state. Answers are plain data: dicts with string keys, lists of them."
 
 (import urllib.parse [quote :as url-quote]
-        repl.cloud [call describe connect unknown-name [watch :as follow-changes]]
+        repl.cloud [call describe connect unknown-name watch :as follow-changes]
         wire.policy [is-manager safety-view])
 
 (export :objects [cloud connect! nodes node managers leader services tasks status watch])

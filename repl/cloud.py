@@ -283,6 +283,7 @@ class Connection:
         self._watch: asyncio.Task[None] | None = None
         self._watch_url: str | None = None
         self.round_trips = 0  # requests that went over the network (the warm copy saves them)
+        self.keep_warm = True  # open the watch stream after a first read (not in a one-shot)
 
     def __repr__(self) -> str:
         from wire.lists import redact_url
@@ -520,7 +521,7 @@ class Connection:
                     self.answering = url
                     self._managers = [url, *[m for m in self._managers if m != url]]
                     self._remember_managers()
-                if kind is not None and self._watch is None:
+                if kind is not None and self._watch is None and self.keep_warm:
                     self._start_watch(url)  # the next read of it costs no round trip
                 return answer
         raise CloudError(
@@ -645,11 +646,9 @@ WATCH_SECONDS = 300  # the warm copy's stream is opened again after this long
 WATCH_KINDS = ("nodes", "services", "tasks", "info", "containers")
 
 
-def changes_between(old: Any, new: Any) -> list[str]:
+def changes_between(old: list[Any], new: list[Any]) -> list[str]:
     """What changed between two versions of a collection of records (by name), as lines:
-    `+ node-4`, `- web`, `node-2: role worker -> manager`."""
-    if not isinstance(old, list) or not isinstance(new, list):
-        return [] if old == new else ["(not known now)" if new is None else "(known again)"]
+    `+ node-4`, `- web`, `node-2: role 'worker' -> 'manager'`."""
 
     def by_name(records: list[Any]) -> dict[str, Any]:
         return {str(r.get("name") or r.get("id")): r for r in records if isinstance(r, dict)}
@@ -700,7 +699,9 @@ def watch(
                 kind, records = session.run(anext(stream))
             except StopAsyncIteration:
                 break
-            if kind not in last:  # the snapshot: the starting point
+            if records is None:
+                continue  # not known at the moment (the agent is reading it): wait for it
+            if last.get(kind) is None:  # the first known version: the starting point
                 last[kind] = records
                 continue
             for line in changes_between(last[kind], records):
@@ -722,6 +723,7 @@ def connection(session: Any = None) -> Connection:
         workspace = getattr(session, "workspace", None) or find_workspace()
         record = load_record(workspace, getattr(session, "cloud_name", None))
         conn = Connection(record, workspace)
+        conn.keep_warm = getattr(session, "keep_warm", True)
         session.cloud_connection = conn
     return conn
 

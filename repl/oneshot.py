@@ -57,6 +57,7 @@ def main(args: argparse.Namespace) -> int:
 
     try:
         session = Session(cloud_name=getattr(args, "cloud", None))
+        session.keep_warm = False  # one read, then the process ends: no watch stream
     except WorkspaceError as e:
         print(f"hyops eval: {e}", file=sys.stderr)
         return 1
