@@ -50,6 +50,7 @@ log = logging.getLogger("hyops.agent")
 SWARM_PORT = 2377
 PUBLISH_EVERY = 2.0  # seconds between the leader's looks at the manager set
 ENGINE_WAIT = 120.0  # seconds to wait for dockerd's socket before reporting an error state
+JOIN_RETRY = 1.0  # the longest wait between tries to join a cloud the list names
 FORGOTTEN_AFTER = 30.0  # seconds of a broken swarm membership before asking the cloud about it
 
 
@@ -435,6 +436,9 @@ class Agent:
                 self.state = "joining"
                 if await self._try_join(lst):
                     return
+                # the cloud exists and will soon take this node (its first manager's agent
+                # is still starting): look again within a second, not after a growing wait
+                delay = min(delay, JOIN_RETRY)
             elif self.config.may_originate:
                 claim = self._me_as_manager("c-" + secrets.token_hex(4))
                 self.state = "originating"
