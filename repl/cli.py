@@ -86,6 +86,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    given = sys.argv[1:] if argv is None else argv
+    if given[:1] == ["eval"]:
+        # the warm path first: a warm workspace process evaluates it (repl/warm.py)
+        from repl.warmclient import run
+
+        code = run(given[1:])
+        if code is not None:
+            return code
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

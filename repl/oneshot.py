@@ -69,4 +69,16 @@ def main(args: argparse.Namespace) -> int:
         return 1
     finally:
         session.close()
+        _warm_up(session.workspace.root)
     return 0
+
+
+def _warm_up(root: Path) -> None:
+    """Start the workspace's warm process for the next one-shots (repl/warm.py), where they
+    could use it: stdin not a terminal, and `HYOPS_WARM` not 0."""
+    import os
+
+    if os.environ.get("HYOPS_WARM", "1") != "0" and not sys.stdin.isatty():
+        from repl.warm import start_in_background
+
+        start_in_background(root)

@@ -11,6 +11,7 @@ process lives any more) are removed. Cloud tests need root, like CI.
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,6 +25,10 @@ from tests.helpers import trust_cloud
 REPO = Path(__file__).resolve().parent.parent
 
 MakeCloud = Callable[..., LocalCloud]
+
+# `hyops eval` run by tests evaluates in-process and starts no warm process (repl/warm.py) that
+# would outlive the test; tests/test_warm.py turns it on for its own workspaces
+os.environ.setdefault("HYOPS_WARM", "0")
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,210 @@
+"""The warm path for one-shots: a background workspace process that `hyops eval` hands its work.
+
+A one-shot `hyops eval` pays Python's start-up, Hy, httpx and the signing key's cryptography,
+and a new connection to the cloud, every time. After one has evaluated in-process, it starts
+this process (`python -m repl.warm ROOT`, detached) unless `HYOPS_WARM=0`; the next one-shots
+of the workspace (stdin not a terminal: scripts, editors, CI) send it their arguments over a
+private Unix socket (`.hyops/warm.sock`, 0600; only this user's processes are answered)
+through `repl/warmclient.py`, which imports almost nothing. It exits after `IDLE` seconds
+without a request (`HYOPS_WARM_IDLE`), and steps aside (the client then evaluates
+in-process) when hyops's code changed since it started.
+
+Each request runs `repl.oneshot.main` itself, in a fresh Session, with stdout and stderr
+captured: the same output, byte for byte, and the same exit code as in-process (state never
+carries from one one-shot to the next). What stays warm is the process: imports, compiled ops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import socket
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from repl.warmclient import ask, socket_path
+
+__all__ = ["IDLE", "serve", "start_in_background", "status", "stop"]
+
+IDLE = 600.0  # seconds without a request before the warm process exits
+CODE = Path(__file__).resolve().parent.parent  # the tree whose code the process runs
+
+
+def code_stamp() -> float:
+    """The newest modification time of hyops's Python code: a change makes the process step
+    aside (it would run the old code)."""
+    newest = 0.0
+    for package in ("repl", "wire"):
+        for folder, _, files in os.walk(CODE / package):
+            for name in files:
+                if name.endswith(".py"):
+                    with contextlib.suppress(OSError):
+                        newest = max(newest, os.stat(os.path.join(folder, name)).st_mtime)
+    return newest
+
+
+class _Captured(io.StringIO):
+    """Captured output that says whether the client's own stream is a terminal."""
+
+    def __init__(self, tty: bool) -> None:
+        super().__init__()
+        self._tty = tty
+
+    def isatty(self) -> bool:
+        return self._tty
+
+
+def evaluate(request: dict[str, Any]) -> dict[str, Any]:
+    """Run `hyops eval` for `request` as the in-process path would, output captured."""
+    from repl import oneshot
+
+    args = argparse.Namespace(
+        command="eval", forms=request.get("forms"), file=request.get("file"),
+        cloud=request.get("cloud"),
+    )  # fmt: skip
+    tty = bool(request.get("tty"))
+    out, err = _Captured(tty), _Captured(False)
+    columns = os.environ.get("COLUMNS")
+    if tty:
+        os.environ["COLUMNS"] = str(int(request.get("columns") or 80))
+    here = os.getcwd()
+    try:
+        with contextlib.suppress(OSError, TypeError):
+            os.chdir(request.get("cwd"))  # a file named relative to where the client runs
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = int(oneshot.main(args) or 0)
+            except KeyboardInterrupt:
+                code = 130
+    finally:
+        os.chdir(here)
+        if columns is None:
+            os.environ.pop("COLUMNS", None)
+        else:
+            os.environ["COLUMNS"] = columns
+    return {"stdout": out.getvalue(), "stderr": err.getvalue(), "code": code}
+
+
+def _same_user(conn: socket.socket) -> bool:
+    """Whether the peer runs as this process's user (SO_PEERCRED: pid, uid, gid)."""
+    try:
+        creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except OSError:
+        return False
+    _, uid, _ = struct.unpack("3i", creds)
+    return uid == os.getuid()
+
+
+def serve(root: Path, idle: float = IDLE) -> int:
+    """Answer one-shots of the workspace at `root` until `idle` seconds pass without one."""
+    path = socket_path(str(root))
+    if ask(path, {"op": "status"}, timeout=2) is not None:
+        return 0  # another warm process answers already
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)  # a dead one's socket
+    os.chdir(root)
+    os.environ["HYOPS_WORKSPACE"] = str(root)
+    os.environ["HYOPS_WARM"] = "0"  # what it runs never starts another
+    stamp = code_stamp()
+    served = 0
+    old = os.umask(0o177)
+    try:
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        server.bind(path)
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o600)
+    server.listen(8)
+    server.settimeout(idle)
+    try:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                return 0  # idle: exit
+            with conn:
+                conn.settimeout(30)
+                if not _same_user(conn):
+                    continue
+                try:
+                    request = json.loads(_read_all(conn) or b"{}")
+                except (OSError, ValueError):
+                    continue
+                conn.settimeout(None)
+                op = request.get("op") if isinstance(request, dict) else None
+                if op == "status":
+                    answer: dict[str, Any] = {"pid": os.getpid(), "served": served}
+                elif op == "stop":
+                    conn.sendall(json.dumps({"stopped": True}).encode())
+                    return 0
+                elif op == "eval" and code_stamp() != stamp:
+                    conn.sendall(json.dumps({"stepped-aside": "hyops's code changed"}).encode())
+                    return 0
+                elif op == "eval":
+                    answer = evaluate(request)
+                    served += 1
+                else:
+                    answer = {"error": f"unknown op {op!r}"}
+                with contextlib.suppress(OSError):
+                    conn.sendall(json.dumps(answer).encode())
+    finally:
+        server.close()
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
+def _read_all(conn: socket.socket) -> bytes:
+    chunks = []
+    while chunk := conn.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def start_in_background(root: Path) -> None:
+    """Start the warm process of the workspace at `root`, detached (it exits when idle)."""
+    if len(socket_path(str(root)).encode()) > 100:
+        return  # beyond what a Unix socket's address holds: one-shots stay in-process
+    log = Path(root) / ".hyops" / "warm.log"
+    with contextlib.suppress(OSError), open(log, "ab") as out:
+        os.chmod(log, 0o600)
+        subprocess.Popen(
+            [sys.executable, "-m", "repl.warm", str(root)],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+            cwd=str(root),
+        )
+
+
+def status(root: Path) -> dict[str, Any] | None:
+    """The warm process's `{"pid", "served"}`, or None when none answers."""
+    return ask(socket_path(str(root)), {"op": "status"}, timeout=5)
+
+
+def stop(root: Path) -> bool:
+    """Ask the warm process to exit; whether one answered."""
+    return ask(socket_path(str(root)), {"op": "stop"}, timeout=5) is not None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m repl.warm WORKSPACE_ROOT", file=sys.stderr)
+        return 2
+    started = time.monotonic()
+    idle = float(os.environ.get("HYOPS_WARM_IDLE") or IDLE)
+    code = serve(Path(args[0]).resolve(), idle=idle)
+    print(f"warm process {os.getpid()} exits after {time.monotonic() - started:.0f} s")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
