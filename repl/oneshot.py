@@ -79,6 +79,6 @@ def _warm_up(root: Path) -> None:
     import os
 
     if os.environ.get("HYOPS_WARM", "1") != "0" and not sys.stdin.isatty():
-        from repl.warm import start_in_background
+        from repl.warmclient import start_in_background
 
-        start_in_background(root)
+        start_in_background(str(root))

@@ -23,13 +23,12 @@ import json
 import os
 import socket
 import struct
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from repl.warmclient import ask, socket_path
+from repl.warmclient import ask, socket_path, start_in_background
 
 __all__ = ["IDLE", "serve", "start_in_background", "status", "stop"]
 
@@ -165,23 +164,6 @@ def _read_all(conn: socket.socket) -> bytes:
     while chunk := conn.recv(65536):
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-def start_in_background(root: Path) -> None:
-    """Start the warm process of the workspace at `root`, detached (it exits when idle)."""
-    if len(socket_path(str(root)).encode()) > 100:
-        return  # beyond what a Unix socket's address holds: one-shots stay in-process
-    log = Path(root) / ".hyops" / "warm.log"
-    with contextlib.suppress(OSError), open(log, "ab") as out:
-        os.chmod(log, 0o600)
-        subprocess.Popen(
-            [sys.executable, "-m", "repl.warm", str(root)],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=out,
-            start_new_session=True,
-            cwd=str(root),
-        )
 
 
 def status(root: Path) -> dict[str, Any] | None:

@@ -14,7 +14,7 @@ import os
 import socket
 import sys
 
-__all__ = ["SOCKET_NAME", "run", "socket_path", "workspace_root"]
+__all__ = ["SOCKET_NAME", "run", "socket_path", "start_in_background", "workspace_root"]
 
 SOCKET_NAME = "warm.sock"  # in the workspace's .hyops/ (0700), itself 0600
 
@@ -100,3 +100,23 @@ def run(argv: list[str]) -> int | None:
     sys.stderr.write(answer.get("stderr", ""))
     sys.stderr.flush()
     return int(answer["code"])
+
+
+def start_in_background(root: str) -> None:
+    """Start the warm process of the workspace at `root`, detached (it exits when idle)."""
+    if len(socket_path(str(root)).encode()) > 100:
+        return  # beyond what a Unix socket's address holds: one-shots stay in-process
+    import contextlib
+    import subprocess
+
+    log = os.path.join(root, ".hyops", "warm.log")
+    with contextlib.suppress(OSError), open(log, "ab") as out:
+        os.chmod(log, 0o600)
+        subprocess.Popen(
+            [sys.executable, "-m", "repl.warm", str(root)],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+            cwd=str(root),
+        )
