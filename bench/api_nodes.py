@@ -2,7 +2,8 @@
 
 Starts a 3-node local cloud in a temporary workspace, then alternates the two requests (each over
 a kept-alive connection: httpx to the agent over the bridge, httpx to dockerd over its unix
-socket) and prints both medians and the ratio. Aim: at most 1.5x.
+socket) and prints both medians and the ratio. Aim: at most 1.0x (the agent answers from its
+live model, node/model.py; the client's signing is counted on our side).
 Run: .venv/bin/python bench/api_nodes.py
 """
 
@@ -22,6 +23,7 @@ sys.path.insert(0, str(REPO))
 
 from localcloud.cloud import LocalCloud  # noqa: E402
 from wire.keys import load_private_key  # noqa: E402
+from wire.ports import HEADER_MODEL_AGE as MODEL_AGE  # noqa: E402
 from wire.ports import MANAGERS  # noqa: E402
 from wire.signing import audience, sign_headers  # noqa: E402
 
@@ -62,7 +64,12 @@ def main() -> int:
                 transport=httpx.HTTPTransport(uds=manager["docker_socket"]),
                 base_url="http://docker",
             )
-            ours, theirs = [], []
+            # answered from the agent's live model once it is fed (node/model.py)
+            fed = False
+            while not fed and time.monotonic() < deadline:
+                headers = sign_headers(key, "GET", "/v1/nodes", b"", audience=to)
+                fed = MODEL_AGE in agent.get("/v1/nodes", headers=headers).headers
+            ours, theirs, from_model = [], [], 0
             for _ in range(ROUNDS):
                 t = time.perf_counter()
                 r = agent.get(
@@ -70,6 +77,7 @@ def main() -> int:
                 )
                 ours.append(time.perf_counter() - t)
                 assert r.status_code == 200, r.text
+                from_model += MODEL_AGE in r.headers
                 t = time.perf_counter()
                 r = engine.get("/v1.41/nodes")
                 theirs.append(time.perf_counter() - t)
@@ -77,7 +85,8 @@ def main() -> int:
             a, b = statistics.median(ours), statistics.median(theirs)
             print(f"node API GET /v1/nodes    median {a * 1000:.2f} ms over {ROUNDS} requests")
             print(f"Engine API GET /nodes     median {b * 1000:.2f} ms over {ROUNDS} requests")
-            print(f"ratio (ours / engine)     {a / b:.2f}x   (aim: at most 1.5x)")
+            print(f"ratio (ours / engine)     {a / b:.2f}x   (aim: at most 1.0x)")
+            print(f"answered from the live model: {from_model} of {ROUNDS}")
         finally:
             cloud.down(clean=True)
     return 0

@@ -177,13 +177,14 @@ class Agent:
         """Serve the API and run the lifecycle until SIGTERM/SIGINT."""
         import uvicorn
 
-        from node.api import create_app
+        from node.api import ModelReads, create_app
         from node.limits import MAX_BODY, LimitsMiddleware, server_options
 
         server = uvicorn.Server(
             uvicorn.Config(
                 LimitsMiddleware(  # outermost: bounds before any parsing or signature check
-                    create_app(self), max_body=self.config.api_max_body or MAX_BODY
+                    ModelReads(create_app(self), self),  # the hottest reads, from the model
+                    max_body=self.config.api_max_body or MAX_BODY,
                 ),
                 host=self.config.api_host,
                 port=self.config.api_port,
