@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import argparse
 
 # subcommand -> "module:function"; each function takes the parsed arguments and returns an exit code
 HANDLERS = {
@@ -21,6 +24,8 @@ HANDLERS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import argparse  # not at the top: the warm path of `hyops eval` never needs it
+
     parser = argparse.ArgumentParser(
         prog="hyops",
         description="Operate a self-organizing cloud on Docker Swarm from a Hy workspace.",

@@ -76,7 +76,12 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   what="Python dependencies"; [ "$tests" = 1 ] && what="Python dependencies and test tools"
   echo "hyops setup: installing $what into .venv"
   quietly .venv/bin/pip install --disable-pip-version-check --upgrade pip
-  quietly .venv/bin/pip install --disable-pip-version-check -e "$extras"
+  # a plain path entry (compat mode): setuptools' default editable finder costs every
+  # process ~15-50 ms of imports at start-up, one-shots and the warm path's client included
+  # (decision 0023); a setuptools without compat mode gets the default one
+  quietly .venv/bin/pip install --disable-pip-version-check -e "$extras" \
+    --config-settings editable_mode=compat ||
+    quietly .venv/bin/pip install --disable-pip-version-check -e "$extras"
   touch "$stamp"
   # the test tools include the main job's dependencies
   [ "$tests" = 1 ] && touch .venv/.hyops-installed
