@@ -50,6 +50,7 @@ log = logging.getLogger("hyops.agent")
 SWARM_PORT = 2377
 PUBLISH_EVERY = 2.0  # seconds between the leader's looks at the manager set
 ENGINE_WAIT = 120.0  # seconds to wait for dockerd's socket before reporting an error state
+SHUTDOWN_GRACE = 2  # seconds open HTTP streams are given when the agent stops
 JOIN_RETRY = 1.0  # the longest wait between tries to join a cloud the list names
 FORGOTTEN_AFTER = 30.0  # seconds of a broken swarm membership before asking the cloud about it
 
@@ -191,6 +192,9 @@ class Agent:
                 log_level="warning",
                 access_log=False,
                 lifespan="off",
+                # open streams (a watch, a followed log) never end by themselves: a stopping
+                # agent gives them this long, so `hyops down` never waits out the SIGKILL grace
+                timeout_graceful_shutdown=SHUTDOWN_GRACE,
                 **server_options(),
                 **self._tls_files(),
             )
