@@ -219,7 +219,12 @@ class Model:
         refresher = asyncio.create_task(self._refresher(), name="model-refresh")
         try:
             while True:
-                opened = await self._follow()
+                try:
+                    opened = await self._follow()
+                except Exception:  # never a dead model that says it is fed
+                    log.exception("following the engine's events failed")
+                    opened = False
+                    self.streaming, self.fed_since = False, None
                 if opened:
                     self.dropped += 1
                     wait = RECONNECT[0]
@@ -286,7 +291,14 @@ class Model:
             self._dirty.clear()
             rebuilding = self.fed_since is None
             started = time.monotonic()
-            await self._read_dirty()
+            try:
+                await self._read_dirty()
+            except Exception:  # a model that cannot refresh must not answer: read through
+                log.exception("the model could not refresh: reads go to the engine")
+                self.fed_since = None
+                self._mark(COLLECTIONS)  # and it tries again, from scratch
+                await asyncio.sleep(RECONNECT[1])
+                continue
             if rebuilding and self.streaming:
                 self.fed_since = started
                 self.rebuilds += 1
