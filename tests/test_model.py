@@ -176,6 +176,22 @@ def test_the_watch_stream_sends_the_nodes_then_each_change(cloud: LocalCloud) ->
     stream.close()
 
 
+def test_the_watch_stream_is_bounded_and_refuses_what_it_cannot_send(cloud: LocalCloud) -> None:
+    key = Path(cloud.record["operator_key"])
+    snapshot = signed(
+        "GET", cloud.api(NAMES["M"]) + "/v1/watch?kinds=nodes,services&seconds=0", key
+    )
+    assert snapshot.status_code == 200
+    events = [line[7:] for line in snapshot.text.splitlines() if line.startswith("event: ")]
+    assert sorted(events) == ["nodes", "services"]  # each once, then the stream ended
+    bad = signed("GET", cloud.api(NAMES["M"]) + "/v1/watch?kinds=nodes,gossip", key)
+    assert bad.status_code == 400 and "gossip" in bad.json()["message"]
+    assert "nodes" in bad.json()["hint"]
+    worker = signed("GET", cloud.api(NAMES["W1"]) + "/v1/watch?seconds=0", key)
+    assert worker.status_code == 421 and worker.json()["error"] == "not-a-manager"
+    assert "manager" in worker.json()["hint"]
+
+
 @pytest.fixture(scope="module")
 def session(cloud: LocalCloud) -> Iterator[Session]:
     s = Session(Workspace(cloud.state_dir.parent))
