@@ -567,7 +567,8 @@ class Connection:
             )
             while True:
                 params = {"kinds": ",".join(WARM_PATHS.values()), "seconds": WATCH_SECONDS}
-                async for kind, records in client.events("/v1/watch", params=params, timeout=60):
+                stream = client.events("/v1/watch", params=params, timeout=WATCH_SILENCE)
+                async for kind, records in stream:
                     self._warm[kind] = records
                 self._warm.clear()  # the stream ended: until the next snapshot, ask
         except Exception:  # NodeApiError, a broken stream: the copy is not trusted
@@ -588,7 +589,8 @@ class Connection:
         )  # fmt: skip
         params = {"kinds": ",".join(kinds), "seconds": seconds}
         try:
-            async for kind, records in client.events("/v1/watch", params=params, timeout=60):
+            stream = client.events("/v1/watch", params=params, timeout=WATCH_SILENCE)
+            async for kind, records in stream:
                 yield kind, records
         except NodeApiError as exc:
             raise CloudError(exc.message, status=exc.status, code=exc.code, hint=exc.hint) from None
@@ -643,6 +645,9 @@ class Connection:
 # reads the workspace answers from its warm copy (kept by the watch stream), by collection
 WARM_PATHS = {"/v1/nodes": "nodes", "/v1/services": "services"}
 WATCH_SECONDS = 300  # the warm copy's stream is opened again after this long
+# an agent's stream says something at least every 15 s: silence this long means it is cut off
+# (the warm copy is dropped, reads go over the network again)
+WATCH_SILENCE = 20.0
 WATCH_KINDS = ("nodes", "services", "tasks", "info", "containers")
 
 
