@@ -67,8 +67,8 @@ class Managers:
             self.unreachable_since,
         )
 
-    async def act(self, step: Step) -> None:
-        """Make one change, re-reading the node's version right before writing."""
+    async def act(self, step: Step) -> bool:
+        """Make one change, re-reading the node's version right before writing; True if made."""
         log.info("autopilot: %s %s: %s", step.action, step.node, step.reason)
         try:
             node = await self.engine.node(str(step.node))
@@ -87,15 +87,16 @@ class Managers:
         except EngineError as exc:
             if step.action == "demote-dead" and still_joining(exc):
                 self._not_in_raft(str(step.node))
-                return
+                return False
             # a version that moved, or Raft not ready for it yet: the next tick looks again
             log.warning(
                 "autopilot: %s %s failed: %s (trying again next tick)", step.action, step.node, exc
             )
             self.journal.note(step.action, step.node, step.reason, f"failed: {exc.message}")
-            return
+            return False
         self.swarm.invalidate()
         self.journal.note(step.action, step.node, step.reason, "done")
+        return True
 
     def _not_in_raft(self, name: str) -> None:
         """A manager to demote that Swarm says is not in Raft (it lost its reachability between
