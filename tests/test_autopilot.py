@@ -432,7 +432,8 @@ def test_a_removed_dead_manager_that_comes_back_joins_again(make_cloud) -> None:
 
 
 def list_history(cloud: LocalCloud) -> list[list[str]]:
-    """The managers named by each commit of the git list, oldest first."""
+    """The managers named by each commit of the git list, oldest first ("(claim)" first in
+    the origin's claim, which its first publish as the leader confirms)."""
     bare = cloud.record["list"].removeprefix("git+file://")
     git = ["git", "-C", bare]
     revs = subprocess.run([*git, "rev-list", "--reverse", "HEAD"],
@@ -443,7 +444,8 @@ def list_history(cloud: LocalCloud) -> list[list[str]]:
                                capture_output=True, text=True, timeout=30)  # fmt: skip
         if shown.returncode == 0:
             data = tomllib.loads(shown.stdout)
-            history.append(sorted(m["name"] for m in data.get("manager", [])))
+            names = sorted(m["name"] for m in data.get("manager", []))
+            history.append(["(claim)", *names] if data.get("claim") else names)
     return history
 
 
