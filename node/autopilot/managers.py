@@ -11,7 +11,14 @@ from typing import Any
 from node.autopilot.journal import Journal, now_text
 from node.engine import Engine, EngineError
 from node.swarm import SwarmView
-from wire.policy import LABEL_DEAD, Step, is_manager, is_reachable_manager, plan_step
+from wire.policy import (
+    DEMOTED_SETTLE,
+    LABEL_DEAD,
+    Step,
+    is_manager,
+    is_reachable_manager,
+    plan_step,
+)
 
 __all__ = ["Managers", "still_joining"]
 
@@ -33,11 +40,13 @@ class Managers:
         self.journal = journal
         self.ready_since: dict[str, float] = {}
         self.unreachable_since: dict[str, float] = {}
+        self.demoted_since: dict[str, float] = {}  # nodes this autopilot demoted, and when
 
     def forget(self) -> None:
         """Start the clocks afresh (this node just began to lead)."""
         self.ready_since.clear()
         self.unreachable_since.clear()
+        self.demoted_since.clear()
 
     def observe(self, records: list[dict[str, Any]], now: float) -> None:
         """Note since when each node is ready and each manager unreachable (by `now`)."""
@@ -52,9 +61,12 @@ class Managers:
                 self.unreachable_since.setdefault(name, now)
             else:
                 self.unreachable_since.pop(name, None)
-        for table in (self.ready_since, self.unreachable_since):
+        for table in (self.ready_since, self.unreachable_since, self.demoted_since):
             for name in set(table) - names:
                 del table[name]
+        for name, since in list(self.demoted_since.items()):
+            if now - since >= DEMOTED_SETTLE:
+                del self.demoted_since[name]
 
     def plan(self, records: list[dict[str, Any]], spec: dict[str, Any], now: float) -> Step:
         """The one membership change to make now, or why none (wire.policy.plan_step)."""
@@ -65,6 +77,7 @@ class Managers:
             now,
             self.ready_since,
             self.unreachable_since,
+            self.demoted_since,
         )
 
     async def act(self, step: Step) -> bool:
@@ -96,6 +109,8 @@ class Managers:
             return False
         self.swarm.invalidate()
         self.journal.note(step.action, step.node, step.reason, "done")
+        if step.action == "demote":
+            self.demoted_since[str(step.node)] = time.monotonic()
         return True
 
     def _not_in_raft(self, name: str) -> None:
