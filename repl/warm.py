@@ -70,7 +70,13 @@ def evaluate(request: dict[str, Any]) -> dict[str, Any]:
     )  # fmt: skip
     tty = bool(request.get("tty"))
     out, err = _Captured(tty), _Captured(False)
-    columns = os.environ.get("COLUMNS")
+    saved = dict(os.environ)
+    env = request.get("env")
+    if isinstance(env, dict):  # the client's environment, while its forms run
+        os.environ.clear()
+        os.environ.update({str(k): str(v) for k, v in env.items()})
+    os.environ["HYOPS_WARM"] = "0"  # what it runs never starts another warm process
+    os.environ["HYOPS_WORKSPACE"] = saved.get("HYOPS_WORKSPACE", "")
     if tty:
         os.environ["COLUMNS"] = str(int(request.get("columns") or 80))
     here = os.getcwd()
@@ -84,10 +90,8 @@ def evaluate(request: dict[str, Any]) -> dict[str, Any]:
                 code = 130
     finally:
         os.chdir(here)
-        if columns is None:
-            os.environ.pop("COLUMNS", None)
-        else:
-            os.environ["COLUMNS"] = columns
+        os.environ.clear()
+        os.environ.update(saved)
     return {"stdout": out.getvalue(), "stderr": err.getvalue(), "code": code}
 
 

@@ -91,7 +91,14 @@ def run(argv: list[str]) -> int | None:
         return None
     tty = sys.stdout.isatty()
     columns = os.get_terminal_size(sys.stdout.fileno()).columns if tty else 0
-    request = {"op": "eval", **parsed, "tty": tty, "columns": columns, "cwd": os.getcwd()}
+    request = {
+        "op": "eval",
+        **parsed,
+        "tty": tty,
+        "columns": columns,
+        "cwd": os.getcwd(),
+        "env": dict(os.environ),  # what the forms read of it is this process's, not the first's
+    }
     answer = ask(socket_path(root), request)
     if answer is None or "code" not in answer:
         return None  # no warm process, or it stepped aside (its code changed): in-process

@@ -38,6 +38,7 @@ CASES = [
     ("eval", "-f", "forms.hy"),
     ("eval", "-f", "missing.hy"),
     ("eval", "(+ 1 2)", "--cloud", "nowhere"),
+    ("eval", '(import os) (os.environ.get "HYOPS_TEST_VALUE")'),  # this one-shot's environment
 ]
 
 
@@ -57,6 +58,7 @@ def hyops(root: Path, *args: str, warm: bool) -> subprocess.CompletedProcess[byt
         "HYOPS_WORKSPACE": str(root),
         "HYOPS_WARM": "1" if warm else "0",
         "HYOPS_WARM_IDLE": "120",
+        "HYOPS_TEST_VALUE": f"v{len(args)}-{args[-1][:8]}",
     }
     return subprocess.run(
         [HYOPS, *args],
