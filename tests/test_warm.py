@@ -99,3 +99,5 @@ def test_without_a_warm_process_it_evaluates_in_process(root: Path) -> None:
     # no warm process answers: the one-shot is evaluated in-process, same answer
     out = hyops(root, "eval", "(* 2 3)", warm=True)
     assert (out.returncode, out.stdout) == (0, b"6\n")
+    # and it started a warm process again (stopped when the test ends)
+    wait_until(lambda: status(root), 60, "a new warm process answering")
