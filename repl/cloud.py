@@ -276,6 +276,7 @@ class Connection:
         self._managers: list[str] = []
         self._names: dict[str, str] = {}  # manager API URL -> its node name (the audience)
         self._list_read = 0.0  # when the bootstrap list was last read (Unix time)
+        self.page_forwards: list[Any] = []  # the status page's loopback forwards (repl/ui.py)
 
     def __repr__(self) -> str:
         from wire.lists import redact_url
@@ -545,6 +546,9 @@ class Connection:
             raise NodeApiError(api_url, None, "unreachable", str(exc)) from None
 
     async def aclose(self) -> None:
+        for forward in self.page_forwards:
+            await forward.aclose()
+        self.page_forwards.clear()
         for _, listener in self._tunnels.values():
             listener.close()
         self._tunnels.clear()
