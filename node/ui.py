@@ -289,6 +289,7 @@ async def read_cloud(agent: Any) -> dict[str, Any]:
                 tasks += [{**t, "service": s["id"]} for t in running]
     except (AgentError, EngineError) as exc:
         message = getattr(exc, "message", None) or str(exc)
+        message = message.split("desc = ", 1)[-1]  # the engine's gRPC wording, without its code
         return {**base, "ok": False, "problem": f"{agent.name} cannot read the cloud: {message}"}
     view: dict[str, Any] = {
         **base,

@@ -90,6 +90,7 @@ def test_an_old_ticket_opens_nothing() -> None:
 
 # --- the page on a real cloud ---------------------------------------------------------------
 
+
 def docker_roles(cloud: LocalCloud, on: str) -> dict[str, str]:
     """`docker node ls` on a manager: {hostname: "manager" | "worker"}."""
     out = cloud.docker(on, "node", "ls", "--format", "{{json .}}").stdout
@@ -179,8 +180,7 @@ def test_the_page_lists_the_nodes_and_roles_as_docker_does(
     assert manager is not None
     expected = docker_roles(cloud, manager)
     shown = {
-        row.get_attribute("data-node"): row.locator("td.role").inner_text()
-        for row in rows.all()
+        row.get_attribute("data-node"): row.locator("td.role").inner_text() for row in rows.all()
     }
     assert shown == expected
     expect(page.locator("#services-table tbody tr[data-service='web']")).to_contain_text("/ 2")

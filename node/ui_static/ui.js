@@ -85,9 +85,11 @@ function render(view) {
     $("logout").title = `session ${view.session.id}, expires ${view.session.expires}`;
   }
   if (!view.ok) {
-    const when = lastGood ? ` What you see is what it last knew, at ${lastGood.at || "?"}.` : "";
+    const when = lastGood
+      ? ` What you see below is what it last knew, at ${(lastGood.at || "?").replace("T", " ")}.` : "";
     const banner = $("banner");
-    banner.textContent = `⚠ ${view.served_by} has lost the managers: ${view.problem}.${when}`;
+    const problem = view.problem.replace(/\.*$/, ".");
+    banner.textContent = `⚠ ${view.served_by} has lost the managers: ${problem}${when}`;
     banner.hidden = false;
     $("cloud").classList.add("stale");
     $("live").textContent = "Live, but the managers are out of reach";
@@ -121,8 +123,10 @@ function renderSummary(view) {
       (s.joining.length ? `, ${s.joining.join(", ")} joining` : "")],
     ["Quorum", `${s.quorum} managers needed`],
     ["Margin", s.margin < 0 ? `${s.margin}: quorum LOST, no change can be made`
-      : `${s.margin} (${s.tolerates} more manager${s.tolerates === 1 ? "" : "s"} may be lost)`],
-    ["Workers", `${workers.filter((n) => !isDown(n)).length} of ${workers.length} ready`],
+      : s.margin === 0 ? "0: losing one more manager stops every change"
+        : `${s.margin}: ${s.tolerates} more manager${s.tolerates === 1 ? "" : "s"} may be lost`],
+    ["Workers", workers.length
+      ? `${workers.filter((n) => !isDown(n)).length} of ${workers.length} ready` : "none"],
     ["Down", down.length ? down.join(", ") : "none"],
   ];
   const dl = $("summary-list");
@@ -234,8 +238,8 @@ function renderServices(services) {
 
 function renderAutopilot(pilot) {
   const next = pilot.next;
-  $("autopilot-next").textContent = (pilot.node ? `On ${pilot.node}: ` : "") + (next
-    ? `next, ${next.action}${next.node ? " " + next.node : ""}: ${next.reason}`
+  $("autopilot-next").textContent = (pilot.node ? `Leader ${pilot.node}, next: ` : "") + (next
+    ? `${next.action}${next.node ? " " + next.node : ""} (${next.reason})`
     : (pilot.note || "nothing to do"));
   const list = $("autopilot-list");
   list.replaceChildren();
