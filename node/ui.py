@@ -73,8 +73,10 @@ MAX_TTL = 12 * 3600.0
 TICKET_TTL = 120.0  # a ticket must be exchanged within two minutes of being made
 MAX_SESSIONS = 256
 POLL_EVERY = 1.0  # how often the stream reads the cloud
-STREAM_FOR = 30.0  # a stream ends after this long; the browser reconnects at once
-KEEPALIVE_EVERY = 15.0
+# A stream ends after this long and the browser reconnects within a second: an open stream holds
+# the agent's shutdown (uvicorn waits for open answers), and agents get 10 s to stop.
+STREAM_FOR = 8.0
+KEEPALIVE_EVERY = 5.0
 # what every answer under /ui/ carries: nothing loads from elsewhere, nothing frames the page
 HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
@@ -530,6 +532,7 @@ def install(app: FastAPI, agent: Any, operators: Callable[..., Any]) -> Sessions
                     quiet_since = time.monotonic()
                     view = {**view, "session": session.public(), "at": _iso(time.time())}
                     yield f"event: cloud\ndata: {json.dumps(view)}\n\n".encode()
+                yield b"event: again\ndata: {}\n\n"  # a planned end: the page reconnects
             finally:
                 feed.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -295,8 +295,11 @@ function follow() {
   stream = new EventSource("/ui/events");
   stream.addEventListener("cloud", (e) => render(JSON.parse(e.data)));
   stream.addEventListener("ended", (e) => shut(JSON.parse(e.data).message));
+  let planned = false;  // the agent ends each stream after a few seconds; the browser reconnects
+  stream.addEventListener("again", () => { planned = true; });
   stream.onerror = async () => {
     if (ended) return;
+    if (planned && stream.readyState === EventSource.CONNECTING) { planned = false; return; }
     if (stream.readyState === EventSource.CLOSED) {
       // refused (not a stream): ask why, then try again unless the session ended
       stream = null;
