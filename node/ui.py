@@ -399,13 +399,11 @@ class TicketBody(BaseModel):
 
 
 def _refused(exc: SessionEnded) -> JSONResponse:
-    response = JSONResponse(
+    return JSONResponse(
         {"error": exc.code, "message": exc.message, "hint": "open the page with `hyops ui`"},
         status_code=401,
         headers=HEADERS,
     )
-    response.delete_cookie(COOKIE, path="/ui")
-    return response
 
 
 def install(app: FastAPI, agent: Any, operators: Callable[..., Any]) -> Sessions:
@@ -463,7 +461,9 @@ def install(app: FastAPI, agent: Any, operators: Callable[..., Any]) -> Sessions
         response.set_cookie(
             COOKIE,
             secret,
-            max_age=max(1, int(session.expires - time.time())),
+            # outlives the session by the hour the agent remembers ended ones: the page is then
+            # told why it is refused (expired, revoked), not just that there is no session
+            max_age=max(1, int(session.expires - time.time())) + 3600,
             path="/ui",
             httponly=True,
             samesite="strict",
