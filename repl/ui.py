@@ -84,8 +84,8 @@ class PageForward:
                 await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
             finally:
                 up_writer.close()
-        except (OSError, ssl.SSLError):
-            pass
+        except (OSError, ssl.SSLError, asyncio.CancelledError):
+            pass  # the browser or the agent went away, or the forward is closing
         finally:
             writer.close()
             if task is not None:

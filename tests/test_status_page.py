@@ -2,9 +2,10 @@
 
 Debian's `chromium`, headless, driven by Playwright (never `playwright install`: no browser is
 downloaded; see docs/decisions/0020-browser-tests.md). One 3-node cloud for the module with one
-service. The page is opened the way an operator does, `(ui :print-url True)`: a session made
-with the operator's key and a loopback forward to the answering manager. The tests look at what
-the page shows (tables, map, messages), never at timings. The last tests kill managers' engines.
+service; a fourth node, a worker, joins for the last two tests. The page is opened the way an
+operator does, `(ui :print-url True)`: a session made with the operator's key and a loopback
+forward to the answering manager. The tests look at what the page shows (tables, map,
+messages), never at timings. The last test kills managers' engines.
 
 Screenshots are kept in test-artifacts/ and the one of the whole page in docs/status-page.png.
 """
@@ -23,9 +24,11 @@ import pytest
 from localcloud.cloud import LocalCloud
 from node.ui import SessionEnded, Sessions
 from repl.session import Session
+from repl.ui import PageForward
 from repl.workspace import Workspace
 from tests.conftest import MakeCloud
 from tests.helpers import agents_tls, ev, manager_of, signed, wait_until
+from wire.ports import API_PORT
 
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "test-artifacts"
@@ -268,6 +271,47 @@ def test_a_session_is_made_only_with_an_operator_key(cloud: LocalCloud) -> None:
 
 
 @pytest.mark.cloud
+def test_a_worker_serves_the_page_through_the_managers(
+    cloud: LocalCloud, session: Session, context: Any
+) -> None:
+    added = cloud.add_node()["name"]
+    manager = manager_of(cloud)
+    assert manager is not None
+    wait_until(lambda: docker_roles(cloud, manager).get(added) == "worker", 120, "a worker")
+    wait_until(
+        lambda: (
+            httpx.get(cloud.api(added) + "/v1/health", verify=agents_tls()).json()["state"]
+            == "active"
+        ),
+        120,
+        f"{added}'s agent active",
+    )
+    # a session made on the worker itself with the operator's key, and the workspace's forward
+    # to it, which checks the worker's certificate against the cloud's CA
+    operator = Path(cloud.record["operator_key"])
+    made = signed("POST", cloud.api(added) + "/v1/ui/sessions", operator, {"ttl": 600})
+    assert made.status_code == 200, made.text
+    addr = cloud.node_info(added)["addr"]
+    forward = PageForward(addr, API_PORT, cloud.tls_context(), addr)
+    port = session.run(forward.start())
+    try:
+        page = context.new_page()
+        page.goto(f"http://127.0.0.1:{port}/ui/#ticket={made.json()['ticket']}")
+        expect(page.locator("#nodes-table tbody tr")).to_have_count(4)
+        expect(page.locator("#served-by")).to_contain_text(added)
+        row = page.locator(f"#nodes-table tbody tr[data-node='{added}']")
+        expect(row.locator("td.role")).to_have_text("worker")
+        expect(page.locator(f"#map-drawing g[data-node='{added}'] rect")).to_have_count(1)
+        # read through the managers with the worker's own key: the leader's decisions too
+        expect(page.locator("#autopilot-list")).to_contain_text("promote")
+        page.select_option("#logs-of", "service:web")
+        page.click("#logs-form button")
+        expect(page.locator("#logs-note")).to_contain_text("is a worker")
+    finally:
+        session.run(forward.aclose())
+
+
+@pytest.mark.cloud
 def test_the_page_marks_a_dead_manager_down_live_then_says_the_managers_are_lost(
     cloud: LocalCloud, session: Session, context: Any
 ) -> None:
@@ -275,7 +319,7 @@ def test_the_page_marks_a_dead_manager_down_live_then_says_the_managers_are_lost
     page = context.new_page()
     page.goto(opened["url"])
     rows = page.locator("#nodes-table tbody tr")
-    expect(rows).to_have_count(3)
+    expect(rows).to_have_count(len(cloud.nodes))
     serving = opened["node"]
     roles = docker_roles(cloud, serving)
     others = [n for n, role in roles.items() if role == "manager" and n != serving]
