@@ -13,7 +13,11 @@ Screenshots are kept in test-artifacts/ and the one of the whole page in docs/st
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -268,6 +272,41 @@ def test_a_session_is_made_only_with_an_operator_key(cloud: LocalCloud) -> None:
     assert answer.status_code == 403 and answer.json()["error"] == "wrong-role"
     unsigned = httpx.post(cloud.api(node) + "/v1/ui/sessions", verify=agents_tls())
     assert unsigned.status_code == 401
+
+
+@pytest.mark.cloud
+def test_hyops_ui_opens_the_browser_named_by_BROWSER_and_serves_until_ctrl_c(
+    cloud: LocalCloud, tmp_path: Path
+) -> None:
+    opened = tmp_path / "opened"
+    browser = tmp_path / "browser.sh"
+    browser.write_text(f'#!/bin/sh\necho "$1" > {opened}\n')
+    browser.chmod(0o755)
+    env = {**os.environ, "HYOPS_WORKSPACE": str(cloud.state_dir.parent), "BROWSER": str(browser)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "repl.cli", "ui", "--ttl", "300"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        url = wait_until(lambda: opened.exists() and opened.read_text().strip(), 60, "a browser")
+        assert url.startswith("http://127.0.0.1:") and "#ticket=" in url
+        base, ticket = url.split("#ticket=")
+        with httpx.Client(base_url=base.removesuffix("/ui/"), timeout=20) as web:
+            assert web.get("/ui/state").status_code == 401
+            traded = web.post("/ui/session", json={"ticket": ticket})
+            assert traded.status_code == 200, traded.text
+            cookie = traded.headers["set-cookie"].lower()
+            assert "httponly" in cookie and "samesite=strict" in cookie and ticket not in cookie
+            state = web.get("/ui/state").json()
+            assert {n["name"] for n in state["nodes"]} == {n["name"] for n in cloud.nodes}
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "opened http://127.0.0.1:" in out and "#ticket" not in out + err  # no secret shown
 
 
 @pytest.mark.cloud
