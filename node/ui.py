@@ -406,6 +406,18 @@ def _refused(exc: SessionEnded) -> JSONResponse:
     )
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+
+
+def _secure_cookie(request: Request) -> bool:
+    """Whether the session cookie is marked `Secure`: yes when the browser reached the agent over
+    HTTPS at the node's own name or address; no when the browser's address is loopback (the
+    workspace's forward, `repl/ui.py`: its plain HTTP never leaves the machine, and a browser
+    may not send a `Secure` cookie back over it) or the agent speaks plain HTTP."""
+    host = request.headers.get("host", "").rsplit(":", 1)[0].lower()
+    return request.url.scheme == "https" and host not in LOOPBACK_HOSTS
+
+
 def install(app: FastAPI, agent: Any, operators: Callable[..., Any]) -> Sessions:
     """Add the page, its data routes and the session routes to the node API `app`."""
     sessions = Sessions()
@@ -467,7 +479,7 @@ def install(app: FastAPI, agent: Any, operators: Callable[..., Any]) -> Sessions
             path="/ui",
             httponly=True,
             samesite="strict",
-            secure=request.url.scheme == "https",
+            secure=_secure_cookie(request),
         )
         return response
 

@@ -272,6 +272,15 @@ def test_a_session_is_made_only_with_an_operator_key(cloud: LocalCloud) -> None:
     assert answer.status_code == 403 and answer.json()["error"] == "wrong-role"
     unsigned = httpx.post(cloud.api(node) + "/v1/ui/sessions", verify=agents_tls())
     assert unsigned.status_code == 401
+    # opened at the node's own address over HTTPS (not through the loopback forward), the
+    # session's cookie is Secure too
+    operator = Path(cloud.record["operator_key"])
+    made = signed("POST", cloud.api(node) + "/v1/ui/sessions", operator, {"ttl": 60}).json()
+    traded = httpx.post(
+        cloud.api(node) + "/ui/session", json={"ticket": made["ticket"]}, verify=agents_tls()
+    )
+    assert traded.status_code == 200
+    assert "secure" in traded.headers["set-cookie"].lower()
 
 
 @pytest.mark.cloud
@@ -301,6 +310,7 @@ def test_hyops_ui_opens_the_browser_named_by_BROWSER_and_serves_until_ctrl_c(
             cookie = traded.headers["set-cookie"].lower()
             assert "httponly" in cookie and "samesite=strict" in cookie and ticket not in cookie
             state = web.get("/ui/state").json()
+            assert state["ok"], state
             assert {n["name"] for n in state["nodes"]} == {n["name"] for n in cloud.nodes}
     finally:
         proc.send_signal(signal.SIGINT)
