@@ -193,9 +193,15 @@ def test_the_page_lists_the_nodes_and_roles_as_docker_does(
     expect(page.locator("#services-table tbody tr[data-service='web']")).to_contain_text("/ 2")
     expect(page.locator("#summary-list")).to_contain_text("Quorum")
     expect(page.locator("#map-drawing svg g[data-node]")).to_have_count(3)
-    # the log lines of a service, on demand
+    # keyboard: the first Tab reaches "skip to the nodes"; the log lines of a service, on
+    # demand, asked for with keys alone
+    page.keyboard.press("Tab")
+    expect(page.locator("a.skip")).to_be_focused()
+    page.keyboard.press("Enter")
+    expect(page.locator("#nodes")).to_be_focused()
     page.select_option("#logs-of", "service:web")
-    page.click("#logs-form button")
+    page.locator("#logs-form button").focus()
+    page.keyboard.press("Enter")
     expect(page.locator("#logs-text")).to_contain_text("hello from web")
     shot(page, "status-page-1280.png")
     page.set_viewport_size({"width": 390, "height": 844})  # a phone
