@@ -142,7 +142,7 @@ function renderSummary(view) {
 function renderMap(nodes) {
   const managers = nodes.filter(isManager);
   const workers = nodes.filter((n) => !isManager(n));
-  const width = Math.max(520, 150 * Math.max(managers.length, workers.length, 1));
+  const width = Math.max(420, 165 * Math.max(managers.length, workers.length, 1));
   const height = workers.length ? 250 : 130;
   const drawing = svg("svg", { viewBox: `0 0 ${width} ${height}`, role: "img" });
   const spot = new Map();
