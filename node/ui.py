@@ -421,7 +421,6 @@ def _secure_cookie(request: Request) -> bool:
 def install(app: FastAPI, agent: Any, operators: Callable[..., Any]) -> Sessions:
     """Add the page, its data routes and the session routes to the node API `app`."""
     sessions = Sessions()
-    agent.ui_sessions = sessions
 
     def session_of(request: Request) -> UiSession:
         return sessions.check(request.cookies.get(COOKIE))
