@@ -324,7 +324,7 @@ class ModelReads:
 
 def create_app(agent: NodeAgent) -> FastAPI:
     """The node API of `agent`, as an ASGI application."""
-    from node import __version__
+    from node import __version__, ui
 
     app = FastAPI(
         title="hyops node API",
@@ -664,4 +664,5 @@ def create_app(agent: NodeAgent) -> FastAPI:
         )
         return Response(data, media_type="application/json", headers=signed)
 
+    ui.install(app, agent, operators)  # the status page, its stream and sessions (node/ui.py)
     return app

@@ -432,6 +432,32 @@ class Engine:
         """
         operation = f"read logs of container {container_id}"
         tty = bool((await self.container(container_id)).get("Config", {}).get("Tty"))
+        url = f"/v{self.api_version}/containers/{container_id}/logs"
+        async for pair in self._logs(url, operation, tty, since, tail, follow, timestamps):
+            yield pair
+
+    async def swarm_logs(
+        self, kind: str, ident: str, *, tail: int | None = None
+    ) -> AsyncIterator[tuple[str, bytes]]:
+        """The last `tail` log lines, with timestamps, of a service (`kind` "services") or a task
+        ("tasks") across the Swarm, as a manager's engine gathers them from the nodes."""
+        if kind not in ("services", "tasks"):
+            raise ValueError(f"swarm logs are of services or tasks, not {kind!r}")
+        url = f"/v{self.api_version}/{kind}/{ident}/logs"
+        operation = f"read logs of {kind[:-1]} {ident}"
+        async for pair in self._logs(url, operation, False, None, tail, False, True):
+            yield pair
+
+    async def _logs(
+        self,
+        url: str,
+        operation: str,
+        tty: bool,
+        since: str | int | None,
+        tail: int | None,
+        follow: bool,
+        timestamps: bool,
+    ) -> AsyncIterator[tuple[str, bytes]]:
         params = {"stdout": "true", "stderr": "true", "follow": str(follow).lower()}
         params["timestamps"] = str(timestamps).lower()
         if since is not None:
@@ -439,7 +465,6 @@ class Engine:
         if tail is not None:
             params["tail"] = str(int(tail))
         timeout = httpx.Timeout(self.timeout, read=None if follow else self.timeout)
-        url = f"/v{self.api_version}/containers/{container_id}/logs"
         pending: dict[str, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
         frames = bytearray()
         try:

@@ -20,6 +20,7 @@ HANDLERS = {
     "down": "localcloud.commands:down_main",
     "run": "repl.runbook:run_main",
     "notebooks": "repl.runbook:list_main",
+    "ui": "repl.ui:main",
 }
 
 
@@ -64,6 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cloud", help="run against this recorded cloud instead of the default")
 
     sub.add_parser("notebooks", help="list the runbooks with their summary and parameters")
+
+    p = sub.add_parser("ui", help="open the cloud's live status page in the browser ($BROWSER)")
+    p.add_argument(
+        "--print-url", action="store_true", help="print the page's URL instead of opening it"
+    )
+    p.add_argument("--ttl", type=float, default=3600, help="session length in seconds (1 h)")
+    p.add_argument("--revoke", action="store_true", help="end every page session on every node")
+    p.add_argument("--cloud", help="the recorded cloud to show instead of the default")
 
     p = sub.add_parser("agent", help="run the node agent (configured by one TOML file)")
     p.add_argument("--config", required=True, help="the agent's TOML config file")

@@ -284,6 +284,7 @@ class Connection:
         self._watch_url: str | None = None
         self.round_trips = 0  # requests that went over the network (the warm copy saves them)
         self.keep_warm = True  # open the watch stream after a first read (not in a one-shot)
+        self.page_forwards: list[Any] = []  # the status page's loopback forwards (repl/ui.py)
 
     def __repr__(self) -> str:
         from wire.lists import redact_url
@@ -630,6 +631,9 @@ class Connection:
 
     async def aclose(self) -> None:
         self._stop_watch()
+        for forward in self.page_forwards:
+            await forward.aclose()
+        self.page_forwards.clear()
         for _, listener in self._tunnels.values():
             listener.close()
         self._tunnels.clear()

@@ -33,7 +33,8 @@ MAX_LINE = 1024 * 1024
 MAX_ERROR_ANSWER = 64 * 1024
 
 # the routes a node answers about itself, signed for that node; the others for the managers
-NODE_ROUTES = ("/v1/node", "/v1/logs", "/v1/model")
+# (/v1/ui/sessions: a status page session lives on the node whose page the browser opens)
+NODE_ROUTES = ("/v1/node", "/v1/logs", "/v1/model", "/v1/ui/sessions")
 
 
 def audience_for(path: str, cloud_id: str, node: str) -> str:
