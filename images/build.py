@@ -211,12 +211,13 @@ def _base_rootfs(recipe: Recipe, cache: Path, log: Callable[[str], None]) -> Pat
                 "no mmdebstrap on this machine: run `make setup`, or `apt-get install mmdebstrap`"
             )
         log(f"debian {recipe.suite}: {' '.join(recipe.packages)} (mmdebstrap, once)")
-        tmp = tar.with_name(f".{tar.name}.{os.getpid()}.tmp")
+        tmp = tar.with_name(f".{tar.stem}.{os.getpid()}.tar")
         cmd = [
             "mmdebstrap",
             "--variant=minbase",
             "--mode=root",
             "--quiet",
+            "--format=tar",
             f"--include={','.join(sorted(recipe.packages))}",
             '--aptopt=Acquire::Retries "3"',
             # no documentation, manual pages or translations in an image; licences stay
@@ -233,7 +234,8 @@ def _base_rootfs(recipe: Recipe, cache: Path, log: Callable[[str], None]) -> Pat
             _run(cmd, f"mmdebstrap {recipe.suite} from {recipe.mirror}", 1800, env)
             os.replace(tmp, tar)
         finally:
-            tmp.unlink(missing_ok=True)
+            if tmp.is_file():
+                tmp.unlink()
     return tar
 
 
@@ -241,12 +243,12 @@ def _base_rootfs(recipe: Recipe, cache: Path, log: Callable[[str], None]) -> Pat
 
 
 def _python_tree(pins: list[str], sources: list[tuple[str, bytes]], stage: Path) -> dict[str, Any]:
-    """Files under /opt/hyops/lib: the pinned dependencies (pip, binary wheels only) and this
+    """Files under /opt/hyops/lib: the pinned dependencies (pip, wheels preferred) and this
     checkout's packages. Returns image path -> (bytes | Path, mode)."""
     lib = stage / "lib"
     cmd = [
         sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-        "--no-warn-script-location", "--no-deps", "--no-compile", "--only-binary=:all:",
+        "--no-warn-script-location", "--no-deps", "--no-compile", "--prefer-binary",
         "--target", str(lib), *pins,
     ]  # fmt: skip
     _run(cmd, "pip install (the image's Python dependencies)", 900)
