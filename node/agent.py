@@ -33,6 +33,7 @@ from node.autopilot import Autopilot
 from node.config import AgentConfig, ConfigError, load_config
 from node.engine import Engine, EngineError
 from node.operations import Operations
+from node.resources import own_limits
 from node.swarm import SwarmView
 from wire.client import NodeApiError, NodeClient
 from wire.files import PRIVATE, write_atomic
@@ -503,8 +504,14 @@ class Agent:
     # --- labels ------------------------------------------------------------------------------
 
     def wanted_labels(self, info: dict[str, Any]) -> dict[str, str]:
-        cpus = self.config.cpus if self.config.cpus is not None else info.get("NCPU")
-        memory = self.config.memory if self.config.memory is not None else info.get("MemTotal")
+        """The labels this node carries: its API, how it joined, its resources: the config's
+        figures, else the limits of the cgroup it runs under (a node container's --cpus and
+        --memory, node/resources.py), else the engine's."""
+        limit_cpus, limit_memory = own_limits()
+        cpus = next((c for c in (self.config.cpus, limit_cpus, info.get("NCPU")) if c), None)
+        memory = next(
+            (m for m in (self.config.memory, limit_memory, info.get("MemTotal")) if m), None
+        )
         labels = {LABEL_API: self.api_url}
         if self.joined_via is not None:
             labels[LABEL_JOINED_VIA] = self.joined_via
