@@ -180,7 +180,8 @@ class Settings:
             "node": {
                 "name": self.name,
                 "advertise_addr": self.advertise_addr,
-                "api_addr": f"0.0.0.0:{self.api_port}",
+                # on the container's own address: the URL other nodes and the list name
+                "api_addr": f"{self.advertise_addr}:{self.api_port}",
                 "docker_socket": str(DOCKER_SOCKET),
                 "data_dir": str(self.data / "agent"),
                 "key": str(self.key),
@@ -193,7 +194,7 @@ class Settings:
             },
             "tls": tls,
             "ssh": {
-                "listen": f"0.0.0.0:{SSH_PORT}",
+                "listen": f"{self.advertise_addr}:{SSH_PORT}",
                 "host_key": str(self.data / "ssh_host_ed25519"),
                 "logs": str(self.data / "logs"),
             },
@@ -367,6 +368,7 @@ def run(settings: Settings) -> int:
         public = ensure_node_key(settings.key, settings.name)
         _log(f"node {settings.name}, key {public}")
         _log("enrol this key: add it as a node key named after this node to the enrolment file")
+        ensure_node_key(settings.data / "ssh_host_ed25519", f"host-{settings.name}")
         write_merged_trust(settings, set())
         threading.Thread(target=_watch_enrolment, args=(settings, stop), daemon=True).start()
         config = settings.data / "agent.toml"
