@@ -51,6 +51,7 @@ REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("wire", "node", "repl", "ops", "localcloud", "images")  # this checkout's code
 LIB = "/opt/hyops/lib"  # where the Python packages go in the image (PYTHONPATH)
 MAX_INPUT = 1 << 20
+KEEP = 4  # cache entries kept per recipe
 _SKIP = re.compile(r"(^|/)(__pycache__|\.)")
 
 
@@ -361,6 +362,31 @@ def _write_image(layer: Path, layer_sha: str, config: bytes, tag: str, out: Path
     return f"sha256:{config_sha}"
 
 
+def _prune(cache: Path, recipe: str, keep: int) -> list[Path]:
+    """Remove all but the `keep` newest cache entries of `recipe` (an image is ~500 MB; every
+    change of the agent's code makes a new one). Entries being written are left alone."""
+    entries = []
+    for meta in cache.glob("*/image.json"):
+        with contextlib.suppress(OSError, ValueError):
+            if json.loads(meta.read_text()).get("recipe") == recipe:
+                entries.append((meta.stat().st_mtime, meta.parent))
+    removed = []
+    for _, folder in sorted(entries, reverse=True)[keep:]:
+        lock = cache / f".{folder.name}.lock"
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue  # someone is building or reading it
+        try:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+        finally:
+            os.close(fd)
+    return removed
+
+
 # --- building --------------------------------------------------------------------------------
 
 
@@ -413,6 +439,7 @@ def build_image(
                 os.replace(partial, tar)
             data = {"recipe": name, "tag": tag, "image_id": image_id, "key": key}
             meta.write_text(json.dumps(data, indent=1) + "\n")
+            _prune(cache, name, keep=KEEP)
     image_id = json.loads(meta.read_text())["image_id"]
     result = tar
     if output is not None:

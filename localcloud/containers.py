@@ -27,9 +27,9 @@ from typing import Any
 
 from images.build import Built, ImageError, build_image
 from localcloud.cloud import LocalCloud
-from localcloud.host import NETNS_DIR, DevCloudError, remove_tree, run
+from localcloud.host import NETNS_DIR, DevCloudError, flock, remove_tree, run
 from localcloud.keys import CLOUD_KEY, ensure_key
-from wire.cloudrecord import CloudRecord, write_record
+from wire.cloudrecord import CloudRecord, read_record, write_record
 from wire.files import write_private
 from wire.ports import API_PORT, SSH_PORT
 from wire.tls import api_url, client_context
@@ -80,9 +80,15 @@ def ensure_release(folder: Path, cloud: str = "hyops") -> dict[str, Path]:
     """The release material of a cloud in `folder`, made where missing: the operator key, the
     cloud key, the CA (keys 0600), and the trust file of the operator and cloud public keys that
     an image is built with. Returns their paths."""
-    from wire.tls import ensure_ca
 
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with flock(folder / ".lock", 60, f"the release material in {folder}"):
+        return _ensure_release(folder, cloud)
+
+
+def _ensure_release(folder: Path, cloud: str) -> dict[str, Path]:
+    from wire.tls import ensure_ca
+
     paths = {
         "operator_key": folder / "operator_ed25519",
         "cloud_key": folder / "cloud_ed25519",
@@ -140,6 +146,11 @@ class ContainerCloud:
     @property
     def record_path(self) -> Path:
         return self.cloud_dir / "cloud.toml"
+
+    @property
+    def record(self) -> dict[str, Any]:
+        """The cloud as recorded (after `up`): what the workspace connects by."""
+        return read_record(self.record_path).to_dict()
 
     # -- the host engine ------------------------------------------------------------------------
 
