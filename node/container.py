@@ -308,10 +308,22 @@ def workloads_cgroup() -> str:
 # --- processes ------------------------------------------------------------------------------
 
 
+def _clear_stale_run_state() -> None:
+    """What a killed run left in /run (the container's own filesystem, kept across restarts):
+    dockerd's pid file and exec root (containerd's pid file among them). A pid there may now
+    belong to another process, and dockerd would refuse to start. Nothing of ours runs yet."""
+    import shutil
+
+    DOCKER_SOCKET.unlink(missing_ok=True)
+    Path("/run/dockerd.pid").unlink(missing_ok=True)
+    for folder in (Path("/run/docker"), Path("/run/containerd")):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def _start_dockerd(settings: Settings, cgroup_parent: str) -> subprocess.Popen:
     logs = settings.data / "logs"
     logs.mkdir(parents=True, exist_ok=True, mode=0o700)
-    DOCKER_SOCKET.unlink(missing_ok=True)
+    _clear_stale_run_state()
     cmd = [
         "dockerd",
         "--data-root", str(settings.data / "docker"),

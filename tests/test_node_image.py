@@ -179,3 +179,16 @@ def test_a_nested_service_runs_inside_the_node_containers_limits(boxes, session)
     memory = [line for line in cgroup.stdout.splitlines() if ":memory:" in line]
     if memory:  # cgroup v1: the full path shows it is below the node container's own cgroup
         assert f"{node_container}/hyops-workloads/" in memory[0], memory
+
+
+def test_docker_stop_stops_the_agent_and_dockerd_cleanly(boxes, session) -> None:
+    name = boxes.container("node-a")
+    boxes.host_docker("stop", "--time", "60", name)
+    state = json.loads(boxes.host_docker("inspect", "-f", "{{json .State}}", name).stdout)
+    assert (state["Running"], state["ExitCode"]) == (False, 0), state
+    logs = boxes.host_docker("logs", "--tail", "5", name)
+    assert "hyops-node: stopped\n" in logs.stderr, logs.stderr  # not "after a failure"
+    assert "killing it" not in logs.stderr  # the agent and dockerd stopped within their grace
+    boxes.start("node-a")
+    boxes.wait_ready(120)
+    wait_until(lambda: by_name(session)["node-a"]["state"] == "ready", 90, "node-a ready again")
