@@ -192,3 +192,26 @@ def test_docker_stop_stops_the_agent_and_dockerd_cleanly(boxes, session) -> None
     boxes.start("node-a")
     boxes.wait_ready(120)
     wait_until(lambda: by_name(session)["node-a"]["state"] == "ready", 90, "node-a ready again")
+
+
+def test_the_image_is_cached_reproducible_and_carried_as_a_tar(boxes, tmp_path: Path) -> None:
+    """The same inputs give the same image: from the cache (with `--output`, a copy of the tar
+    `docker load` takes), and written again from scratch over the same Debian root filesystem
+    (a second cache sharing only that), with the same image ID."""
+    from images.build import build_image, cache_dir
+
+    first = boxes.image
+    assert first is not None
+    inputs = {"trust": RELEASE / "trust.toml", "tls_ca": RELEASE / "tls_ca.pem"}
+    again = build_image("node", inputs, output=tmp_path / "dist")
+    assert again.cached and (again.tag, again.image_id) == (first.tag, first.image_id)
+    assert again.tar == tmp_path / "dist" / f"{first.tag.replace('/', '-').replace(':', '-')}.tar"
+    assert again.tar.stat().st_size == first.tar.stat().st_size
+    other = tmp_path / "cache"
+    other.mkdir()
+    for base in cache_dir().glob("debian-*.tar"):
+        (other / base.name).symlink_to(base)
+    fresh = build_image("node", inputs, cache=other)
+    assert not fresh.cached and (fresh.tag, fresh.image_id) == (first.tag, first.image_id)
+    loaded = boxes.host_docker("image", "inspect", "-f", "{{.Id}}", first.tag).stdout.strip()
+    assert loaded == first.image_id
