@@ -150,3 +150,17 @@ def test_the_node_containers_settings_say_every_problem(tmp_path: Path) -> None:
     config = settings.agent_config()
     assert config["node"]["api_addr"] == "10.0.0.5:7300" and config["tls"] is None
     assert config["node"]["key"] == "/var/lib/hyops/node_ed25519"
+
+
+def test_the_commands_refuse_bad_input_before_anything_starts(tmp_path: Path, capsys) -> None:
+    from repl.cli import main
+
+    generate_key(tmp_path / "key", "secret")
+    assert main(["image", "build", "node", "--input", f"trust={tmp_path / 'key'}"]) == 1
+    err = capsys.readouterr().err
+    assert "holds a private key" in err and "PRIVATE" not in err
+    assert main(["image", "build", "nope"]) == 1
+    assert "no recipe 'nope'" in capsys.readouterr().err
+    args = ["up", "--containers", "--nodes", "2", "--resources", "node-9=1,1GiB"]
+    assert main(args) == 1
+    assert "--resources names node-9: nodes are node-1 .. node-2" in capsys.readouterr().err
