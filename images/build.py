@@ -46,7 +46,7 @@ __all__ = [
 
 EPOCH = 1_700_000_000  # SOURCE_DATE_EPOCH of every image: a fixed date, so builds repeat
 CACHE = Path("/var/cache/hyops/images")
-BUILDER = "1"  # bump when the way images are written changes, so old cache entries are not used
+BUILDER = "2"  # bump when the way images are written changes, so old cache entries are not used
 REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("wire", "node", "repl", "ops", "localcloud", "images")  # this checkout's code
 LIB = "/opt/hyops/lib"  # where the Python packages go in the image (PYTHONPATH)
@@ -202,7 +202,8 @@ def _run(cmd: list[str], what: str, timeout: float, env: dict[str, str] | None =
 def _base_rootfs(recipe: Recipe, cache: Path, log: Callable[[str], None]) -> Path:
     """The Debian root filesystem of the recipe's suite and packages, made by mmdebstrap once and
     cached by (suite, mirror, packages)."""
-    key = hashlib.sha256(json.dumps(recipe.base_key(), sort_keys=True).encode()).hexdigest()
+    what = {**recipe.base_key(), "builder": BUILDER}
+    key = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
     tar = cache / f"debian-{recipe.suite}-{key[:16]}.tar"
     with _locked(cache / f".debian-{key[:16]}.lock"):
         if tar.is_file():
@@ -215,7 +216,7 @@ def _base_rootfs(recipe: Recipe, cache: Path, log: Callable[[str], None]) -> Pat
         tmp = tar.with_name(f".{tar.stem}.{os.getpid()}.tar")
         cmd = [
             "mmdebstrap",
-            "--variant=minbase",
+            f"--variant={recipe.variant}",
             "--mode=root",
             "--quiet",
             "--format=tar",
@@ -226,6 +227,12 @@ def _base_rootfs(recipe: Recipe, cache: Path, log: Callable[[str], None]) -> Pat
             "--dpkgopt=path-include=/usr/share/doc/*/copyright",
             "--dpkgopt=path-exclude=/usr/share/man/*",
             "--dpkgopt=path-exclude=/usr/share/locale/*",
+            # after everything is installed; the extract variant installs nothing, so there the
+            # hooks run once the packages are unpacked
+            *(
+                f"--{'extract' if recipe.variant == 'extract' else 'customize'}-hook={hook}"
+                for hook in recipe.hooks
+            ),
             recipe.suite,
             str(tmp),
             recipe.mirror,

@@ -215,3 +215,19 @@ def test_the_image_is_cached_reproducible_and_carried_as_a_tar(boxes, tmp_path: 
     assert not fresh.cached and (fresh.tag, fresh.image_id) == (first.tag, first.image_id)
     loaded = boxes.host_docker("image", "inspect", "-f", "{{.Id}}", first.tag).stdout.strip()
     assert loaded == first.image_id
+
+
+def test_the_same_tool_builds_a_tiny_busybox_image_that_runs(boxes) -> None:
+    from images.build import build_image
+
+    busybox = build_image("busybox")
+    assert busybox.tar.stat().st_size < 8 << 20  # a few MB: the extract variant, no Debian base
+    socket = boxes.host.node_info("node-1")["docker_socket"]
+    subprocess.run(
+        ["docker", "-H", f"unix://{socket}", "load", "-i", str(busybox.tar)],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    said = boxes.host_docker("run", "--rm", "--network", "none", busybox.tag, "echo", "hello")
+    assert said.stdout.strip() == "hello"
