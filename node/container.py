@@ -289,6 +289,14 @@ def workloads_cgroup() -> str:
     mine = root / path.lstrip("/")
     if not (mine / "cgroup.procs").exists():
         mine, path = root, "/"  # a cgroup namespace: the mount's root is this container's
+    try:
+        listed = (mine / "cgroup.procs").read_text().split()
+    except OSError:
+        return WORKLOADS
+    if "1" not in listed or any(p == "0" or not Path(f"/proc/{p}").exists() for p in listed):
+        # not this container's own cgroup (e.g. the host's hierarchy mounted in): touch nothing
+        _log(f"cgroup {mine} is not this container's own: workloads go under dockerd's cgroup")
+        return WORKLOADS
     leaf = mine / "init"
     with contextlib.suppress(OSError):
         leaf.mkdir(exist_ok=True)

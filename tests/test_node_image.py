@@ -41,9 +41,10 @@ def boxes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ContainerCloud]:
         trust_cloud(cloud)
         yield cloud
     finally:
-        for node in NODES:  # what the containers said, kept beside the workspace
-            logs = cloud.host_docker("logs", cloud.container(node), check=False)
-            (workspace.parent / f"{node}.log").write_text(logs.stdout + logs.stderr)
+        if cloud.host.load_record() is not None:
+            for node in NODES:  # what the containers said, kept beside the workspace
+                logs = cloud.host_docker("logs", cloud.container(node), check=False)
+                (workspace.parent / f"{node}.log").write_text(logs.stdout + logs.stderr)
         cloud.down()
 
 
