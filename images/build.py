@@ -207,6 +207,7 @@ def _base_rootfs(recipe: Recipe, cache: Path, log: Callable[[str], None]) -> Pat
     tar = cache / f"debian-{recipe.suite}-{key[:16]}.tar"
     with _locked(cache / f".debian-{key[:16]}.lock"):
         if tar.is_file():
+            os.utime(tar)  # used now: the pruning keeps the root filesystems used last
             return tar
         if not shutil.which("mmdebstrap"):
             raise ImageError(
@@ -244,6 +245,12 @@ def _base_rootfs(recipe: Recipe, cache: Path, log: Callable[[str], None]) -> Pat
         finally:
             if tmp.is_file():
                 tmp.unlink()
+    # root filesystems of old recipes or builders: beyond the KEEP used last, and unused for a
+    # day (another build may be about to read one it just found)
+    for old in sorted(cache.glob("debian-*.tar"), key=lambda p: p.stat().st_mtime)[:-KEEP]:
+        with contextlib.suppress(OSError):
+            if time.time() - old.stat().st_mtime > 86400:
+                old.unlink()
     return tar
 
 
