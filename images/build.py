@@ -435,7 +435,6 @@ def build_image(
             cached = False
             base = _base_rootfs(recipe, cache, log)
             log(f"{tag}: writing the image")
-            entry.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(prefix="hyops-image-", dir=cache) as tmp:
                 extra: dict[str, Any] = {}
                 if recipe.python:
@@ -450,6 +449,7 @@ def build_image(
                 config = _image_config(recipe, layer_sha, key)
                 partial = Path(tmp) / "image.tar"
                 image_id = _write_image(layer, layer_sha, config, tag, partial)
+                entry.mkdir(parents=True, exist_ok=True)  # only for a whole image
                 os.replace(partial, tar)
             data = {"recipe": name, "tag": tag, "image_id": image_id, "key": key}
             meta.write_text(json.dumps(data, indent=1) + "\n")
