@@ -34,6 +34,7 @@ from node.config import AgentConfig, ConfigError, load_config
 from node.engine import Engine, EngineError
 from node.model import Model
 from node.operations import Operations
+from node.resources import own_limits
 from node.swarm import SwarmView
 from wire.client import NodeApiError, NodeClient
 from wire.files import PRIVATE, write_atomic
@@ -50,7 +51,7 @@ log = logging.getLogger("hyops.agent")
 SWARM_PORT = 2377
 PUBLISH_EVERY = 2.0  # seconds between the leader's looks at the manager set
 ENGINE_WAIT = 120.0  # seconds to wait for dockerd's socket before reporting an error state
-SHUTDOWN_GRACE = 2  # seconds open HTTP streams are given when the agent stops
+SHUTDOWN_GRACE = 3  # seconds open streams and in-flight requests get when the agent stops
 JOIN_RETRY = 1.0  # the longest wait between tries to join a cloud the list names
 FORGOTTEN_AFTER = 30.0  # seconds of a broken swarm membership before asking the cloud about it
 # Seconds a claim on the list may stand unconfirmed, as this agent has watched it, before this
@@ -198,8 +199,9 @@ class Agent:
                 log_level="warning",
                 access_log=False,
                 lifespan="off",
-                # open streams (a watch, a followed log) never end by themselves: a stopping
-                # agent gives them this long, so `hyops down` never waits out the SIGKILL grace
+                # open streams (a watch, a followed log) never end by themselves, and a TLS
+                # connection's close waits for the peer's close_notify (30 s) that pooled peers
+                # never send: a stopping agent gives them this long, so SIGTERM is prompt
                 timeout_graceful_shutdown=SHUTDOWN_GRACE,
                 **server_options(),
                 **self._tls_files(),
@@ -592,8 +594,14 @@ class Agent:
     # --- labels ------------------------------------------------------------------------------
 
     def wanted_labels(self, info: dict[str, Any]) -> dict[str, str]:
-        cpus = self.config.cpus if self.config.cpus is not None else info.get("NCPU")
-        memory = self.config.memory if self.config.memory is not None else info.get("MemTotal")
+        """The labels this node carries: its API, how it joined, its resources: the config's
+        figures, else the limits of the cgroup it runs under (a node container's --cpus and
+        --memory, node/resources.py), else the engine's."""
+        limit_cpus, limit_memory = own_limits()
+        cpus = next((c for c in (self.config.cpus, limit_cpus, info.get("NCPU")) if c), None)
+        memory = next(
+            (m for m in (self.config.memory, limit_memory, info.get("MemTotal")) if m), None
+        )
         labels = {LABEL_API: self.api_url}
         if self.joined_via is not None:
             labels[LABEL_JOINED_VIA] = self.joined_via

@@ -18,6 +18,7 @@ HANDLERS = {
     "agent": "node.agent:main",
     "up": "localcloud.commands:up_main",
     "down": "localcloud.commands:down_main",
+    "image": "images.commands:image_main",
     "run": "repl.runbook:run_main",
     "notebooks": "repl.runbook:list_main",
     "ui": "repl.ui:main",
@@ -84,7 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="how many nodes (default: 3 for a new cloud; a recorded cloud comes back as it was)",
     )
-    p.add_argument("--name", default="local", help="the cloud's name in this workspace")
+    p.add_argument(
+        "--name", default=None, help="the cloud's name in this workspace (default local, boxes)"
+    )
+    p.add_argument(
+        "--containers",
+        action="store_true",
+        help="run the nodes as node containers (the node image) on a host engine",
+    )
     p.add_argument(
         "--resources",
         action="append",
@@ -94,8 +102,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = sub.add_parser("down", help="stop a local cloud (keeps its data unless --clean)")
-    p.add_argument("--name", default="local", help="the cloud's name in this workspace")
+    p.add_argument("--name", default=None, help="the cloud's name in this workspace (local)")
     p.add_argument("--clean", action="store_true", help="also remove the cloud's data")
+
+    p = sub.add_parser("image", help="build an image from its recipe (images/recipes/NAME.toml)")
+    verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
+    b = verbs.add_parser("build", help="build (or take from the cache) image NAME, as a tar")
+    b.add_argument("name", metavar="NAME", help="the recipe: images/recipes/NAME.toml, e.g. node")
+    b.add_argument("--output", metavar="DIR", help="also write the tar into DIR")
+    b.add_argument(
+        "--input",
+        action="append",
+        default=[],
+        metavar="NAME=FILE",
+        help="material the recipe takes at build, e.g. trust=release/trust.toml (repeatable)",
+    )
     return parser
 
 
