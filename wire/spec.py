@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from wire.problems import problems_message
+from wire.services import SERVICE_KEYS, check_service
 
 __all__ = [
     "DEFAULT_TARGETS",
@@ -54,7 +55,6 @@ DEFAULT_RESOURCES: dict[str, float] = {"cpus": 1.0, "memory": 1.0}
 _SYSTEM_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}
-_VOLUME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*:/[^:]*(:ro|:rw)?$")
 
 
 class SpecError(Exception):
@@ -234,65 +234,23 @@ def _resources(given: Any, problems: list[str]) -> dict[str, float]:
     return out
 
 
-SYSTEM_KEYS = {
-    "image", "command", "replicas", "mode", "placement", "volumes", "env", "min_nodes", "below",
-}  # fmt: skip
+SYSTEM_KEYS = SERVICE_KEYS | {"min_nodes", "below"}
 
 
 def _system(name: str, given: Any, problems: list[str]) -> dict[str, Any]:
+    """A system: a service definition (wire/services.py: image, command, replicas, ports,
+    networks, secrets, configs, limits, health, update policy, ...) and when it runs."""
     where = f"system {name!r}"
     if not _SYSTEM_NAME.match(str(name)):
         problems.append(f"{where}: a name has lower-case letters, digits, '-' or '_' "
                         "(at most 63), starting with a letter or digit")  # fmt: skip
+    found: list[str] = []
+    out = check_service(name, given, found, extra=frozenset({"min_nodes", "below"}))
+    problems += [p.replace(f"service {name!r}", where, 1) for p in found]
     if not isinstance(given, dict):
-        problems.append(f"{where}: expected a table, got {given!r}")
         return {}
-    _unknown(where, given, SYSTEM_KEYS, problems)
-    out: dict[str, Any] = {}
-    image = given.get("image")
-    if not isinstance(image, str) or not image.strip():
-        problems.append(f'{where} image: required, e.g. image = "busybox:1.36"')
-    out["image"] = image
-    command = given.get("command", [])
-    if isinstance(command, str):
-        command = ["sh", "-c", command]
-    if not isinstance(command, list) or not all(isinstance(c, str) for c in command):
-        problems.append(f"{where} command: expected a string or a list of strings")
-        command = []
-    out["command"] = command
-    mode = given.get("mode", "replicated")
-    if mode not in ("replicated", "global"):
-        problems.append(f'{where} mode: expected "replicated" or "global", got {mode!r}')
-    out["mode"] = mode
-    replicas = given.get("replicas")
-    if mode == "global":
-        if replicas is not None:
-            problems.append(f'{where}: replicas has no meaning with mode = "global" (one per node)')
-        out["replicas"] = None  # a checked spec checks again the same
-    else:
-        replicas = 1 if replicas is None else replicas
-        out["replicas"] = _int(where, "replicas", replicas, 1, 1000, problems)
-    placement = given.get("placement", [])
-    if not isinstance(placement, list) or not all(
-        isinstance(p, str) and ("==" in p or "!=" in p) for p in placement
-    ):
-        problems.append(f"{where} placement: expected constraints like "
-                        "[\"node.role==worker\", \"node.labels.disk==ssd\"]")  # fmt: skip
-        placement = []
-    out["placement"] = placement
-    volumes = given.get("volumes", [])
-    if not isinstance(volumes, list) or not all(
-        isinstance(v, str) and _VOLUME.match(v) for v in volumes
-    ):
-        problems.append(f"{where} volumes: expected named volumes like [\"data:/data\"] "
-                        "(volume:path in the container)")  # fmt: skip
-        volumes = []
-    out["volumes"] = volumes
-    env = given.get("env", {})
-    if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
-        problems.append(f'{where} env: expected a table of strings, like {{ LEVEL = "info" }}')
-        env = {}
-    out["env"] = dict(env)
+    if out.get("replicas") == 0:
+        problems.append(f"{where} replicas: at least 1 (below min_nodes the autopilot stops it)")
     out["min_nodes"] = _int(where, "min_nodes", given.get("min_nodes", 1), 1, 100_000, problems)
     below = given.get("below", "stop")
     if below not in ("stop", "keep"):

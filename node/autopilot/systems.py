@@ -10,6 +10,7 @@ from typing import Any
 
 from node.autopilot.journal import Journal
 from node.engine import Engine, EngineError
+from wire.services import engine_spec
 
 __all__ = [
     "LABEL_SYSTEM",
@@ -36,40 +37,20 @@ def system_version(system: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def service_spec(name: str, system: dict[str, Any], running: bool) -> dict[str, Any]:
-    """The Engine `ServiceSpec` of a system, running or stopped (data kept: volumes stay)."""
-    constraints = list(system["placement"])
-    if system["mode"] == "global":
-        mode: dict[str, Any] = {"Global": {}}
-        if not running:
-            constraints.append(STOPPED_CONSTRAINT)
-    else:
-        mode = {"Replicated": {"Replicas": system["replicas"] if running else 0}}
-    mounts = []
-    for volume in system["volumes"]:
-        source, target, *flags = volume.split(":")
-        mounts.append(
-            {"Type": "volume", "Source": source, "Target": target, "ReadOnly": flags == ["ro"]}
-        )
-    container: dict[str, Any] = {"Image": system["image"], "Mounts": mounts}
-    if system["command"]:
-        container["Command"] = list(system["command"])
-    if system["env"]:
-        container["Env"] = [f"{k}={v}" for k, v in sorted(system["env"].items())]
-    return {
-        "Name": name,
-        "Labels": {
-            LABEL_SYSTEM: name,
-            LABEL_SYSTEM_VERSION: system_version(system),
-            LABEL_SYSTEM_STATE: "running" if running else "stopped",
-        },
-        "TaskTemplate": {
-            "ContainerSpec": container,
-            "Placement": {"Constraints": constraints},
-            "RestartPolicy": {"Condition": "any", "Delay": 1_000_000_000},
-        },
-        "Mode": mode,
+def service_spec(
+    name: str,
+    system: dict[str, Any],
+    running: bool,
+    ids: dict[str, dict[str, str]] | None = None,
+) -> dict[str, Any]:
+    """The Engine `ServiceSpec` of a system, running or stopped (data kept: volumes stay).
+    `ids` maps its networks, secrets and configs to their Swarm IDs (wire/services.py)."""
+    labels = {
+        LABEL_SYSTEM: name,
+        LABEL_SYSTEM_VERSION: system_version(system),
+        LABEL_SYSTEM_STATE: "running" if running else "stopped",
     }
+    return engine_spec(name, system, labels=labels, ids=ids, running=running)
 
 
 async def reconcile_systems(
