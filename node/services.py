@@ -259,6 +259,7 @@ class Services:
             if (s["Spec"].get("Labels") or {}).get(STACK_LABEL) == name
         }
         created, updated, removed = [], [], []
+        changed: dict[str, list[str]] = {}
         for svc, d in sorted(definitions.items()):
             spec = engine_spec(svc, d, labels={**label, STACK_IMAGE: d["image"]}, ids=ids)
             spec["TaskTemplate"]["ContainerSpec"]["Labels"] = label
@@ -268,7 +269,8 @@ class Services:
                 continue
             for _ in range(5):
                 fresh = await self.engine.service(current[svc]["ID"])
-                if _same_spec(fresh["Spec"], spec):
+                differs = _spec_differs(fresh["Spec"], spec)
+                if not differs:
                     break
                 try:
                     await self.engine.service_update(fresh["ID"], fresh["Version"]["Index"], spec)
@@ -277,6 +279,7 @@ class Services:
                         continue
                     raise
                 updated.append(svc)
+                changed[svc] = differs
                 break
         for svc in sorted(set(current) - set(definitions)):
             await self.engine.service_remove(current[svc]["ID"])
@@ -294,6 +297,7 @@ class Services:
             "name": name,
             "created": created,
             "updated": updated,
+            "changed": changed,
             "removed": removed,
             "made": made,
             "pruned": unused,
@@ -363,24 +367,41 @@ class Services:
         }
 
 
-def _same_spec(have: dict[str, Any], want: dict[str, Any]) -> bool:
-    """Whether a service's spec already is what a stack deploy would make it (no rollout)."""
+def _spec_differs(have: dict[str, Any], want: dict[str, Any]) -> list[str]:
+    """What differs between a service's spec and what a stack deploy would make it (nothing:
+    no rollout).
+    The fields hyops sets are compared; the engine's own defaults are not."""
+
+    def pick(d: Any, keys: tuple[str, ...]) -> Any:
+        if not isinstance(d, dict):
+            return None
+        out = {k: d[k] for k in keys if d.get(k) not in (None, "", [], {}, 0)}  # 0: default
+        return out or None
 
     def norm(spec: dict[str, Any]) -> dict[str, Any]:
         template = spec.get("TaskTemplate") or {}
-        container = dict(template.get("ContainerSpec") or {})
-        container["Image"] = (container.get("Image") or "").split("@", 1)[0]
-        for key in list(container):
-            if not container[key]:
-                del container[key]
+        c = template.get("ContainerSpec") or {}
+        resources = template.get("Resources") or {}
         return {
-            "container": container,
+            "image": (c.get("Image") or "").split("@", 1)[0],
+            "container": pick(c, ("Command", "Args", "Env", "Mounts", "Labels", "Healthcheck")),
+            "secrets": [pick(x, ("File", "SecretName")) for x in c.get("Secrets") or []],
+            "configs": [pick(x, ("File", "ConfigName")) for x in c.get("Configs") or []],
             "mode": spec.get("Mode"),
             "labels": spec.get("Labels") or {},
             "placement": (template.get("Placement") or {}).get("Constraints") or [],
-            "resources": template.get("Resources") or {},
-            "networks": [n.get("Target") for n in template.get("Networks") or []],
-            "ports": (spec.get("EndpointSpec") or {}).get("Ports") or [],
+            "limits": pick(resources.get("Limits"), ("NanoCPUs", "MemoryBytes")),
+            "reservations": pick(resources.get("Reservations"), ("NanoCPUs", "MemoryBytes")),
+            "restart": pick(template.get("RestartPolicy"), ("Condition", "Delay", "MaxAttempts")),
+            "networks": [pick(n, ("Target", "Aliases")) for n in template.get("Networks") or []],
+            "update": pick(
+                spec.get("UpdateConfig"), ("Parallelism", "Delay", "FailureAction", "Order")
+            ),
+            "ports": [
+                pick(p, ("Protocol", "TargetPort", "PublishedPort", "PublishMode"))
+                for p in (spec.get("EndpointSpec") or {}).get("Ports") or []
+            ],
         }
 
-    return norm(have) == norm(want)
+    a, b = norm(have), norm(want)
+    return [k for k in a if a[k] != b[k]]
