@@ -35,6 +35,11 @@ class UpdateBody(BaseModel):
     )
 
 
+class ObjectBody(BaseModel):
+    name: str
+    data: str = Field(description="the value, base64; a secret's is never logged or answered")
+
+
 class StackBody(BaseModel):
     services: dict[str, Any]
     networks: dict[str, Any] = Field(default_factory=dict)
@@ -105,3 +110,31 @@ def add_service_routes(
     ) -> Any:
         """Remove a stack: its services, then its networks, configs and secrets."""
         return await on_manager(request, lambda: services.remove_stack(name, by=key.name))
+
+    for kind in ("secrets", "configs"):
+        _object_routes(app, services, kind, on_manager, readers, operators)
+
+
+def _object_routes(
+    app: FastAPI, services: Services, kind: str, on_manager: OnManager, readers: Any, operators: Any
+) -> None:
+    """GET, POST /v1/{kind} and DELETE /v1/{kind}/{name} for secrets or configs."""
+
+    @app.get(f"/v1/{kind}", tags=["services"], name=f"list {kind}")
+    async def listing(request: Request, key: TrustedKey = Depends(readers)) -> Any:
+        """Names, labels and creation times; never a value."""
+        return await on_manager(request, lambda: services.objects(kind))
+
+    @app.post(f"/v1/{kind}", tags=["services"], name=f"create a {kind[:-1]}")
+    async def create(
+        body: ObjectBody, request: Request, key: TrustedKey = Depends(operators)
+    ) -> Any:
+        """Create one (409 when the name exists: Swarm never changes one in place)."""
+        return await on_manager(
+            request, lambda: services.create_object(kind, body.name, body.data, by=key.name)
+        )
+
+    @app.delete(f"/v1/{kind}/{{name}}", tags=["services"], name=f"remove a {kind[:-1]}")
+    async def remove(name: str, request: Request, key: TrustedKey = Depends(operators)) -> Any:
+        """Remove one (refused by Swarm while a service uses it)."""
+        return await on_manager(request, lambda: services.remove_object(kind, name, by=key.name))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -36,6 +37,7 @@ log = logging.getLogger("hyops.agent")
 
 STACK_LABEL = "com.docker.stack.namespace"  # Docker's own: `docker stack ls` reads it
 STACK_IMAGE = "com.docker.stack.image"
+_OBJECT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 def _invalid(problems: list[str], hint: str) -> AgentError:
@@ -171,6 +173,59 @@ class Services:
         await self.engine.service_remove(service["ID"])
         log.info("service %s removed (asked by %s)", service["Spec"]["Name"], by)
         return {"name": service["Spec"]["Name"], "removed": True}
+
+    # -- secrets and configs ------------------------------------------------------------------
+
+    async def objects(self, kind: str) -> list[dict[str, Any]]:
+        """The cloud's secrets or configs: name, labels, when made (never a value)."""
+        self.require_swarm()
+        listing = self.engine.secrets if kind == "secrets" else self.engine.configs
+        return sorted(
+            (
+                {
+                    "name": o["Spec"]["Name"],
+                    "labels": o["Spec"].get("Labels") or {},
+                    "created": o.get("CreatedAt"),
+                }
+                for o in await listing()
+            ),
+            key=lambda r: r["name"],
+        )
+
+    async def create_object(self, kind: str, name: str, data: str, by: str) -> dict[str, Any]:
+        """Create a secret or config from base64 `data` (a secret's value is never logged)."""
+        self.require_swarm()
+        if not _OBJECT_NAME.match(name):
+            raise _invalid([f"{kind[:-1]} name {name!r}: letters, digits, '.', '_', '-'"], "")
+        existing = {o["name"] for o in await self.objects(kind)}
+        if name in existing:
+            raise AgentError(
+                "conflict",
+                "exists",
+                f"a {kind[:-1]} named {name!r} exists; Swarm never changes one in place",
+                f"create it under a new name (e.g. {name}-2) and point the service at that one",
+            )
+        create = self.engine.secret_create if kind == "secrets" else self.engine.config_create
+        await create({"Name": name, "Labels": {}, "Data": data})
+        log.info("%s %s created (asked by %s)", kind[:-1], name, by)
+        return {"name": name, "created": True}
+
+    async def remove_object(self, kind: str, name: str, by: str) -> dict[str, Any]:
+        self.require_swarm()
+        listing = self.engine.secrets if kind == "secrets" else self.engine.configs
+        found = [o for o in await listing() if o["Spec"]["Name"] == name]
+        if not found:
+            known = [o["Spec"]["Name"] for o in await listing()]
+            raise AgentError(
+                "not-found",
+                f"unknown-{kind[:-1]}",
+                f"no {kind[:-1]} named {name!r}",
+                unknown_name_hint(kind[:-1], name, known),
+            )
+        remove = self.engine.secret_remove if kind == "secrets" else self.engine.config_remove
+        await remove(found[0]["ID"])
+        log.info("%s %s removed (asked by %s)", kind[:-1], name, by)
+        return {"name": name, "removed": True}
 
     # -- stacks -------------------------------------------------------------------------------
 

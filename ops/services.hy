@@ -10,7 +10,8 @@ one line to the workspace's audit log, as every change does. Swarm does the work
         ops.cluster [services])
 
 (export :objects [service deploy! scale! update-service! rollback! remove-service! follow
-                  stacks stack deploy-stack! remove-stack!])
+                  stacks stack deploy-stack! remove-stack!
+                  secrets configs create-secret! create-config! remove-secret! remove-config!])
 
 
 (defn service [name]
@@ -153,3 +154,49 @@ one line to the workspace's audit log, as every change does. Swarm does the work
                                      o (get current k)
                                      f"{(cut k 0 -1)} {o}: REMOVE"))))
   (perform plan (fn [] (call "DELETE" (+ "/v1/stacks/" name))) :yes yes :dry-run dry-run))
+
+(defn secrets []
+  "The cloud's secrets: name, labels, when made. Swarm never gives a value back."
+  (call "GET" "/v1/secrets"))
+
+(defn configs []
+  "The cloud's configs: name, labels, when made."
+  (call "GET" "/v1/configs"))
+
+(defn _create-object [kind name file value yes dry-run]
+  (import base64 repl.mutate [Plan])
+  (when (= (is None file) (is None value))
+    (raise (CloudError f"create-{kind}!: give the value with :file PATH or :value TEXT (one of them)"
+                       :code "bad-request")))
+  (setv data (if file (.read-bytes (.expanduser (Path file))) (.encode (str value)))
+        plan (Plan :action f"create-{kind}" :target name
+                   :changes [f"{kind} {name}: create ({(len data)} bytes{(if (= kind "secret") ", value hidden" "")})"]
+                   :args {"from" (if file (str file) "a value given in the workspace")}))
+  (perform plan (fn [] (call "POST" f"/v1/{kind}s"
+                             :body {"name" name "data" (.decode (base64.b64encode data))}))
+           :yes yes :dry-run dry-run))
+
+(defn create-secret! [name * [file None] [value None] [yes False] [dry-run False]]
+  "Create a Swarm secret from a file (or a value); services and systems mount it at
+  /run/secrets/NAME. The value is never printed, answered or written to the audit log.
+  A secret never changes: create NAME-2 and point the service at it.
+    (create-secret! \"db_password\" :file \"~/.secrets/db\" :yes True)"
+  (_create-object "secret" name file value yes dry-run))
+
+(defn create-config! [name * [file None] [value None] [yes False] [dry-run False]]
+  "Create a Swarm config (a file services mount, not secret) from a file or a value.
+    (create-config! \"nginx.conf\" :file \"conf/nginx.conf\" :yes True)"
+  (_create-object "config" name file value yes dry-run))
+
+(defn _remove-object [kind name yes dry-run]
+  (import repl.mutate [Plan])
+  (perform (Plan :action f"remove-{kind}" :target name :changes [f"{kind} {name}: REMOVE"])
+           (fn [] (call "DELETE" f"/v1/{kind}s/{name}")) :yes yes :dry-run dry-run))
+
+(defn remove-secret! [name * [yes False] [dry-run False]]
+  "Remove a secret (Swarm refuses while a service uses it)."
+  (_remove-object "secret" name yes dry-run))
+
+(defn remove-config! [name * [yes False] [dry-run False]]
+  "Remove a config (Swarm refuses while a service uses it)."
+  (_remove-object "config" name yes dry-run))

@@ -258,3 +258,63 @@ def test_an_unsupported_compose_key_deploys_nothing(
     assert "services.b.deploy.replica: not supported" in text
     services = cloud.docker(manager_of(cloud) or "node-1", "service", "ls", "--format", "{{.Name}}")
     assert "nope_" not in services.stdout
+
+
+SYSTEM = """\
+image = "local/busybox:1"
+command = "trap 'exit 0' TERM; sleep 2147483647 & wait $!"
+replicas = 2
+ports = ["18080:8080"]
+networks = ["shopnet"]
+secrets = ["sys_token"]
+configs = [{ source = "sys_conf", target = "/etc/shop.conf" }]
+limits = { cpus = 0.5, memory = "64M" }
+reservations = { memory = "16M" }
+health = { cmd = "test -s /run/secrets/sys_token", interval = "2s", retries = 3 }
+update = { parallelism = 2, failure_action = "rollback", order = "start-first" }
+"""
+
+
+def test_a_system_gets_ports_networks_secrets_limits_health_and_leaves_with_the_spec(
+    cloud: LocalCloud, session: Session, tmp_path: Path
+) -> None:
+    secret = "system-secret-never-shown"
+    ev(session, f'(create-secret! "sys_token" :value "{secret}" :yes True)')
+    ev(session, '(create-config! "sys_conf" :value "level = info" :yes True)')
+    assert "sys_token" in [s["name"] for s in ev(session, "(secrets)")]
+    folder = tmp_path / "cloud"
+    (folder / "systems").mkdir(parents=True)
+    (folder / "cloud.toml").write_text(
+        (Path(__file__).parent.parent / "cloud/cloud.toml").read_text()
+    )
+    (folder / "systems" / "shop.toml").write_text(SYSTEM)
+    ev(session, f'(apply-spec! :folder "{folder}" :yes True)')
+    try:
+        wait_until(lambda: len(docker_running(cloud, "shop")) == 2, 120, "two shop tasks running")
+    except AssertionError:
+        print(json.dumps(ev(session, "(autopilot)"), indent=1))
+        raise
+    spec = docker_service(cloud, "shop")["Spec"]
+    template = spec["TaskTemplate"]
+    assert spec["EndpointSpec"]["Ports"][0]["PublishedPort"] == 18080
+    assert [s["SecretName"] for s in template["ContainerSpec"]["Secrets"]] == ["sys_token"]
+    assert template["ContainerSpec"]["Configs"][0]["File"]["Name"] == "/etc/shop.conf"
+    assert template["Resources"]["Limits"] == {"NanoCPUs": 500_000_000, "MemoryBytes": 64 << 20}
+    assert template["Resources"]["Reservations"]["MemoryBytes"] == 16 << 20
+    assert template["ContainerSpec"]["Healthcheck"]["Test"][0] == "CMD-SHELL"
+    assert spec["UpdateConfig"]["Parallelism"] == 2
+    assert spec["UpdateConfig"]["FailureAction"] == "rollback"
+    networks = cloud.docker(manager_of(cloud) or "node-1", "network", "ls", "--format", "{{.Name}}")
+    assert "shopnet" in networks.stdout.split()
+    whole = ev(session, '(service "shop")')
+    assert whole["ports"] == ["18080:8080/tcp"] and whole["secrets"] == ["sys_token"]
+
+    # the system leaves the spec: the diff says so, apply removes its service
+    (folder / "systems" / "shop.toml").unlink()
+    diff = ev(session, f'(spec-diff "{folder}")')
+    assert any(line.startswith("system shop: REMOVE") for line in diff), diff
+    ev(session, f'(apply-spec! :folder "{folder}" :yes True)')
+    wait_until(lambda: docker_service(cloud, "shop") is None, 60, "the shop service removed")
+    audit = (cloud.state_dir.parent / ".hyops" / "audit.jsonl").read_text()
+    assert secret not in audit
+    ev(session, '(remove-secret! "sys_token" :yes True)')

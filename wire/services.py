@@ -68,13 +68,19 @@ def parse_bytes(value: Any) -> int:
     return int(float(match.group(1)) * _BYTE_UNITS[match.group(2).lower()])
 
 
-def _nanos(value: Any) -> int:
+def _seconds(value: Any) -> float:
+    """A duration as seconds (a checked definition keeps seconds: checking it again is a no-op;
+    `engine_spec` gives the engine nanoseconds)."""
     if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
-        return int(value * 10**9)
+        return float(value)
     match = _DURATION.match(str(value)) if isinstance(value, str) else None
     if not match:
         raise ValueError(f'expected a duration like "5s", "500ms" or "1m", got {value!r}')
-    return int(float(match.group(1)) * _NANOS[match.group(2) or "s"])
+    return float(match.group(1)) * _NANOS[match.group(2) or "s"] / 10**9
+
+
+def _ns(seconds: float) -> int:
+    return round(seconds * 10**9)
 
 
 def _strings(value: Any) -> bool:
@@ -215,7 +221,7 @@ def _health(where: str, value: Any, problems: list[str]) -> dict[str, Any]:
     for key in ("interval", "timeout", "start_period"):
         if key in given:
             try:
-                out[key] = _nanos(given[key])
+                out[key] = _seconds(given[key])
             except ValueError as exc:
                 problems.append(f"{where} health {key}: {exc}")
     if "retries" in given:
@@ -242,7 +248,7 @@ def _update(where: str, value: Any, problems: list[str]) -> dict[str, Any]:
     for key in ("delay", "monitor"):
         if key in given:
             try:
-                out[key] = _nanos(given[key])
+                out[key] = _seconds(given[key])
             except ValueError as exc:
                 problems.append(f"{where} update {key}: {exc}")
     if "failure_action" in given:
@@ -276,7 +282,7 @@ def _restart(where: str, value: Any, problems: list[str]) -> dict[str, Any]:
     for key in ("delay", "window"):
         if key in given:
             try:
-                out[key] = _nanos(given[key])
+                out[key] = _seconds(given[key])
             except ValueError as exc:
                 problems.append(f"{where} restart {key}: {exc}")
     if "max_attempts" in given:
@@ -421,7 +427,7 @@ def engine_spec(
         container["Healthcheck"] = {
             "Test": health["cmd"],
             **{
-                engine: health[k]
+                engine: health[k] if k == "retries" else _ns(health[k])
                 for k, engine in (
                     ("interval", "Interval"),
                     ("timeout", "Timeout"),
@@ -439,7 +445,8 @@ def engine_spec(
         ("window", "Window"),
     ):
         if k in (d.get("restart") or {}):
-            restart[engine] = d["restart"][k]
+            value = d["restart"][k]
+            restart[engine] = _ns(value) if k in ("delay", "window") else value
     template: dict[str, Any] = {
         "ContainerSpec": container,
         "Placement": {"Constraints": constraints},
@@ -463,9 +470,9 @@ def engine_spec(
     update = d.get("update") or {}
     update_config = {
         "Parallelism": update.get("parallelism", 1),
-        "Delay": update.get("delay", 0),
+        "Delay": _ns(update.get("delay", 0)),
         "FailureAction": update.get("failure_action", "pause"),
-        "Monitor": update.get("monitor", 5 * 10**9),
+        "Monitor": _ns(update.get("monitor", 5)),
         "MaxFailureRatio": update.get("max_failure_ratio", 0.0),
         "Order": update.get("order", "stop-first"),
     }

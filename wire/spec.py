@@ -321,7 +321,10 @@ def spec_changes(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:
                 f"below: {s['below']})"
             )
         elif name not in new_systems:
-            lines.append(f"system {name}: no longer in the spec (its service is left as it is)")
+            lines.append(
+                f"system {name}: REMOVE (no longer in the spec: its service is removed, "
+                "its named volumes stay on the nodes)"
+            )
         else:
             before, after = _flat("", old_systems[name]), _flat("", new_systems[name])
             for key in sorted(set(before) | set(after)):

@@ -53,22 +53,76 @@ def service_spec(
     return engine_spec(name, system, labels=labels, ids=ids, running=running)
 
 
+async def _system_ids(
+    engine: Engine, spec: dict[str, Any], journal: Journal
+) -> tuple[dict[str, dict[str, str]], set[str]]:
+    """The Swarm IDs of the systems' networks, secrets and configs, creating the networks that
+    are missing (overlay, attachable); and the systems that wait for a missing secret or config."""
+    networks = {n["Name"]: n["Id"] for n in await engine.networks()}
+    ids = {
+        "networks": networks,
+        "secrets": {s["Spec"]["Name"]: s["ID"] for s in await engine.secrets()},
+        "configs": {c["Spec"]["Name"]: c["ID"] for c in await engine.configs()},
+    }
+    waiting = set()
+    for name, system in spec["systems"].items():
+        for net in system.get("networks") or []:
+            if net not in networks:
+                made = await engine.network_create(
+                    {
+                        "Name": net,
+                        "Driver": "overlay",
+                        "Attachable": True,
+                        "Labels": {LABEL_SYSTEM: name},
+                        "CheckDuplicate": True,
+                    }
+                )
+                networks[net] = made["Id"]
+                _done(journal, name, "network", f"created network {net} for {name}")
+        for kind in ("secrets", "configs"):
+            missing = [m["source"] for m in system.get(kind) or [] if m["source"] not in ids[kind]]
+            if missing:
+                waiting.add(name)
+                what = f"{kind[:-1]} {', '.join(missing)}"
+                reason = f"{name} waits for {what}: create it first ((create-secret! ...))"
+                if not any(e["reason"] == reason for e in list(journal.entries)[-10:]):
+                    journal.note("wait", name, reason, "waiting")
+    return ids, waiting
+
+
 async def reconcile_systems(
     engine: Engine, records: list[dict[str, Any]], spec: dict[str, Any], journal: Journal
 ) -> None:
-    """Start each system when enough nodes are ready, stop it (data kept) below that."""
+    """Start each system when enough nodes are ready, stop it (data kept) below that, and
+    remove the service of a system that is no longer in the spec (its volumes stay)."""
+    services = {s["Spec"]["Name"]: s for s in await engine.services(status=False)}
+    for name, service in services.items():
+        labels = service["Spec"].get("Labels") or {}
+        if labels.get(LABEL_SYSTEM) == name and name not in spec["systems"]:
+            try:
+                await engine.service_remove(service["ID"])
+                _done(journal, name, "remove", f"{name} is no longer in the spec: removed it")
+            except EngineError as exc:
+                journal.note("system", name, str(exc), "failed")
     if not spec["systems"]:
         return
     ready = len([r for r in records if r["state"] == "ready"])
-    services = {s["Spec"]["Name"]: s for s in await engine.services(status=False)}
+    try:
+        ids, waiting = await _system_ids(engine, spec, journal)
+    except EngineError as exc:
+        log.warning("autopilot: systems: %s (trying again next tick)", exc)
+        journal.note("system", "systems", str(exc), "failed")
+        return
     for name, system in spec["systems"].items():
+        if name in waiting:
+            continue
         need = system["min_nodes"]
         enough = ready >= need
         service = services.get(name)
         try:
             if service is None:
                 if enough:
-                    await engine.service_create(service_spec(name, system, True))
+                    await engine.service_create(service_spec(name, system, True, ids))
                     why = f"{ready} ready nodes reach min_nodes {need}: starting {name}"
                     _done(journal, name, "start", why)
                 continue
@@ -89,7 +143,7 @@ async def reconcile_systems(
                 why = f"the spec of {name} changed: updating it"
             fresh = await engine.service(service["ID"])  # its version, read just now
             await engine.service_update(
-                fresh["ID"], fresh["Version"]["Index"], service_spec(name, system, want)
+                fresh["ID"], fresh["Version"]["Index"], service_spec(name, system, want, ids)
             )
             _done(journal, name, "start" if want else "stop", why)
         except EngineError as exc:
