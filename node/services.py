@@ -13,6 +13,8 @@ Secret values arrive in the request body, go to dockerd once, and are never logg
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import logging
 import re
 from collections.abc import Callable
@@ -38,6 +40,18 @@ log = logging.getLogger("hyops.agent")
 STACK_LABEL = "com.docker.stack.namespace"  # Docker's own: `docker stack ls` reads it
 STACK_IMAGE = "com.docker.stack.image"
 _OBJECT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_STACK_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,40}$")
+
+
+def _base64(data: Any) -> bool:
+    """Whether `data` is non-empty base64 text (what the engine takes as a value)."""
+    if not isinstance(data, str) or not data:
+        return False
+    try:
+        base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return True
 
 
 def _invalid(problems: list[str], hint: str) -> AgentError:
@@ -97,6 +111,8 @@ class Services:
         """Deploy a new service from a definition (wire/services.py); refused if one exists."""
         self.require_swarm()
         problems: list[str] = []
+        if not _OBJECT_NAME.match(name):
+            problems.append(f"service name {name!r}: letters, digits, '.', '_', '-' (at most 64)")
         definition = check_service(name, given, problems)
         if problems:
             raise _invalid(problems, "fix the definition; (help deploy!) lists its keys")
@@ -197,6 +213,8 @@ class Services:
         self.require_swarm()
         if not _OBJECT_NAME.match(name):
             raise _invalid([f"{kind[:-1]} name {name!r}: letters, digits, '.', '_', '-'"], "")
+        if not _base64(data):
+            raise _invalid([f"{kind[:-1]} {name}: data must be base64 (not empty)"], "")
         existing = {o["name"] for o in await self.objects(kind)}
         if name in existing:
             raise AgentError(
@@ -264,6 +282,17 @@ class Services:
         if not isinstance(stack, dict) or not isinstance(stack.get("services"), dict):
             raise _invalid(["a stack is {services, networks, configs, secrets}"], "")
         problems: list[str] = []
+        if not _STACK_NAME.match(name):
+            problems.append(f"stack name {name!r}: lower-case letters, digits, '-', '_'")
+        for key in [*stack["services"], *(stack.get("networks") or {})]:
+            if not _OBJECT_NAME.match(str(key)) or not str(key).startswith(name + "_"):
+                problems.append(f"{key!r}: a stack's objects are named {name}_NAME")
+        for kind in ("configs", "secrets"):
+            for key, opts in (stack.get(kind) or {}).items():
+                if not _OBJECT_NAME.match(str(key)) or not isinstance(opts, dict):
+                    problems.append(f"{kind[:-1]} {key!r}: a name and {{data}} or {{external}}")
+                elif not opts.get("external") and not _base64(opts.get("data")):
+                    problems.append(f"{kind[:-1]} {key!r}: data must be base64")
         definitions = {
             svc: check_service(svc, given, problems) for svc, given in stack["services"].items()
         }
