@@ -1,4 +1,5 @@
-"""The node API's routes for changing services and stacks (a route group of its own).
+"""The node API's routes for services, stacks, secrets, configs and removing nodes (a route
+group of its own).
 
 `add_service_routes` is called by `node/api.py` `create_app` with the pieces every route there
 uses: `on_manager` (answer here on a manager, else forward the signed request to one) and the
@@ -110,6 +111,12 @@ def add_service_routes(
     ) -> Any:
         """Remove a stack: its services, then its networks, configs and secrets."""
         return await on_manager(request, lambda: services.remove_stack(name, by=key.name))
+
+    @app.delete("/v1/nodes/{name}", tags=["control"])
+    async def remove_node(name: str, request: Request, key: TrustedKey = Depends(operators)) -> Any:
+        """Remove a node from the cloud: a worker drained with no task left there, or one that
+        is down (409 otherwise, saying what to do first)."""
+        return await on_manager(request, lambda: services.remove_node(name, by=key.name))
 
     for kind in ("secrets", "configs"):
         _object_routes(app, services, kind, on_manager, readers, operators)

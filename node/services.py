@@ -23,6 +23,7 @@ from typing import Any
 from node.engine import Engine, EngineError
 from node.errors import AgentError
 from wire.names import unknown_name_hint
+from wire.policy import check_remove
 from wire.records import node_record
 from wire.services import (
     ServiceError,
@@ -189,6 +190,28 @@ class Services:
         await self.engine.service_remove(service["ID"])
         log.info("service %s removed (asked by %s)", service["Spec"]["Name"], by)
         return {"name": service["Spec"]["Name"], "removed": True}
+
+    # -- nodes leaving ------------------------------------------------------------------------
+
+    async def remove_node(self, name: str, by: str) -> dict[str, Any]:
+        """Remove a node from the cloud, if `wire.policy.check_remove` allows it now: a worker
+        that is drained with no task left running there, or one that is down."""
+        self.require_swarm()
+        raw = await self.engine.nodes()
+        records = [node_record(n) for n in raw]
+        record = next((r for r in records if name in (r["name"], r["id"])), None)
+        if record is None:
+            known = [r["name"] for r in records if r["name"]]
+            hint = unknown_name_hint("node", name, known)
+            raise AgentError("not-found", "unknown-node", f"no node named {name!r}", hint)
+        tasks = await self.engine.tasks({"node": [record["id"]], "desired-state": ["running"]})
+        running = [t for t in tasks if (t.get("Status") or {}).get("State") == "running"]
+        refusal = check_remove(records, record["name"], len(running))
+        if refusal is not None:
+            raise AgentError("refused", "unsafe", refusal.reason, refusal.hint)
+        await self.engine.node_remove(record["id"], force=record["state"] != "down")
+        log.info("node %s removed from the cloud (asked by %s)", record["name"], by)
+        return {"name": record["name"], "removed": True}
 
     # -- secrets and configs ------------------------------------------------------------------
 

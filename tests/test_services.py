@@ -318,3 +318,21 @@ def test_a_system_gets_ports_networks_secrets_limits_health_and_leaves_with_the_
     audit = (cloud.state_dir.parent / ".hyops" / "audit.jsonl").read_text()
     assert secret not in audit
     ev(session, '(remove-secret! "sys_token" :yes True)')
+
+
+def test_a_node_leaves_cleanly_while_a_service_keeps_its_replicas(
+    cloud: LocalCloud, session: Session
+) -> None:
+    ev(session, f'(deploy! "keep" "local/busybox:1" :replicas 3 :command "{SLEEP}" :yes True)')
+    wait_until(lambda: len(docker_running(cloud, "keep")) == 3, 60, "three keep tasks running")
+    plan = ev(session, '(remove-node! "node-3" :dry-run True)')
+    assert plan["changes"][-1] == "remove from the cloud"
+    answer = ev(session, '(remove-node! "node-3" :yes True)')
+    assert answer["result"] == "done", answer
+    manager = manager_of(cloud)
+    assert manager in ("node-1", "node-2")
+    names = cloud.docker(manager, "node", "ls", "--format", "{{.Hostname}}").stdout.split()
+    assert "node-3" not in names
+    running = docker_running(cloud, "keep")
+    assert len(running) == 3 and "node-3" not in {r["Node"] for r in running}
+    assert "node-3" not in [n["name"] for n in ev(session, "(nodes)")]

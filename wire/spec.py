@@ -51,6 +51,8 @@ DEFAULT_MANAGERS: dict[str, Any] = {
     "better_by": 0.25,
 }
 DEFAULT_RESOURCES: dict[str, float] = {"cpus": 1.0, "memory": 1.0}
+# a worker down this long is removed from the cloud by the autopilot (0: never)
+DEFAULT_NODES: dict[str, Any] = {"remove_after": 0.0}
 
 _SYSTEM_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
@@ -217,6 +219,20 @@ def _targets(given: Any, maximum: int, problems: list[str]) -> list[list[int]]:
     return pairs
 
 
+def _nodes(given: Any, problems: list[str]) -> dict[str, Any]:
+    if not isinstance(given, dict):
+        problems.append(f"[nodes]: expected a table, got {given!r}")
+        given = {}
+    _unknown("[nodes]", given, set(DEFAULT_NODES), problems)
+    out = {**DEFAULT_NODES, **given}
+    try:
+        out["remove_after"] = parse_seconds(out["remove_after"])
+    except ValueError as exc:
+        problems.append(f"[nodes] remove_after: {exc} (0: never)")
+        out["remove_after"] = 0.0
+    return out
+
+
 def _resources(given: Any, problems: list[str]) -> dict[str, float]:
     if not isinstance(given, dict):
         problems.append(f"[resources]: expected a table, got {given!r}")
@@ -267,11 +283,15 @@ def check_spec(data: Any) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise SpecError([f"expected a table with managers, resources, systems; got {data!r}"])
     _unknown(
-        "spec", data, {"managers", "resources", "systems", "version", "source", "given"}, problems
+        "spec",
+        data,
+        {"managers", "resources", "nodes", "systems", "version", "source", "given"},
+        problems,
     )
     spec: dict[str, Any] = {
         "managers": _managers(data.get("managers", {}), problems),
         "resources": _resources(data.get("resources", {}), problems),
+        "nodes": _nodes(data.get("nodes", {}), problems),
         "systems": {},
     }
     systems = data.get("systems", {})
@@ -305,7 +325,7 @@ def spec_changes(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:
         lines = [f"the cloud follows a spec from now on (version {new.get('version')})"]
     else:
         old_body, lines = old, []
-    for section in ("managers", "resources"):
+    for section in ("managers", "resources", "nodes"):
         before = _flat(section, old_body.get(section, {}))
         after = _flat(section, new.get(section, {}))
         for key in sorted(set(before) | set(after)):
