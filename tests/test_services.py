@@ -9,6 +9,7 @@ and a secret deploys and answers; an unsupported key deploys nothing.
 from __future__ import annotations
 
 import json
+import subprocess
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -318,6 +319,68 @@ def test_a_system_gets_ports_networks_secrets_limits_health_and_leaves_with_the_
     audit = (cloud.state_dir.parent / ".hyops" / "audit.jsonl").read_text()
     assert secret not in audit
     ev(session, '(remove-secret! "sys_token" :yes True)')
+
+
+OFFER = """\
+name = "whoami"
+description = "Says which node it runs on"
+recipe = "Dockerfile"
+
+[system]
+image = "local/busybox:1"
+command = "trap 'exit 0' TERM; hostname > /tmp/me; sleep 2147483647 & wait $!"
+replicas = 2
+min_nodes = 1
+"""
+
+
+def git_repo(path: Path, files: dict[str, str]) -> str:
+    path.mkdir(parents=True)
+    for name, text in files.items():
+        (path / name).write_text(text)
+    for args in (["init", "-q", "-b", "main"], ["add", "."], ["commit", "-qm", "a system"]):
+        subprocess.run(
+            ["git", "-C", str(path), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+            check=True,
+            capture_output=True,
+        )
+    return f"git+file://{path}"
+
+
+def test_install_a_system_from_a_repository_and_uninstall_it(
+    cloud: LocalCloud, session: Session, tmp_path: Path
+) -> None:
+    url = git_repo(tmp_path / "whoami", {"hyops-system.toml": OFFER, "Dockerfile": "FROM x\n"})
+    bad = git_repo(tmp_path / "empty", {"README": "nothing here\n"})
+    folder = tmp_path / "cloud"
+    (folder / "systems").mkdir(parents=True)
+    (folder / "cloud.toml").write_text(
+        (Path(__file__).parent.parent / "cloud/cloud.toml").read_text()
+    )
+    offers = ev(session, f'(catalogue ["{url}" "{bad}"] :folder "{folder}")')
+    assert offers[0] | {"url": None} == {
+        "name": "whoami",
+        "description": "Says which node it runs on",
+        "image": "local/busybox:1",
+        "recipe": "Dockerfile",
+        "url": None,
+        "installed": False,
+    }
+    assert "no hyops-system.toml at its root" in offers[1]["error"]
+
+    answer = ev(session, f'(install! "{url}" :folder "{folder}" :yes True)')
+    assert answer["result"] == "done"
+    assert any("recipe" in note for note in answer["notes"])
+    text = (folder / "systems" / "whoami.toml").read_text()
+    assert text.startswith(f"# installed from {url.replace('git+', 'git+', 1)}")
+    wait_until(lambda: len(docker_running(cloud, "whoami")) == 2, 120, "whoami's two tasks")
+    assert ev(session, f'(catalogue ["{url}"] :folder "{folder}")')[0]["installed"] is True
+
+    answer = ev(session, f'(uninstall! "whoami" :folder "{folder}" :yes True)')
+    assert answer["result"] == "done"
+    assert not (folder / "systems" / "whoami.toml").exists()
+    assert any("system whoami: REMOVE" in line for line in answer["applied"]["changes"])
+    wait_until(lambda: docker_service(cloud, "whoami") is None, 60, "whoami removed")
 
 
 def test_a_node_leaves_cleanly_while_a_service_keeps_its_replicas(
