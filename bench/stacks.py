@@ -93,10 +93,17 @@ def main() -> int:
 
             def theirs() -> float:
                 t = time.perf_counter()
-                cloud.docker(
-                    manager, "stack", "deploy", "--resolve-image", "never", "-c", str(compose),
-                    "theirs",
-                )  # fmt: skip
+                # the CLI creates the network, then the services; on this cloud it sometimes
+                # finds the new network not there yet: it is run again, as an operator would,
+                # and the time counts
+                for attempt in range(5):
+                    result = cloud.docker(
+                        manager, "stack", "deploy", "--resolve-image", "never", "-c",
+                        str(compose), "theirs", check=attempt == 4,
+                    )  # fmt: skip
+                    if result.returncode == 0:
+                        break
+                    retries.append(result.stderr.strip().splitlines()[-1])
                 wait(theirs_running, "docker's stack running")
                 took = time.perf_counter() - t
                 cloud.docker(manager, "stack", "rm", "theirs")
@@ -104,6 +111,7 @@ def main() -> int:
                 return took
 
             a_times, b_times = [], []
+            retries: list[str] = []
             for i in range(ROUNDS):
                 pair = [(a_times, ours), (b_times, theirs)]
                 for times, run in pair if i % 2 == 0 else reversed(pair):
@@ -113,6 +121,8 @@ def main() -> int:
                   f"median {a:.2f} s over {ROUNDS}")  # fmt: skip
             print(f"docker stack deploy, the same file:                 median {b:.2f} s")
             print(f"ratio (ours / docker)  {a / b:.2f}x")
+            if retries:
+                print(f"docker stack deploy was run again {len(retries)} time(s): {retries[0]}")
         finally:
             if session is not None:
                 session.close()
