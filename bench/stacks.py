@@ -38,6 +38,10 @@ def compose_file() -> str:
             '    command: ["sh", "-c", "trap \'exit 0\' TERM; sleep 2147483647 & wait $$!"]',
             f"    deploy: {{replicas: {replicas}}}",
         ]
+    # one overlay network made beforehand: docker CLI 28's `stack deploy` against this
+    # machine's dockerd 20.10 fails to find a network it has just created ("network
+    # theirs_default not found"), so both sides use an external one
+    lines += ["networks:", "  default:", "    external: true", "    name: benchnet"]
     return "\n".join(lines) + "\n"
 
 
@@ -66,6 +70,7 @@ def main() -> int:
 
             wait(lambda: len([n for n in ev("(nodes)") if n["state"] == "ready"]) == 3, "nodes")
             manager = next(n["name"] for n in ev("(nodes)") if n["leader"])
+            cloud.docker(manager, "network", "create", "--driver", "overlay", "benchnet")
 
             def ours_running() -> bool:
                 mine = [s for s in ev("(services)") if s["name"].startswith("ours_")]
