@@ -307,9 +307,12 @@ class Services:
         problems: list[str] = []
         if not _STACK_NAME.match(name):
             problems.append(f"stack name {name!r}: lower-case letters, digits, '-', '_'")
-        for key in [*stack["services"], *(stack.get("networks") or {})]:
+        for key in stack["services"]:
             if not _OBJECT_NAME.match(str(key)) or not str(key).startswith(name + "_"):
-                problems.append(f"{key!r}: a stack's objects are named {name}_NAME")
+                problems.append(f"{key!r}: a stack's services are named {name}_NAME")
+        for key in stack.get("networks") or {}:
+            if not _OBJECT_NAME.match(str(key)):
+                problems.append(f"network {key!r}: letters, digits, '.', '_', '-'")
         for kind in ("configs", "secrets"):
             for key, opts in (stack.get(kind) or {}).items():
                 if not _OBJECT_NAME.match(str(key)) or not isinstance(opts, dict):
