@@ -399,3 +399,25 @@ def test_a_node_leaves_cleanly_while_a_service_keeps_its_replicas(
     running = docker_running(cloud, "keep")
     assert len(running) == 3 and "node-3" not in {r["Node"] for r in running}
     assert "node-3" not in [n["name"] for n in ev(session, "(nodes)")]
+
+
+def test_the_autopilot_removes_a_worker_down_past_remove_after(make_cloud: MakeCloud) -> None:
+    cloud = make_cloud(nodes=2)
+    manager = wait_until(lambda: manager_of(cloud), 90, "a manager")
+    one = {"minimum": 1, "maximum": 1, "targets": [[1, 1]]}
+    cloud.apply_spec({"managers": one, "nodes": {"remove_after": "2s"}})
+    worker = next(n["name"] for n in cloud.nodes if n["name"] != manager)
+    wait_until(
+        lambda: worker in cloud.docker(manager, "node", "ls", "--format", "{{.Hostname}}").stdout,
+        90,
+        f"{worker} in the cloud",
+    )
+    cloud.kill_agent(worker)  # the machine is gone: its agent would join again
+    cloud.kill_dockerd(worker)
+    wait_until(
+        lambda: (
+            worker not in cloud.docker(manager, "node", "ls", "--format", "{{.Hostname}}").stdout
+        ),
+        120,
+        f"{worker} removed by the autopilot",
+    )
