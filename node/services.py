@@ -41,6 +41,11 @@ log = logging.getLogger("hyops.agent")
 STACK_LABEL = "com.docker.stack.namespace"  # Docker's own: `docker stack ls` reads it
 STACK_IMAGE = "com.docker.stack.image"
 _OBJECT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# the container fields a stack sets: a redeploy compares these
+_CONTAINER_KEYS = (
+    "Command", "Args", "Env", "Mounts", "Labels", "Healthcheck", "User", "Dir", "Hostname",
+    "StopGracePeriod",
+)  # fmt: skip
 _STACK_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,40}$")
 
 
@@ -494,7 +499,8 @@ def _spec_differs(have: dict[str, Any], want: dict[str, Any]) -> list[str]:
         resources = template.get("Resources") or {}
         return {
             "image": (c.get("Image") or "").split("@", 1)[0],
-            "container": pick(c, ("Command", "Args", "Env", "Mounts", "Labels", "Healthcheck")),
+            "container": pick(c, _CONTAINER_KEYS),
+            "endpoint": (spec.get("EndpointSpec") or {}).get("Mode") or "vip",
             "secrets": [pick(x, ("File", "SecretName")) for x in c.get("Secrets") or []],
             "configs": [pick(x, ("File", "ConfigName")) for x in c.get("Configs") or []],
             "mode": spec.get("Mode"),

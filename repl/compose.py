@@ -111,10 +111,10 @@ def _walk(value: Any, env: Mapping[str, str], where: str, problems: list[str]) -
 TOP_KEYS = {"version", "services", "networks", "volumes", "configs", "secrets"}
 SERVICE_KEYS = {
     "image", "command", "environment", "env_file", "ports", "networks", "volumes", "configs",
-    "secrets", "healthcheck", "deploy",
+    "secrets", "healthcheck", "deploy", "user", "working_dir", "hostname", "stop_grace_period",
 }  # fmt: skip
 DEPLOY_KEYS = {"mode", "replicas", "resources", "placement", "update_config", "restart_policy",
-               "labels"}  # fmt: skip
+               "labels", "endpoint_mode"}  # fmt: skip
 REFUSED = {
     "build": "build and push an image, then name it in image:",
     "depends_on": "Swarm has no start order: use healthchecks, and retry in the program",
@@ -292,6 +292,13 @@ def translate(
             d["command"] = shlex.split(command)
         elif command is not None:
             d["command"] = [str(c) for c in command]
+        for key, ours in (("user", "user"), ("working_dir", "workdir"), ("hostname", "hostname")):
+            if key in given:
+                d[ours] = str(given[key])
+        if "stop_grace_period" in given:
+            d["stop_grace_period"] = _duration(
+                given["stop_grace_period"], f"{where}.stop_grace_period", problems
+            )
         file_env: dict[str, str] = {}
         files = given.get("env_file") or []
         for f in [files] if isinstance(files, str) else files:
@@ -400,6 +407,8 @@ def translate(
                 restart[k] = _duration(restart[k], f"{where}.deploy.restart_policy.{k}", problems)
         d["restart"] = restart
         d["labels"] = _env(deploy.get("labels"), env, f"{where}.deploy.labels", problems)
+        if "endpoint_mode" in deploy:
+            d["endpoint_mode"] = deploy["endpoint_mode"]
         if d["mode"] == "global":
             d.pop("replicas", None)
         services[f"{name}_{svc}"] = d

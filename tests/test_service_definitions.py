@@ -107,7 +107,9 @@ def test_a_compose_file_translates_and_unsupported_keys_are_all_listed(tmp_path:
         "    command: httpd -f -p 80\n"
         "    ports: ['8080:80']\n"
         "    secrets: [token]\n"
-        "    deploy: {replicas: 3, update_config: {delay: 1m30s}}\n"
+        "    user: nobody\n"
+        "    stop_grace_period: 1m\n"
+        "    deploy: {replicas: 3, endpoint_mode: dnsrr, update_config: {delay: 1m30s}}\n"
         "secrets:\n"
         "  token: {environment: TOKEN}\n"
     )
@@ -115,6 +117,7 @@ def test_a_compose_file_translates_and_unsupported_keys_are_all_listed(tmp_path:
     web = stack["services"]["shop_web"]
     assert web["image"] == "busybox:1" and web["command"] == ["httpd", "-f", "-p", "80"]
     assert web["networks"] == ["shop_default"] and web["update"]["delay"] == 90
+    assert (web["user"], web["stop_grace_period"], web["endpoint_mode"]) == ("nobody", 60, "dnsrr")
     [secret] = stack["secrets"]
     assert secret.startswith("shop_token_") and web["secrets"][0]["source"] == secret
     (tmp_path / "bad.yml").write_text(

@@ -33,6 +33,7 @@ __all__ = [
 SERVICE_KEYS = {
     "image", "command", "replicas", "mode", "placement", "volumes", "env", "ports", "networks",
     "secrets", "configs", "limits", "reservations", "health", "update", "restart", "labels",
+    "user", "workdir", "hostname", "stop_grace_period", "endpoint_mode",
 }  # fmt: skip
 # what `(update-service! ...)` may change on a running service
 CHANGE_KEYS = {"image", "command", "env", "replicas", "limits", "reservations", "placement"}
@@ -351,6 +352,23 @@ def check_service(
         problems.append(f"{where} labels: expected a table of strings")
         labels = {}
     out["labels"] = dict(labels)
+    for key in ("user", "workdir", "hostname"):
+        if key in given:
+            if not isinstance(given[key], str) or not given[key]:
+                problems.append(f"{where} {key}: expected a non-empty string")
+            else:
+                out[key] = given[key]
+    if "stop_grace_period" in given:
+        try:
+            out["stop_grace_period"] = _seconds(given["stop_grace_period"])
+        except ValueError as exc:
+            problems.append(f"{where} stop_grace_period: {exc}")
+    if "endpoint_mode" in given:
+        if given["endpoint_mode"] not in ("vip", "dnsrr"):
+            problems.append(f'{where} endpoint_mode: "vip" (one virtual IP) or "dnsrr" (DNS '
+                            "round robin over the tasks)")  # fmt: skip
+        else:
+            out["endpoint_mode"] = given["endpoint_mode"]
     out["ports"] = _ports(where, given.get("ports", []), problems)
     networks = given.get("networks", [])
     if not _strings(networks) or not all(_NAME.match(n) for n in networks):
@@ -404,6 +422,11 @@ def engine_spec(
     container: dict[str, Any] = {"Image": d["image"], "Mounts": mounts}
     if d["command"]:
         container["Command"] = list(d["command"])
+    for key, engine in (("user", "User"), ("workdir", "Dir"), ("hostname", "Hostname")):
+        if d.get(key):
+            container[engine] = d[key]
+    if d.get("stop_grace_period") is not None:
+        container["StopGracePeriod"] = _ns(d["stop_grace_period"])
     if d["env"]:
         container["Env"] = [f"{k}={v}" for k, v in sorted(d["env"].items())]
     refs_of = (("secrets", "Secrets", "SecretID"), ("configs", "Configs", "ConfigID"))
@@ -484,9 +507,9 @@ def engine_spec(
         "UpdateConfig": update_config,
         "RollbackConfig": {**update_config, "FailureAction": "pause"},
     }
-    if d.get("ports"):
+    if d.get("ports") or d.get("endpoint_mode"):
         spec["EndpointSpec"] = {
-            "Mode": "vip",
+            "Mode": d.get("endpoint_mode") or "vip",
             "Ports": [
                 {
                     "Protocol": p["protocol"],
@@ -494,7 +517,7 @@ def engine_spec(
                     **({"PublishedPort": p["published"]} if p["published"] else {}),
                     "PublishMode": p["mode"],
                 }
-                for p in d["ports"]
+                for p in d.get("ports") or []
             ],
         }
     return spec
