@@ -118,6 +118,16 @@ def add_service_routes(
         is down (409 otherwise, saying what to do first)."""
         return await on_manager(request, lambda: services.remove_node(name, by=key.name))
 
+    @app.get("/v1/removed", tags=["control"])
+    async def removed(request: Request, key: TrustedKey = Depends(readers)) -> Any:
+        """The nodes an operator removed: their agents get no join token until readmitted."""
+        return await on_manager(request, lambda: services.removed_nodes())
+
+    @app.post("/v1/nodes/{name}/readmit", tags=["control"])
+    async def readmit(name: str, request: Request, key: TrustedKey = Depends(operators)) -> Any:
+        """Let a removed node's agent join again."""
+        return await on_manager(request, lambda: services.readmit(name, by=key.name))
+
     for kind in ("secrets", "configs"):
         _object_routes(app, services, kind, on_manager, readers, operators)
 

@@ -24,7 +24,7 @@ from node.engine import Engine, EngineError
 from node.errors import AgentError
 from wire.names import unknown_name_hint
 from wire.policy import check_remove
-from wire.records import node_record
+from wire.records import LABEL_REMOVED, node_record
 from wire.services import (
     ServiceError,
     apply_changes,
@@ -215,8 +215,45 @@ class Services:
         if refusal is not None:
             raise AgentError("refused", "unsafe", refusal.reason, refusal.hint)
         await self.engine.node_remove(record["id"], force=record["state"] != "down")
+        await self._remember_removed(record["name"], by)
         log.info("node %s removed from the cloud (asked by %s)", record["name"], by)
         return {"name": record["name"], "removed": True}
+
+    async def _remember_removed(self, name: str, by: str) -> None:
+        """Keep the name in Raft (a config labelled `hyops.removed`): its agent gets no join
+        token until an operator readmits it (`Operations.join_token` checks)."""
+        if await self.engine.configs({"label": [f"{LABEL_REMOVED}={name}"]}):
+            return
+        data = base64.b64encode(f"removed by {by}\n".encode()).decode()
+        await self.engine.config_create(
+            {"Name": f"hyops-removed-{name}", "Labels": {LABEL_REMOVED: name}, "Data": data},
+            operation=f"remember that {name} was removed",
+        )
+
+    async def removed_nodes(self) -> list[dict[str, Any]]:
+        """The nodes an operator removed, which may not join again until readmitted."""
+        self.require_swarm()
+        found = await self.engine.configs({"label": [LABEL_REMOVED]})
+        return sorted(
+            (
+                {"name": c["Spec"]["Labels"][LABEL_REMOVED], "since": c.get("CreatedAt")}
+                for c in found
+            ),
+            key=lambda r: r["name"],
+        )
+
+    async def readmit(self, name: str, by: str) -> dict[str, Any]:
+        """Let a removed node's agent join again."""
+        self.require_swarm()
+        found = await self.engine.configs({"label": [f"{LABEL_REMOVED}={name}"]})
+        if not found:
+            known = [r["name"] for r in await self.removed_nodes()]
+            hint = unknown_name_hint("removed node", name, known)
+            raise AgentError("not-found", "not-removed", f"{name!r} was not removed", hint)
+        for c in found:
+            await self.engine.config_remove(c["ID"], operation=f"readmit {name}")
+        log.info("node %s readmitted (asked by %s)", name, by)
+        return {"name": name, "readmitted": True}
 
     # -- secrets and configs ------------------------------------------------------------------
 

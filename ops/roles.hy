@@ -8,7 +8,8 @@ and writes who/what/when/result to the workspace's audit log (.hyops/audit.jsonl
         wire.policy [check-promote check-demote is-manager safety-view]
         ops.cluster [nodes services tasks])
 
-(export :objects [promote! demote! drain! activate! label! remove-node! audit-log])
+(export :objects [promote! demote! drain! activate! label! remove-node! readmit! removed-nodes
+                  audit-log])
 
 
 ;; --- plans: pure functions of node records ---------------------------------------------------
@@ -179,8 +180,8 @@ and writes who/what/when/result to the workspace's audit log (.hyops/audit.jsonl
   (when manager
     (.append changes "role: manager -> worker"))
   (.append changes "remove from the cloud")
-  (.append notes (+ f"should {target}'s machine keep running its agent, it joins again as a new "
-                    "node: stop the agent or the machine"))
+  (.append notes (+ f"{target}'s agent gets no join token afterwards, should it keep running: "
+                    f"(readmit! \"{target}\") lets it join again"))
   (Plan :action "remove-node"
         :target target
         :changes changes
@@ -222,6 +223,21 @@ and writes who/what/when/result to the workspace's audit log (.hyops/audit.jsonl
     (print f"{target}: removing")
     (call "DELETE" (+ "/v1/nodes/" (url-quote target :safe ""))))
   (perform plan act :yes yes :dry-run dry-run))
+
+(defn removed-nodes []
+  "The nodes an operator removed (remove-node!): their agents may not join again until readmitted."
+  (call "GET" "/v1/removed"))
+
+(defn readmit! [name * [yes False] [dry-run False]]
+  "Let a node removed with remove-node! join the cloud again (its agent asks for a join token
+  every few seconds). Plan, y/N, :yes, :dry-run and the audit log as for promote!.
+    (readmit! \"node-3\" :yes True)"
+  (setv known (lfor r (removed-nodes) (get r "name")))
+  (when (not-in name known)
+    (raise (unknown-name "removed node" name known)))
+  (perform (Plan :action "readmit" :target name :changes [f"{name}: may join the cloud again"])
+           (fn [] (call "POST" (+ "/v1/nodes/" (url-quote name :safe "") "/readmit")))
+           :yes yes :dry-run dry-run))
 
 (defn audit-log [[last 20]]
   "The last changes made from this workspace (.hyops/audit.jsonl), oldest first, as records:

@@ -20,7 +20,7 @@ from localcloud.cloud import LocalCloud
 from repl.session import HyopsEvalError, Session
 from repl.workspace import Workspace
 from tests.conftest import MakeCloud
-from tests.helpers import ev, manager_of, wait_until
+from tests.helpers import ev, manager_of, signed, wait_until
 
 pytestmark = pytest.mark.cloud
 
@@ -406,6 +406,17 @@ def test_a_node_leaves_cleanly_while_a_service_keeps_its_replicas(
     running = docker_running(cloud, "keep")
     assert len(running) == 3 and target not in {r["Node"] for r in running}
     assert target not in [n["name"] for n in ev(session, "(nodes)")]
+    assert target in [r["name"] for r in ev(session, "(removed-nodes)")]
+
+    # should its agent ask to join again, the cloud refuses it a join token until readmitted
+    key, base = cloud.node_key(target), cloud.api(manager)
+    r = signed("POST", base + "/v1/join-token", key, {"role": "worker"})
+    assert r.status_code == 409 and r.json()["error"] == "removed", r.text
+    assert f'(readmit! "{target}")' in r.json()["hint"] and "SWMTKN" not in r.text
+    ev(session, f'(readmit! "{target}" :yes True)')
+    assert ev(session, "(removed-nodes)") == []
+    r = signed("POST", base + "/v1/join-token", key, {"role": "worker"})
+    assert r.status_code == 200 and r.json()["token"].startswith("SWMTKN")
 
 
 def test_the_autopilot_removes_a_worker_down_past_remove_after(make_cloud: MakeCloud) -> None:
