@@ -33,6 +33,7 @@ from wire.toml import dumps
 __all__ = ["SYSTEM_FILE", "CatalogueError", "installed", "read_offer", "system_file_text"]
 
 SYSTEM_FILE = "hyops-system.toml"
+COMPOSE_FILES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
 HEADER = "# installed from "
 GIT_TIMEOUT = 60
 
@@ -78,20 +79,24 @@ def read_offer(url: str) -> dict[str, Any]:
             timeout=GIT_TIMEOUT,
         ).stdout.strip()
         path = where / SYSTEM_FILE
-        if not path.is_file():
+        default = remote.rstrip("/").rsplit("/", 1)[-1].removesuffix(".git").lower()
+        composes = [where / n for n in COMPOSE_FILES if (where / n).is_file()]
+        if path.is_file():
+            try:
+                data = tomllib.loads(path.read_text())
+            except tomllib.TOMLDecodeError as exc:
+                raise CatalogueError(
+                    f"{redact_url(url)}: {SYSTEM_FILE} is not valid TOML ({exc})"
+                ) from None
+        elif composes:
+            data = _from_compose(url, composes[0], default)
+        else:
             raise CatalogueError(
-                f"{redact_url(url)}: no {SYSTEM_FILE} at its root: a repository offers a system "
-                "there (docs/services.md)"
+                f"{redact_url(url)}: no {SYSTEM_FILE} (nor a compose file with one service) at "
+                "its root: a repository offers a system there (docs/services.md)"
             )
-        try:
-            data = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as exc:
-            raise CatalogueError(
-                f"{redact_url(url)}: {SYSTEM_FILE} is not valid TOML ({exc})"
-            ) from None
         recipe = data.get("recipe")
         has_recipe = bool(recipe) and (where / str(recipe)).is_file()
-    default = remote.rstrip("/").rsplit("/", 1)[-1].removesuffix(".git")
     name = str(data.get("name") or default).lower()
     system = data.get("system")
     unknown = sorted(set(data) - {"name", "description", "recipe", "system"})
@@ -113,6 +118,38 @@ def read_offer(url: str) -> dict[str, Any]:
         "recipe": str(recipe) if has_recipe else None,
         "url": redact_url(url),
         "commit": commit,
+        "system": system,
+    }
+
+
+def _from_compose(url: str, path: Path, default: str) -> dict[str, Any]:
+    """A compose file with one service (no configs, secrets or networks of its own) read as a
+    system offer; `x-hyops: {name, description, recipe, min_nodes, below}` adds what Compose
+    has no key for."""
+    import yaml
+
+    from repl.compose import ComposeError, load_stack
+
+    try:
+        extra = (yaml.safe_load(path.read_text()) or {}).get("x-hyops") or {}
+        stack = load_stack(path, default, env={})
+    except (ComposeError, yaml.YAMLError, AttributeError) as exc:
+        raise CatalogueError(f"{redact_url(url)}: {path.name}: {exc}") from None
+    services = list(stack["services"].values())
+    if len(services) != 1 or stack["configs"] or stack["secrets"]:
+        raise CatalogueError(
+            f"{redact_url(url)}: {path.name} has {len(services)} services, "
+            f"{len(stack['configs'])} configs, {len(stack['secrets'])} secrets: a system is one "
+            "service without configs or secrets (deploy larger files with deploy-stack!)"
+        )
+    system = {k: v for k, v in services[0].items() if k not in ("networks", "labels") and v}
+    for key in ("min_nodes", "below"):
+        if key in extra:
+            system[key] = extra[key]
+    return {
+        "name": extra.get("name") or default,
+        "description": extra.get("description", ""),
+        "recipe": extra.get("recipe"),
         "system": system,
     }
 

@@ -146,3 +146,41 @@ def test_a_node_is_removed_only_drained_and_empty_or_down() -> None:
     assert nodes_to_remove(nodes, {"d": 0.0}, 100.0, 60.0) == ["d"]
     assert nodes_to_remove(nodes, {"d": 0.0}, 30.0, 60.0) == []
     assert nodes_to_remove(nodes, {"d": 0.0}, 100.0, 0.0) == [], "0: never"
+
+
+def _repo(path: Path, files: dict[str, str]) -> str:
+    import subprocess
+
+    path.mkdir(parents=True)
+    for name, text in files.items():
+        (path / name).write_text(text)
+    for args in (["init", "-q", "-b", "main"], ["add", "."], ["commit", "-qm", "x"]):
+        subprocess.run(
+            ["git", "-C", str(path), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+            check=True,
+            capture_output=True,
+        )
+    return f"git+file://{path}"
+
+
+def test_a_repository_with_a_one_service_compose_file_offers_a_system(tmp_path: Path) -> None:
+    from repl.catalogue import CatalogueError, read_offer, system_file_text
+
+    one = (
+        "x-hyops: {description: A web server, min_nodes: 2}\n"
+        "services:\n  web:\n    image: local/busybox:1\n    command: httpd -f -p 8080\n"
+        "    deploy: {replicas: 2}\n"
+    )
+    offer = read_offer(_repo(tmp_path / "web", {"compose.yml": one}))
+    assert (offer["name"], offer["description"], offer["image"]) == (
+        "web",
+        "A web server",
+        "local/busybox:1",
+    )
+    assert offer["system"]["min_nodes"] == 2 and offer["system"]["replicas"] == 2
+    assert system_file_text(offer).startswith("# installed from git+file://")
+    two = "services:\n  a: {image: x}\n  b: {image: y}\n"
+    with pytest.raises(CatalogueError, match="2 services"):
+        read_offer(_repo(tmp_path / "two", {"compose.yml": two}))
+    with pytest.raises(CatalogueError, match=r"no hyops-system\.toml"):
+        read_offer(_repo(tmp_path / "none", {"README": "x"}))
