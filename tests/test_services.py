@@ -366,7 +366,7 @@ def test_install_a_system_from_a_repository_and_uninstall_it(
         "url": None,
         "installed": False,
     }
-    assert "no hyops-system.toml at its root" in offers[1]["error"]
+    assert "no hyops-system.toml (nor a compose file with one service)" in offers[1]["error"]
 
     answer = ev(session, f'(install! "{url}" :folder "{folder}" :yes True)')
     assert answer["result"] == "done"
