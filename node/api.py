@@ -34,6 +34,7 @@ from node.engine import EngineError
 from node.errors import AgentError, Kind
 from node.model import Change
 from node.operations import Operations
+from node.service_api import add_service_routes
 from node.swarm import SwarmView
 from wire.client import MAX_ANSWER, NODE_ROUTES, NodeApiError, read_capped
 from wire.ports import (
@@ -609,6 +610,8 @@ def create_app(agent: NodeAgent) -> FastAPI:
         return await on_manager(
             request, lambda: agent.ops.set_labels(name, body.labels, by=key.name, role=key.role)
         )
+
+    add_service_routes(app, agent, on_manager, readers, operators)  # node/service_api.py
 
     @app.put("/v1/spec", tags=["autopilot"])
     async def put_spec(

@@ -372,13 +372,19 @@ class Engine:
         )
         return response.json()
 
-    async def service_update(self, service_id: str, version: int, spec: dict) -> None:
-        """Replace a service's spec; `version` is its `Version.Index`."""
+    async def service_update(
+        self, service_id: str, version: int, spec: dict, rollback: bool = False
+    ) -> None:
+        """Replace a service's spec; `version` is its `Version.Index`. With `rollback`, Swarm
+        goes back to the service's `PreviousSpec` itself (and ignores `spec`)."""
+        params = {"version": str(version)}
+        if rollback:
+            params["rollback"] = "previous"
         await self._request(
             "POST",
             f"/services/{service_id}/update",
-            f"update service {service_id}",
-            params={"version": str(version)},
+            f"{'roll back' if rollback else 'update'} service {service_id}",
+            params=params,
             json_body=spec,
         )
 
@@ -402,6 +408,37 @@ class Engine:
 
     async def config_remove(self, config_id: str, operation: str = "remove config") -> None:
         await self._request("DELETE", f"/configs/{config_id}", operation)
+
+    # -- networks and secrets ---------------------------------------------------------------
+
+    async def networks(self, filters: dict | None = None) -> list[dict]:
+        return await self._get("/networks", "list networks", _filters(filters)) or []
+
+    async def network_create(self, spec: dict) -> dict:
+        """Create a network (`Name`, `Driver`, `Attachable`, `Labels`); returns `{"Id"}`."""
+        name = spec.get("Name", "(unnamed)")
+        response = await self._request(
+            "POST", "/networks/create", f"create network {name}", json_body=spec
+        )
+        return response.json()
+
+    async def network_remove(self, network_id: str) -> None:
+        await self._request("DELETE", f"/networks/{network_id}", f"remove network {network_id}")
+
+    async def secrets(self, filters: dict | None = None) -> list[dict]:
+        """Swarm secrets (names and labels; the engine never gives a value back)."""
+        return await self._get("/secrets", "list secrets", _filters(filters)) or []
+
+    async def secret_create(self, spec: dict) -> dict:
+        """Create a secret from a `SecretSpec` (`Name`, `Labels`, base64 `Data`)."""
+        name = spec.get("Name", "(unnamed)")
+        response = await self._request(
+            "POST", "/secrets/create", f"create secret {name}", json_body=_Secret(spec)
+        )
+        return response.json()
+
+    async def secret_remove(self, secret_id: str) -> None:
+        await self._request("DELETE", f"/secrets/{secret_id}", f"remove secret {secret_id}")
 
     # -- containers, logs and images ----------------------------------------------------------
 

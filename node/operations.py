@@ -25,6 +25,7 @@ from wire.records import (
     AGENT_PREFIX,
     LABEL_CPUS,
     LABEL_MEMORY,
+    LABEL_REMOVED,
     node_record,
     parse_since,
     service_record,
@@ -244,6 +245,14 @@ class Operations:
     async def join_token(self, role: str, by: str) -> dict[str, Any]:
         """A join token for `role` and the managers to join through, the leader first."""
         self.require_swarm()
+        if role == "worker" and await self.engine.configs({"label": [f"{LABEL_REMOVED}={by}"]}):
+            log.warning("refused a join token to %s: an operator removed that node", by)
+            raise AgentError(
+                "refused",
+                "removed",
+                f"node {by} was removed from the cloud by an operator",
+                f'an operator lets it join again with (readmit! "{by}")',
+            )
         swarm = await self.engine.swarm_inspect()
         token = (swarm.get("JoinTokens") or {}).get(role.capitalize())
         info = await self.engine.info()

@@ -2,13 +2,14 @@
 and writes who/what/when/result to the workspace's audit log (.hyops/audit.jsonl)."
 
 (import urllib.parse [quote :as url-quote]
-        repl.cloud [call unknown-name]
+        repl.cloud [call CloudError unknown-name]
         repl.mutate [Plan perform read-audit]
         repl.session [current]
         wire.policy [check-promote check-demote is-manager safety-view]
         ops.cluster [nodes services tasks])
 
-(export :objects [promote! demote! drain! activate! label! audit-log])
+(export :objects [promote! demote! drain! activate! label! remove-node! readmit! removed-nodes
+                  audit-log])
 
 
 ;; --- plans: pure functions of node records ---------------------------------------------------
@@ -159,6 +160,83 @@ and writes who/what/when/result to the workspace's audit log (.hyops/audit.jsonl
     (label! \"node-2\" \"zone\" \"eu-1\" :yes True)"
   (setv plan (plan-label (nodes) name key value))
   (perform plan (_post plan.target "labels" {"labels" {(get plan.args "key") (get plan.args "value")}})
+           :yes yes :dry-run dry-run))
+
+(defn plan-remove [records name running]
+  "The plan to take node `name` out of the cloud: drain, wait for its `running` tasks to move,
+  demote it if a manager (refused when that loses quorum), remove it."
+  (setv n (_find records name)
+        target (get n "name")
+        manager (is-manager n)
+        refusal (when manager (check-demote records target))
+        after (lfor o records :if (is-not o n) o)
+        changes []
+        notes [])
+  (when (and (= (get n "state") "ready") (!= (get n "availability") "drain"))
+    (.append changes f"availability: {(get n "availability")} -> drain"))
+  (when running
+    (.append notes (+ f"{(len running)} running task(s) move off {target} first: "
+                      (.join ", " (sorted (sfor t running f"{(get t "service")}.{(get t "slot")}"))))))
+  (when manager
+    (.append changes "role: manager -> worker"))
+  (.append changes "remove from the cloud")
+  (.append notes (+ f"{target}'s agent gets no join token afterwards, should it keep running: "
+                    f"(readmit! \"{target}\") lets it join again"))
+  (Plan :action "remove-node"
+        :target target
+        :changes changes
+        :before (safety-view records)
+        :after (safety-view after)
+        :notes notes
+        :refusal (when refusal #((. refusal reason) (. refusal hint)))))
+
+(defn remove-node! [name * [timeout 180] [yes False] [dry-run False]]
+  "Take a node out of the cloud cleanly: drain it, wait until Swarm has moved its tasks to
+  other nodes, demote it if it is a manager (never below quorum: refused with a reason), then
+  remove it. A node that is down is removed as it is. Progress is printed step by step.
+  Plan, y/N, :yes, :dry-run and the audit log as for promote!.
+    (remove-node! \"node-3\" :yes True)"
+  (import time)
+  (setv records (nodes)
+        n (_find records name)
+        target (get n "name")
+        plan (plan-remove records target (_running-on target)))
+  (defn wait-for [what ok]
+    (setv deadline (+ (time.monotonic) timeout))
+    (while (not (ok))
+      (when (> (time.monotonic) deadline)
+        (raise (CloudError f"remove-node! {target}: {what} did not happen within {timeout} s"
+                           :code "timeout" :hint "(tasks NAME) shows where the tasks are; run it again")))
+      (time.sleep 0.5)))
+  (defn act []
+    (when (and (= (get n "state") "ready") (!= (get n "availability") "drain"))
+      (print f"{target}: draining")
+      (call "POST" (+ "/v1/nodes/" (url-quote target :safe "") "/availability")
+            :body {"availability" "drain"}))
+    (when (= (get n "state") "ready")
+      (print f"{target}: waiting for its tasks to move")
+      (wait-for "moving its tasks away" (fn [] (not (_running-on target)))))
+    (when (is-manager n)
+      (print f"{target}: demoting")
+      (call "POST" (+ "/v1/nodes/" (url-quote target :safe "") "/demote"))
+      (wait-for "the demotion" (fn [] (not (is-manager (_find (nodes) target))))))
+    (print f"{target}: removing")
+    (call "DELETE" (+ "/v1/nodes/" (url-quote target :safe ""))))
+  (perform plan act :yes yes :dry-run dry-run))
+
+(defn removed-nodes []
+  "The nodes an operator removed (remove-node!): their agents may not join again until readmitted."
+  (call "GET" "/v1/removed"))
+
+(defn readmit! [name * [yes False] [dry-run False]]
+  "Let a node removed with remove-node! join the cloud again (its agent asks for a join token
+  every few seconds). Plan, y/N, :yes, :dry-run and the audit log as for promote!.
+    (readmit! \"node-3\" :yes True)"
+  (setv known (lfor r (removed-nodes) (get r "name")))
+  (when (not-in name known)
+    (raise (unknown-name "removed node" name known)))
+  (perform (Plan :action "readmit" :target name :changes [f"{name}: may join the cloud again"])
+           (fn [] (call "POST" (+ "/v1/nodes/" (url-quote name :safe "") "/readmit")))
            :yes yes :dry-run dry-run))
 
 (defn audit-log [[last 20]]

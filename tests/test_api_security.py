@@ -170,16 +170,21 @@ def test_node_key_may_not_promote_and_operator_key_may_not_take_a_join_token(one
 
 
 @pytest.mark.parametrize(
-    ("path", "body"),
+    ("method", "path", "body"),
     [
-        ("/v1/nodes/node-1/promote", None),
-        ("/v1/nodes/node-1/availability", {"availability": "drain"}),
-        ("/v1/spec", {"managers": {"maximum": 1}}),
+        ("POST", "/v1/nodes/node-1/promote", None),
+        ("POST", "/v1/nodes/node-1/availability", {"availability": "drain"}),
+        ("PUT", "/v1/spec", {"managers": {"maximum": 1}}),
+        ("POST", "/v1/services", {"name": "x", "definition": {"image": "local/busybox:1"}}),
+        ("PUT", "/v1/stacks/x", {"services": {"x_a": {"image": "local/busybox:1"}}}),
+        ("POST", "/v1/secrets", {"name": "s", "data": "eA=="}),
+        ("DELETE", "/v1/nodes/node-1", None),
     ],
 )
-def test_control_routes_refuse_node_keys_and_unsigned_callers(one, path: str, body) -> None:
+def test_control_routes_refuse_node_keys_and_unsigned_callers(
+    one, method: str, path: str, body
+) -> None:
     base = api(one, "node-1")
-    method = "PUT" if path == "/v1/spec" else "POST"
     before = cloud_state(one)
     r = signed(method, base + path, node_key(one), body)
     check_error(r, 403, "wrong-role")

@@ -175,6 +175,7 @@ README_SEES = [
     (r'"result" +"(no change|done)"', r"\? \[y/N\]"),
     (r'"result" +"dry-run"', None),
     (r'"node" +"node-\d"[\s\S]*"leading" +True', r"\? \[y/N\]"),
+    (r'"name" +"web"[\s\S]*"mode" +"global"', None),
     (r'"[^"\n]*/logs/node-2/dockerd\.log"', None),
     (r'"exit" +0', None),
     (r'"via" +"ssh"', None),

@@ -134,6 +134,6 @@ def test_spec_changes_in_the_operators_words() -> None:
     assert "managers.stabilization: 10.0 -> 2.0" in lines
     assert "system web min_nodes: 3 -> 5" in lines
     assert any(line.startswith("system db: added (busybox, from 3 ready nodes") for line in lines)
-    assert "system old: no longer in the spec (its service is left as it is)" in lines
+    assert any(line.startswith("system old: REMOVE (no longer in the spec") for line in lines)
     assert spec_changes(new, new) == []
     assert spec_changes(None, new)[0].startswith("the cloud follows a spec from now on")

@@ -29,12 +29,14 @@ __all__ = [
     "Step",
     "check_demote",
     "check_promote",
+    "check_remove",
     "fault_tolerance",
     "is_joining",
     "is_manager",
     "is_member",
     "is_reachable_manager",
     "manager_target",
+    "nodes_to_remove",
     "plan_step",
     "quorum",
     "safety_view",
@@ -173,6 +175,52 @@ def check_demote(nodes: Sequence[Node], name: str) -> Refusal | None:
             ),
         )
     return None
+
+
+def check_remove(nodes: Sequence[Node], name: str, running: int) -> Refusal | None:
+    """None if node `name` may be removed from the cloud now, else why not.
+
+    A manager is demoted first (`check_demote` decides whether that is safe); a node that is up
+    is drained first and its `running` tasks must have moved. A node that is down is removed
+    as it is: its tasks were rescheduled when it went down."""
+    node = _find(nodes, name)
+    if isinstance(node, Refusal):
+        return node
+    if is_manager(node):
+        return Refusal(
+            reason=f"{name} is a manager: Swarm removes only workers",
+            hint="demote it first (remove-node! does it when quorum allows)",
+        )
+    if node.get("state") == "down":
+        return None
+    if node.get("availability") != "drain":
+        return Refusal(
+            reason=f"{name} is up and {node.get('availability')}: its tasks would be cut off",
+            hint="drain it first (remove-node! drains, waits for the tasks, then removes)",
+        )
+    if running:
+        return Refusal(
+            reason=f"{name} still runs {_plural(running, 'task')}",
+            hint="wait until Swarm has moved them (tasks NAME shows where they run)",
+        )
+    return None
+
+
+def nodes_to_remove(
+    nodes: Sequence[Node], down_since: Mapping[str, float], now: float, remove_after: float
+) -> list[str]:
+    """The workers down for longer than `remove_after` seconds (0: never remove), by name.
+    Managers are not: a dead manager is demoted first, by `plan_step`."""
+    if remove_after <= 0:
+        return []
+    return sorted(
+        str(n["name"])
+        for n in nodes
+        if not is_manager(n)
+        and n.get("state") != "ready"
+        and n.get("name") in down_since
+        and now - down_since[str(n["name"])] > remove_after
+    )
 
 
 def check_promote(nodes: Sequence[Node], name: str) -> Refusal | None:

@@ -22,6 +22,8 @@ LABEL_SSH = "hyops.ssh"
 # the manager address ("ip:2377") a node joined the swarm by: its only way into Raft if promoted
 # (swarmkit keeps it until dockerd restarts); empty for the node that originated the swarm
 LABEL_JOINED_VIA = "hyops.joined-via"
+# a Swarm config with this label names a node an operator removed: it may not join again
+LABEL_REMOVED = "hyops.removed"
 # the labels a node's own key may set on its own node through the API (its agent's, above); any
 # other `hyops.*` label is the agents' or the autopilot's, and no API caller sets one
 AGENT_PREFIX = "hyops."

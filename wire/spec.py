@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from wire.problems import problems_message
+from wire.services import SERVICE_KEYS, check_service
 
 __all__ = [
     "DEFAULT_TARGETS",
@@ -50,11 +51,12 @@ DEFAULT_MANAGERS: dict[str, Any] = {
     "better_by": 0.25,
 }
 DEFAULT_RESOURCES: dict[str, float] = {"cpus": 1.0, "memory": 1.0}
+# a worker down this long is removed from the cloud by the autopilot (0: never)
+DEFAULT_NODES: dict[str, Any] = {"remove_after": 0.0}
 
 _SYSTEM_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}
-_VOLUME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*:/[^:]*(:ro|:rw)?$")
 
 
 class SpecError(Exception):
@@ -217,6 +219,20 @@ def _targets(given: Any, maximum: int, problems: list[str]) -> list[list[int]]:
     return pairs
 
 
+def _nodes(given: Any, problems: list[str]) -> dict[str, Any]:
+    if not isinstance(given, dict):
+        problems.append(f"[nodes]: expected a table, got {given!r}")
+        given = {}
+    _unknown("[nodes]", given, set(DEFAULT_NODES), problems)
+    out = {**DEFAULT_NODES, **given}
+    try:
+        out["remove_after"] = parse_seconds(out["remove_after"])
+    except ValueError as exc:
+        problems.append(f"[nodes] remove_after: {exc} (0: never)")
+        out["remove_after"] = 0.0
+    return out
+
+
 def _resources(given: Any, problems: list[str]) -> dict[str, float]:
     if not isinstance(given, dict):
         problems.append(f"[resources]: expected a table, got {given!r}")
@@ -234,65 +250,23 @@ def _resources(given: Any, problems: list[str]) -> dict[str, float]:
     return out
 
 
-SYSTEM_KEYS = {
-    "image", "command", "replicas", "mode", "placement", "volumes", "env", "min_nodes", "below",
-}  # fmt: skip
+SYSTEM_KEYS = SERVICE_KEYS | {"min_nodes", "below"}
 
 
 def _system(name: str, given: Any, problems: list[str]) -> dict[str, Any]:
+    """A system: a service definition (wire/services.py: image, command, replicas, ports,
+    networks, secrets, configs, limits, health, update policy, ...) and when it runs."""
     where = f"system {name!r}"
     if not _SYSTEM_NAME.match(str(name)):
         problems.append(f"{where}: a name has lower-case letters, digits, '-' or '_' "
                         "(at most 63), starting with a letter or digit")  # fmt: skip
+    found: list[str] = []
+    out = check_service(name, given, found, extra=frozenset({"min_nodes", "below"}))
+    problems += [p.replace(f"service {name!r}", where, 1) for p in found]
     if not isinstance(given, dict):
-        problems.append(f"{where}: expected a table, got {given!r}")
         return {}
-    _unknown(where, given, SYSTEM_KEYS, problems)
-    out: dict[str, Any] = {}
-    image = given.get("image")
-    if not isinstance(image, str) or not image.strip():
-        problems.append(f'{where} image: required, e.g. image = "busybox:1.36"')
-    out["image"] = image
-    command = given.get("command", [])
-    if isinstance(command, str):
-        command = ["sh", "-c", command]
-    if not isinstance(command, list) or not all(isinstance(c, str) for c in command):
-        problems.append(f"{where} command: expected a string or a list of strings")
-        command = []
-    out["command"] = command
-    mode = given.get("mode", "replicated")
-    if mode not in ("replicated", "global"):
-        problems.append(f'{where} mode: expected "replicated" or "global", got {mode!r}')
-    out["mode"] = mode
-    replicas = given.get("replicas")
-    if mode == "global":
-        if replicas is not None:
-            problems.append(f'{where}: replicas has no meaning with mode = "global" (one per node)')
-        out["replicas"] = None  # a checked spec checks again the same
-    else:
-        replicas = 1 if replicas is None else replicas
-        out["replicas"] = _int(where, "replicas", replicas, 1, 1000, problems)
-    placement = given.get("placement", [])
-    if not isinstance(placement, list) or not all(
-        isinstance(p, str) and ("==" in p or "!=" in p) for p in placement
-    ):
-        problems.append(f"{where} placement: expected constraints like "
-                        "[\"node.role==worker\", \"node.labels.disk==ssd\"]")  # fmt: skip
-        placement = []
-    out["placement"] = placement
-    volumes = given.get("volumes", [])
-    if not isinstance(volumes, list) or not all(
-        isinstance(v, str) and _VOLUME.match(v) for v in volumes
-    ):
-        problems.append(f"{where} volumes: expected named volumes like [\"data:/data\"] "
-                        "(volume:path in the container)")  # fmt: skip
-        volumes = []
-    out["volumes"] = volumes
-    env = given.get("env", {})
-    if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
-        problems.append(f'{where} env: expected a table of strings, like {{ LEVEL = "info" }}')
-        env = {}
-    out["env"] = dict(env)
+    if out.get("replicas") == 0:
+        problems.append(f"{where} replicas: at least 1 (below min_nodes the autopilot stops it)")
     out["min_nodes"] = _int(where, "min_nodes", given.get("min_nodes", 1), 1, 100_000, problems)
     below = given.get("below", "stop")
     if below not in ("stop", "keep"):
@@ -309,11 +283,15 @@ def check_spec(data: Any) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise SpecError([f"expected a table with managers, resources, systems; got {data!r}"])
     _unknown(
-        "spec", data, {"managers", "resources", "systems", "version", "source", "given"}, problems
+        "spec",
+        data,
+        {"managers", "resources", "nodes", "systems", "version", "source", "given"},
+        problems,
     )
     spec: dict[str, Any] = {
         "managers": _managers(data.get("managers", {}), problems),
         "resources": _resources(data.get("resources", {}), problems),
+        "nodes": _nodes(data.get("nodes", {}), problems),
         "systems": {},
     }
     systems = data.get("systems", {})
@@ -347,7 +325,7 @@ def spec_changes(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:
         lines = [f"the cloud follows a spec from now on (version {new.get('version')})"]
     else:
         old_body, lines = old, []
-    for section in ("managers", "resources"):
+    for section in ("managers", "resources", "nodes"):
         before = _flat(section, old_body.get(section, {}))
         after = _flat(section, new.get(section, {}))
         for key in sorted(set(before) | set(after)):
@@ -363,7 +341,10 @@ def spec_changes(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:
                 f"below: {s['below']})"
             )
         elif name not in new_systems:
-            lines.append(f"system {name}: no longer in the spec (its service is left as it is)")
+            lines.append(
+                f"system {name}: REMOVE (no longer in the spec: its service is removed, "
+                "its named volumes stay on the nodes)"
+            )
         else:
             before, after = _flat("", old_systems[name]), _flat("", new_systems[name])
             for key in sorted(set(before) | set(after)):

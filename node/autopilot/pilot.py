@@ -19,6 +19,7 @@ from typing import Any
 
 from node.autopilot.journal import Journal
 from node.autopilot.managers import Managers
+from node.autopilot.nodes import NodeReaper
 from node.autopilot.specs import SpecStore
 from node.autopilot.systems import reconcile_systems
 from node.engine import Engine, EngineError
@@ -76,6 +77,7 @@ class Autopilot:
         self.journal = Journal()
         self.specs = SpecStore(engine, swarm, data_dir / "spec.json", self.journal)
         self.managers = Managers(engine, swarm, self.journal)
+        self.reaper = NodeReaper(engine, self.journal)
         self.last_step: Step | None = None
         self.last_view: dict[str, Any] = {}
         self.leading = False
@@ -128,6 +130,7 @@ class Autopilot:
         if not self.leading:
             log.info("autopilot: this node leads: reconciling the cloud to its spec")
             self.managers.forget()
+            self.reaper.forget()
             self.leading = True
         spec = await self.specs.current()
         if spec is None:
@@ -152,6 +155,7 @@ class Autopilot:
             self._last_wait = ""
             self._changed = await self.managers.act(step)
         await reconcile_systems(self.engine, records, spec, self.journal)
+        await self.reaper.reconcile(records, spec, now)
         return step
 
     def status(self) -> dict[str, Any]:

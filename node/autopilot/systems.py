@@ -10,6 +10,7 @@ from typing import Any
 
 from node.autopilot.journal import Journal
 from node.engine import Engine, EngineError
+from wire.services import engine_spec
 
 __all__ = [
     "LABEL_SYSTEM",
@@ -36,58 +37,92 @@ def system_version(system: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def service_spec(name: str, system: dict[str, Any], running: bool) -> dict[str, Any]:
-    """The Engine `ServiceSpec` of a system, running or stopped (data kept: volumes stay)."""
-    constraints = list(system["placement"])
-    if system["mode"] == "global":
-        mode: dict[str, Any] = {"Global": {}}
-        if not running:
-            constraints.append(STOPPED_CONSTRAINT)
-    else:
-        mode = {"Replicated": {"Replicas": system["replicas"] if running else 0}}
-    mounts = []
-    for volume in system["volumes"]:
-        source, target, *flags = volume.split(":")
-        mounts.append(
-            {"Type": "volume", "Source": source, "Target": target, "ReadOnly": flags == ["ro"]}
-        )
-    container: dict[str, Any] = {"Image": system["image"], "Mounts": mounts}
-    if system["command"]:
-        container["Command"] = list(system["command"])
-    if system["env"]:
-        container["Env"] = [f"{k}={v}" for k, v in sorted(system["env"].items())]
-    return {
-        "Name": name,
-        "Labels": {
-            LABEL_SYSTEM: name,
-            LABEL_SYSTEM_VERSION: system_version(system),
-            LABEL_SYSTEM_STATE: "running" if running else "stopped",
-        },
-        "TaskTemplate": {
-            "ContainerSpec": container,
-            "Placement": {"Constraints": constraints},
-            "RestartPolicy": {"Condition": "any", "Delay": 1_000_000_000},
-        },
-        "Mode": mode,
+def service_spec(
+    name: str,
+    system: dict[str, Any],
+    running: bool,
+    ids: dict[str, dict[str, str]] | None = None,
+) -> dict[str, Any]:
+    """The Engine `ServiceSpec` of a system, running or stopped (data kept: volumes stay).
+    `ids` maps its networks, secrets and configs to their Swarm IDs (wire/services.py)."""
+    labels = {
+        LABEL_SYSTEM: name,
+        LABEL_SYSTEM_VERSION: system_version(system),
+        LABEL_SYSTEM_STATE: "running" if running else "stopped",
     }
+    return engine_spec(name, system, labels=labels, ids=ids, running=running)
+
+
+async def _system_ids(
+    engine: Engine, spec: dict[str, Any], journal: Journal
+) -> tuple[dict[str, dict[str, str]], set[str]]:
+    """The Swarm IDs of the systems' networks, secrets and configs, creating the networks that
+    are missing (overlay, attachable); and the systems that wait for a missing secret or config."""
+    networks = {n["Name"]: n["Id"] for n in await engine.networks()}
+    ids = {
+        "networks": networks,
+        "secrets": {s["Spec"]["Name"]: s["ID"] for s in await engine.secrets()},
+        "configs": {c["Spec"]["Name"]: c["ID"] for c in await engine.configs()},
+    }
+    waiting = set()
+    for name, system in spec["systems"].items():
+        for net in system.get("networks") or []:
+            if net not in networks:
+                made = await engine.network_create(
+                    {
+                        "Name": net,
+                        "Driver": "overlay",
+                        "Attachable": True,
+                        "Labels": {LABEL_SYSTEM: name},
+                        "CheckDuplicate": True,
+                    }
+                )
+                networks[net] = made["Id"]
+                _done(journal, name, "network", f"created network {net} for {name}")
+        for kind in ("secrets", "configs"):
+            missing = [m["source"] for m in system.get(kind) or [] if m["source"] not in ids[kind]]
+            if missing:
+                waiting.add(name)
+                what = f"{kind[:-1]} {', '.join(missing)}"
+                reason = f"{name} waits for {what}: create it first ((create-secret! ...))"
+                if not any(e["reason"] == reason for e in list(journal.entries)[-10:]):
+                    journal.note("wait", name, reason, "waiting")
+    return ids, waiting
 
 
 async def reconcile_systems(
     engine: Engine, records: list[dict[str, Any]], spec: dict[str, Any], journal: Journal
 ) -> None:
-    """Start each system when enough nodes are ready, stop it (data kept) below that."""
+    """Start each system when enough nodes are ready, stop it (data kept) below that, and
+    remove the service of a system that is no longer in the spec (its volumes stay)."""
+    services = {s["Spec"]["Name"]: s for s in await engine.services(status=False)}
+    for name, service in services.items():
+        labels = service["Spec"].get("Labels") or {}
+        if labels.get(LABEL_SYSTEM) == name and name not in spec["systems"]:
+            try:
+                await engine.service_remove(service["ID"])
+                _done(journal, name, "remove", f"{name} is no longer in the spec: removed it")
+            except EngineError as exc:
+                journal.note("system", name, str(exc), "failed")
     if not spec["systems"]:
         return
     ready = len([r for r in records if r["state"] == "ready"])
-    services = {s["Spec"]["Name"]: s for s in await engine.services(status=False)}
+    try:
+        ids, waiting = await _system_ids(engine, spec, journal)
+    except EngineError as exc:
+        log.warning("autopilot: systems: %s (trying again next tick)", exc)
+        journal.note("system", "systems", str(exc), "failed")
+        return
     for name, system in spec["systems"].items():
+        if name in waiting:
+            continue
         need = system["min_nodes"]
         enough = ready >= need
         service = services.get(name)
         try:
             if service is None:
                 if enough:
-                    await engine.service_create(service_spec(name, system, True))
+                    await engine.service_create(service_spec(name, system, True, ids))
                     why = f"{ready} ready nodes reach min_nodes {need}: starting {name}"
                     _done(journal, name, "start", why)
                 continue
@@ -108,7 +143,7 @@ async def reconcile_systems(
                 why = f"the spec of {name} changed: updating it"
             fresh = await engine.service(service["ID"])  # its version, read just now
             await engine.service_update(
-                fresh["ID"], fresh["Version"]["Index"], service_spec(name, system, want)
+                fresh["ID"], fresh["Version"]["Index"], service_spec(name, system, want, ids)
             )
             _done(journal, name, "start" if want else "stop", why)
         except EngineError as exc:
