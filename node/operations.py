@@ -120,7 +120,7 @@ class Operations:
         records = [service_record(s) for s in await self.engine.services(status=True)]
         return sorted(records, key=lambda r: r["name"] or "")
 
-    def _touch(self) -> None:
+    def touch(self) -> None:
         """After a change made here: the model answers again once it has read it back."""
         if self.model is not None:
             self.model.touch("nodes", "services", "tasks", "info")
@@ -196,7 +196,7 @@ class Operations:
                     ) from None
                 raise
             self.swarm.invalidate()
-            self._touch()
+            self.touch()
             log.info("%s is now a %s (asked by %s)", record["name"], role, by)
             try:
                 return {**node_record(await self.engine.node(node["ID"])), "changed": True}
@@ -222,7 +222,7 @@ class Operations:
                 if "out of sequence" in str(exc):
                     continue
                 raise
-            self._touch()
+            self.touch()
             log.info("%s is now %s (asked by %s)", record["name"], availability, by)
             return {**node_record(await self.engine.node(node["ID"])), "changed": True}
         raise AgentError("conflict", "conflict", f"node {name} kept changing; try again")
@@ -238,7 +238,7 @@ class Operations:
         if refusal is not None:
             raise refusal  # node/api.py logs it with the caller's path
         updated = await self.swarm.set_labels(node["ID"], labels)
-        self._touch()
+        self.touch()
         log.info("labels of %s set by %s: %s", node_record(node)["name"], by, ", ".join(labels))
         return node_record(updated)
 

@@ -54,6 +54,18 @@ def add_service_routes(
     """Add the service and stack routes to `app` (see the module's docstring)."""
     services = Services(agent.ops.engine, agent.ops.require_swarm)
 
+    def changing(make: Callable[[], Awaitable[Any]]) -> Callable[[], Awaitable[Any]]:
+        """`make`, after which this agent's live model answers again only once it has read the
+        change back (node/model.py `touch`): the caller reads its own writes."""
+
+        async def run() -> Any:
+            try:
+                return await make()
+            finally:
+                agent.ops.touch()
+
+        return run
+
     @app.get("/v1/services/{name}", tags=["services"])
     async def service(name: str, request: Request, key: TrustedKey = Depends(readers)) -> Any:
         """One service whole: spec, tasks and where they run, the last rollout's state."""
@@ -65,7 +77,7 @@ def add_service_routes(
     ) -> Any:
         """Deploy a new service from a definition; refused (409) if one of that name runs."""
         return await on_manager(
-            request, lambda: services.create(body.name, body.definition, by=key.name)
+            request, changing(lambda: services.create(body.name, body.definition, by=key.name))
         )
 
     @app.post("/v1/services/{name}/update", tags=["services"])
@@ -73,17 +85,19 @@ def add_service_routes(
         name: str, body: UpdateBody, request: Request, key: TrustedKey = Depends(operators)
     ) -> Any:
         """Change a service; Swarm rolls it out by the service's update policy."""
-        return await on_manager(request, lambda: services.update(name, body.changes, by=key.name))
+        return await on_manager(
+            request, changing(lambda: services.update(name, body.changes, by=key.name))
+        )
 
     @app.post("/v1/services/{name}/rollback", tags=["services"])
     async def rollback(name: str, request: Request, key: TrustedKey = Depends(operators)) -> Any:
         """Roll a service back to its previous spec (409 when it has none)."""
-        return await on_manager(request, lambda: services.rollback(name, by=key.name))
+        return await on_manager(request, changing(lambda: services.rollback(name, by=key.name)))
 
     @app.delete("/v1/services/{name}", tags=["services"])
     async def remove(name: str, request: Request, key: TrustedKey = Depends(operators)) -> Any:
         """Remove a service."""
-        return await on_manager(request, lambda: services.remove(name, by=key.name))
+        return await on_manager(request, changing(lambda: services.remove(name, by=key.name)))
 
     @app.get("/v1/stacks", tags=["services"])
     async def stacks(request: Request, key: TrustedKey = Depends(readers)) -> Any:
@@ -102,7 +116,7 @@ def add_service_routes(
         """Create or update a stack from a translated compose file (secret values never
         logged or answered); services the file no longer has are removed."""
         return await on_manager(
-            request, lambda: services.deploy_stack(name, body.model_dump(), by=key.name)
+            request, changing(lambda: services.deploy_stack(name, body.model_dump(), by=key.name))
         )
 
     @app.delete("/v1/stacks/{name}", tags=["services"])
@@ -110,13 +124,13 @@ def add_service_routes(
         name: str, request: Request, key: TrustedKey = Depends(operators)
     ) -> Any:
         """Remove a stack: its services, then its networks, configs and secrets."""
-        return await on_manager(request, lambda: services.remove_stack(name, by=key.name))
+        return await on_manager(request, changing(lambda: services.remove_stack(name, by=key.name)))
 
     @app.delete("/v1/nodes/{name}", tags=["control"])
     async def remove_node(name: str, request: Request, key: TrustedKey = Depends(operators)) -> Any:
         """Remove a node from the cloud: a worker drained with no task left there, or one that
         is down (409 otherwise, saying what to do first)."""
-        return await on_manager(request, lambda: services.remove_node(name, by=key.name))
+        return await on_manager(request, changing(lambda: services.remove_node(name, by=key.name)))
 
     @app.get("/v1/removed", tags=["control"])
     async def removed(request: Request, key: TrustedKey = Depends(readers)) -> Any:
@@ -148,7 +162,8 @@ def _object_routes(
     ) -> Any:
         """Create one (409 when the name exists: Swarm never changes one in place)."""
         return await on_manager(
-            request, lambda: services.create_object(kind, body.name, body.data, by=key.name)
+            request,
+            lambda: services.create_object(kind, body.name, body.data, by=key.name),
         )
 
     @app.delete(f"/v1/{kind}/{{name}}", tags=["services"], name=f"remove a {kind[:-1]}")
