@@ -1,6 +1,6 @@
 """Fixtures shared by the tests: real local clouds of namespaced dockerd nodes.
 
-`make_cloud(nodes=3, agents=True, resources=None)` returns a started `LocalCloud` in its own
+`make_cloud(nodes=3, agents=True, resources=None, spec=None)` returns a started `LocalCloud` in its own
 temporary workspace. Each workspace path is unique, so each cloud gets its own prefix and a
 subnet no other interface uses: parallel runs never collide. Every cloud made is stopped with
 `down(clean=True)` when its scope ends, also when the test failed; the nodes' logs are copied to
@@ -14,6 +14,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -62,12 +63,13 @@ class _Clouds:
         resources: dict[str, tuple[float | None, int | None]] | None = None,
         name: str = "local",
         timeout: float = 180,
+        spec: dict[str, Any] | None = None,
     ) -> LocalCloud:
         workspace = self.tmp.mktemp("ws")
         (workspace / "ops").symlink_to(REPO / "ops")
         cloud = LocalCloud(workspace / ".hyops", name)
         self.made.append(cloud)  # before up: a half-made cloud is taken down too
-        cloud.up(nodes=nodes, resources=resources, agents=agents, timeout=timeout)
+        cloud.up(nodes=nodes, resources=resources, agents=agents, timeout=timeout, spec=spec)
         return trust_cloud(cloud)  # its agents' certificates are checked against its CA
 
     def close(self) -> None:

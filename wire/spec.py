@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from wire.problems import problems_message
+from wire.store import DEFAULT_STORE
 
 __all__ = [
     "DEFAULT_TARGETS",
@@ -180,9 +181,10 @@ def _managers(given: Any, problems: list[str]) -> dict[str, Any]:
     return out
 
 
-def _targets(given: Any, maximum: int, problems: list[str]) -> list[list[int]]:
+def _targets(
+    given: Any, maximum: int, problems: list[str], where: str = "[managers] targets"
+) -> list[list[int]]:
     """[[ready nodes from, managers], ...]: the first from 1, both rising, managers odd."""
-    where = "[managers] targets"
     shape = "a list of [ready nodes from, managers] pairs like [[1, 1], [3, 3], [7, 5]]"
     if not isinstance(given, list) or not given:
         problems.append(f"{where}: expected {shape}, got {given!r}")
@@ -236,7 +238,31 @@ def _resources(given: Any, problems: list[str]) -> dict[str, float]:
 
 SYSTEM_KEYS = {
     "image", "command", "replicas", "mode", "placement", "volumes", "env", "min_nodes", "below",
+    "kind",
 }  # fmt: skip
+STORE_KEYS = {"kind", "image", "min_nodes", "below", "targets", "maximum", "dead_after"}
+
+
+def _store_system(where: str, given: dict[str, Any], problems: list[str]) -> dict[str, Any]:
+    """A `kind = "store"` system: the cloud's replicated store (wire.store, docs/store.md)."""
+    _unknown(where, given, STORE_KEYS, problems)
+    out = {**DEFAULT_STORE, **{k: v for k, v in given.items() if k in STORE_KEYS}}
+    if not isinstance(out["image"], str) or not out["image"].strip():
+        problems.append(f'{where} image: expected an image like "local/etcd:1"')
+    out["min_nodes"] = _int(where, "min_nodes", out["min_nodes"], 1, 100_000, problems)
+    if out["below"] != "stop":
+        problems.append(f'{where} below: a store always stops below min_nodes (data kept): '
+                        f'expected "stop", got {out["below"]!r}')  # fmt: skip
+    out["maximum"] = _int(where, "maximum", out["maximum"], 1, 7, problems)
+    if out["maximum"] % 2 == 0:
+        problems.append(f"{where} maximum: {out['maximum']} is even; Raft wants an odd number")
+    try:
+        out["dead_after"] = parse_seconds(out["dead_after"])
+    except ValueError as exc:
+        problems.append(f"{where} dead_after: {exc}")
+        out["dead_after"] = DEFAULT_STORE["dead_after"]
+    out["targets"] = _targets(out["targets"], out["maximum"], problems, f"{where} targets")
+    return out
 
 
 def _system(name: str, given: Any, problems: list[str]) -> dict[str, Any]:
@@ -247,6 +273,11 @@ def _system(name: str, given: Any, problems: list[str]) -> dict[str, Any]:
     if not isinstance(given, dict):
         problems.append(f"{where}: expected a table, got {given!r}")
         return {}
+    if given.get("kind", "service") == "store":
+        return _store_system(where, given, problems)
+    if given.get("kind", "service") != "service":
+        problems.append(f'{where} kind: expected "service" (the default) or "store", '
+                        f'got {given.get("kind")!r}')  # fmt: skip
     _unknown(where, given, SYSTEM_KEYS, problems)
     out: dict[str, Any] = {}
     image = given.get("image")
@@ -322,6 +353,9 @@ def check_spec(data: Any) -> dict[str, Any]:
         systems = {}
     for name in sorted(systems):
         spec["systems"][name] = _system(name, systems[name], problems)
+    stores = [n for n, s in spec["systems"].items() if s.get("kind") == "store"]
+    if len(stores) > 1:
+        problems.append(f'systems {", ".join(stores)}: a cloud has one store (kind = "store")')
     if problems:
         raise SpecError(problems)
     spec["version"] = spec_version(spec)

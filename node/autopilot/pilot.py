@@ -17,9 +17,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from node.autopilot.journal import Journal
 from node.autopilot.managers import Managers
 from node.autopilot.specs import SpecStore
+from node.autopilot.store import Store
 from node.autopilot.systems import reconcile_systems
 from node.engine import Engine, EngineError
 from node.swarm import SwarmView
@@ -73,6 +76,8 @@ class Autopilot:
         self.journal = Journal()
         self.specs = SpecStore(engine, swarm, data_dir / "spec.json", self.journal)
         self.managers = Managers(engine, swarm, self.journal)
+        # the store's members (wire.store): etcd's gateway is plain HTTP inside the cloud
+        self.store = Store(engine, httpx.AsyncClient(timeout=5.0), self.journal)
         self.last_step: Step | None = None
         self.last_view: dict[str, Any] = {}
         self.leading = False
@@ -147,6 +152,7 @@ class Autopilot:
             self._last_wait = ""
             await self.managers.act(step)
         await reconcile_systems(self.engine, records, spec, self.journal)
+        await self.store.tick(records, spec, "store", now)
         return step
 
     def status(self) -> dict[str, Any]:
@@ -160,5 +166,8 @@ class Autopilot:
             "next": None
             if step is None
             else {"action": step.action, "node": step.node, "reason": step.reason},
+            "store": None
+            if self.store.last is None
+            else {"action": self.store.last.action, "reason": self.store.last.reason},
             "recent": self.journal.recent(),
         }
