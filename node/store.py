@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -40,6 +40,7 @@ log = logging.getLogger("hyops.store")
 
 HEALTH_TIMEOUT = 2.0  # a member that does not answer /health in this long counts as unhealthy
 WRITE_TIMEOUT = 10.0
+MAX_SNAPSHOT = 4 * 1024 * 1024  # in base64, with the keys, it must fit one answer (8 MiB)
 
 
 def b64(text: str | bytes) -> str:
@@ -296,25 +297,43 @@ class StoreOps:
             "revision": int((answer.get("header") or {}).get("revision", 0)),
         }
 
-    async def snapshot(self) -> AsyncIterator[bytes]:
-        """The store's snapshot (etcd's own format, what `etcdctl snapshot restore` takes), from
-        one healthy member, as bytes in chunks."""
+    async def backup(self) -> dict[str, Any]:
+        """A backup: etcd's snapshot of one healthy member (base64, with its size and sha256:
+        what `etcdctl snapshot restore` takes) and every key and value at one revision (what
+        `(store-restore!)` writes into another cloud's store)."""
         gateway = await self._writable()
         url = gateway.endpoints[0]
+        data = bytearray()
         async with self.http.stream(
             "POST", f"{url}/v3/maintenance/snapshot", json={}, timeout=60.0
         ) as answer:
             if answer.status_code != 200:
-                raise AgentError("unavailable", "store-error", "the snapshot failed")
+                raise AgentError("unavailable", "store-error", "the store's snapshot failed")
             buf = b""
             async for piece in answer.aiter_bytes():
                 buf += piece
                 *lines, buf = buf.split(b"\n")
                 for line in lines:
                     if line.strip():
-                        yield _blob(line)
+                        data += _blob(line)
             if buf.strip():
-                yield _blob(buf)
+                data += _blob(buf)
+        if len(data) > MAX_SNAPSHOT:
+            raise AgentError(
+                "refused",
+                "too-large",
+                f"the store's snapshot is {len(data)} bytes; a backup through the node API "
+                f"takes at most {MAX_SNAPSHOT}",
+                "take it with etcdctl on a member's node: etcdctl snapshot save",
+            )
+        kvs = await self.get("", True, 1_000_000)
+        return {
+            "snapshot": base64.b64encode(bytes(data)).decode(),
+            "bytes": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "revision": kvs["revision"],
+            "kvs": [[kv["key"], kv["value"]] for kv in kvs["kvs"]],
+        }
 
 
 def _blob(line: bytes) -> bytes:

@@ -4,13 +4,18 @@ bad input refused whole. See docs/store.md."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from localcloud.cloud import LocalCloud
-from tests.helpers import signed, wait_until
+from repl.cloud import CloudError
+from repl.session import HyopsEvalError, Session
+from repl.workspace import Workspace
+from tests.helpers import ev, signed, wait_until
 
 pytestmark = pytest.mark.cloud
 
@@ -55,12 +60,150 @@ def healthy_store(cloud: LocalCloud, members: int, skip: tuple = ()) -> dict | N
     return None
 
 
+KEYS = 10_000
+
+
 @pytest.fixture(scope="module")
 def cloud(make_module_cloud) -> LocalCloud:
     return make_module_cloud(nodes=4, spec=SPEC, timeout=300)
 
 
-def test_the_store_starts_with_three_members_on_three_nodes(cloud: LocalCloud) -> None:
-    store = wait_until(lambda: healthy_store(cloud, 3), 180, "3 healthy members")
+@pytest.fixture(scope="module")
+def session(cloud: LocalCloud) -> Iterator[Session]:
+    s = Session(Workspace(cloud.state_dir.parent))
+    yield s
+    s.close()
+
+
+def store_of(session: Session) -> dict | None:
+    """(store), or None while the cloud cannot answer it."""
+    try:
+        return ev(session, "(store)")
+    except (HyopsEvalError, CloudError):
+        return None
+
+
+def healthy(session: Session, members: int, without: str | None = None) -> dict | None:
+    store = store_of(session)
+    if not store or store["health"] != "healthy" or len(store["members"]) != members:
+        return None
+    if not all(m["healthy"] and m["in_store"] for m in store["members"]):
+        return None
+    if without is not None and without in [m["node"] for m in store["members"]]:
+        return None
+    return store
+
+
+def error_of(session: Session, source: str) -> str:
+    with pytest.raises((HyopsEvalError, CloudError)) as caught:
+        session.eval(source)
+    return str(caught.value)
+
+
+def put_many(session: Session, prefix: str, start: int, count: int) -> None:
+    source = (
+        f'(kv-put-many! (dfor i (range {start} {start + count}) (.format "{prefix}{{:05d}}" i) '
+        '(.format "value {}" i)) :yes True)'
+    )
+    answer = ev(session, source)
+    assert answer["answer"]["written"] == count
+
+
+def test_the_store_starts_with_three_members_on_three_nodes(session: Session) -> None:
+    store = wait_until(lambda: healthy(session, 3), 180, "(store): 3 healthy members")
     assert len({m["node"] for m in store["members"]}) == 3
     assert store["leader"] in [m["name"] for m in store["members"]]
+    assert ev(session, '(kv-put! "app/mode" "blue" :yes True)')["result"] == "done"
+    assert ev(session, '(kv "app/mode")') == "blue"
+    assert ev(session, '(kv "app/none")') is None
+    assert ev(session, '(kv-ls "app/")') == {"app/mode": "blue"}
+
+
+def test_bad_input_is_refused_whole_with_a_clear_message(
+    cloud: LocalCloud, session: Session
+) -> None:
+    wait_until(lambda: healthy(session, 3), 180, "(store): 3 healthy members")
+    message = error_of(session, f'(kv-put! "{"k" * 1100}" "x" :yes True)')
+    assert "1100 bytes; keys are at most 1024 bytes" in message
+    message = error_of(session, '(kv-put! "big" (* "x" (* 600 1024)) :yes True)')
+    assert "values are at most 524288 bytes" in message
+    message = error_of(session, '(kv-put! "num" 5 :yes True)')
+    assert "values are strings" in message
+    message = error_of(session, f'(kv-put-many! {{"fine/1" "a" "{"k" * 1100}" "b"}} :yes True)')
+    assert "keys are at most" in message
+    assert ev(session, '(kv "fine/1")') is None  # nothing of it was written
+    # the agent checks again (a client that skips the workspace's checks)
+    answer = api(cloud, "PUT", "/v1/store/kv", {"kvs": [["fine/2", "a"], ["k" * 1100, "b"]]})
+    assert answer.status_code == 400, answer.text
+    assert "nothing was written" in answer.json()["message"]
+    assert ev(session, '(kv "fine/2")') is None
+
+
+def test_a_dead_members_node_is_replaced_and_every_key_stays(
+    cloud: LocalCloud, session: Session
+) -> None:
+    store = wait_until(lambda: healthy(session, 3), 180, "(store): 3 healthy members")
+    for start in range(0, KEYS, 2000):
+        put_many(session, "k/", start, 2000)
+    leaders = {n["name"] for n in ev(session, "(nodes)") if n["leader"]}
+    victim = sorted(
+        m["node"] for m in store["members"] if not m["leader"] and m["node"] not in leaders
+    )[0]
+    cloud.kill_dockerd(victim)
+    cloud.partition(victim)  # the machine is gone: its engine and its network
+    written = 0
+    while not healthy(session, 3, without=victim):  # keep writing while it is replaced
+        try:
+            put_many(session, "w/", written, 100)
+            written += 100
+        except (HyopsEvalError, CloudError):
+            pass
+        assert written < 20_000, "the store was not repaired while 20,000 keys were written"
+    store = wait_until(lambda: healthy(session, 3, without=victim), 180, "3 members again")
+    assert victim not in [m["node"] for m in store["members"]]
+    assert len(ev(session, '(kv-ls "k/" :limit 10000)')) == KEYS
+    assert len(ev(session, '(kv-ls "w/" :limit 10000)')) == written
+    assert ev(session, '(kv "k/09999")') == "value 9999"
+
+
+def test_below_min_nodes_the_store_stops_and_comes_back_with_its_data(
+    cloud: LocalCloud, session: Session
+) -> None:
+    store = wait_until(lambda: healthy(session, 3), 180, "(store): 3 healthy members")
+    down = {e["name"] for e in cloud.nodes} - {m["node"] for m in store["members"]}
+    leaders = {n["name"] for n in ev(session, "(nodes)") if n["leader"]}
+    second = sorted(
+        m["node"] for m in store["members"] if not m["leader"] and m["node"] not in leaders
+    )[0]
+    cloud.kill_dockerd(second)
+    cloud.partition(second)
+    wait_until(
+        lambda: (store_of(session) or {}).get("health") == "stopped",
+        120,
+        "(store) to say stopped below min_nodes 3",
+    )
+    message = error_of(session, '(kv-put! "app/mode" "red" :yes True)')
+    assert "no member" in message or "no quorum" in message
+    for node in sorted(down | {second}):
+        cloud.heal(node)
+        cloud.start_dockerd(node)
+    store = wait_until(lambda: healthy(session, 3), 240, "the store to start again")
+    assert second in [m["node"] for m in store["members"]]  # it rejoined as itself
+    assert ev(session, '(kv "app/mode")') == "blue"
+    assert len(ev(session, '(kv-ls "k/" :limit 10000)')) == KEYS
+
+
+def test_backup_writes_the_snapshot_and_every_key(
+    cloud: LocalCloud, session: Session, tmp_path: Path
+) -> None:
+    wait_until(lambda: healthy(session, 3), 180, "(store): 3 healthy members")
+    path = tmp_path / "backups" / "store.json"
+    answer = ev(session, f'(store-backup! "{path}")')
+    assert answer["keys"] >= KEYS
+    doc = json.loads(path.read_text())
+    assert doc["format"] == "hyops-store-backup-1" and doc["bytes"] > 0
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    message = error_of(session, f'(store-backup! "{path}")')
+    assert "never overwrites" in message
+    message = error_of(session, f'(store-restore! "{path}" :yes True)')
+    assert "not empty" in message
