@@ -188,7 +188,17 @@ class StoreOps:
                 'give its spec a system with kind = "store" (docs/store.md), from min_nodes '
                 "ready nodes it starts",
             )
-        return Gateway(self.http, [s["client"] for s in services if s["running"]])
+        running = [s["client"] for s in services if s["running"]]
+        if not running:
+            raise AgentError(
+                "unavailable",
+                "store-stopped",
+                "the store is stopped: the cloud has fewer ready nodes than its min_nodes (its "
+                "data is kept); nothing was read or written",
+                "bring nodes back, or lower the store's min_nodes in the spec; (store) and "
+                "(autopilot) show why",
+            )
+        return Gateway(self.http, running)
 
     async def status(self) -> dict[str, Any]:
         """The members (name, node, healthy, leader, running), the leader and the health."""

@@ -164,5 +164,5 @@ sizes, never values."
                    :args {"keys" (len pairs) "sha256" (get doc "sha256")}
                    :refusal (when there
                               #("this cloud's store is not empty: a restore goes into a new one"
-                                "restore into a new cloud (hyops up), or remove the keys first")))))
+                                "restore into a new cloud (hyops up), or remove the keys first"))))
   (perform plan (fn [] (_write pairs)) :yes yes :dry-run dry-run))

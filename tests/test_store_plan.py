@@ -159,7 +159,7 @@ def test_an_add_cut_short_is_undone_and_the_leader_goes_last() -> None:
     step = plan(nodes, services, etcd)
     assert step.action == "remove" and "no service runs it" in step.reason
     nodes, services, etcd = three()
-    nodes = nodes[:2] + [node("node-3", state="down")]
+    nodes = [*nodes[:2], node("node-3", state="down")]
     # 2 ready nodes want 1 member; with node-3's member healthy still, the weakest non-leader
     step = plan(nodes, services, etcd, store={**STORE, "min_nodes": 1})
     assert step.action == "remove" and step.member != "m1"

@@ -265,10 +265,10 @@ def plan_store_step(
             )
     for s in sorted(services, key=lambda s: s["member"]):
         node = by_name.get(s["node"])
-        state = node.get("state") if node else "gone"
+        state = node.get("state") if node else "gone from the swarm"
         if state == "ready":
             continue
-        away = now - down_since.get(s["node"], now) if node else dead_after
+        away = now - down_since.get(s["node"], now)
         if away < dead_after:
             continue
         member = next((m for m in members if m.get("peer") == s["peer"]), None)

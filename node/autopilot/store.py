@@ -106,14 +106,15 @@ class Store:
         self.down_since: dict[str, float] = {}
         self.last: StoreStep | None = None
 
-    def observe(self, records: list[dict[str, Any]], now: float) -> None:
-        names = {r["name"] for r in records}
-        for r in records:
-            if r["state"] == "ready":
-                self.down_since.pop(r["name"], None)
-            else:
-                self.down_since.setdefault(r["name"], now)
-        for name in set(self.down_since) - names:
+    def observe(self, records: list[dict[str, Any]], watched: set[str], now: float) -> None:
+        """Since when each node is not ready: the records' nodes, and the `watched` nodes (those
+        with a member) also while the swarm does not list them (removed, joining again)."""
+        ready = {r["name"] for r in records if r["state"] == "ready"}
+        for name in ({r["name"] for r in records} | watched) - ready:
+            self.down_since.setdefault(name, now)
+        for name in set(self.down_since) & ready:
+            del self.down_since[name]
+        for name in set(self.down_since) - {r["name"] for r in records} - watched:
             del self.down_since[name]
 
     async def tick(
@@ -124,8 +125,8 @@ class Store:
         if not found:
             return None
         system, store = found[0]
-        self.observe(records, now)
         services = await member_services(self.engine)
+        self.observe(records, {s["node"] for s in services}, now)
         gateway = Gateway(self.http, [s["client"] for s in services if s["running"]])
         etcd = await gateway.view() if gateway.endpoints else None
         step = plan_store_step(
@@ -150,6 +151,11 @@ class Store:
                               f"failed: {message}")  # fmt: skip
             return step
         self.journal.note(f"store-{step.action}", step.member or step.node, step.reason, "done")
+        if step.action == "start":
+            # stopped members' nodes were not needed while stopped: each gets `dead_after` from
+            # now to come back before its member counts as dead
+            for name in self.down_since:
+                self.down_since[name] = now
         return step
 
     async def _act(
