@@ -1,13 +1,12 @@
 """Fixtures shared by the tests: real local clouds of namespaced dockerd nodes.
 
-`make_cloud(nodes=3, agents=True, resources=None, spec=None)` returns a started `LocalCloud` in
-its own temporary workspace, given `spec` if one is. Each workspace path is unique, so each cloud
-gets its own prefix and a subnet no other interface uses: parallel runs never collide. Every
-cloud made is stopped with `down(clean=True)` when its scope ends, also when the test failed;
-the nodes' logs are copied to the workspace first (pytest keeps the last runs' temporary
-folders) so a failure can be read. At the start of a session, leftovers of dead runs
-(namespaces, bridges, run folders where no process lives any more) are removed. Cloud tests
-need root, like CI.
+`make_cloud(nodes=3, agents=True, resources=None)` returns a started `LocalCloud` in its own
+temporary workspace. Each workspace path is unique, so each cloud gets its own prefix and a
+subnet no other interface uses: parallel runs never collide. Every cloud made is stopped with
+`down(clean=True)` when its scope ends, also when the test failed; the nodes' logs are copied to
+the workspace first (pytest keeps the last runs' temporary folders) so a failure can be read.
+At the start of a session, leftovers of dead runs (namespaces, bridges, run folders where no
+process lives any more) are removed. Cloud tests need root, like CI.
 """
 
 from __future__ import annotations
