@@ -209,3 +209,27 @@ def test_backup_writes_the_snapshot_and_every_key(
     assert "never overwrites" in message
     message = error_of(session, f'(store-restore! "{path}" :yes True)')
     assert "not empty" in message
+    BACKUP.append(path)
+
+
+BACKUP: list[Path] = []  # the backup the test above wrote, restored below
+
+
+def test_a_backup_is_restored_into_a_fresh_cloud(make_cloud) -> None:
+    if not BACKUP:
+        pytest.skip("needs the backup of test_backup_writes_the_snapshot_and_every_key")
+    one = {**SPEC, "systems": {"store": {**SPEC["systems"]["store"], "min_nodes": 1}}}
+    fresh = make_cloud(nodes=1, spec=one, name="fresh")
+    s = Session(Workspace(fresh.state_dir.parent))
+    try:
+        wait_until(lambda: healthy(s, 1), 180, "the fresh cloud's store")
+        damaged = BACKUP[0].with_name("damaged.json")
+        doc = json.loads(BACKUP[0].read_text())
+        damaged.write_text(json.dumps({**doc, "sha256": "0" * 64}))
+        assert "is damaged" in error_of(s, f'(store-restore! "{damaged}" :yes True)')
+        answer = ev(s, f'(store-restore! "{BACKUP[0]}" :yes True)')
+        assert answer["result"] == "done"
+        assert len(ev(s, '(kv-ls "k/" :limit 10000)')) == KEYS
+        assert ev(s, '(kv "app/mode")') == "blue"
+    finally:
+        s.close()
