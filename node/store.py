@@ -182,7 +182,7 @@ class StoreOps:
         services = await member_services(self.engine)
         if not services:
             raise AgentError(
-                "unavailable",
+                "not-found",
                 "no-store",
                 "this cloud has no store",
                 'give its spec a system with kind = "store" (docs/store.md), from min_nodes '
