@@ -92,16 +92,17 @@ def main(keys: int) -> None:
             ours_w = timed(lambda: ev(session, (
                 f'(kv-put-many! (dfor i (range {keys}) (.format "ours/{{:06d}}" i) "v") :yes True)'
             )))  # fmt: skip
-            loop = f'for i in $(seq 1 {keys}); do etcdctl put anchor/$i v >/dev/null; done'
+            loop = f"for i in $(seq 1 {keys}); do etcdctl put anchor/$i v >/dev/null; done"
             anchor_w = timed(lambda: cloud.docker(node, *etcdctl, loop))
             txn = (
                 f"for b in $(seq 0 128 {keys - 1}); do for i in $(seq $b $((b+127))); do "
-                'echo "put txn/$i v"; done | (echo; cat; echo) | etcdctl txn >/dev/null; done'
+                'echo "put txn/$i v"; done | (echo; cat; echo; echo) | etcdctl txn >/dev/null; done'
             )
             anchor_t = timed(lambda: cloud.docker(node, *etcdctl, txn))
 
             few = min(keys, 300)
             ours_r = timed(lambda: [ev(session, f'(kv "ours/{i:06d}")') for i in range(few)])
+            nodes_r = timed(lambda: [ev(session, "(nodes)") for _ in range(few)])
             loop = f"for i in $(seq 1 {few}); do etcdctl get anchor/$i >/dev/null; done"
             anchor_r = timed(lambda: cloud.docker(node, *etcdctl, loop))
             ours_ls = timed(lambda: ev(session, f'(kv-ls "ours/" :limit {keys})'))
@@ -125,9 +126,12 @@ def main(keys: int) -> None:
           f"{rate(keys, anchor_t)}: {ours_w / anchor_t:.2f}x its time")  # fmt: skip
     print(f"reads:  (kv) {rate(few, ours_r)} vs etcdctl get per key {rate(few, anchor_r)}: "
           f"{anchor_r / ours_r:.2f}x faster; (kv-ls) of {keys} {ours_ls * 1000:.0f} ms vs "
-          f"etcdctl get --prefix {anchor_ls * 1000:.0f} ms: {ours_ls / anchor_ls:.2f}x")  # fmt: skip
-    print(f"repair: member's node dead -> 3 healthy members again in {repair:.1f} s "
-          "(dead_after 10 s of it)")
+          f"etcdctl get --prefix {anchor_ls * 1000:.0f} ms: "
+          f"{ours_ls / anchor_ls:.2f}x")  # fmt: skip
+    print(
+        f"repair: member's node dead -> 3 healthy members again in {repair:.1f} s "
+        "(dead_after 10 s of it)"
+    )
 
 
 if __name__ == "__main__":

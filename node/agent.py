@@ -34,7 +34,7 @@ from node.config import AgentConfig, ConfigError, load_config
 from node.engine import Engine, EngineError
 from node.operations import Operations
 from node.resources import own_limits
-from node.store import StoreOps
+from node.store import StoreOps, gateway_http
 from node.swarm import SwarmView
 from wire.client import NodeApiError, NodeClient
 from wire.files import PRIVATE, write_atomic
@@ -136,7 +136,7 @@ class Agent:
             api_url=self.api_url,
         )
         self.ops = Operations(self.engine, self.swarm, self, config.name, self.api_url)
-        self.store = StoreOps(self.engine, httpx.AsyncClient(timeout=10.0))  # etcd: plain HTTP
+        self.store = StoreOps(self.engine, gateway_http())  # etcd's gateway: plain HTTP
         self.autopilot = Autopilot(  # idles until this node leads; keeps the given spec
             self.engine,
             self.swarm,

@@ -17,14 +17,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from node.autopilot.journal import Journal
 from node.autopilot.managers import Managers
 from node.autopilot.specs import SpecStore
 from node.autopilot.store import Store
 from node.autopilot.systems import reconcile_systems
 from node.engine import Engine, EngineError
+from node.store import gateway_http
 from node.swarm import SwarmView
 from wire.policy import Step, is_manager, is_reachable_manager, manager_target, safety_view
 from wire.records import node_record
@@ -77,7 +76,7 @@ class Autopilot:
         self.specs = SpecStore(engine, swarm, data_dir / "spec.json", self.journal)
         self.managers = Managers(engine, swarm, self.journal)
         # the store's members (wire.store): etcd's gateway is plain HTTP inside the cloud
-        self.store = Store(engine, httpx.AsyncClient(timeout=5.0), self.journal)
+        self.store = Store(engine, gateway_http(), self.journal)
         self.last_step: Step | None = None
         self.last_view: dict[str, Any] = {}
         self.leading = False
