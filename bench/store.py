@@ -11,7 +11,7 @@ On a 4-node local cloud with a store (3 members, min_nodes 3, dead_after 10 s):
 3. seconds from a member's node dying (dockerd killed, network cut) to `(store)` healthy with
    3 members again (dead_after 10 s of it).
 
-Run: .venv/bin/python bench/store.py [KEYS]   (default 2000; root needed)
+Run: .venv/bin/python bench/store.py [KEYS]   (default 1000; root needed)
 """
 
 from __future__ import annotations
@@ -128,6 +128,8 @@ def main(keys: int) -> None:
           f"{anchor_r / ours_r:.2f}x faster; (kv-ls) of {keys} {ours_ls * 1000:.0f} ms vs "
           f"etcdctl get --prefix {anchor_ls * 1000:.0f} ms: "
           f"{ours_ls / anchor_ls:.2f}x")  # fmt: skip
+    print(f"        (kv) {ours_r / few * 1000:.1f} ms a read; (nodes) in the same Session "
+          f"{nodes_r / few * 1000:.1f} ms: the workspace-to-agent round trip")  # fmt: skip
     print(
         f"repair: member's node dead -> 3 healthy members again in {repair:.1f} s "
         "(dead_after 10 s of it)"
@@ -135,4 +137,4 @@ def main(keys: int) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 2000)
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 1000)
