@@ -215,6 +215,20 @@ def test_backup_writes_the_snapshot_and_every_key(
 BACKUP: list[Path] = []  # the backup the test above wrote, restored below
 
 
+def test_every_node_stopped_and_started_again_keeps_every_key(
+    cloud: LocalCloud, session: Session
+) -> None:
+    """The whole cloud offline, then back on the same addresses (`hyops down`, `hyops up`)."""
+    store = wait_until(lambda: healthy(session, 3), 180, "(store): 3 healthy members")
+    names = sorted(m["name"] for m in store["members"])
+    cloud.down()  # every dockerd and agent stopped; their data kept
+    cloud.up(timeout=300)
+    store = wait_until(lambda: healthy(session, 3), 240, "the store after the restart")
+    assert sorted(m["name"] for m in store["members"]) == names
+    assert len(ev(session, '(kv-ls "k/" :limit 10000)')) == KEYS
+    assert ev(session, '(kv "app/mode")') == "blue"
+
+
 def test_a_backup_is_restored_into_a_fresh_cloud(make_cloud) -> None:
     if not BACKUP:
         pytest.skip("needs the backup of test_backup_writes_the_snapshot_and_every_key")
