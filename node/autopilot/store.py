@@ -145,6 +145,10 @@ class Store:
             await self._act(step, system, store, records, services, etcd, gateway, cloud)
         except (EngineError, AgentError) as exc:
             message = getattr(exc, "message", str(exc))
+            if "unhealthy cluster" in message:
+                # etcd wants every member healthy for 5 s before a change: not a failure
+                self.journal.note("wait", "store", f"etcd: {message}; trying again", "waiting")
+                return step
             log.warning("autopilot: store: %s failed: %s (trying again next tick)",
                         step.action, message)  # fmt: skip
             self.journal.note(f"store-{step.action}", step.member or step.node, step.reason,
