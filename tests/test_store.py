@@ -195,6 +195,36 @@ def with_min_nodes(n: int) -> dict[str, Any]:
     return {**SPEC, "systems": {"store": store}}
 
 
+def member_container(cloud: LocalCloud, node: str) -> str:
+    for cid in cloud.docker(node, "ps", "-q").stdout.split():
+        image = cloud.docker(node, "inspect", "--format", "{{.Config.Image}}", cid).stdout
+        if image.strip() == "local/etcd:1":
+            return cid
+    raise AssertionError(f"no member's container runs on {node}")
+
+
+def test_a_store_without_quorum_refuses_writes_and_writes_nothing(
+    cloud: LocalCloud, session: Session
+) -> None:
+    store = wait_until(lambda: healthy(session, 3), 180, "(store): 3 healthy members")
+    frozen = [(m["node"], member_container(cloud, m["node"])) for m in store["members"][:2]]
+    for node, cid in frozen:
+        cloud.docker(node, "pause", cid)  # two of three members stop answering
+    try:
+        wait_until(
+            lambda: (store_of(session) or {}).get("health") == "no-quorum",
+            60,
+            "(store) to say no-quorum",
+        )
+        message = error_of(session, '(kv-put! "lost/1" "x" :yes True)')
+        assert "the store has no quorum" in message and "nothing was written" in message
+    finally:
+        for node, cid in frozen:
+            cloud.docker(node, "unpause", cid)
+    wait_until(lambda: healthy(session, 3), 120, "the store healthy again")
+    assert ev(session, '(kv "lost/1")') is None
+
+
 def test_backup_writes_the_snapshot_and_every_key(
     cloud: LocalCloud, session: Session, tmp_path: Path
 ) -> None:
