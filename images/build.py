@@ -46,11 +46,12 @@ __all__ = [
 
 EPOCH = 1_700_000_000  # SOURCE_DATE_EPOCH of every image: a fixed date, so builds repeat
 CACHE = Path("/var/cache/hyops/images")
-BUILDER = "1"  # bump when the way images are written changes, so old cache entries are not used
+BUILDER = "2"  # bump when the way images are written changes, so old cache entries are not used
 REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("wire", "node", "repl", "ops", "localcloud", "images")  # this checkout's code
 LIB = "/opt/hyops/lib"  # where the Python packages go in the image (PYTHONPATH)
 MAX_INPUT = 1 << 20
+KEEP = 4  # cache entries kept per recipe
 _SKIP = re.compile(r"(^|/)(__pycache__|\.)")
 
 
@@ -201,7 +202,8 @@ def _run(cmd: list[str], what: str, timeout: float, env: dict[str, str] | None =
 def _base_rootfs(recipe: Recipe, cache: Path, log: Callable[[str], None]) -> Path:
     """The Debian root filesystem of the recipe's suite and packages, made by mmdebstrap once and
     cached by (suite, mirror, packages)."""
-    key = hashlib.sha256(json.dumps(recipe.base_key(), sort_keys=True).encode()).hexdigest()
+    what = {**recipe.base_key(), "builder": BUILDER}
+    key = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
     tar = cache / f"debian-{recipe.suite}-{key[:16]}.tar"
     with _locked(cache / f".debian-{key[:16]}.lock"):
         if tar.is_file():
@@ -214,7 +216,7 @@ def _base_rootfs(recipe: Recipe, cache: Path, log: Callable[[str], None]) -> Pat
         tmp = tar.with_name(f".{tar.stem}.{os.getpid()}.tar")
         cmd = [
             "mmdebstrap",
-            "--variant=minbase",
+            f"--variant={recipe.variant}",
             "--mode=root",
             "--quiet",
             "--format=tar",
@@ -225,6 +227,12 @@ def _base_rootfs(recipe: Recipe, cache: Path, log: Callable[[str], None]) -> Pat
             "--dpkgopt=path-include=/usr/share/doc/*/copyright",
             "--dpkgopt=path-exclude=/usr/share/man/*",
             "--dpkgopt=path-exclude=/usr/share/locale/*",
+            # after everything is installed; the extract variant installs nothing, so there the
+            # hooks run once the packages are unpacked
+            *(
+                f"--{'extract' if recipe.variant == 'extract' else 'customize'}-hook={hook}"
+                for hook in recipe.hooks
+            ),
             recipe.suite,
             str(tmp),
             recipe.mirror,
@@ -361,6 +369,31 @@ def _write_image(layer: Path, layer_sha: str, config: bytes, tag: str, out: Path
     return f"sha256:{config_sha}"
 
 
+def _prune(cache: Path, recipe: str, keep: int) -> list[Path]:
+    """Remove all but the `keep` newest cache entries of `recipe` (an image is ~500 MB; every
+    change of the agent's code makes a new one). Entries being written are left alone."""
+    entries = []
+    for meta in cache.glob("*/image.json"):
+        with contextlib.suppress(OSError, ValueError):
+            if json.loads(meta.read_text()).get("recipe") == recipe:
+                entries.append((meta.stat().st_mtime, meta.parent))
+    removed = []
+    for _, folder in sorted(entries, reverse=True)[keep:]:
+        lock = cache / f".{folder.name}.lock"
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue  # someone is building or reading it
+        try:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+        finally:
+            os.close(fd)
+    return removed
+
+
 # --- building --------------------------------------------------------------------------------
 
 
@@ -413,6 +446,7 @@ def build_image(
                 os.replace(partial, tar)
             data = {"recipe": name, "tag": tag, "image_id": image_id, "key": key}
             meta.write_text(json.dumps(data, indent=1) + "\n")
+            _prune(cache, name, keep=KEEP)
     image_id = json.loads(meta.read_text())["image_id"]
     result = tar
     if output is not None:

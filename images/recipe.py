@@ -4,7 +4,11 @@
 name = "hyops/node"            # the image's repository; its tag is the content hash
 suite = "bookworm"             # the Debian suite, pinned
 mirror = "http://deb.debian.org/debian"
-packages = ["docker.io", "python3"]   # Debian packages, on top of the minbase variant
+variant = "minbase"            # mmdebstrap's: minbase (runnable Debian) or extract (files only)
+packages = ["docker.io", "python3"]   # Debian packages, on top of the variant
+hooks = []                     # shell run as root on the built tree ("$1"): mmdebstrap's
+                               # --customize-hook (--extract-hook for the extract variant);
+                               # recipes are code, like a Makefile
 python = true                  # this checkout's packages and their dependencies, in /opt/hyops/lib
 
 [files]                        # image path = path in the repository
@@ -48,7 +52,11 @@ _SUITE = re.compile(r"[a-z][a-z0-9-]{1,30}")
 _PACKAGE = re.compile(r"[a-z0-9][a-z0-9+.-]+")
 _PORT = re.compile(r"\d{1,5}/(tcp|udp)")
 _ENV = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_KNOWN = {"name", "suite", "mirror", "packages", "python", "files", "inputs", "config"}
+_KNOWN = {
+    "name", "suite", "mirror", "variant", "packages", "hooks", "python", "files", "inputs",
+    "config",
+}  # fmt: skip
+VARIANTS = ("minbase", "extract")  # mmdebstrap's: a runnable Debian, or the packages' files only
 _CONFIG = {"entrypoint", "cmd", "env", "workdir", "volumes", "ports", "stop_signal"}
 
 
@@ -77,13 +85,21 @@ class Recipe:
     mirror: str
     packages: tuple[str, ...]
     python: bool
+    variant: str = "minbase"
+    hooks: tuple[str, ...] = ()
     files: dict[str, str] = field(default_factory=dict)
     inputs: dict[str, Input] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
 
     def base_key(self) -> dict[str, Any]:
         """What the Debian root filesystem depends on (its own cache entry)."""
-        return {"suite": self.suite, "mirror": self.mirror, "packages": sorted(self.packages)}
+        return {
+            "suite": self.suite,
+            "mirror": self.mirror,
+            "packages": sorted(self.packages),
+            "variant": self.variant,
+            "hooks": list(self.hooks),
+        }
 
 
 def recipe_path(name: str, folder: Path = RECIPES) -> Path:
@@ -128,6 +144,13 @@ def load_recipe(name: str, folder: Path = RECIPES, repo: Path | None = None) -> 
     if not _strings(packages) or not all(_PACKAGE.fullmatch(p) for p in packages):
         problems.append(f"packages: expected a list of Debian package names, got {packages!r}")
         packages = []
+    variant = data.get("variant", "minbase")
+    if variant not in VARIANTS:
+        problems.append(f"variant: expected one of {', '.join(VARIANTS)}, got {variant!r}")
+    hooks = data.get("hooks", [])
+    if not _strings(hooks):
+        problems.append("hooks: expected a list of shell commands (mmdebstrap customize hooks)")
+        hooks = []
     python = data.get("python", False)
     if not isinstance(python, bool):
         problems.append(f"python: expected true or false, got {python!r}")
@@ -210,6 +233,8 @@ def load_recipe(name: str, folder: Path = RECIPES, repo: Path | None = None) -> 
         mirror=mirror,
         packages=tuple(packages),
         python=python,
+        variant=variant,
+        hooks=tuple(hooks),
         files=files,
         inputs=inputs,
         config=config,

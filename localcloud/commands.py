@@ -68,8 +68,52 @@ def find_state_dir(start: Path | None = None) -> Path:
     )
 
 
+CONTAINER_DEFAULTS = (1.0, 1 << 30)  # a node container's --cpus and --memory unless given
+
+
+def containers_up(args: argparse.Namespace) -> int:
+    """`hyops up --containers`: the cloud as node containers on a host engine in a namespace."""
+    from localcloud.containers import ContainerCloud
+
+    name = args.name or "boxes"
+    count = args.nodes or 3
+    try:
+        if not 1 <= count <= 20:
+            raise DevCloudError(f"--nodes {count}: a cloud of node containers has 1 to 20 nodes")
+        resources = parse_resources(args.resources)
+        unknown = sorted(set(resources) - {f"node-{i}" for i in range(1, count + 1)})
+        if unknown:
+            raise DevCloudError(
+                f"--resources names {', '.join(unknown)}: nodes are node-1 .. node-{count}"
+            )
+        nodes = {}
+        for i in range(1, count + 1):
+            cpus, memory = resources.get(f"node-{i}", (None, None))
+            nodes[f"node-{i}"] = (cpus or CONTAINER_DEFAULTS[0], memory or CONTAINER_DEFAULTS[1])
+        cloud = ContainerCloud(find_state_dir(), name)
+        if cloud.record_path.exists():
+            raise DevCloudError(
+                f"cloud {name!r} is up already: `hyops down --name {name}` removes it first"
+            )
+        print(f"building the node image and starting {count} node containers ...", flush=True)
+        cloud.build(log=lambda line: print(f"  {line}", flush=True))
+        info = cloud.up(nodes)
+    except DevCloudError as exc:
+        print(f"hyops up: {exc}", file=sys.stderr)
+        print(f"`hyops down --name {name}` removes what was started", file=sys.stderr)
+        return 1
+    print(f"cloud {name!r} of node containers ({info['image']}) ready in {info['seconds']:.1f} s")
+    for node in info["nodes"]:
+        print(f"  {node['name']:<8} {node['addr']:<15} {node['api']}  {node['cpus']:g} CPUs")
+    print(f"recorded in {info['record']}; `hyops repl --cloud {name}` operates it")
+    return 0
+
+
 def up_main(args: argparse.Namespace) -> int:
-    """`hyops up [--nodes N] [--name NAME] [--resources NODE=CPUS,MEMORY ...]`."""
+    """`hyops up [--nodes N] [--name NAME] [--resources NODE=CPUS,MEMORY ...] [--containers]`."""
+    if getattr(args, "containers", False):
+        return containers_up(args)
+    args.name = args.name or "local"
     cloud = None
     try:
         cloud = LocalCloud(find_state_dir(), args.name)
@@ -90,6 +134,19 @@ def up_main(args: argparse.Namespace) -> int:
 
 def down_main(args: argparse.Namespace) -> int:
     """`hyops down [--name NAME] [--clean]`."""
+    args.name = args.name or "local"
+    try:
+        state_dir = find_state_dir()
+        record = state_dir / "clouds" / args.name / "cloud.toml"
+        if record.exists() and 'kind = "containers"' in record.read_text():
+            from localcloud.containers import ContainerCloud
+
+            ContainerCloud(state_dir, args.name).down()
+            print(f"cloud {args.name!r} of node containers removed")
+            return 0
+    except DevCloudError as exc:
+        print(f"hyops down: {exc}", file=sys.stderr)
+        return 1
     try:
         cloud = LocalCloud(find_state_dir(), args.name)
         if cloud.load_record() is None and not cloud.cloud_dir.exists():

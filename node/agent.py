@@ -51,6 +51,7 @@ log = logging.getLogger("hyops.agent")
 SWARM_PORT = 2377
 PUBLISH_EVERY = 2.0  # seconds between the leader's looks at the manager set
 ENGINE_WAIT = 120.0  # seconds to wait for dockerd's socket before reporting an error state
+STOP_GRACE = 3  # seconds in-flight requests have to finish after SIGTERM
 FORGOTTEN_AFTER = 30.0  # seconds of a broken swarm membership before asking the cloud about it
 
 
@@ -184,6 +185,9 @@ class Agent:
                 log_level="warning",
                 access_log=False,
                 lifespan="off",
+                # a TLS connection's close waits for the peer's close_notify (30 s), and pooled
+                # peers never send it: without a bound, SIGTERM could take half a minute
+                timeout_graceful_shutdown=STOP_GRACE,
                 **server_options(),
                 **self._tls_files(),
             )

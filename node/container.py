@@ -180,7 +180,8 @@ class Settings:
             "node": {
                 "name": self.name,
                 "advertise_addr": self.advertise_addr,
-                "api_addr": f"0.0.0.0:{self.api_port}",
+                # on the container's own address: the URL other nodes and the list name
+                "api_addr": f"{self.advertise_addr}:{self.api_port}",
                 "docker_socket": str(DOCKER_SOCKET),
                 "data_dir": str(self.data / "agent"),
                 "key": str(self.key),
@@ -193,7 +194,7 @@ class Settings:
             },
             "tls": tls,
             "ssh": {
-                "listen": f"0.0.0.0:{SSH_PORT}",
+                "listen": f"{self.advertise_addr}:{SSH_PORT}",
                 "host_key": str(self.data / "ssh_host_ed25519"),
                 "logs": str(self.data / "logs"),
             },
@@ -288,6 +289,14 @@ def workloads_cgroup() -> str:
     mine = root / path.lstrip("/")
     if not (mine / "cgroup.procs").exists():
         mine, path = root, "/"  # a cgroup namespace: the mount's root is this container's
+    try:
+        listed = (mine / "cgroup.procs").read_text().split()
+    except OSError:
+        return WORKLOADS
+    if "1" not in listed or any(p == "0" or not Path(f"/proc/{p}").exists() for p in listed):
+        # not this container's own cgroup (e.g. the host's hierarchy mounted in): touch nothing
+        _log(f"cgroup {mine} is not this container's own: workloads go under dockerd's cgroup")
+        return WORKLOADS
     leaf = mine / "init"
     with contextlib.suppress(OSError):
         leaf.mkdir(exist_ok=True)
@@ -307,10 +316,22 @@ def workloads_cgroup() -> str:
 # --- processes ------------------------------------------------------------------------------
 
 
+def _clear_stale_run_state() -> None:
+    """What a killed run left in /run (the container's own filesystem, kept across restarts):
+    dockerd's pid file and exec root (containerd's pid file among them). A pid there may now
+    belong to another process, and dockerd would refuse to start. Nothing of ours runs yet."""
+    import shutil
+
+    DOCKER_SOCKET.unlink(missing_ok=True)
+    Path("/run/dockerd.pid").unlink(missing_ok=True)
+    for folder in (Path("/run/docker"), Path("/run/containerd")):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def _start_dockerd(settings: Settings, cgroup_parent: str) -> subprocess.Popen:
     logs = settings.data / "logs"
     logs.mkdir(parents=True, exist_ok=True, mode=0o700)
-    DOCKER_SOCKET.unlink(missing_ok=True)
+    _clear_stale_run_state()
     cmd = [
         "dockerd",
         "--data-root", str(settings.data / "docker"),
@@ -367,6 +388,7 @@ def run(settings: Settings) -> int:
         public = ensure_node_key(settings.key, settings.name)
         _log(f"node {settings.name}, key {public}")
         _log("enrol this key: add it as a node key named after this node to the enrolment file")
+        ensure_node_key(settings.data / "ssh_host_ed25519", f"host-{settings.name}")
         write_merged_trust(settings, set())
         threading.Thread(target=_watch_enrolment, args=(settings, stop), daemon=True).start()
         config = settings.data / "agent.toml"

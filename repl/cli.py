@@ -71,7 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="how many nodes (default: 3 for a new cloud; a recorded cloud comes back as it was)",
     )
-    p.add_argument("--name", default="local", help="the cloud's name in this workspace")
+    p.add_argument(
+        "--name", default=None, help="the cloud's name in this workspace (default local, boxes)"
+    )
+    p.add_argument(
+        "--containers",
+        action="store_true",
+        help="run the nodes as node containers (the node image) on a host engine",
+    )
     p.add_argument(
         "--resources",
         action="append",
@@ -81,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = sub.add_parser("down", help="stop a local cloud (keeps its data unless --clean)")
-    p.add_argument("--name", default="local", help="the cloud's name in this workspace")
+    p.add_argument("--name", default=None, help="the cloud's name in this workspace (local)")
     p.add_argument("--clean", action="store_true", help="also remove the cloud's data")
 
     p = sub.add_parser("image", help="build an image from its recipe (images/recipes/NAME.toml)")

@@ -3,7 +3,7 @@
 #
 #   scripts/setup.sh          the main job (`make repl`): what the local cloud and the console need
 #       system: docker.io (dockerd, for the local cloud), busybox-static (the tiny service image),
-#               iproute2 + util-linux (namespaces), git (bootstrap lists)
+#               iproute2 + util-linux (namespaces), git (bootstrap lists), mmdebstrap (images)
 #       python: a virtualenv in .venv with hyops installed in editable mode
 #   scripts/setup.sh --tests  the above, and what the tests need (`make test`, CI)
 #       system: chromium (report rendering tests), clojure + libnrepl-clojure (reference nREPL
@@ -46,6 +46,8 @@ dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
 command -v ip >/dev/null || need+=(iproute2)
 command -v nsenter >/dev/null || need+=(util-linux)
 command -v git >/dev/null || need+=(git)
+# the image tool (hyops image build): Debian root filesystems for the node image and others
+command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
 if [ "$tests" = 1 ]; then
   command -v iptables >/dev/null || need+=(iptables)
   command -v tmux >/dev/null || need+=(tmux)

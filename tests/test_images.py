@@ -1,0 +1,166 @@
+"""The image tool's pure parts and the node program's: recipes, inputs, content keys, cgroup
+limits, the trust a node serves by, the node container's settings. No engine, no network (the
+real build and the node containers are in test_node_image.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from images.build import ImageError, _read_inputs, content_key, python_pins
+from images.commands import parse_inputs
+from images.recipe import RecipeError, load_recipe
+from node.container import ContainerError, Settings, merged_trust
+from node.resources import cgroup_limits
+from wire.keys import generate_key
+from wire.trust import Trust, TrustedKey
+
+V1_CGROUP = """\
+9:name=systemd:/docker/abc
+4:memory:/docker/abc
+1:cpu:/docker/abc
+0::/
+"""
+V1_MOUNTS = """\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+"""
+V2_CGROUP = "0::/init\n"
+V2_MOUNTS = "30 22 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n"
+
+
+def files(table: dict[str, str]):
+    return lambda path: table.get(path)
+
+
+def test_cgroup_v1_limits_are_the_containers_cpus_and_memory() -> None:
+    read = files(
+        {
+            "/sys/fs/cgroup/cpu/docker/abc/cpu.cfs_quota_us": "150000\n",
+            "/sys/fs/cgroup/cpu/docker/abc/cpu.cfs_period_us": "100000\n",
+            "/sys/fs/cgroup/cpu/cpu.cfs_quota_us": "-1\n",
+            "/sys/fs/cgroup/memory/docker/abc/memory.limit_in_bytes": "2147483648\n",
+            "/sys/fs/cgroup/memory/memory.limit_in_bytes": "9223372036854771712\n",
+        }
+    )
+    assert cgroup_limits(V1_CGROUP, V1_MOUNTS, read) == (1.5, 2 << 30)
+
+
+def test_cgroup_v2_limits_come_from_the_nearest_limited_ancestor() -> None:
+    """The node program moves itself to a leaf (`init`); the limits are on its parent, the
+    container's cgroup, which a cgroup namespace shows as the mount's root."""
+    read = files(
+        {
+            "/sys/fs/cgroup/init/cpu.max": "max 100000\n",
+            "/sys/fs/cgroup/init/memory.max": "max\n",
+            "/sys/fs/cgroup/cpu.max": "200000 100000\n",
+            "/sys/fs/cgroup/memory.max": "1073741824\n",
+        }
+    )
+    assert cgroup_limits(V2_CGROUP, V2_MOUNTS, read) == (2.0, 1 << 30)
+
+
+def test_no_limit_anywhere_gives_none_so_the_engine_figures_are_used() -> None:
+    read = files({"/sys/fs/cgroup/cpu.max": "max 100000\n", "/sys/fs/cgroup/memory.max": "max\n"})
+    assert cgroup_limits("0::/\n", V2_MOUNTS, read) == (None, None)
+    assert cgroup_limits("", "", read) == (None, None)
+
+
+def test_the_node_recipe_is_valid_and_a_broken_one_lists_every_problem(tmp_path: Path) -> None:
+    recipe = load_recipe("node")
+    assert recipe.name == "hyops/node" and "docker.io" in recipe.packages
+    assert recipe.inputs["trust"].required and not recipe.inputs["tls_ca"].required
+    (tmp_path / "bad.toml").write_text(
+        'name = "Not An Image"\nsuite = "bookworm"\npackages = ["ok", "NO SPACES"]\n'
+        'python = true\ncolour = 1\n[files]\n"relative/path" = "x"\n'
+    )
+    with pytest.raises(RecipeError) as caught:
+        load_recipe("bad", tmp_path, tmp_path)
+    message = str(caught.value)
+    for expected in ("name:", "packages:", "python: true needs", "colour: unknown key", "files:"):
+        assert expected in message, message
+    with pytest.raises(RecipeError, match=r"no recipe 'nope'.*recipes: bad"):
+        load_recipe("nope", tmp_path)
+
+
+def test_inputs_are_checked_and_a_private_key_is_never_baked_in(tmp_path: Path) -> None:
+    recipe = load_recipe("node")
+    public = generate_key(tmp_path / "k", "someone")
+    trust = tmp_path / "trust.toml"
+    trust.write_text(f'[[key]]\nname = "operator"\nrole = "operator"\npublic = "{public}"\n')
+    assert _read_inputs(recipe, {"trust": trust})["trust"] == trust.read_bytes()
+    with pytest.raises(ImageError, match="--input trust=FILE is needed"):
+        _read_inputs(recipe, {})
+    with pytest.raises(ImageError, match="takes no such input"):
+        _read_inputs(recipe, {"trust": trust, "colour": trust})
+    with pytest.raises(ImageError, match="holds a private key") as caught:
+        _read_inputs(recipe, {"trust": tmp_path / "k"})
+    assert "OPENSSH" not in str(caught.value)
+    with pytest.raises(ImageError, match="expected NAME=FILE"):
+        parse_inputs(["trust"])
+
+
+def test_the_content_key_changes_with_what_the_image_is_made_of() -> None:
+    recipe = load_recipe("node")
+    pins = python_pins()
+    assert any(p.startswith("fastapi==") for p in pins)
+    assert not any(p.startswith("pytest==") for p in pins)  # dev extras stay out
+    base = content_key(recipe, {"trust": b"a"}, pins, [("node/x.py", b"1")])
+    assert base == content_key(recipe, {"trust": b"a"}, pins, [("node/x.py", b"1")])
+    assert base != content_key(recipe, {"trust": b"b"}, pins, [("node/x.py", b"1")])
+    assert base != content_key(recipe, {"trust": b"a"}, pins, [("node/x.py", b"2")])
+    assert base != content_key(recipe, {"trust": b"a"}, [*pins, "x==1"], [("node/x.py", b"1")])
+
+
+def _key(tmp_path: Path, name: str, role: str) -> TrustedKey:
+    return TrustedKey.from_public(name, role, generate_key(tmp_path / name, name))
+
+
+def test_an_enrolment_file_adds_node_keys_but_never_control(tmp_path: Path) -> None:
+    release = Trust.from_keys(
+        [_key(tmp_path, "operator", "operator"), _key(tmp_path, "cloud", "cloud")]
+    )
+    node = _key(tmp_path, "node-1", "node")
+    intruder = _key(tmp_path, "intruder", "operator")
+    keys, skipped = merged_trust(release, Trust.from_keys([node, intruder]))
+    assert [k.name for k in keys] == ["operator", "cloud", "node-1"]
+    assert skipped == ["intruder (operator key: only the image's release keys control)"]
+    impostor = TrustedKey.from_public("operator", "node", node.public)
+    keys, skipped = merged_trust(release, Trust.from_keys([impostor]))
+    assert [k.name for k in keys] == ["operator", "cloud"] and "release key" in skipped[0]
+
+
+def test_the_node_containers_settings_say_every_problem(tmp_path: Path) -> None:
+    with pytest.raises(ContainerError) as caught:
+        Settings.from_env(
+            {"HYOPS_API_PORT": "seventy", "HYOPS_MAY_ORIGINATE": "perhaps", "HYOPS_NODES": "/nope"},
+            release=tmp_path,
+        )
+    message = str(caught.value)
+    for expected in ("HYOPS_LIST is not set", "HYOPS_API_PORT", "HYOPS_MAY_ORIGINATE", "/nope"):
+        assert expected in message, message
+    (tmp_path / "trust.toml").write_text("")
+    settings = Settings.from_env(
+        {"HYOPS_LIST": "file:///l.toml", "HYOPS_NAME": "n1", "HYOPS_ADVERTISE_ADDR": "10.0.0.5"},
+        release=tmp_path,
+    )
+    config = settings.agent_config()
+    assert config["node"]["api_addr"] == "10.0.0.5:7300" and config["tls"] is None
+    assert config["node"]["key"] == "/var/lib/hyops/node_ed25519"
+
+
+def test_the_commands_refuse_bad_input_before_anything_starts(tmp_path: Path, capsys) -> None:
+    from repl.cli import main
+
+    generate_key(tmp_path / "key", "secret")
+    assert main(["image", "build", "node", "--input", f"trust={tmp_path / 'key'}"]) == 1
+    err = capsys.readouterr().err
+    assert "holds a private key" in err and "PRIVATE" not in err
+    assert main(["image", "build", "nope"]) == 1
+    assert "no recipe 'nope'" in capsys.readouterr().err
+    args = ["up", "--containers", "--nodes", "2", "--resources", "node-9=1,1GiB"]
+    assert main(args) == 1
+    assert "--resources names node-9: nodes are node-1 .. node-2" in capsys.readouterr().err
