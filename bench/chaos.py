@@ -1,15 +1,26 @@
 """A bounded chaos run on a 7-node local cloud under the autopilot.
 
-Each round does one random thing: kill a node (its dockerd and agent), restart a killed node, cut
-a node off (its links down) or heal one, never taking down more nodes than the managers can lose.
-After every round the cloud gets a bounded time to settle, then the invariants are checked:
-at least one manager, at most 7, a quorum of the managers reachable, an odd count at rest, and
-the bootstrap list in git naming the reachable managers. Prints rounds survived and every
-violation. Run: .venv/bin/python bench/chaos.py [ROUNDS] [SEED]   (default 8 rounds; root needed)
+Each round does one random thing a machine really does, never taking away more machines than the
+managers can lose: `kill -9` of a node's agent, of its dockerd, or of both; a node's links down
+(cut); a node hung (SIGSTOP of its dockerd and agent); the leader's machine lost; two machines
+lost at once when the managers can afford it; or it undoes one of these (restart, heal, resume).
+After every round the cloud gets a bounded time to settle, then the invariants are judged by the
+engines themselves (each live node's Docker API, not the agents): one swarm (one cluster id); at
+least 1 and at most 7 managers, an odd count at rest; a quorum of the managers reachable; every
+live node Ready within a bounded time; the bootstrap list in git naming exactly the reachable
+managers within a bounded time. While it settles, the agents' view is sampled for a moment
+without a manager or above 7.
+
+The first violation stops the run: the nodes' logs and the agents' decisions are kept and the
+command that replays the run (same seed) is printed. At the end: rounds, faults of each kind,
+the slowest recovery.
+
+Run: .venv/bin/python bench/chaos.py [ROUNDS] [SEED]   (default 8 rounds, a random seed; root)
 """
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -33,7 +44,9 @@ SPEC = {
                  "dead_after": "5s"},
     "resources": {"cpus": 1.0, "memory": 0.0},
 }  # fmt: skip
-SETTLE = 90.0
+SETTLE = 90.0  # seconds a round may take to come to rest
+READY_WITHIN = 90.0  # seconds for every live node to be Ready again (a forgotten node rejoins)
+LIST_WITHIN = 30.0  # seconds for the list to name exactly the reachable managers
 
 
 def list_managers(cloud: LocalCloud, tmp: Path) -> list[str]:
@@ -88,127 +101,224 @@ def wait_for(condition, what: str, timeout: float = 120) -> bool:
     return False
 
 
+def engine_view(cloud: LocalCloud, live: list[str]) -> dict:
+    """What the live nodes' engines say: per node its swarm state; from a manager's engine the
+    node list (hostname -> status, manager status)."""
+    swarm: dict[str, dict] = {}
+    for node in live:
+        out = cloud.docker(node, "info", "--format", "{{json .Swarm}}", check=False)
+        swarm[node] = json.loads(out.stdout) if out.returncode == 0 and out.stdout.strip() else {}
+    nodes: dict[str, dict] = {}
+    for node in live:
+        if swarm[node].get("ControlAvailable"):
+            out = cloud.docker(node, "node", "ls", "--format", "{{json .}}", check=False)
+            if out.returncode == 0:
+                for line in out.stdout.splitlines():
+                    entry = json.loads(line)
+                    # a node that joined again has a new entry; its old one stays Down until
+                    # removed: the Ready one is the node
+                    if (nodes.get(entry["Hostname"]) or {}).get("Status") != "Ready":
+                        nodes[entry["Hostname"]] = entry
+                break
+    return {"swarm": swarm, "nodes": nodes}
+
+
+def engine_problems(view: dict, live: list[str]) -> list[str]:
+    """The invariants the engines can judge at rest."""
+    problems = []
+    clusters = {
+        (s.get("Cluster") or {}).get("ID")
+        for s in view["swarm"].values()
+        if s.get("ControlAvailable")
+    }
+    if len(clusters) != 1:
+        problems.append(f"the live managers' engines name {len(clusters)} swarms: {clusters}")
+    nodes = view["nodes"]
+    not_ready = sorted(n for n in live if (nodes.get(n) or {}).get("Status") != "Ready")
+    if not_ready:
+        problems.append(f"live nodes not Ready by the engines: {', '.join(not_ready)}")
+    managers = {n: e for n, e in nodes.items() if e.get("ManagerStatus")}
+    reachable = [n for n, e in managers.items() if e["ManagerStatus"] in ("Leader", "Reachable")]
+    if not 1 <= len(managers) <= 7:
+        problems.append(f"{len(managers)} managers by the engines")
+    elif len(managers) % 2 == 0:
+        problems.append(f"at rest with {len(managers)} managers by the engines")
+    if len(reachable) < quorum(len(managers)):
+        problems.append(f"{len(reachable)} of {len(managers)} managers reachable by the engines")
+    return problems
+
+
+def keep_logs(cloud: LocalCloud) -> Path:
+    kept = Path(tempfile.mkdtemp(prefix="hyops-chaos-logs-"))
+    for entry in cloud.nodes:
+        for log_name in ("agent.log", "dockerd.log"):
+            source = cloud.node_dir(entry["name"]) / log_name
+            if source.exists():
+                (kept / entry["name"]).mkdir(exist_ok=True)
+                shutil.copy(source, kept / entry["name"] / log_name)
+    status = get(cloud, "/v1/autopilot")
+    (kept / "autopilot.json").write_text(json.dumps(status, indent=2))
+    return kept
+
+
+UNDO = {"kill": "restart", "kill-dockerd": "restart", "pause": "resume", "cut": "heal",
+        "kill-agent": "start-agent"}  # fmt: skip
+
+
 def main() -> int:
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 8
-    rng = random.Random(int(sys.argv[2]) if len(sys.argv) > 2 else 1)
+    seed = int(sys.argv[2]) if len(sys.argv) > 2 else random.SystemRandom().randrange(10**6)
+    rng = random.Random(seed)
+    print(f"chaos: {rounds} rounds, seed {seed}", flush=True)
     violations: list[str] = []
+    counts: dict[str, int] = {}
+    slowest = (0.0, "")
     survived = 0
     with tempfile.TemporaryDirectory(prefix="hyops-chaos-") as tmp:
         workspace = Path(tmp)
         (workspace / "ops").symlink_to(REPO / "ops")
         cloud = LocalCloud(workspace / ".hyops", "chaos")
-        killed: set[str] = set()
-        cut: set[str] = set()
+        away: dict[str, str] = {}  # node -> its fault (kill, kill-dockerd, pause, cut)
+        agent_down: set[str] = set()  # agent killed, engine still in the swarm
         try:
             cloud.up(nodes=7, spec=check_spec(SPEC))
             if not wait_for(
                 lambda: ready_count(cloud, set()) == 7 and settled(cloud, set(), 7), ""
             ):
-                seen = look(cloud, set())
-                raise SystemExit(f"chaos: no 7 settled managers after 120 s: {seen}")
-            lost: set[str] = set()  # removed as dead managers: they do not come back
+                raise SystemExit(f"chaos: no 7 settled managers after 120 s: {look(cloud, set())}")
             for number in range(1, rounds + 1):
-                seen = look(cloud, killed | cut)
+                out = set(away) | agent_down
+                seen = look(cloud, out)
                 count = len(seen[0]) if seen else 1
-                live = [n["name"] for n in cloud.nodes if n["name"] not in killed | cut | lost]
-                budget = fault_tolerance(count) - len(killed | cut)
-                note = ""
-                moves = []
+                leader = next(
+                    (n for n, m in (seen[0] if seen else {}).items() if m["leader"]), None
+                )
+                live = [n["name"] for n in cloud.nodes if n["name"] not in away]
+                budget = fault_tolerance(count) - len(away)
+                moves = [UNDO[f] for f in set(away.values())]
+                if agent_down:
+                    moves.append("start-agent")
                 if budget > 0 and len(live) > 1:
-                    moves += ["kill", "cut"]
-                if killed:
-                    moves.append("restart")
-                if cut:
-                    moves.append("heal")
+                    moves += ["kill", "kill-dockerd", "pause", "cut"]
+                    moves += ["kill-agent"] if len(set(live) - agent_down) > 1 else []
+                    moves += ["lose-leader"] if leader in live else []
+                    moves += ["lose-two"] if budget > 1 and len(live) > 2 else []
                 move = rng.choice(moves or ["none"])
-                if move == "kill":
-                    node = rng.choice(live)
-                    cloud.kill_agent(node)
-                    cloud.kill_dockerd(node)
-                    killed.add(node)
-                elif move == "cut":
-                    node = rng.choice(live)
-                    cloud.partition(node)
-                    cut.add(node)
-                elif move == "restart":
-                    node = rng.choice(sorted(killed))
-                    cloud.start_dockerd(node)
-                    cloud.start_agent(node)
-                    killed.discard(node)
-                elif move == "heal":
-                    node = rng.choice(sorted(cut))
-                    cloud.heal(node)
-                    cut.discard(node)
-                else:
-                    node = "-"
-                away = killed | cut | lost
-                expected = len(cloud.nodes) - len(away)
-                if not wait_for(lambda a=away, e=expected: ready_count(cloud, a) == e, "", 60):
-                    if move in ("restart", "heal"):
-                        lost.add(node)  # removed while away: its engine is out of the swarm
-                        note = f" ({node} was removed while away and stays out)"
-                    else:
-                        violations.append(f"round {number}: {move} {node} never seen")
+                targets: list[str] = []
+                if move in ("kill", "kill-dockerd", "pause", "cut", "kill-agent"):
+                    targets = [rng.choice(sorted(set(live) - agent_down) if move == "kill-agent"
+                                          else live)]  # fmt: skip
+                elif move == "lose-leader":
+                    targets = [str(leader)]
+                elif move == "lose-two":
+                    targets = rng.sample(live, 2)
+                elif move != "none":
+                    wanted = {v: k for k, v in UNDO.items()}[move] if move != "restart" else None
+                    pool = (sorted(agent_down) if move == "start-agent" else
+                            sorted(n for n, f in away.items()
+                                   if (f in ("kill", "kill-dockerd") if move == "restart"
+                                       else f == wanted)))  # fmt: skip
+                    targets = [rng.choice(pool)]
+                for node in targets:
+                    if move in ("kill", "lose-leader", "lose-two"):
+                        cloud.kill_agent(node)
+                        cloud.kill_dockerd(node)
+                        away[node] = "kill"
+                        agent_down.discard(node)
+                    elif move == "kill-dockerd":
+                        cloud.kill_dockerd(node)
+                        away[node] = "kill-dockerd"
+                    elif move == "kill-agent":
+                        cloud.kill_agent(node)
+                        agent_down.add(node)
+                    elif move == "pause":
+                        cloud.pause(node)
+                        away[node] = "pause"
+                    elif move == "cut":
+                        cloud.partition(node)
+                        away[node] = "cut"
+                    elif move == "restart":
+                        cloud.start_dockerd(node)
+                        cloud.start_agent(node)
+                        away.pop(node)
+                        agent_down.discard(node)
+                    elif move == "start-agent":
+                        cloud.start_agent(node)
+                        agent_down.discard(node)
+                    elif move == "resume":
+                        cloud.resume(node)
+                        away.pop(node)
+                    elif move == "heal":
+                        cloud.heal(node)
+                        away.pop(node)
+                counts[move] = counts.get(move, 0) + 1
+                what = f"{move} {', '.join(targets) or '-'}"
                 started = time.monotonic()
+                live = [n["name"] for n in cloud.nodes if n["name"] not in away]
+                out = set(away) | agent_down
+                problems: list[str] = []
+                at_rest = False
                 found: dict = {}
                 status: dict = {}
-                at_rest = False
                 while time.monotonic() - started < SETTLE:
-                    away = killed | cut | lost
-                    seen = look(cloud, away)
+                    seen = look(cloud, out)
                     if seen:
                         found, status = seen
                         if not found:
-                            violations.append(f"round {number}: no manager")
+                            problems.append("a moment with no manager (agents' view)")
                         elif len(found) > 7:
-                            violations.append(f"round {number}: {len(found)} managers")
-                        if settled(cloud, away, len(cloud.nodes) - len(away)):
-                            found, status = look(cloud, away) or (found, status)
+                            problems.append(f"a moment with {len(found)} managers")
+                        if settled(cloud, out, len(live)):
                             at_rest = True
                             break
+                    if problems:
+                        break
                     time.sleep(1)
-                reach = sorted(n for n, m in found.items() if m["reachability"] == "reachable")
-                problems = []
-                if not at_rest:
+                if not at_rest and not problems:
                     why = (status.get("next") or {}).get("reason")
-                    sees = status.get("sees") or {}
-                    problems.append(
-                        f"not settled after {SETTLE:.0f} s ({why}; the autopilot sees "
-                        f"{sees.get('ready')} ready, managers {sees.get('managers')}, reachable "
-                        f"{sees.get('reachable')}, target {sees.get('target')}; "
-                        f"expected {len(cloud.nodes) - len(away)} ready)"
-                    )
-                if len(reach) < quorum(len(found)):
-                    problems.append(f"{len(reach)} of {len(found)} managers reachable")
-                if at_rest and len(found) % 2 == 0:
-                    problems.append(f"at rest with {len(found)} managers")
-                if at_rest:
-                    deadline = time.monotonic() + 30
-                    while list_managers(cloud, workspace) != reach:
+                    problems.append(f"not at rest after {SETTLE:.0f} s ({why})")
+                view: dict = {}
+                if not problems:
+                    deadline = time.monotonic() + READY_WITHIN
+                    while problems := engine_problems(view := engine_view(cloud, live), live):
                         if time.monotonic() > deadline:
-                            problems.append(f"the git list is not {reach}")
                             break
                         time.sleep(1)
-                violations += [f"round {number} ({move} {node}): {p}" for p in problems]
                 if not problems:
-                    survived += 1
-                print(f"round {number}: {move} {node}{note}: {len(found)} managers "
-                      f"({len(reach)} reachable) {'ok' if not problems else problems}",
-                      flush=True)  # fmt: skip
+                    up = ("Leader", "Reachable")
+                    reach = sorted(
+                        n for n, e in view["nodes"].items() if e.get("ManagerStatus") in up
+                    )
+                    deadline = time.monotonic() + LIST_WITHIN
+                    while (named := list_managers(cloud, workspace)) != reach:
+                        if time.monotonic() > deadline:
+                            problems.append(f"the git list names {named}, not {reach}")
+                            break
+                        time.sleep(1)
+                took = time.monotonic() - started
+                if took > slowest[0]:
+                    slowest = (took, f"round {number} ({what})")
+                managers = sum(1 for e in view.get("nodes", {}).values() if e.get("ManagerStatus"))
+                print(f"round {number}: {what}: {managers} managers, {len(live)} live, "
+                      f"{took:.1f} s {'ok' if not problems else problems}", flush=True)  # fmt: skip
+                if problems:
+                    violations += [f"round {number} ({what}): {p}" for p in problems]
+                    break
+                survived += 1
         finally:
-            if violations:  # keep what the nodes said, for whoever looks into it
-                kept = Path(tempfile.mkdtemp(prefix="hyops-chaos-logs-"))
-                for entry in cloud.nodes:
-                    for log_name in ("agent.log", "dockerd.log"):
-                        source = cloud.node_dir(entry["name"]) / log_name
-                        if source.exists():
-                            (kept / entry["name"]).mkdir(exist_ok=True)
-                            shutil.copy(source, kept / entry["name"] / log_name)
-                print(f"chaos: the nodes' logs are kept in {kept}")
+            if violations:  # keep what the nodes said and decided, for whoever looks into it
+                print(f"chaos: the nodes' logs and the autopilot's decisions: {keep_logs(cloud)}")
+            for node, fault in away.items():
+                if fault == "pause":
+                    cloud.resume(node)  # a stopped process would hold `down` up
             cloud.down(clean=True)
-    print(f"chaos: {survived} of {rounds} rounds survived, {len(violations)} violations")
+    kinds = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+    print(f"chaos: {survived} of {rounds} rounds survived, {len(violations)} violations; "
+          f"faults: {kinds}; slowest recovery {slowest[0]:.1f} s ({slowest[1]})")  # fmt: skip
     for v in violations:
         print(f"  VIOLATION {v}")
+    if violations:
+        print(f"replay: .venv/bin/python bench/chaos.py {rounds} {seed}")
     return 1 if violations else 0
 
 

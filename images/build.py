@@ -207,6 +207,7 @@ def _base_rootfs(recipe: Recipe, cache: Path, log: Callable[[str], None]) -> Pat
     tar = cache / f"debian-{recipe.suite}-{key[:16]}.tar"
     with _locked(cache / f".debian-{key[:16]}.lock"):
         if tar.is_file():
+            os.utime(tar)  # used now: the pruning keeps the root filesystems used last
             return tar
         if not shutil.which("mmdebstrap"):
             raise ImageError(
@@ -244,6 +245,12 @@ def _base_rootfs(recipe: Recipe, cache: Path, log: Callable[[str], None]) -> Pat
         finally:
             if tmp.is_file():
                 tmp.unlink()
+    # root filesystems of old recipes or builders: beyond the KEEP used last, and unused for a
+    # day (another build may be about to read one it just found)
+    for old in sorted(cache.glob("debian-*.tar"), key=lambda p: p.stat().st_mtime)[:-KEEP]:
+        with contextlib.suppress(OSError):
+            if time.time() - old.stat().st_mtime > 86400:
+                old.unlink()
     return tar
 
 
@@ -428,7 +435,6 @@ def build_image(
             cached = False
             base = _base_rootfs(recipe, cache, log)
             log(f"{tag}: writing the image")
-            entry.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(prefix="hyops-image-", dir=cache) as tmp:
                 extra: dict[str, Any] = {}
                 if recipe.python:
@@ -443,6 +449,7 @@ def build_image(
                 config = _image_config(recipe, layer_sha, key)
                 partial = Path(tmp) / "image.tar"
                 image_id = _write_image(layer, layer_sha, config, tag, partial)
+                entry.mkdir(parents=True, exist_ok=True)  # only for a whole image
                 os.replace(partial, tar)
             data = {"recipe": name, "tag": tag, "image_id": image_id, "key": key}
             meta.write_text(json.dumps(data, indent=1) + "\n")

@@ -631,6 +631,20 @@ class LocalCloud:
         if pid:
             stop([pid], grace=10, sig=sig)
 
+    def pause(self, node: str) -> None:
+        """A machine that hangs: SIGSTOP the node's dockerd and agent (`resume` undoes it)."""
+        for pid in (self._dockerd_pid(node), self._agent_pid(node)):
+            if pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGSTOP)
+
+    def resume(self, node: str) -> None:
+        """Undo `pause`: SIGCONT the node's dockerd and agent."""
+        for pid in (self._dockerd_pid(node), self._agent_pid(node)):
+            if pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+
     def wait_ready(self, timeout: float, agents: bool | None = None) -> None:
         """Wait until every node's engine is an active member of one swarm that lists every node
         as ready, and with `agents` (default: when agents run) every agent's `GET /v1/health`

@@ -53,6 +53,10 @@ PUBLISH_EVERY = 2.0  # seconds between the leader's looks at the manager set
 ENGINE_WAIT = 120.0  # seconds to wait for dockerd's socket before reporting an error state
 STOP_GRACE = 3  # seconds in-flight requests have to finish after SIGTERM
 FORGOTTEN_AFTER = 30.0  # seconds of a broken swarm membership before asking the cloud about it
+# Seconds a claim on the list may stand unconfirmed, as this agent has watched it, before this
+# agent takes it over. A claimer with a swarm confirms within a publishing round (2 s); one
+# that never answers died between its claim and making the swarm (docs/protocol.md section 2).
+CLAIM_EXPIRES = 30.0
 
 
 def _now() -> str:
@@ -109,6 +113,8 @@ class Agent:
         )
         self._join_trouble = ""  # the last reason joining failed, logged once per reason
         self._said_unsigned = False  # logged once that this node publishes unsigned lists
+        # the unconfirmed claim this agent is watching, and since when (monotonic)
+        self._claim_seen: tuple[tuple[Any, ...], float] | None = None
         self.lists = open_list(config.list_url, config.data_dir / "list")
         # other agents are called over HTTPS, trusting the cloud CA only ([tls] ca)
         tls = config.tls
@@ -391,15 +397,22 @@ class Agent:
 
     # --- joining -----------------------------------------------------------------------------
 
-    def _me_as_manager(self, cloud_id: str) -> BootstrapList:
-        me = Manager(
+    def _me(self) -> Manager:
+        return Manager(
             name=self.config.name,
             addr=f"{self.config.advertise_addr}:{SWARM_PORT}",
             api=self.api_url,
         )
+
+    def _claim(self) -> BootstrapList:
+        """This node's claim on the list for a new cloud: it alone, marked as a claim."""
         return self._signed(
             BootstrapList(
-                cloud_id=cloud_id, managers=(me,), written=_now(), written_by=self.config.name
+                cloud_id="c-" + secrets.token_hex(4),
+                managers=(self._me(),),
+                written=_now(),
+                written_by=self.config.name,
+                claim=True,
             )
         )
 
@@ -428,22 +441,23 @@ class Agent:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue
+            if not lst.is_empty and self._is_my_claim(lst):
+                # this node won the list, then stopped before making the swarm: make it now
+                log.info("the list holds this node's own claim: originating cloud %s", lst.cloud_id)
+                await self._originate(lst)
+                return
             if not lst.is_empty:
                 self.state = "joining"
                 if await self._try_join(lst):
                     return
+                if await self._take_over_expired_claim(lst):
+                    return
             elif self.config.may_originate:
-                claim = self._me_as_manager("c-" + secrets.token_hex(4))
+                claim = self._claim()
                 self.state = "originating"
                 if await asyncio.to_thread(self.lists.claim, claim, self.config.name):
                     log.info("claimed the empty list: originating cloud %s", claim.cloud_id)
-                    await self.engine.swarm_init(
-                        advertise_addr=self.config.advertise_addr,
-                        listen_addr=f"{self.config.advertise_addr}:{SWARM_PORT}",
-                    )
-                    self.cloud_id = claim.cloud_id
-                    self.joined_via = ""  # it made the swarm: it is in Raft from the start
-                    self._published = None
+                    await self._originate(claim)
                     return
                 log.info("another machine claimed the empty list first: joining its cloud")
                 continue
@@ -452,6 +466,62 @@ class Agent:
                 log.info("the bootstrap list is empty and this node may not originate: waiting")
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
+
+    async def _originate(self, claim: BootstrapList) -> None:
+        """Make the swarm of the cloud this node's `claim` names. Its first publish as the
+        leader replaces the claim with the confirmed list."""
+        self.state = "originating"
+        await self.engine.swarm_init(
+            advertise_addr=self.config.advertise_addr,
+            listen_addr=f"{self.config.advertise_addr}:{SWARM_PORT}",
+        )
+        self.cloud_id = claim.cloud_id
+        self.joined_via = ""  # it made the swarm: it is in Raft from the start
+        self._published = None
+
+    def _is_my_claim(self, lst: BootstrapList) -> bool:
+        """Whether `lst` is this very node's claim, signed by the cloud (its swarm not made)."""
+        if not (lst.claim and lst.managers[0] == self._me() and self.config.may_originate):
+            return False
+        try:
+            verify_list(lst, self.trust, self.config.list_url)
+        except ListError:
+            return False
+        return True
+
+    async def _take_over_expired_claim(self, lst: BootstrapList) -> bool:
+        """When `lst` is a claim this agent has watched stand unconfirmed for CLAIM_EXPIRES
+        (its machine never answered with a swarm to join), claim the list in its place
+        (compare-and-swap: only if the list is still that claim) and originate. True if this
+        node now originates the cloud."""
+        if not (lst.claim and self.config.may_originate):
+            self._claim_seen = None
+            return False
+        try:
+            verify_list(lst, self.trust, self.config.list_url)
+        except ListError:
+            return False  # not the cloud's claim: _try_join said why
+        seen = (lst.cloud_id, lst.written, lst.written_by, lst.managers)
+        now = time.monotonic()
+        if self._claim_seen is None or self._claim_seen[0] != seen:
+            self._claim_seen = (seen, now)
+            return False
+        if now - self._claim_seen[1] < CLAIM_EXPIRES:
+            return False
+        claim = self._claim()
+        if not await asyncio.to_thread(self.lists.claim, claim, self.config.name, lst):
+            return False  # the list changed (another machine took it over): read it again
+        log.warning(
+            "the claim of %s on the list (cloud %s) stood unconfirmed for %.0f s and its machine "
+            "never answered: took the list over, originating cloud %s",
+            lst.managers[0].name,
+            lst.cloud_id,
+            now - self._claim_seen[1],
+            claim.cloud_id,
+        )
+        self._claim_seen = None
+        await self._originate(claim)
+        return True
 
     def _trouble(self, reason: str) -> None:
         """Joining failed for `reason` (never a token): kept in `detail`, logged once per

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import ssl
@@ -98,6 +99,29 @@ def test_a_list_not_signed_by_the_cloud_is_refused_with_what_to_do(keys, how: st
         "changed-cloud": "does not match its managers",
     }[how]
     assert expected in message
+
+
+def test_a_claim_is_signed_as_a_claim(keys) -> None:
+    """The claim mark is covered by the cloud's signature: a writer of the public list cannot
+    turn the cloud's list into an expirable claim (or back) without breaking the signature."""
+    claim = sign_list(dataclasses.replace(LISTED, claim=True), keys["cloud"])
+    back = parse_list(render_list(claim), "test")
+    assert back.claim and verify_list(back, keys["trust"]).name == "cloud"
+    for flipped in (dataclasses.replace(back, claim=False),
+                    dataclasses.replace(sign_list(LISTED, keys["cloud"]), claim=True)):  # fmt: skip
+        with pytest.raises(ListError, match="does not match its managers"):
+            verify_list(parse_list(render_list(flipped), "test"), keys["trust"])
+    assert not back.same_cloud_state(dataclasses.replace(back, claim=False))
+    two = BootstrapList("c-1", (*LISTED.managers, Manager("node-2", "10.9.0.3:2377",
+                                "http://10.9.0.3:7300")), claim=True)  # fmt: skip
+    with pytest.raises(ListError, match="a claim names exactly one manager"):
+        parse_list(_as_text(two), "test")
+
+
+def _as_text(lst: BootstrapList) -> str:
+    managers = "".join(f'[[manager]]\nname = "{m.name}"\naddr = "{m.addr}"\napi = "{m.api}"\n'
+                       for m in lst.managers)  # fmt: skip
+    return f'format = 1\ncloud_id = "{lst.cloud_id}"\nclaim = {str(lst.claim).lower()}\n{managers}'
 
 
 def test_the_audience_is_signed_and_checked(keys) -> None:

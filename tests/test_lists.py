@@ -223,6 +223,27 @@ def test_a_missing_file_is_an_empty_list_and_claim_writes_it(tmp_path):
     assert source.read().managers == (M1,)
 
 
+@pytest.mark.parametrize("kind", ["file", "git"])
+def test_an_expired_claim_is_taken_over_only_while_it_is_still_the_same(tmp_path, kind):
+    url = (f"file://{tmp_path}/list.toml" if kind == "file"
+           else f"git+file://{bare_repo(tmp_path)}")  # fmt: skip
+    a, b, c = (open_list(url, tmp_path / n) for n in ("a", "b", "c"))
+    assert a.claim(BootstrapList("c-1", (M1,), claim=True), by="node-1") is True
+    stale = b.read()
+    assert stale.claim and stale.managers == (M1,)
+    # two machines saw the same stale claim: only the first compare-and-swap wins
+    assert b.claim(BootstrapList("c-2", (M2,), claim=True), "node-2", replacing=stale) is True
+    assert c.claim(BootstrapList("c-3", (M3,), claim=True), "node-3", replacing=stale) is False
+    now = c.read()
+    assert (now.cloud_id, now.managers, now.claim) == ("c-2", (M2,), True)
+    # the new claimer confirms its cloud: the claim mark goes, the managers stay
+    assert b.publish(BootstrapList("c-2", (M2,)), by="node-2", message="confirmed") is True
+    assert not c.read().claim
+    if kind == "git":
+        log = git("--git-dir", url.removeprefix("git+file://"), "log", "--format=%s", "main")
+        assert "node-2 originates the cloud (the claim of node-1 expired)" in log
+
+
 def test_publish_writes_only_when_the_managers_change(tmp_path):
     source = open_list(f"file://{tmp_path}/list.toml", tmp_path)
     source.claim(one(M1), by="node-1")

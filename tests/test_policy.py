@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from wire.policy import (
+    DEMOTED_SETTLE,
     JOIN_GIVE_UP,
     LABEL_DEAD,
     Refusal,
@@ -602,3 +603,23 @@ def test_status_and_the_autopilot_show_the_same_safety_numbers(nodes):
     lost = plan_step(nodes, check_spec({})["managers"], WEIGHTS, 0.0, {}, {})
     if safety["managers"] and safety["margin"] < 0:
         assert lost.action == "wait" and "quorum lost" in lost.reason
+
+
+def test_a_node_demoted_a_moment_ago_and_not_ready_yet_is_waited_for():
+    """A demoted manager's engine can take seconds to find a manager to follow (not Ready
+    meanwhile): the autopilot waits for it instead of shrinking the target on that count."""
+    managers = [node(n, "manager", leader=n == "a") for n in "abcd"]
+    nodes = [*managers, node("e", state="down")]
+    spec = {**DEFAULT, "stabilization": 10.0, "dead_after": 10.0,
+            "targets": [[1, 1], [3, 3], [5, 5]]}  # fmt: skip
+    since = {n["name"]: 0.0 for n in managers}
+    # without the demotion on record, 4 ready nodes want 3 managers: one would be demoted
+    assert plan_step(nodes, spec, WEIGHTS, 100.0, since, {}).action == "demote"
+    waiting = plan_step(nodes, spec, WEIGHTS, 100.0, since, {}, {"e": 95.0})
+    assert waiting.action == "wait" and "e was demoted a moment ago" in waiting.reason
+    # once it is ready again, or after DEMOTED_SETTLE, planning goes on
+    later = 95.0 + DEMOTED_SETTLE
+    assert plan_step(nodes, spec, WEIGHTS, later, since, {}, {"e": 95.0}).action == "demote"
+    back = [*managers, node("e")]
+    step = plan_step(back, spec, WEIGHTS, 100.0, {**since, "e": 0.0}, {}, {"e": 95.0})
+    assert (step.action, step.node) == ("promote", "e")

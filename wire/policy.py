@@ -219,6 +219,11 @@ LABEL_DEAD = "hyops.dead-manager"
 # how long a promoted node that stays ready may stay out of Raft before it counts as stuck (a slow
 # join on a busy machine completes well within this; a stuck one never does)
 JOIN_GIVE_UP = 60.0
+# seconds the autopilot waits for a node it demoted to be ready again before any other change:
+# a demoted manager's engine keeps choosing its own stopped manager for a while (swarmkit's
+# weighted list of managers) and is not Ready meanwhile (~12 s seen in a chaos run); planning
+# on that count shrank the target and demoted another manager, which came back a moment later
+DEMOTED_SETTLE = 30.0
 
 # the agent's label naming the manager address a node joined the swarm by (wire.records)
 LABEL_JOINED_VIA = "hyops.joined-via"
@@ -295,6 +300,7 @@ def plan_step(
     now: float,
     ready_since: Mapping[str, float],
     unreachable_since: Mapping[str, float],
+    demoted_since: Mapping[str, float] | None = None,
 ) -> Step:
     """The one membership change to make now (or why none), as a pure function.
 
@@ -310,7 +316,8 @@ def plan_step(
        `JOIN_GIVE_UP`): remove it, so its agent joins again through a current manager (dockerd
        joins Raft only through the manager it first joined by, which may be gone);
     3. a marked dead node that is no longer a manager: remove it from the swarm;
-    4. a manager not reachable yet (just promoted, or briefly away): wait for it;
+    4. a manager not reachable yet (just promoted, or briefly away): wait for it; so for a node
+       demoted less than `DEMOTED_SETTLE` ago (`demoted_since`) that is not ready again yet;
     5. fewer managers than the target: promote the best node ready for `stabilization`
        (from an odd count only when two can be promoted, so the count never rests even);
     6. more than the target: demote the weakest (the leader last among equals);
@@ -374,6 +381,19 @@ def plan_step(
                 str(node.get("name")),
                 f"{node.get('name')} was a dead manager and is demoted: removing it from the swarm",
             )
+    settling = sorted(
+        str(n.get("name"))
+        for n in nodes
+        if n.get("state") != "ready"
+        and now - (demoted_since or {}).get(str(n.get("name")), -DEMOTED_SETTLE) < DEMOTED_SETTLE
+    )
+    if settling and not unreachable:
+        return Step(
+            "wait",
+            None,
+            f"{', '.join(settling)} was demoted a moment ago and is not ready yet (its engine "
+            "is finding a manager to follow): waiting for it before any other change",
+        )
     if unreachable:
         names = ", ".join(sorted(str(n.get("name")) for n in unreachable))
         return Step(

@@ -11,7 +11,14 @@ from typing import Any
 from node.autopilot.journal import Journal, now_text
 from node.engine import Engine, EngineError
 from node.swarm import SwarmView
-from wire.policy import LABEL_DEAD, Step, is_manager, is_reachable_manager, plan_step
+from wire.policy import (
+    DEMOTED_SETTLE,
+    LABEL_DEAD,
+    Step,
+    is_manager,
+    is_reachable_manager,
+    plan_step,
+)
 
 __all__ = ["Managers", "still_joining"]
 
@@ -33,11 +40,13 @@ class Managers:
         self.journal = journal
         self.ready_since: dict[str, float] = {}
         self.unreachable_since: dict[str, float] = {}
+        self.demoted_since: dict[str, float] = {}  # nodes this autopilot demoted, and when
 
     def forget(self) -> None:
         """Start the clocks afresh (this node just began to lead)."""
         self.ready_since.clear()
         self.unreachable_since.clear()
+        self.demoted_since.clear()
 
     def observe(self, records: list[dict[str, Any]], now: float) -> None:
         """Note since when each node is ready and each manager unreachable (by `now`)."""
@@ -52,9 +61,12 @@ class Managers:
                 self.unreachable_since.setdefault(name, now)
             else:
                 self.unreachable_since.pop(name, None)
-        for table in (self.ready_since, self.unreachable_since):
+        for table in (self.ready_since, self.unreachable_since, self.demoted_since):
             for name in set(table) - names:
                 del table[name]
+        for name, since in list(self.demoted_since.items()):
+            if now - since >= DEMOTED_SETTLE:
+                del self.demoted_since[name]
 
     def plan(self, records: list[dict[str, Any]], spec: dict[str, Any], now: float) -> Step:
         """The one membership change to make now, or why none (wire.policy.plan_step)."""
@@ -65,10 +77,11 @@ class Managers:
             now,
             self.ready_since,
             self.unreachable_since,
+            self.demoted_since,
         )
 
-    async def act(self, step: Step) -> None:
-        """Make one change, re-reading the node's version right before writing."""
+    async def act(self, step: Step) -> bool:
+        """Make one change, re-reading the node's version right before writing; True if made."""
         log.info("autopilot: %s %s: %s", step.action, step.node, step.reason)
         try:
             node = await self.engine.node(str(step.node))
@@ -87,15 +100,18 @@ class Managers:
         except EngineError as exc:
             if step.action == "demote-dead" and still_joining(exc):
                 self._not_in_raft(str(step.node))
-                return
+                return False
             # a version that moved, or Raft not ready for it yet: the next tick looks again
             log.warning(
                 "autopilot: %s %s failed: %s (trying again next tick)", step.action, step.node, exc
             )
             self.journal.note(step.action, step.node, step.reason, f"failed: {exc.message}")
-            return
+            return False
         self.swarm.invalidate()
         self.journal.note(step.action, step.node, step.reason, "done")
+        if step.action == "demote":
+            self.demoted_since[str(step.node)] = time.monotonic()
+        return True
 
     def _not_in_raft(self, name: str) -> None:
         """A manager to demote that Swarm says is not in Raft (it lost its reachability between

@@ -34,6 +34,9 @@ __all__ = ["TICK", "Autopilot", "view"]
 log = logging.getLogger("hyops.autopilot")
 
 TICK = 1.0  # seconds between the leader's looks at the cloud
+# seconds to the next look after a change was made: a replacement takes several changes in a
+# row (demote the dead, remove it, promote), and each waiting a whole tick cost seconds
+AFTER_CHANGE = 0.2
 
 
 def view(records: list[dict[str, Any]], spec: dict[str, Any]) -> dict[str, Any]:
@@ -82,6 +85,7 @@ class Autopilot:
         self.leading = False
         self._last_wait = ""
         self._last_error = ""
+        self._changed = False  # the last look made a membership change
 
     # --- the spec (the node API's PUT and GET /v1/spec) -------------------------------------
 
@@ -112,7 +116,8 @@ class Autopilot:
                 self._last_error = str(exc)
             except Exception:  # the loop must outlive any surprise; the next tick tries again
                 log.exception("autopilot: unexpected error in this look at the cloud")
-            await asyncio.sleep(TICK)
+            changed, self._changed = self._changed, False
+            await asyncio.sleep(AFTER_CHANGE if changed else TICK)
 
     async def tick(self) -> Step | None:
         """One look: on the leader, plan and make one membership step, then the systems."""
@@ -149,7 +154,7 @@ class Autopilot:
                     self.journal.note("wait", None, step.reason, "waiting")
         else:
             self._last_wait = ""
-            await self.managers.act(step)
+            self._changed = await self.managers.act(step)
         await reconcile_systems(self.engine, records, spec, self.journal)
         await self.store.tick(records, spec, "store", now)
         return step

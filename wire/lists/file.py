@@ -45,9 +45,9 @@ class FileList(ListSource):
             raise ListError(f"{self.where}: cannot read it ({e}); check the path") from None
         return parse_list(text, self.url)
 
-    def claim(self, lst: BootstrapList, by: str) -> bool:
+    def claim(self, lst: BootstrapList, by: str, replacing: BootstrapList | None = None) -> bool:
         with self._writing():
-            if not self.read().is_empty:
+            if not self._claimable(self.read(), replacing):
                 return False
             self._write(stamped(lst, by))
             return True

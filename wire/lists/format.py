@@ -83,6 +83,10 @@ class BootstrapList:
     written: str | None = None  # UTC, "2026-11-26T07:01:02Z"
     written_by: str | None = None
     signature: Signature | None = None  # the cloud's, over cloud_id and managers
+    # A claim: the one manager has won the empty list and is about to make the swarm, but
+    # has not confirmed it yet (its first publish as leader clears it). A claim whose manager
+    # never answers expires: another machine may take it over (docs/protocol.md section 2).
+    claim: bool = False
 
     @property
     def is_empty(self) -> bool:
@@ -95,6 +99,7 @@ class BootstrapList:
             self.cloud_id == other.cloud_id
             and sorted(self.managers, key=_key) == sorted(other.managers, key=_key)
             and (self.signature is None) == (other.signature is None)
+            and self.claim == other.claim
         )
 
 
@@ -150,8 +155,10 @@ def parse_list(text: str, source: str) -> BootstrapList:
     elif fmt != FORMAT:
         problems.append(f"format: expected {FORMAT}, got {fmt}")
     for key in data:
-        if key not in ("format", "cloud_id", "written", "written_by", "manager", "signature"):
-            known = "format, cloud_id, written, written_by, [[manager]], [signature]"
+        if key not in (
+            "format", "cloud_id", "written", "written_by", "claim", "manager", "signature"
+        ):  # fmt: skip
+            known = "format, cloud_id, written, written_by, claim, [[manager]], [signature]"
             problems.append(f"{key}: unknown field (known: {known})")
     cloud_id = _field(data, "cloud_id", _ID, 'an id like "c-5f0c8a1e"', problems)
     written = data.get("written")
@@ -190,13 +197,19 @@ def parse_list(text: str, source: str) -> BootstrapList:
     if managers and cloud_id is None and "cloud_id" not in data:
         problems.append("cloud_id: missing; a list that names managers must name their cloud")
     signature = _signature(data.get("signature"), problems)
+    claim = data.get("claim", False)
+    if not isinstance(claim, bool):
+        problems.append(f"claim: expected true or false, got {_show(claim)}")
+        claim = False
+    elif claim and len(managers) != 1:
+        problems.append("claim: a claim names exactly one manager, the machine that claimed")
     if problems:
         raise ListError(
             f"{where}: wrong format: "
             + "; ".join(problems)
             + ". Fix the list (docs/protocol.md section 2)"
         )
-    return BootstrapList(cloud_id, tuple(managers), written, written_by, signature)
+    return BootstrapList(cloud_id, tuple(managers), written, written_by, signature, claim)
 
 
 _FINGERPRINT = re.compile(r"^SHA256:[A-Za-z0-9+/]{43}$")
@@ -283,6 +296,8 @@ def render_list(lst: BootstrapList) -> str:
         "written": lst.written,
         "written_by": lst.written_by,
     }
+    if lst.claim:
+        data["claim"] = True
     if lst.managers:
         data["manager"] = [{"name": m.name, "addr": m.addr, "api": m.api} for m in lst.managers]
     if lst.signature is not None:
@@ -304,11 +319,13 @@ def stamped(lst: BootstrapList, by: str) -> BootstrapList:
 # --- the cloud's signature ----------------------------------------------------------------------
 
 
-def signed_managers(cloud_id: str | None, managers: tuple[Manager, ...], signed: str) -> bytes:
-    """The bytes the cloud key signs: the cloud id, the signing time and every manager (sorted,
-    one line each: name, Swarm address, API URL). `written`, `written_by` and the managers'
-    order are not covered: writers restamp them."""
-    lines = ["hyops-list-v1", cloud_id or "", signed]
+def signed_managers(
+    cloud_id: str | None, managers: tuple[Manager, ...], signed: str, claim: bool = False
+) -> bytes:
+    """The bytes the cloud key signs: what it is (a list, or a claim), the cloud id, the
+    signing time and every manager (sorted, one line each: name, Swarm address, API URL).
+    `written`, `written_by` and the managers' order are not covered: writers restamp them."""
+    lines = ["hyops-claim-v1" if claim else "hyops-list-v1", cloud_id or "", signed]
     lines += [" ".join(_key(m)) for m in sorted(managers, key=_key)]
     return "\n".join(lines).encode()
 
@@ -320,7 +337,7 @@ def sign_list(lst: BootstrapList, key: Any, now: str | None = None) -> Bootstrap
     from wire.keys import ALGORITHM, fingerprint
 
     when = now or _now()
-    blob = key.sign(signed_managers(lst.cloud_id, lst.managers, when), ALGORITHM)
+    blob = key.sign(signed_managers(lst.cloud_id, lst.managers, when, lst.claim), ALGORITHM)
     sig = Signature(fingerprint(key), when, base64.b64encode(blob).decode())
     return dataclasses.replace(lst, managers=tuple(lst.managers), signature=sig)
 
@@ -356,7 +373,7 @@ def verify_list(lst: BootstrapList, trust: Any, source: str = "") -> Any:
         )
     try:
         ok = public_key(key.public).verify(
-            signed_managers(lst.cloud_id, lst.managers, sig.signed),
+            signed_managers(lst.cloud_id, lst.managers, sig.signed, lst.claim),
             base64.b64decode(sig.value, validate=True),
         )
     except (binascii.Error, ValueError):

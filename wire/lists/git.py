@@ -323,12 +323,15 @@ class GitList(ListSource):
             _, head = self._fetch()
             return self._read_at(head)
 
-    def claim(self, lst: BootstrapList, by: str) -> bool:
+    def claim(self, lst: BootstrapList, by: str, replacing: BootstrapList | None = None) -> bool:
         with self._session():
             branch, head = self._fetch()
-            if not self._read_at(head).is_empty:
+            if not self._claimable(self._read_at(head), replacing):
                 return False
-            commit = self._commit(head, stamped(lst, by), by, f"{by} originates the cloud")
+            message = f"{by} originates the cloud" + (
+                f" (the claim of {replacing.written_by} expired)" if replacing else ""
+            )
+            commit = self._commit(head, stamped(lst, by), by, message)
             pushed = self._push(commit, branch)
             if pushed.returncode == 0:
                 return True

@@ -40,13 +40,20 @@ class ListSource:
         """The list as it is at the source now."""
         raise NotImplementedError
 
-    def claim(self, lst: BootstrapList, by: str) -> bool:
-        """Write `lst` only if the list is empty; True only if our write is the one that won."""
+    def claim(self, lst: BootstrapList, by: str, replacing: BootstrapList | None = None) -> bool:
+        """Write `lst` only if the list is empty (or, given `replacing`, still exactly that
+        version: an expired claim taken over); True only if our write is the one that won."""
         raise self._not_writable()
 
     def publish(self, lst: BootstrapList, by: str, message: str) -> bool:
         """Write `lst` if its cloud or managers differ from what is there; True if it wrote."""
         raise self._not_writable()
+
+    @staticmethod
+    def _claimable(current: BootstrapList, replacing: BootstrapList | None) -> bool:
+        """Whether a claim may be written over `current`: the list is empty, or it is still
+        the very version (an expired claim) the caller means to take over."""
+        return current.is_empty if replacing is None else current == replacing
 
     def _not_writable(self) -> ListError:
         return ListError(
