@@ -51,7 +51,7 @@ from localcloud.host import (
     spawn,
     stop,
 )
-from localcloud.image import BUSYBOX, import_image
+from localcloud.image import BUSYBOX, STORE_IMAGE, import_image, load_recipe_image
 from localcloud.keys import (
     ensure_cloud_key,
     ensure_key,
@@ -114,6 +114,10 @@ def check_prerequisites(agents: bool = True, *, euid: int | None = None) -> None
             raise DevCloudError(f"no `{tool}` on this machine: apt-get install {package}")
     if agents and importlib.util.find_spec("node.agent") is None:
         raise DevCloudError("node.agent is not installed: run `make setup`")
+
+
+def _has_store(spec: dict[str, Any]) -> bool:
+    return any(s.get("kind") == "store" for s in (spec.get("systems") or {}).values())
 
 
 def workspace_spec(state_dir: Path) -> dict[str, Any] | None:
@@ -297,6 +301,9 @@ class LocalCloud:
             self._create_record()
         else:
             self._check_subnet_still_ours()
+        if spec is not None and _has_store(spec):
+            self.cloud_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._store_marker.write_text(STORE_IMAGE + "\n")  # its nodes get the etcd image
         record = self.record
         indexes = {int(_NODE.fullmatch(n["name"]).group(1)) for n in record["node"]}
         for i in range(1, nodes + 1):
@@ -538,9 +545,16 @@ class LocalCloud:
             return "no log"
         return redact_tokens(" | ".join(lines[-3:]))[-600:]
 
+    @property
+    def _store_marker(self) -> Path:
+        """Present when this cloud's spec has a store: its nodes get the etcd image too."""
+        return self.cloud_dir / "store-image"
+
     def _import_image(self, names: list[str], deadline: float) -> None:
         sockets = [self.node_info(n)["docker_socket"] for n in names]
         import_image(sockets, self.state_dir / "cache" / "busybox-rootfs.tar", deadline)
+        if self._store_marker.is_file():
+            load_recipe_image(sockets, "etcd", STORE_IMAGE, deadline)
 
     def kill_dockerd(self, node: str, sig: int = signal.SIGKILL) -> None:
         """Node loss: kill that node's dockerd (SIGKILL by default) and wait until it is gone."""

@@ -35,6 +35,7 @@ from node.engine import Engine, EngineError
 from node.model import Model
 from node.operations import Operations
 from node.resources import own_limits
+from node.store import StoreOps, gateway_http
 from node.swarm import SwarmView
 from wire.client import NodeApiError, NodeClient
 from wire.files import PRIVATE, write_atomic
@@ -151,6 +152,7 @@ class Agent:
         self.ops = Operations(
             self.engine, self.swarm, self, config.name, self.api_url, model=self.model
         )
+        self.store = StoreOps(self.engine, gateway_http())  # etcd's gateway: plain HTTP
         self.autopilot = Autopilot(  # idles until this node leads; keeps the given spec
             self.engine,
             self.swarm,

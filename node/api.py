@@ -35,6 +35,7 @@ from node.errors import AgentError, Kind
 from node.model import Change
 from node.operations import Operations
 from node.service_api import add_service_routes
+from node.store import StoreOps
 from node.swarm import SwarmView
 from wire.client import MAX_ANSWER, NODE_ROUTES, NodeApiError, read_capped
 from wire.ports import (
@@ -80,6 +81,7 @@ class NodeAgent(Protocol):
     http: httpx.AsyncClient
     swarm: SwarmView
     ops: Operations
+    store: StoreOps
     autopilot: Autopilot
 
     @property
@@ -229,6 +231,12 @@ class LabelsBody(BaseModel):
 class AvailabilityBody(BaseModel):
     availability: Literal["active", "pause", "drain"] = Field(
         description="drain: move its tasks away; pause: no new tasks; active: take tasks"
+    )
+
+
+class KvBody(BaseModel):
+    kvs: list[list[Any]] = Field(
+        description="[[key, value], ...]: strings, written in one transaction (all or none)"
     )
 
 
@@ -636,6 +644,37 @@ def create_app(agent: NodeAgent) -> FastAPI:
     async def autopilot(request: Request, key: TrustedKey = Depends(readers)) -> Any:
         """What the autopilot (on the leader) sees, wants and did recently, with reasons."""
         return await on_manager(request, lambda: autopilot_answer(agent, request))
+
+    @app.get("/v1/store", tags=["store"])
+    async def store(request: Request, key: TrustedKey = Depends(readers)) -> Any:
+        """The cloud's store: its members (node, healthy, leader), its leader and its health
+        (healthy, degraded, no-quorum, stopped, none). See docs/store.md."""
+        return await on_manager(request, agent.store.status)
+
+    @app.get("/v1/store/kv", tags=["store"])
+    async def store_get(
+        request: Request,
+        key_: str = Query("", alias="key", description="the key, or the prefix with prefix=true"),
+        prefix: bool = Query(False, description="every key starting with `key`"),
+        limit: int = Query(1000, ge=1, le=10000, description="at most this many keys"),
+        key: TrustedKey = Depends(operators),
+    ) -> Any:
+        """Read one key, or the keys under a prefix (in key order, at most `limit`)."""
+        return await on_manager(request, lambda: agent.store.get(key_, prefix, limit))
+
+    @app.put("/v1/store/kv", tags=["store"])
+    async def store_put(
+        body: KvBody, request: Request, key: TrustedKey = Depends(operators)
+    ) -> Any:
+        """Write keys in one transaction: every one or none (bad input: 400, nothing written;
+        a store without quorum: 503, nothing written)."""
+        return await on_manager(request, lambda: agent.store.put(body.kvs))
+
+    @app.get("/v1/store/snapshot", tags=["store"])
+    async def store_snapshot(request: Request, key: TrustedKey = Depends(operators)) -> Any:
+        """The store's snapshot (etcd's format, what `etcdctl snapshot restore` takes), in
+        base64 with its size and sha256, and every key and value at that moment."""
+        return await on_manager(request, agent.store.backup)
 
     @app.post("/v1/join-token", tags=["control"])
     async def join_token(

@@ -15,6 +15,7 @@ import os
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -67,12 +68,13 @@ class _Clouds:
         resources: dict[str, tuple[float | None, int | None]] | None = None,
         name: str = "local",
         timeout: float = 180,
+        spec: dict[str, Any] | None = None,
     ) -> LocalCloud:
         workspace = self.tmp.mktemp("ws")
         (workspace / "ops").symlink_to(REPO / "ops")
         cloud = LocalCloud(workspace / ".hyops", name)
         self.made.append(cloud)  # before up: a half-made cloud is taken down too
-        cloud.up(nodes=nodes, resources=resources, agents=agents, timeout=timeout)
+        cloud.up(nodes=nodes, resources=resources, agents=agents, timeout=timeout, spec=spec)
         return trust_cloud(cloud)  # its agents' certificates are checked against its CA
 
     def close(self) -> None:

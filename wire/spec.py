@@ -27,6 +27,7 @@ from typing import Any
 
 from wire.problems import problems_message
 from wire.services import SERVICE_KEYS, check_service
+from wire.store import DEFAULT_STORE
 
 __all__ = [
     "DEFAULT_TARGETS",
@@ -182,9 +183,10 @@ def _managers(given: Any, problems: list[str]) -> dict[str, Any]:
     return out
 
 
-def _targets(given: Any, maximum: int, problems: list[str]) -> list[list[int]]:
+def _targets(
+    given: Any, maximum: int, problems: list[str], where: str = "[managers] targets"
+) -> list[list[int]]:
     """[[ready nodes from, managers], ...]: the first from 1, both rising, managers odd."""
-    where = "[managers] targets"
     shape = "a list of [ready nodes from, managers] pairs like [[1, 1], [3, 3], [7, 5]]"
     if not isinstance(given, list) or not given:
         problems.append(f"{where}: expected {shape}, got {given!r}")
@@ -250,7 +252,30 @@ def _resources(given: Any, problems: list[str]) -> dict[str, float]:
     return out
 
 
-SYSTEM_KEYS = SERVICE_KEYS | {"min_nodes", "below"}
+SYSTEM_KEYS = SERVICE_KEYS | {"min_nodes", "below", "kind"}
+STORE_KEYS = {"kind", "image", "min_nodes", "below", "targets", "maximum", "dead_after"}
+
+
+def _store_system(where: str, given: dict[str, Any], problems: list[str]) -> dict[str, Any]:
+    """A `kind = "store"` system: the cloud's replicated store (wire.store, docs/store.md)."""
+    _unknown(where, given, STORE_KEYS, problems)
+    out = {**DEFAULT_STORE, **{k: v for k, v in given.items() if k in STORE_KEYS}}
+    if not isinstance(out["image"], str) or not out["image"].strip():
+        problems.append(f'{where} image: expected an image like "local/etcd:1"')
+    out["min_nodes"] = _int(where, "min_nodes", out["min_nodes"], 1, 100_000, problems)
+    if out["below"] != "stop":
+        problems.append(f'{where} below: a store always stops below min_nodes (data kept): '
+                        f'expected "stop", got {out["below"]!r}')  # fmt: skip
+    out["maximum"] = _int(where, "maximum", out["maximum"], 1, 7, problems)
+    if out["maximum"] % 2 == 0:
+        problems.append(f"{where} maximum: {out['maximum']} is even; Raft wants an odd number")
+    try:
+        out["dead_after"] = parse_seconds(out["dead_after"])
+    except ValueError as exc:
+        problems.append(f"{where} dead_after: {exc}")
+        out["dead_after"] = DEFAULT_STORE["dead_after"]
+    out["targets"] = _targets(out["targets"], out["maximum"], problems, f"{where} targets")
+    return out
 
 
 def _system(name: str, given: Any, problems: list[str]) -> dict[str, Any]:
@@ -260,8 +285,13 @@ def _system(name: str, given: Any, problems: list[str]) -> dict[str, Any]:
     if not _SYSTEM_NAME.match(str(name)):
         problems.append(f"{where}: a name has lower-case letters, digits, '-' or '_' "
                         "(at most 63), starting with a letter or digit")  # fmt: skip
+    if isinstance(given, dict) and given.get("kind", "service") == "store":
+        return _store_system(where, given, problems)
+    if isinstance(given, dict) and given.get("kind", "service") != "service":
+        problems.append(f'{where} kind: expected "service" (the default) or "store", '
+                        f'got {given.get("kind")!r}')  # fmt: skip
     found: list[str] = []
-    out = check_service(name, given, found, extra=frozenset({"min_nodes", "below"}))
+    out = check_service(name, given, found, extra=frozenset({"min_nodes", "below", "kind"}))
     problems += [p.replace(f"service {name!r}", where, 1) for p in found]
     if not isinstance(given, dict):
         return {}
@@ -300,6 +330,9 @@ def check_spec(data: Any) -> dict[str, Any]:
         systems = {}
     for name in sorted(systems):
         spec["systems"][name] = _system(name, systems[name], problems)
+    stores = [n for n, s in spec["systems"].items() if s.get("kind") == "store"]
+    if len(stores) > 1:
+        problems.append(f'systems {", ".join(stores)}: a cloud has one store (kind = "store")')
     if problems:
         raise SpecError(problems)
     spec["version"] = spec_version(spec)

@@ -21,8 +21,10 @@ from node.autopilot.journal import Journal
 from node.autopilot.managers import Managers
 from node.autopilot.nodes import NodeReaper
 from node.autopilot.specs import SpecStore
+from node.autopilot.store import Store
 from node.autopilot.systems import reconcile_systems
 from node.engine import Engine, EngineError
+from node.store import gateway_http
 from node.swarm import SwarmView
 from wire.policy import Step, is_manager, is_reachable_manager, manager_target, safety_view
 from wire.records import node_record
@@ -78,6 +80,8 @@ class Autopilot:
         self.specs = SpecStore(engine, swarm, data_dir / "spec.json", self.journal)
         self.managers = Managers(engine, swarm, self.journal)
         self.reaper = NodeReaper(engine, self.journal)
+        # the store's members (wire.store): etcd's gateway is plain HTTP inside the cloud
+        self.store = Store(engine, gateway_http(), self.journal)
         self.last_step: Step | None = None
         self.last_view: dict[str, Any] = {}
         self.leading = False
@@ -156,6 +160,7 @@ class Autopilot:
             self._changed = await self.managers.act(step)
         await reconcile_systems(self.engine, records, spec, self.journal)
         await self.reaper.reconcile(records, spec, now)
+        await self.store.tick(records, spec, "store", now)
         return step
 
     def status(self) -> dict[str, Any]:
@@ -169,5 +174,8 @@ class Autopilot:
             "next": None
             if step is None
             else {"action": step.action, "node": step.node, "reason": step.reason},
+            "store": None
+            if self.store.last is None
+            else {"action": self.store.last.action, "reason": self.store.last.reason},
             "recent": self.journal.recent(),
         }

@@ -114,6 +114,8 @@ async def reconcile_systems(
         journal.note("system", "systems", str(exc), "failed")
         return
     for name, system in spec["systems"].items():
+        if system.get("kind") == "store":
+            continue  # the store's members are node/autopilot/store.py's
         if name in waiting:
             continue
         need = system["min_nodes"]

@@ -1,0 +1,227 @@
+"""The store's members: the autopilot's clocks over the nodes (down since), one look at the
+members (their services and what etcd says), the one change the pure planner
+(`wire.store.plan_store_step`) chose, and making it.
+
+A member is one Swarm service (`hyops-store-<member>`), pinned to its node by hostname, on the
+node's network (no ports published: the client and peer ports listen on the node's own address
+inside the cloud, the client port also on the node's loopback), with its data dir
+`/var/lib/etcd/<member>` in the node's `hyops-store` volume. Stopping a member scales its service
+to zero; nothing here ever removes a volume or a data dir.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from typing import Any
+
+import httpx
+
+from node.autopilot.journal import Journal
+from node.engine import Engine, EngineError
+from node.errors import AgentError
+from node.store import Gateway, member_services
+from wire.store import (
+    CLIENT_PORT,
+    DATA_ROOT,
+    LABEL_MEMBER,
+    LABEL_NODE,
+    LABEL_STATE,
+    PEER_PORT,
+    VOLUME,
+    StoreStep,
+    plan_store_step,
+    service_name,
+)
+
+__all__ = ["Store", "member_service_spec"]
+
+log = logging.getLogger("hyops.autopilot")
+
+
+def _host(addr: str) -> str:
+    return addr.rsplit(":", 1)[0] if addr.count(":") == 1 else addr
+
+
+def member_service_spec(
+    system: str,
+    store: dict[str, Any],
+    member: str,
+    node: str,
+    addr: str,
+    cluster: str,
+    state: str,
+    token: str,
+    running: bool = True,
+) -> dict[str, Any]:
+    """The Engine `ServiceSpec` of one member: pinned to `node`, on its network, its data in the
+    node's volume. `cluster` is etcd's --initial-cluster, `state` "new" or "existing" (both are
+    read only at the member's first start: later starts use its data dir)."""
+    peer, client = f"http://{addr}:{PEER_PORT}", f"http://{addr}:{CLIENT_PORT}"
+    args = [
+        f"--name={member}",
+        f"--data-dir={DATA_ROOT}/{member}",
+        f"--listen-client-urls={client},http://127.0.0.1:{CLIENT_PORT}",
+        f"--advertise-client-urls={client}",
+        f"--listen-peer-urls={peer}",
+        f"--initial-advertise-peer-urls={peer}",
+        f"--initial-cluster={cluster}",
+        f"--initial-cluster-state={state}",
+        f"--initial-cluster-token={token}",
+        "--logger=zap",
+        "--log-outputs=stderr",
+    ]
+    return {
+        "Name": service_name(member),
+        "Labels": {
+            "hyops.system": system,
+            LABEL_MEMBER: member,
+            LABEL_NODE: node,
+            LABEL_STATE: "running" if running else "stopped",
+            "hyops.store.peer": peer,
+            "hyops.store.client": client,
+        },
+        "TaskTemplate": {
+            "ContainerSpec": {
+                "Image": store["image"],
+                "Args": args,
+                "Mounts": [{"Type": "volume", "Source": VOLUME, "Target": DATA_ROOT}],
+                "StopGracePeriod": 10_000_000_000,
+            },
+            "Placement": {"Constraints": [f"node.hostname=={node}"]},
+            "Networks": [{"Target": "host"}],
+            "RestartPolicy": {"Condition": "any", "Delay": 1_000_000_000},
+        },
+        "Mode": {"Replicated": {"Replicas": 1 if running else 0}},
+    }
+
+
+class Store:
+    """Keeps the store's members to the spec: one look, one change per tick (on the leader)."""
+
+    def __init__(self, engine: Engine, http: httpx.AsyncClient, journal: Journal) -> None:
+        self.engine = engine
+        self.http = http
+        self.journal = journal
+        self.down_since: dict[str, float] = {}
+        self.last: StoreStep | None = None
+
+    def observe(self, records: list[dict[str, Any]], watched: set[str], now: float) -> None:
+        """Since when each node is not ready: the records' nodes, and the `watched` nodes (those
+        with a member) also while the swarm does not list them (removed, joining again)."""
+        ready = {r["name"] for r in records if r["state"] == "ready"}
+        for name in ({r["name"] for r in records} | watched) - ready:
+            self.down_since.setdefault(name, now)
+        for name in set(self.down_since) & ready:
+            del self.down_since[name]
+        for name in set(self.down_since) - {r["name"] for r in records} - watched:
+            del self.down_since[name]
+
+    async def tick(
+        self, records: list[dict[str, Any]], spec: dict[str, Any], cloud: str, now: float
+    ) -> StoreStep | None:
+        """One look at the store and one change; None when the spec has no store."""
+        found = [(n, s) for n, s in spec["systems"].items() if s.get("kind") == "store"]
+        if not found:
+            return None
+        system, store = found[0]
+        services = await member_services(self.engine)
+        self.observe(records, {s["node"] for s in services}, now)
+        gateway = Gateway(self.http, [s["client"] for s in services if s["running"]])
+        etcd = await gateway.view() if gateway.endpoints else None
+        step = plan_store_step(
+            records, services, etcd, store, spec["resources"], now, self.down_since
+        )
+        if step.action in ("wait", "none"):
+            if self.last is None or step.reason != self.last.reason:
+                log.info("autopilot: store: %s", step.reason)
+                if step.action == "wait":
+                    self.journal.note("wait", "store", step.reason, "waiting")
+            self.last = step
+            return step
+        self.last = step
+        log.info("autopilot: store: %s %s: %s", step.action, step.member or step.node, step.reason)
+        try:
+            await self._act(step, system, store, records, services, etcd, gateway, cloud)
+        except (EngineError, AgentError) as exc:
+            message = getattr(exc, "message", str(exc))
+            if "unhealthy cluster" in message:
+                # etcd wants every member healthy for 5 s before a change: not a failure
+                self.journal.note("wait", "store", f"etcd: {message}; trying again", "waiting")
+                return step
+            log.warning("autopilot: store: %s failed: %s (trying again next tick)",
+                        step.action, message)  # fmt: skip
+            self.journal.note(f"store-{step.action}", step.member or step.node, step.reason,
+                              f"failed: {message}")  # fmt: skip
+            return step
+        self.journal.note(f"store-{step.action}", step.member or step.node, step.reason, "done")
+        if step.action == "start":
+            # stopped members' nodes were not needed while stopped: each gets `dead_after` from
+            # now to come back before its member counts as dead
+            for name in self.down_since:
+                self.down_since[name] = now
+        return step
+
+    async def _act(
+        self,
+        step: StoreStep,
+        system: str,
+        store: dict[str, Any],
+        records: list[dict[str, Any]],
+        services: list[dict[str, Any]],
+        etcd: dict[str, Any] | None,
+        gateway: Gateway,
+        cloud: str,
+    ) -> None:
+        addr = {r["name"]: _host(str(r.get("addr") or "")) for r in records}
+        token = f"hyops-{cloud}"[:60]  # etcd's --initial-cluster-token
+        if step.action == "bootstrap":
+            node = str(step.node)
+            member = f"{node}-{secrets.token_hex(3)}"
+            cluster = f"{member}=http://{addr[node]}:{PEER_PORT}"
+            await self.engine.service_create(
+                member_service_spec(system, store, member, node, addr[node], cluster, "new", token)
+            )
+        elif step.action == "add":
+            node = str(step.node)
+            member = f"{node}-{secrets.token_hex(3)}"
+            peer = f"http://{addr[node]}:{PEER_PORT}"
+            answer = await gateway.call("cluster/member/add", {"peerURLs": [peer]}, timeout=10.0)
+            parts = []
+            for m in answer.get("members", []):
+                name = m.get("name") or (member if peer in (m.get("peerURLs") or []) else "")
+                for url in m.get("peerURLs") or []:
+                    parts.append(f"{name}={url}")
+            spec = member_service_spec(
+                system, store, member, node, addr[node], ",".join(parts), "existing", token
+            )
+            await self.engine.service_create(spec)
+        elif step.action == "remove":
+            service = next((s for s in services if s["member"] == step.member), None)
+            peer = service["peer"] if service else None
+            target = next(
+                (
+                    m
+                    for m in (etcd or {}).get("members", [])
+                    if (peer and m["peer"] == peer) or (not peer and m["name"] == step.member)
+                ),
+                None,
+            )
+            if target is not None:
+                await gateway.call("cluster/member/remove", {"ID": target["id"]}, timeout=10.0)
+            if service is not None:
+                await self.engine.service_remove(service["id"])
+        elif step.action == "retire":
+            service = next(s for s in services if s["member"] == step.member)
+            await self.engine.service_remove(service["id"])
+        elif step.action in ("stop", "start"):
+            running = step.action == "start"
+            for s in services:
+                if s["running"] == running:
+                    continue
+                fresh = await self.engine.service(s["id"])
+                spec = dict(fresh["Spec"])
+                spec["Labels"] = {**(spec.get("Labels") or {}), LABEL_STATE:
+                                  "running" if running else "stopped"}  # fmt: skip
+                spec["Mode"] = {"Replicated": {"Replicas": 1 if running else 0}}
+                await self.engine.service_update(fresh["ID"], fresh["Version"]["Index"], spec)

@@ -1,0 +1,165 @@
+"""The store's pure parts: its spec section, its input limits and the members' planner
+(wire/store.py), over plain records: no cloud needed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from wire.spec import SpecError, check_spec
+from wire.store import (
+    MAX_BATCH,
+    MAX_KEY,
+    MAX_VALUE,
+    StoreInputError,
+    check_batch,
+    check_key,
+    check_value,
+    member_target,
+    plan_store_step,
+)
+
+STORE = check_spec({"systems": {"store": {"kind": "store", "min_nodes": 3}}})["systems"]["store"]
+WEIGHTS = {"cpus": 1.0, "memory": 0.0}
+
+
+def node(name: str, state: str = "ready", cpus: float = 1.0) -> dict[str, Any]:
+    return {"name": name, "state": state, "cpus": cpus, "memory": 0}
+
+
+def service(member: str, node: str, running: bool = True) -> dict[str, Any]:
+    return {"member": member, "node": node, "running": running, "peer": f"http://{node}:2380"}
+
+
+def member(name: str, node: str, healthy: bool = True, leader: bool = False) -> dict[str, Any]:
+    return {
+        "id": str(abs(hash(name)) % 10**9),
+        "name": name,
+        "peer": f"http://{node}:2380",
+        "started": bool(name),
+        "healthy": healthy,
+        "leader": leader,
+    }
+
+
+def plan(nodes, services, etcd, now: float = 100.0, down_since=None, store=STORE):
+    return plan_store_step(nodes, services, etcd, store, WEIGHTS, now, down_since or {})
+
+
+def three() -> tuple[list, list, dict]:
+    nodes = [node("node-1"), node("node-2"), node("node-3"), node("node-4")]
+    services = [service("m1", "node-1"), service("m2", "node-2"), service("m3", "node-3")]
+    etcd = {
+        "members": [
+            member("m1", "node-1", leader=True),
+            member("m2", "node-2"),
+            member("m3", "node-3"),
+        ]
+    }
+    return nodes, services, etcd
+
+
+def test_the_spec_section_has_defaults_and_refuses_what_cannot_work() -> None:
+    assert STORE["image"] == "local/etcd:1" and STORE["below"] == "stop"
+    assert STORE["targets"] == [[1, 1], [3, 3], [5, 5]]
+    with pytest.raises(SpecError) as caught:
+        check_spec(
+            {
+                "systems": {
+                    "a": {"kind": "store", "below": "keep", "maximum": 4, "replicas": 2},
+                    "b": {"kind": "store"},
+                    "c": {"kind": "database", "image": "x"},
+                }
+            }
+        )
+    text = str(caught.value)
+    assert 'a store always stops below min_nodes (data kept): expected "stop"' in text
+    assert "maximum: 4 is even" in text
+    assert "unknown key 'replicas'" in text
+    assert "a cloud has one store" in text
+    assert 'kind: expected "service" (the default) or "store"' in text
+
+
+def test_keys_values_and_batches_are_checked_with_what_to_do() -> None:
+    assert check_key("a/b") == "a/b"
+    with pytest.raises(StoreInputError, match="cannot be empty"):
+        check_key("")
+    with pytest.raises(StoreInputError, match=f"keys are at most {MAX_KEY} bytes"):
+        check_key("é" * 600)  # 1200 bytes of UTF-8
+    with pytest.raises(StoreInputError, match="values are strings"):
+        check_value("k", b"bytes")
+    with pytest.raises(StoreInputError, match=f"values are at most {MAX_VALUE} bytes"):
+        check_value("k", "x" * (MAX_VALUE + 1))
+    with pytest.raises(StoreInputError, match=f"at most {MAX_BATCH}"):
+        check_batch([(f"k{i}", "v") for i in range(MAX_BATCH + 1)])
+    with pytest.raises(StoreInputError, match="given twice"):
+        check_batch([("k", "1"), ("k", "2")])
+    with pytest.raises(StoreInputError, match="split it"):
+        check_batch([(f"k{i}", "x" * (400 * 1024)) for i in range(2)])
+
+
+def test_member_count_follows_the_ready_nodes_odd() -> None:
+    assert [member_target(n, STORE) for n in (1, 2, 3, 4, 5, 6, 9)] == [1, 1, 3, 3, 5, 5, 5]
+
+
+def test_a_new_store_starts_with_one_member_on_the_best_node() -> None:
+    nodes = [node("node-1"), node("node-2", cpus=4), node("node-3")]
+    step = plan(nodes, [], None)
+    assert (step.action, step.node) == ("bootstrap", "node-2")
+
+
+def test_below_min_nodes_members_stop_and_at_it_they_start_again() -> None:
+    nodes, services, etcd = three()
+    nodes = [nodes[0], nodes[1]]
+    step = plan(nodes, services, etcd)
+    assert step.action == "stop" and "data stays" in step.reason
+    stopped = [{**s, "running": False} for s in services]
+    assert plan(nodes, stopped, None).action == "wait"
+    nodes = three()[0]
+    assert plan(nodes, stopped, None).action == "start"
+
+
+def test_growth_adds_one_member_at_a_time_on_a_free_node() -> None:
+    nodes = [node("node-1"), node("node-2"), node("node-3", cpus=2)]
+    step = plan(nodes, [service("m1", "node-1")], {"members": [member("m1", "node-1")]})
+    assert (step.action, step.node) == ("add", "node-3")
+    services = [service("m1", "node-1"), service("m3", "node-3")]
+    joining = {"members": [member("m1", "node-1"), {**member("", "node-3"), "healthy": False}]}
+    assert plan(nodes, services, joining).action == "wait"  # the new one starts first
+
+
+def test_a_dead_members_node_is_removed_first_then_replaced() -> None:
+    nodes, services, etcd = three()
+    nodes[1] = node("node-2", state="down")
+    etcd["members"][1]["healthy"] = False
+    assert plan(nodes, services, etcd, down_since={"node-2": 98.0}).action == "wait"
+    step = plan(nodes, services, etcd, down_since={"node-2": 80.0})
+    assert (step.action, step.member) == ("remove", "m2")
+    # removed: its service goes (data kept), then a member is added on the free node
+    etcd["members"].pop(1)
+    assert plan(nodes, services, etcd, down_since={"node-2": 80.0}).action == "retire"
+    services.pop(1)
+    step = plan(nodes, services, etcd, down_since={"node-2": 80.0})
+    assert (step.action, step.node) == ("add", "node-4")
+
+
+def test_no_removal_that_would_lose_the_quorum() -> None:
+    nodes, services, etcd = three()
+    nodes[1] = node("node-2", state="down")
+    for m in etcd["members"][1:]:
+        m["healthy"] = False
+    step = plan(nodes, services, etcd, down_since={"node-2": 0.0})
+    assert step.action == "wait" and "below a quorum" in step.reason
+
+
+def test_an_add_cut_short_is_undone_and_the_leader_goes_last() -> None:
+    nodes, services, etcd = three()
+    etcd["members"].append({**member("", "node-4"), "healthy": False})
+    step = plan(nodes, services, etcd)
+    assert step.action == "remove" and "no service runs it" in step.reason
+    nodes, services, etcd = three()
+    nodes = [*nodes[:2], node("node-3", state="down")]
+    # 2 ready nodes want 1 member; with node-3's member healthy still, the weakest non-leader
+    step = plan(nodes, services, etcd, store={**STORE, "min_nodes": 1})
+    assert step.action == "remove" and step.member != "m1"
