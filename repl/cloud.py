@@ -479,7 +479,7 @@ class Connection:
         CloudError with the agent's status, code, reason and hint.
         """
         from repl.ssh import SshError
-        from wire.client import NodeApiError, NodeClient
+        from wire.client import NodeApiError
 
         kind = WARM_PATHS.get(path) if method == "GET" and not params else None
         if kind is not None:
@@ -499,13 +499,7 @@ class Connection:
                     continue
                 tried.add(url)
                 try:
-                    client = NodeClient(
-                        await self.reach(url),
-                        self._key,
-                        self._http,
-                        cloud_id=self.cloud_id,
-                        name=self._names.get(url),
-                    )
+                    client = await self._manager_client(url)
                     answer = await client.request(method, path, params=params, body=body)
                 except SshError as exc:
                     failures.append(f"{url}: {exc}")
@@ -556,16 +550,9 @@ class Connection:
     async def _follow(self, url: str) -> None:
         """Keep the warm copy: the manager's watch stream, opened again each time it ends; on
         any failure the copy is dropped (reads go over the network, and start a new one)."""
-        from wire.client import NodeClient
 
         try:
-            client = NodeClient(
-                await self.reach(url),
-                self._key,
-                self._http,
-                cloud_id=self.cloud_id,
-                name=self._names.get(url),
-            )
+            client = await self._manager_client(url)
             while True:
                 params = {"kinds": ",".join(WARM_PATHS.values()), "seconds": WATCH_SECONDS}
                 stream = client.events("/v1/watch", params=params, timeout=WATCH_SILENCE)
@@ -579,15 +566,12 @@ class Connection:
 
     async def watch(self, kinds: list[str], seconds: float) -> AsyncIterator[tuple[str, Any]]:
         """The answering manager's watch stream of `kinds`, for `seconds` (`(watch ...)`)."""
-        from wire.client import NodeApiError, NodeClient
+        from wire.client import NodeApiError
 
         await self.managers()
         await self._setup()
         url = self.answering or self._managers[0]
-        client = NodeClient(
-            await self.reach(url), self._key, self._http, cloud_id=self.cloud_id,
-            name=self._names.get(url),
-        )  # fmt: skip
+        client = await self._manager_client(url)
         params = {"kinds": ",".join(kinds), "seconds": seconds}
         try:
             stream = client.events("/v1/watch", params=params, timeout=WATCH_SILENCE)
@@ -612,6 +596,19 @@ class Connection:
             "operator": self.operator(),
             "via": self.via,
         }
+
+    async def _manager_client(self, url: str) -> Any:
+        """A signed client of the manager at `url` (reached directly or through its SSH
+        tunnel), signing for this cloud's managers."""
+        from wire.client import NodeClient
+
+        return NodeClient(
+            await self.reach(url),
+            self._key,
+            self._http,
+            cloud_id=self.cloud_id,
+            name=self._names.get(url),
+        )
 
     async def node(self, api_url: str) -> Any:
         """A signed client of one node's own agent (for what only that node has: its logs,

@@ -122,3 +122,25 @@ def manager_of(cloud: Any) -> str | None:
 def ev(session: Any, source: str) -> Any:
     """The value of the last form of `source`, evaluated in the Session."""
     return session.eval(source)[-1]
+
+
+def ready_session(cloud: Any, count: int = 3) -> Any:
+    """A Session on the workspace of the local cloud `cloud`, once `(nodes)` shows `count`
+    ready nodes each with its agent (the API label is how `(nodes)` shows a node's agent).
+    The caller closes it."""
+    from repl.session import Session
+    from repl.workspace import Workspace
+
+    s = Session(Workspace(cloud.state_dir.parent))
+    try:
+        wait_until(
+            lambda: (
+                len([n for n in ev(s, "(nodes)") if n["api"] and n["state"] == "ready"]) == count
+            ),
+            90,
+            f"{count} ready, labelled nodes through (nodes)",
+        )
+    except BaseException:
+        s.close()
+        raise
+    return s

@@ -21,7 +21,7 @@ from localcloud.cloud import LocalCloud
 from repl.session import HyopsEvalError, Session
 from repl.workspace import Workspace
 from tests.conftest import MakeCloud
-from tests.helpers import ev, manager_of, wait_until
+from tests.helpers import ev, manager_of, ready_session, wait_until
 from wire.keys import load_private_key
 from wire.lists import BootstrapList, Manager, render_list
 from wire.lists.format import sign_list
@@ -52,13 +52,7 @@ def cloud(make_module_cloud: MakeCloud) -> LocalCloud:
 
 @pytest.fixture(scope="module")
 def session(cloud: LocalCloud) -> Iterator[Session]:
-    s = Session(Workspace(cloud.state_dir.parent))
-    # every agent active and labelled (the API label is how (nodes) shows a node's agent)
-    wait_until(
-        lambda: len([n for n in ev(s, "(nodes)") if n["api"] and n["state"] == "ready"]) == 3,
-        90,
-        "three ready, labelled nodes through (nodes)",
-    )
+    s = ready_session(cloud)
     yield s
     s.close()
 

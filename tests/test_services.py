@@ -18,9 +18,8 @@ import pytest
 
 from localcloud.cloud import LocalCloud
 from repl.session import HyopsEvalError, Session
-from repl.workspace import Workspace
 from tests.conftest import MakeCloud
-from tests.helpers import ev, manager_of, signed, wait_until
+from tests.helpers import ev, manager_of, ready_session, signed, wait_until
 
 pytestmark = pytest.mark.cloud
 
@@ -39,12 +38,7 @@ def cloud(make_module_cloud: MakeCloud) -> LocalCloud:
 
 @pytest.fixture(scope="module")
 def session(cloud: LocalCloud) -> Iterator[Session]:
-    s = Session(Workspace(cloud.state_dir.parent))
-    wait_until(
-        lambda: len([n for n in ev(s, "(nodes)") if n["api"] and n["state"] == "ready"]) == 3,
-        90,
-        "three ready, labelled nodes through (nodes)",
-    )
+    s = ready_session(cloud)
     yield s
     s.close()
 

@@ -29,9 +29,8 @@ from localcloud.cloud import LocalCloud
 from node.ui import SessionEnded, Sessions
 from repl.session import Session
 from repl.ui import PageForward
-from repl.workspace import Workspace
 from tests.conftest import MakeCloud
-from tests.helpers import agents_tls, ev, manager_of, signed, wait_until
+from tests.helpers import agents_tls, ev, manager_of, ready_session, signed, wait_until
 from wire.ports import API_PORT
 
 REPO = Path(__file__).resolve().parent.parent
@@ -134,12 +133,7 @@ def cloud(make_module_cloud: MakeCloud) -> LocalCloud:
 
 @pytest.fixture(scope="module")
 def session(cloud: LocalCloud) -> Iterator[Session]:
-    s = Session(Workspace(cloud.state_dir.parent))
-    wait_until(
-        lambda: len([n for n in ev(s, "(nodes)") if n["api"] and n["state"] == "ready"]) == 3,
-        90,
-        "three ready, labelled nodes through (nodes)",
-    )
+    s = ready_session(cloud)
     yield s
     s.close()
 
