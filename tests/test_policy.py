@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import hy  # noqa: F401  (the ops are Hy modules)
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from node.autopilot.pilot import view
+
+# imported once, at collection: a Session over another workspace (the nREPL and runbook tests
+# make some) maps `ops` to that workspace's package, and an import inside the test then failed
+# or, under hypothesis's 300 examples and shrinking, ran past the suite's timeout
+from ops.cluster import _summary
 from wire.policy import (
     DEMOTED_SETTLE,
     JOIN_GIVE_UP,
@@ -585,11 +592,6 @@ def joining_clouds(draw):
 @settings(max_examples=300, deadline=None)
 @given(nodes=joining_clouds())
 def test_status_and_the_autopilot_show_the_same_safety_numbers(nodes):
-    import hy  # noqa: F401  (the ops are Hy modules)
-
-    from node.autopilot.pilot import view
-    from ops.cluster import _summary
-
     safety = safety_view(nodes)
     sees = view(nodes, check_spec({}))
     assert {k: sees[k] for k in safety} == safety
