@@ -219,18 +219,8 @@ def _health(where: str, value: Any, problems: list[str]) -> dict[str, Any]:
         out["cmd"] = cmd if cmd[0] in ("CMD", "CMD-SHELL", "NONE") else ["CMD", *cmd]
     else:
         problems.append(f'{where} health cmd: required, e.g. cmd = "wget -q -O- localhost:80"')
-    for key in ("interval", "timeout", "start_period"):
-        if key in given:
-            try:
-                out[key] = _seconds(given[key])
-            except ValueError as exc:
-                problems.append(f"{where} health {key}: {exc}")
-    if "retries" in given:
-        retries = given["retries"]
-        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-            problems.append(f"{where} health retries: expected a whole number, got {retries!r}")
-        else:
-            out["retries"] = retries
+    _durations_and_count(given, ("interval", "timeout", "start_period"), "retries", out,
+                         f"{where} health", problems)  # fmt: skip
     return out
 
 
@@ -280,19 +270,33 @@ def _restart(where: str, value: Any, problems: list[str]) -> dict[str, Any]:
             problems.append(f"{where} restart condition: one of {', '.join(RESTART_CONDITIONS)}")
         else:
             out["condition"] = given["condition"]
-    for key in ("delay", "window"):
+    _durations_and_count(given, ("delay", "window"), "max_attempts", out, f"{where} restart",
+                         problems)  # fmt: skip
+    return out
+
+
+def _durations_and_count(
+    given: dict[str, Any],
+    durations: tuple[str, ...],
+    count: str,
+    out: dict[str, Any],
+    where: str,
+    problems: list[str],
+) -> None:
+    """Into `out`: each of `durations` in `given` as seconds, and `count` as a whole number
+    of at least 0 (health checks' retries, restart policies' max_attempts)."""
+    for key in durations:
         if key in given:
             try:
                 out[key] = _seconds(given[key])
             except ValueError as exc:
-                problems.append(f"{where} restart {key}: {exc}")
-    if "max_attempts" in given:
-        n = given["max_attempts"]
+                problems.append(f"{where} {key}: {exc}")
+    if count in given:
+        n = given[count]
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            problems.append(f"{where} restart max_attempts: a whole number (0: no limit)")
+            problems.append(f"{where} {count}: expected a whole number (0 or more), got {n!r}")
         else:
-            out["max_attempts"] = n
-    return out
+            out[count] = n
 
 
 def check_service(
