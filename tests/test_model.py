@@ -11,6 +11,9 @@ the engine meanwhile, and is rebuilt. The watch stream (`GET /v1/watch`) shows c
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +23,7 @@ import httpx
 import pytest
 
 from localcloud.cloud import LocalCloud
+from repl import warm
 from repl.cloud import watch
 from repl.context import EvalContext, use
 from repl.session import HyopsEvalError, Session
@@ -283,3 +287,44 @@ def test_a_restarted_dockerd_is_noticed_and_the_model_rebuilt(cloud: LocalCloud)
         ),
         timeout=60,
     )
+
+
+def test_warm_one_shots_read_the_kept_copy_and_their_own_writes(cloud: LocalCloud) -> None:
+    """`hyops eval` through the warm process (repl/warm.py) keeps the cloud's connection and
+    its warm copy between one-shots: the same answer as in-process, no round trip once the copy
+    is warm, a change behind its back shown within a bounded wait, its own change read back."""
+    root = cloud.state_dir.parent
+    env = {**os.environ, "HYOPS_WORKSPACE": str(root), "HYOPS_WARM_IDLE": "120"}
+
+    def hyops(forms: str, warm: bool = True) -> str:
+        out = subprocess.run(
+            [str(Path(sys.executable).parent / "hyops"), "eval", forms],
+            env={**env, "HYOPS_WARM": "1" if warm else "0"},
+            cwd=root, stdin=subprocess.DEVNULL, capture_output=True, timeout=120,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        return out.stdout.decode()
+
+    try:
+        assert hyops("(len (nodes))") == "3\n"  # in-process; starts the warm process
+        wait_until(lambda: warm.status(root), 60, "the warm process answering")
+        cold = hyops("(lfor n (nodes) [(:name n) (:role n) (:labels n)])", warm=False)
+        served = warm.status(root)["served"]
+        assert hyops("(lfor n (nodes) [(:name n) (:role n) (:labels n)])") == cold
+        assert warm.status(root)["served"] == served + 1
+        name = cloud.name
+
+        def settled() -> bool:  # two one-shots in a row without a round trip: the copy is warm
+            before = warm.status(root)["round_trips"][name]
+            hyops("(len (nodes))")
+            return warm.status(root)["round_trips"][name] == before
+
+        wait_until(settled, 30, "one-shots answered from the kept warm copy")
+        labels = f'(get (dfor n (nodes) (:name n) (:labels n)) "{NAMES["W1"]}")'
+        cloud.docker(NAMES["M"], "node", "update", "--label-add", "oneshot=behind", NAMES["W1"])
+        wait_until(lambda: "behind" in hyops(labels), 30, "the label set behind its back")
+        # its own change: read back by the very next one-shot (the copy is dropped meanwhile)
+        hyops(f'(label! "{NAMES["W1"]}" "oneshot" "own" :yes True)')
+        assert '"oneshot" "own"' in hyops(labels)
+    finally:
+        warm.stop(root)
