@@ -23,6 +23,7 @@ import httpx
 import pytest
 
 from localcloud.cloud import LocalCloud
+from node.model import COPY_SILENCE
 from repl import warm
 from repl.cloud import watch
 from repl.context import EvalContext, use
@@ -328,3 +329,59 @@ def test_warm_one_shots_read_the_kept_copy_and_their_own_writes(cloud: LocalClou
         assert '"oneshot" "own"' in hyops(labels)
     finally:
         warm.stop(root)
+
+
+def test_the_autopilot_reads_its_nodes_from_the_model(cloud: LocalCloud) -> None:
+    """The leader's autopilot starts each look from the live model (with its age), not from a
+    read of the engine; a change it did not make still reaches what it sees."""
+
+    def inputs() -> dict[str, Any]:
+        return get(cloud, "/v1/autopilot").json()
+
+    wait_until(lambda: inputs()["inputs"].get("from") == "model", 30, "a look from the model")
+    assert 0 <= inputs()["inputs"]["age"] < 15  # at most a correction period and a tick old
+    cloud.kill_dockerd(NAMES["W2"])
+    try:
+        wait_until(
+            lambda: (sees := inputs())["sees"]["ready"] == 2 and sees["inputs"]["from"] == "model",
+            90,
+            "the autopilot seeing W2 down, from the model",
+        )
+    finally:
+        cloud.start_dockerd(NAMES["W2"])
+    wait_until(lambda: inputs()["sees"]["ready"] == 3, 90, "the autopilot seeing W2 back")
+
+
+def test_a_worker_answers_from_a_managers_stream_and_notices_it_drop(cloud: LocalCloud) -> None:
+    """A worker's agent keeps the nodes from the manager's watch stream (node/model.py
+    ManagerCopy) and answers from that copy with its age; a change made with the docker CLI on
+    the manager shows within a bounded wait; when the manager's agent is killed the worker stops
+    answering from the copy at once (it forwards, and no manager's agent answers)."""
+    worker, key = NAMES["W1"], Path(cloud.record["operator_key"])
+
+    def read() -> httpx.Response:
+        return signed("GET", cloud.api(worker) + "/v1/nodes", key)
+
+    def copy() -> dict[str, Any]:
+        return get(cloud, "/v1/model", node=worker).json()["copy"]
+
+    def shows(label: str) -> bool:
+        answer = read()
+        by_name = {n["name"]: n for n in answer.json()}
+        return HEADER_MODEL_AGE in answer.headers and label in by_name[NAMES["W2"]]["labels"]
+
+    wait_until(lambda: copy()["source"] == cloud.api(NAMES["M"]), 60, "the worker's copy")
+    cloud.docker(NAMES["M"], "node", "update", "--label-add", "copied=yes", NAMES["W2"])
+    wait_until(lambda: shows("copied"), 30, "the label in the worker's copy")
+    assert float(read().headers[HEADER_MODEL_AGE]) < COPY_SILENCE
+    cloud.kill_agent(NAMES["M"])
+    try:
+        # noticed at once (the stream's connection closed): never answered from the copy after
+        wait_until(lambda: copy()["source"] is None, 10, "the worker noticing the stream drop")
+        after = read()
+        assert HEADER_MODEL_AGE not in after.headers
+        assert after.status_code == 503, after.text  # it forwarded; no manager's agent answers
+    finally:
+        cloud.start_agent(NAMES["M"])
+    # the restarted manager's stream says "not known" until its model is fed, then the nodes
+    wait_until(lambda: shows("copied"), 90, "the worker's copy back from the restarted manager")
