@@ -17,6 +17,7 @@ from wire.store import (
     check_key,
     check_value,
     member_target,
+    node_tls,
     plan_store_step,
 )
 
@@ -24,8 +25,19 @@ STORE = check_spec({"systems": {"store": {"kind": "store", "min_nodes": 3}}})["s
 WEIGHTS = {"cpus": 1.0, "memory": 0.0}
 
 
-def node(name: str, state: str = "ready", cpus: float = 1.0) -> dict[str, Any]:
-    return {"name": name, "state": state, "cpus": cpus, "memory": 0}
+def tls_labels(name: str) -> dict[str, str]:
+    """The labels an agent with [tls] puts on its node: its TLS files' paths on the node."""
+    folder = f"/var/lib/hyops/{name}"
+    return {
+        "hyops.tls.cert": f"{folder}/tls.pem",
+        "hyops.tls.key": f"{folder}/tls.key",
+        "hyops.tls.ca": f"{folder}/ca.pem",
+    }
+
+
+def node(name: str, state: str = "ready", cpus: float = 1.0, tls: bool = True) -> dict[str, Any]:
+    labels = tls_labels(name) if tls else {}
+    return {"name": name, "state": state, "cpus": cpus, "memory": 0, "labels": labels}
 
 
 def service(member: str, node: str, running: bool = True) -> dict[str, Any]:
@@ -107,6 +119,32 @@ def test_a_new_store_starts_with_one_member_on_the_best_node() -> None:
     nodes = [node("node-1"), node("node-2", cpus=4), node("node-3")]
     step = plan(nodes, [], None)
     assert (step.action, step.node) == ("bootstrap", "node-2")
+
+
+def test_members_run_only_on_nodes_with_a_tls_certificate() -> None:
+    """The store's ports take only certificates from the cloud CA: a node whose agent has no
+    [tls] (no TLS labels) gets no member, and the wait says what is missing."""
+    nodes = [node("node-1", tls=False), node("node-2", cpus=4, tls=False), node("node-3")]
+    step = plan(nodes, [], None)
+    assert (step.action, step.node) == ("bootstrap", "node-3")
+    nodes = [node("node-1", tls=False), node("node-2", tls=False), node("node-3", tls=False)]
+    step = plan(nodes, [], None)
+    assert (
+        step.action == "wait" and "none of the 3 ready nodes has a TLS certificate" in step.reason
+    )
+    assert "[tls]" in step.reason
+    nodes = [node("node-1"), node("node-2", tls=False), node("node-3", tls=False)]
+    step = plan(nodes, [service("m1", "node-1")], {"members": [member("m1", "node-1")]})
+    assert step.action == "wait"
+    assert "free ready nodes (node-2, node-3) have no TLS certificate" in step.reason
+    assert node_tls(node("node-1")) == {
+        "cert": "/var/lib/hyops/node-1/tls.pem",
+        "key": "/var/lib/hyops/node-1/tls.key",
+        "ca": "/var/lib/hyops/node-1/ca.pem",
+    }
+    for bad in ("tls.pem", "/var/lib/../../etc/shadow", ""):
+        labels = {**tls_labels("node-1"), "hyops.tls.cert": bad}
+        assert node_tls({"name": "node-1", "labels": labels}) is None, bad
 
 
 def test_below_min_nodes_members_stop_and_at_it_they_start_again() -> None:
