@@ -7,6 +7,8 @@ from typing import Any
 
 import pytest
 
+from localcloud.commands import with_store
+from localcloud.host import DevCloudError
 from wire.spec import SpecError, check_spec
 from wire.store import (
     MAX_BATCH,
@@ -201,3 +203,16 @@ def test_an_add_cut_short_is_undone_and_the_leader_goes_last() -> None:
     # 2 ready nodes want 1 member; with node-3's member healthy still, the weakest non-leader
     step = plan(nodes, services, etcd, store={**STORE, "min_nodes": 1})
     assert step.action == "remove" and step.member != "m1"
+
+
+def test_hyops_up_store_adds_the_store_to_the_spec_and_keeps_the_rest() -> None:
+    """`hyops up --store`: the workspace's spec (or the defaults) with the store as a system."""
+    alone = with_store(None)
+    assert alone["systems"] == {"store": {**STORE, "min_nodes": 1}}
+    given = check_spec({"systems": {"web": {"image": "local/busybox:1", "command": ["true"]}}})
+    both = with_store(given)
+    assert set(both["systems"]) == {"web", "store"} and both["version"] != given["version"]
+    assert with_store(both) == both  # a spec with a store keeps its own
+    clash = {"systems": {"store": {"image": "local/busybox:1", "command": ["true"]}}}
+    with pytest.raises(DevCloudError, match="a system named store that is not the store"):
+        with_store(clash)
