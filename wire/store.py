@@ -52,8 +52,8 @@ __all__ = [
     "service_name",
 ]
 
-CLIENT_PORT = 2379  # etcd's client port, on the node's address inside the cloud and loopback
-PEER_PORT = 2380  # etcd's peer port, on the node's address inside the cloud
+CLIENT_PORT = 2379  # etcd's client port (TLS), on the node's address inside the cloud
+PEER_PORT = 2380  # etcd's peer port (TLS), on the node's address inside the cloud
 VOLUME = "hyops-store"  # the node's volume that holds its members' data dirs
 DATA_ROOT = "/var/lib/etcd"  # where the volume is mounted in a member's container
 SERVICE_PREFIX = "hyops-store-"  # a member's Swarm service: hyops-store-<member name>
