@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from localcloud.cloud import LocalCloud
+from localcloud.commands import with_store
 from repl.cloud import CloudError
 from repl.session import HyopsEvalError, Session
 from repl.workspace import Workspace
@@ -418,7 +419,8 @@ def test_every_node_stopped_and_started_again_keeps_every_key(
 def test_a_backup_is_restored_into_a_fresh_cloud(make_cloud) -> None:
     if not BACKUP:
         pytest.skip("needs the backup of test_backup_writes_the_snapshot_and_every_key")
-    one = {**SPEC, "systems": {"store": {**SPEC["systems"]["store"], "min_nodes": 1}}}
+    # the spec `hyops up --store` gives a new cloud: the store with its defaults (min_nodes 1)
+    one = with_store({k: v for k, v in SPEC.items() if k != "systems"})
     fresh = make_cloud(nodes=1, spec=one, name="fresh")
     s = Session(Workspace(fresh.state_dir.parent))
     try:
