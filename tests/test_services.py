@@ -413,6 +413,33 @@ def test_install_builds_the_repositorys_image_carries_it_to_every_node_and_unins
     wait_until(lambda: docker_service(cloud, "whoami") is None, 60, "whoami removed")
 
 
+def test_a_node_without_a_systems_image_is_named_in_the_autopilots_journal(
+    cloud: LocalCloud, session: Session, tmp_path: Path
+) -> None:
+    folder = tmp_path / "cloud"
+    (folder / "systems").mkdir(parents=True)
+    (folder / "cloud.toml").write_text(
+        (Path(__file__).parent.parent / "cloud/cloud.toml").read_text()
+    )
+    (folder / "systems" / "ghost.toml").write_text(
+        f'image = "test/absent:1"\ncommand = "{SLEEP}"\nmin_nodes = 1\n'
+    )
+    ev(session, f'(apply-spec! :folder "{folder}" :yes True)')
+
+    def said() -> list[str]:
+        return [
+            e["reason"]
+            for e in ev(session, "(autopilot)")["recent"]
+            if "has no image test/absent:1" in e["reason"]
+        ]
+
+    reasons = wait_until(said, 90, "the journal naming a node without the image")
+    assert "(push-image! ...) or (install! ...) again" in reasons[0]
+    (folder / "systems" / "ghost.toml").unlink()
+    ev(session, f'(apply-spec! :folder "{folder}" :yes True)')
+    wait_until(lambda: docker_service(cloud, "ghost") is None, 60, "ghost removed")
+
+
 def test_a_tampered_image_tar_is_refused_and_nothing_is_loaded(
     cloud: LocalCloud, session: Session, tmp_path: Path
 ) -> None:
