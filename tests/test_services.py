@@ -157,14 +157,22 @@ services:
       resources:
         limits: {cpus: "0.5", memory: 64M}
       update_config: {parallelism: 1, order: start-first}
+      rollback_config: {parallelism: 2, failure_action: continue}
       restart_policy: {condition: any, delay: 1s}
+      placement: {preferences: [{spread: node.labels.zone}]}
+    logging: {driver: json-file, options: {max-size: 1m}}
   client:
     image: local/busybox:1
     # the local cloud's kernel does not answer a service's virtual IP, and busybox's static
     # wget cannot resolve names: the client asks Swarm's DNS for web's tasks and speaks HTTP
+    entrypoint: [sh, -c]
+    init: true
+    stop_signal: SIGINT
+    cap_drop: [NET_RAW]
+    extra_hosts: ["db.local:10.9.8.7"]
+    tmpfs: [/scratch]
+    ulimits: {nofile: 4096}
     command:
-      - sh
-      - -c
       - >-
         while true; do
         ip=$$(nslookup tasks.web | awk '/^Address: /{a=$$2} END{print a}');
@@ -208,6 +216,23 @@ def test_a_compose_stack_deploys_answers_and_is_removed(
 
     got = wait_until(client_got, 120, "the client fetched the page from web over the network")
     assert got.startswith("HTTP/1.") and got.endswith("\n\nhello from a config\n")
+    # the container settings, as the engine ran them
+    t = next(t for t in ev(session, '(tasks "shop_client")') if t["state"] == "running")
+    run = json.loads(cloud.docker(t["node"], "inspect", t["container"]).stdout)[0]
+    assert run["HostConfig"]["Init"] is True and run["Config"]["StopSignal"] == "SIGINT"
+    assert run["Path"] == "sh" and run["Args"][0] == "-c"  # the entrypoint, then the command
+    assert [c.removeprefix("CAP_") for c in run["HostConfig"]["CapDrop"]] == ["NET_RAW"]
+    assert run["HostConfig"]["Ulimits"] == [{"Name": "nofile", "Soft": 4096, "Hard": 4096}]
+    hosts = cloud.docker(t["node"], "exec", t["container"], "cat", "/etc/hosts").stdout
+    assert any(line.split() == ["10.9.8.7", "db.local"] for line in hosts.splitlines()), hosts
+    mounts = cloud.docker(t["node"], "exec", t["container"], "cat", "/proc/mounts").stdout
+    assert any(m.split()[1:3] == ["/scratch", "tmpfs"] for m in mounts.splitlines()), mounts
+    spec = docker_service(cloud, "shop_web")["Spec"]
+    assert spec["RollbackConfig"]["Parallelism"] == 2
+    assert spec["TaskTemplate"]["LogDriver"]["Options"] == {"max-size": "1m"}
+    assert spec["TaskTemplate"]["Placement"]["Preferences"] == [
+        {"Spread": {"SpreadDescriptor": "node.labels.zone"}}
+    ]
     web = ev(session, '(service "shop_web")')
     assert web["limits"] == "cpus 0.5, memory 64M" and web["replicas"] == 2
     running = [t for t in ev(session, '(tasks "shop_web")') if t["state"] == "running"]
