@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import textwrap
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -381,7 +382,7 @@ def has_image(cloud: LocalCloud, node: str, image: str) -> bool:
 def test_install_builds_the_repositorys_image_carries_it_to_every_node_and_uninstalls(
     cloud: LocalCloud, session: Session, tmp_path: Path
 ) -> None:
-    build_id = f"whoami-{tmp_path.name}"
+    build_id = f"whoami-{uuid.uuid4().hex[:12]}"  # a new image each run: this one builds it
     url = git_repo(
         tmp_path / "whoami",
         {"hyops-system.toml": OFFER, "hyops-image.toml": whoami_recipe(build_id), build_id: "me"},
