@@ -116,11 +116,15 @@ def add_image_routes(
     @app.post(IMAGES_ROUTE, tags=["images"])
     async def load_image(
         request: Request,
-        id: str = Query(description="the image's ID, sha256:… (its config's sha256)"),
-        sha256: str = Query(description="the tar's sha256 (hex): what the request is signed over"),
+        id: str = Query("", description="the image's ID, sha256:… (its config's sha256)"),
+        sha256: str = Query(
+            "", description="the tar's sha256 (hex): what the request is signed over"
+        ),
     ) -> Any:
         """Load one image from a `docker load` tar sent as the body (operators only; see the
-        module's docstring for what is checked before anything is loaded)."""
+        module's docstring for what is checked before anything is loaded). Both parameters are
+        checked here, not by the framework: any refusal before the body is read closes the
+        connection."""
         try:
             key, digest, length = admit(request, id, sha256)
         except (AuthError, AgentError) as exc:
