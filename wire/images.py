@@ -30,6 +30,7 @@ IMAGES_ROUTE = "/v1/images"
 # The largest image tar an agent takes (the node image is ~500 MB); streamed to disk, never held.
 MAX_IMAGE = 4 * 1024 * 1024 * 1024
 CHUNK = 1 << 20
+MAX_CONFIG = 16 * CHUNK  # an image's config is a few KB of JSON
 _ID = re.compile(r"sha256:[0-9a-f]{64}")
 _TAG = re.compile(r"[a-z0-9]+(?:[._/-][a-z0-9]+)*(?::\d+)?(?:/[a-z0-9._-]+)*:[A-Za-z0-9_.-]{1,128}")
 
@@ -99,6 +100,8 @@ def check_image_tar(path: Path, image_id: str) -> list[str]:
             config_member = members.get(config_name.removeprefix("./"))
             if config_member is None or not config_member.isfile():
                 raise ImageTarError(f"manifest.json names a config {config_name!r} it lacks")
+            if config_member.size > MAX_CONFIG:
+                raise ImageTarError(f"the image's config is {config_member.size} bytes: not one")
             config_file = tar.extractfile(config_member)
             assert config_file is not None
             config_bytes = config_file.read()
