@@ -40,6 +40,7 @@ __all__ = [
     "ImageError",
     "build_image",
     "cache_dir",
+    "cached_image",
     "content_key",
     "image_tag",
     "python_pins",
@@ -442,6 +443,19 @@ def image_tag(
     recipe, _, _, _, key = _what(name, inputs, recipes, Path(repo).resolve())
     entry = (Path(cache) if cache is not None else cache_dir()) / key[:32]
     return f"{recipe.name}:{key[:12]}", (entry / "image.tar").is_file()
+
+
+def cached_image(tag: str, cache: Path | None = None) -> Built | None:
+    """The cached build whose tag is `tag` (REPOSITORY:HASH12), or None: what
+    `(push-image! TAG)` carries again to a node that joined since."""
+    cache = Path(cache) if cache is not None else cache_dir()
+    for meta in sorted(cache.glob("*/image.json")):
+        with contextlib.suppress(OSError, ValueError):
+            data = json.loads(meta.read_text())
+            if data.get("tag") == tag and (meta.parent / "image.tar").is_file():
+                tar = meta.parent / "image.tar"
+                return Built(str(data.get("recipe")), tag, data["image_id"], tar, True, 0.0)
+    return None
 
 
 def build_image(

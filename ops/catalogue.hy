@@ -51,12 +51,14 @@ offers a system in hyops-system.toml at its root, its image's recipe in hyops-im
 
 (defn push-image! [what * [yes False] [dry-run False]]
   "Carry an image to every ready node of the cloud, through each node's agent (no registry):
-  `what` is a `docker load` tar (what `hyops image build` or `docker save` wrote) or the name of
-  a recipe in images/recipes/ (built first, or taken from the cache). Nodes that have the image
+  `what` is a `docker load` tar (what `hyops image build` or `docker save` wrote), the tag of an
+  image in the image cache (what install! built: carried again to a node that joined since), or
+  the name of a recipe in images/recipes/ (built first, or taken from the cache). Nodes that have the image
   are skipped; each node checks the tar is that one image before loading it. A node that joins
   later gets it when this is run again.
     (push-image! \"busybox\" :yes True)
-    (push-image! \"out/hyops-busybox-686b9a646e56.tar\")"
+    (push-image! \"out/hyops-busybox-686b9a646e56.tar\")
+    (push-image! \"test/whoami:a66de1bd5d02\")"
   (setv [kind path] (recipe-or-tar what))
   (if (= kind "tar")
       (setv image (image-in-tar path)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -75,15 +76,16 @@ async def target_nodes(conn: Connection) -> list[dict[str, Any]]:
 async def _carry_one(
     conn: Connection, node: dict[str, Any], image: TarImage, digest: str
 ) -> dict[str, Any]:
-    """One node: ask whether it has the image, send the tar if not."""
+    """One node: ask whether it has the image with its tags, send the tar if not."""
     from wire.client import NodeApiError
 
     row: dict[str, Any] = {"node": node.get("name"), "image": image.image_id[:19]}
     try:
         client = await conn.node(str(agent_url(node)))
         have = await client.get(IMAGES_ROUTE, id=image.image_id)
-        if have.get("present"):
+        if have.get("present") and set(image.tags) <= set(have.get("tags") or []):
             return row | {"result": "present", "tags": have.get("tags")}
+        # absent, or there without its tags (untagged while a container used it): loaded again
         answer = await client.upload(
             IMAGES_ROUTE,
             image.tar,
@@ -123,8 +125,20 @@ def carry_everywhere(session: Any, image: TarImage) -> list[dict[str, Any]]:
 
 
 def recipe_or_tar(what: str | Path) -> tuple[str, Path | None]:
-    """("recipe", None) for a recipe's name, ("tar", path) for a tar file's path."""
+    """("recipe", None) for a recipe's name, ("tar", path) for a tar file's path or the tag of
+    an image in the image cache (REPOSITORY:HASH12, what `install!` built)."""
+    from images.build import cached_image
+
     text = str(what)
+    if re.fullmatch(r"[a-z0-9][a-z0-9._/-]*:[0-9a-f]{12}", text):
+        built = cached_image(text)
+        if built is None:
+            raise CloudError(
+                f"no image {text} in the image cache",
+                code="bad-image",
+                hint="give the recipe's name or the repository (install! builds it again)",
+            )
+        return "tar", built.tar
     path = Path(text).expanduser()
     if text.endswith(".tar") or "/" in text or path.is_file():
         return "tar", path

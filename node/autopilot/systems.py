@@ -185,7 +185,8 @@ async def _missing_images(
         image = spec["systems"][system].get("image")
         reason = (
             f"{system}: {node} has no image {image} (no registry: images are carried by the "
-            "workspace); run (push-image! ...) or (install! ...) again to carry it there"
+            f"workspace); run (push-image! {json.dumps(image)}) or (install! ...) again to "
+            "carry it there"
         )
         if not any(e["reason"] == reason for e in list(journal.entries)[-20:]):
             log.warning("autopilot: %s", reason)
