@@ -71,7 +71,12 @@ def add_image_routes(
     audiences: Callable[[Request], set[str]],
     readers: Any,
 ) -> None:
-    """Add `GET` and `POST /v1/images` to `app` (see the module's docstring)."""
+    """Add `GET` and `POST /v1/images` to `app` (see the module's docstring). Tars an earlier
+    run of the agent left half-received (it stopped mid-upload) are removed now."""
+    incoming = Path(agent.config.data_dir) / "incoming"
+    for stale in incoming.glob("image-*.tar") if incoming.is_dir() else []:
+        with contextlib.suppress(OSError):
+            stale.unlink()
 
     def admit(request: Request, image_id: str, sha256: str) -> tuple[TrustedKey, str, int]:
         """The key that signed the request, the signed digest and the body's length: checked
@@ -129,9 +134,8 @@ def add_image_routes(
             key, digest, length = admit(request, id, sha256)
         except (AuthError, AgentError) as exc:
             return _early_refusal(exc)
-        folder = Path(agent.config.data_dir) / "incoming"
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix="image-", suffix=".tar", dir=folder)
+        incoming.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix="image-", suffix=".tar", dir=incoming)
         path = Path(name)
         try:
             h, size = hashlib.sha256(), 0
