@@ -274,15 +274,17 @@ def _watch_enrolment(settings: Settings, stop: threading.Event) -> None:
 # --- cgroups --------------------------------------------------------------------------------
 
 
-def workloads_cgroup() -> str:
+def workloads_cgroup(root: Path = Path("/")) -> str:
     """dockerd's --cgroup-parent, so that the node's containers stay inside the node's limits.
 
     cgroup v2 (one unified hierarchy at /sys/fs/cgroup): a cgroup with processes cannot hand its
     controllers down, so this container's processes move to a leaf (`init`), the controllers are
     enabled for the children, and the workloads go to a sibling cgroup, an absolute path.
-    cgroup v1: a relative parent, which dockerd puts under its own cgroup (inside the node's)."""
-    root = Path("/sys/fs/cgroup")
-    own = Path("/proc/self/cgroup").read_text().strip().splitlines()
+    cgroup v1: a relative parent, which dockerd puts under its own cgroup (inside the node's).
+    `root` is where the file system starts (tests give a folder with `proc/`, `sys/fs/cgroup/`)."""
+    proc = root / "proc"
+    own = (proc / "self" / "cgroup").read_text().strip().splitlines()
+    root = root / "sys" / "fs" / "cgroup"
     if not (root / "cgroup.controllers").exists():
         return WORKLOADS
     path = own[0].split(":", 2)[2] if own and own[0].startswith("0::") else "/"
@@ -293,7 +295,7 @@ def workloads_cgroup() -> str:
         listed = (mine / "cgroup.procs").read_text().split()
     except OSError:
         return WORKLOADS
-    if "1" not in listed or any(p == "0" or not Path(f"/proc/{p}").exists() for p in listed):
+    if "1" not in listed or any(p == "0" or not (proc / p).exists() for p in listed):
         # not this container's own cgroup (e.g. the host's hierarchy mounted in): touch nothing
         _log(f"cgroup {mine} is not this container's own: workloads go under dockerd's cgroup")
         return WORKLOADS

@@ -11,8 +11,8 @@ import pytest
 from images.build import ImageError, _read_inputs, content_key, python_pins
 from images.commands import parse_inputs
 from images.recipe import RecipeError, load_recipe
-from node.container import ContainerError, Settings, merged_trust
-from node.resources import cgroup_limits
+from node.container import ContainerError, Settings, merged_trust, workloads_cgroup
+from node.resources import cgroup_limits, own_limits
 from wire.keys import generate_key
 from wire.trust import Trust, TrustedKey
 
@@ -67,6 +67,86 @@ def test_no_limit_anywhere_gives_none_so_the_engine_figures_are_used() -> None:
     read = files({"/sys/fs/cgroup/cpu.max": "max 100000\n", "/sys/fs/cgroup/memory.max": "max\n"})
     assert cgroup_limits("0::/\n", V2_MOUNTS, read) == (None, None)
     assert cgroup_limits("", "", read) == (None, None)
+
+
+def v2_tree(root: Path, files: dict[str, str]) -> Path:
+    """A cgroup v2 machine's files as a real folder tree under `root`: `proc/self/cgroup`,
+    `proc/self/mountinfo`, `proc/PID/` of the listed processes, `sys/fs/cgroup/...`."""
+    for path, text in files.items():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text(text)
+    return root
+
+
+def test_cgroup_v2_limits_are_read_from_a_v2_file_tree(tmp_path: Path) -> None:
+    """What a node container on a cgroup v2 host sees (a cgroup namespace: its own cgroup is
+    the mount's root, the node program moved to the leaf `init`), read through the files."""
+    root = v2_tree(
+        tmp_path,
+        {
+            "proc/self/cgroup": V2_CGROUP,
+            "proc/self/mountinfo": V2_MOUNTS,
+            "sys/fs/cgroup/cgroup.controllers": "cpuset cpu io memory pids\n",
+            "sys/fs/cgroup/cpu.max": "150000 100000\n",
+            "sys/fs/cgroup/memory.max": "3221225472\n",
+            "sys/fs/cgroup/init/cpu.max": "max 100000\n",
+            "sys/fs/cgroup/init/memory.max": "max\n",
+        },
+    )
+    assert own_limits(str(root)) == (1.5, 3 << 30)
+    (root / "sys/fs/cgroup/cpu.max").write_text("max 100000\n")
+    (root / "sys/fs/cgroup/memory.max").write_text("max\n")
+    assert own_limits(str(root)) == (None, None)  # no limit: the engine's figures are used
+    assert own_limits(str(tmp_path / "nothing")) == (None, None)
+
+
+def test_on_cgroup_v2_the_workloads_get_a_sibling_of_the_node_programs_leaf(
+    tmp_path: Path,
+) -> None:
+    """The v2 path of the entry point on a v2 file tree: the container's processes go to the
+    leaf `init`, its controllers are handed down, and dockerd's containers go to
+    `/hyops-workloads` beside it (inside the container's own cgroup)."""
+    root = v2_tree(
+        tmp_path,
+        {
+            "proc/self/cgroup": "0::/\n",
+            "proc/1/status": "",
+            "proc/57/status": "",
+            "sys/fs/cgroup/cgroup.controllers": "cpu io memory pids\n",
+            "sys/fs/cgroup/cgroup.procs": "1\n57\n",
+            "sys/fs/cgroup/cgroup.subtree_control": "",
+        },
+    )
+    assert workloads_cgroup(root) == "/hyops-workloads"
+    cgroup = root / "sys/fs/cgroup"
+    assert (cgroup / "init").is_dir()
+    assert (cgroup / "init/cgroup.procs").read_text() in ("1", "57")  # the kernel moves each
+    assert (cgroup / "cgroup.subtree_control").read_text() == "+cpu +io +memory +pids"
+
+
+def test_on_cgroup_v2_a_hierarchy_that_is_not_the_containers_own_is_left_alone(
+    tmp_path: Path,
+) -> None:
+    """The host's whole hierarchy mounted in (no cgroup namespace): a process listed there is
+    not this container's, so nothing is moved and dockerd's own cgroup is the parent."""
+    root = v2_tree(
+        tmp_path,
+        {
+            "proc/self/cgroup": "0::/\n",
+            "proc/1/status": "",
+            "sys/fs/cgroup/cgroup.controllers": "cpu memory\n",
+            "sys/fs/cgroup/cgroup.procs": "1\n4242\n",  # 4242: no /proc/4242 here
+            "sys/fs/cgroup/cgroup.subtree_control": "",
+        },
+    )
+    assert workloads_cgroup(root) == "hyops-workloads"
+    assert not (root / "sys/fs/cgroup/init").exists()
+    assert (root / "sys/fs/cgroup/cgroup.subtree_control").read_text() == ""
+
+
+def test_on_cgroup_v1_the_workloads_parent_is_relative_to_dockerds_cgroup(tmp_path: Path) -> None:
+    root = v2_tree(tmp_path, {"proc/self/cgroup": V1_CGROUP, "sys/fs/cgroup/cpu/tasks": ""})
+    assert workloads_cgroup(root) == "hyops-workloads"
 
 
 def test_the_node_recipe_is_valid_and_a_broken_one_lists_every_problem(tmp_path: Path) -> None:
