@@ -89,17 +89,17 @@ class Settings:
     list_url: str
     advertise_addr: str
     api_port: int
+    may_originate: bool
+    cloud_key: Path | None  # HYOPS_CLOUD_KEY: manager-capable machines only
+    nodes: Path | None  # HYOPS_NODES: the enrolment file (node keys)
+    tls_dir: Path | None  # HYOPS_TLS_DIR: tls.pem and tls.key issued for this node
+    release: Path = RELEASE
     # HYOPS_API_ADVERTISE: "host:port" where the API is reached from outside when the port is
     # published through Docker's NAT (`-p 7300:7300` on the machine's address); "": the own one
     api_advertise: str = ""
     # the container's own address, where the API and SSH listen (docker's NAT forwards to it);
     # "": the advertise address (a container with its own routed address)
     own_addr: str = ""
-    may_originate: bool
-    cloud_key: Path | None  # HYOPS_CLOUD_KEY: manager-capable machines only
-    nodes: Path | None  # HYOPS_NODES: the enrolment file (node keys)
-    tls_dir: Path | None  # HYOPS_TLS_DIR: tls.pem and tls.key issued for this node
-    release: Path = RELEASE
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, release: Path = RELEASE) -> Settings:
