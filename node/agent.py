@@ -209,7 +209,7 @@ class Agent:
                 # connection's close waits for the peer's close_notify (30 s) that pooled peers
                 # never send: a stopping agent gives them this long, so SIGTERM is prompt
                 timeout_graceful_shutdown=SHUTDOWN_GRACE,
-                **server_options(),
+                **{**server_options(), "http": self._protocol()},
                 **self._tls_files(),
             )
         )
@@ -232,6 +232,19 @@ class Agent:
             await self.http.aclose()
             await self.engine.aclose()
             log.info("agent %s stopped", self.config.name)
+
+    def _protocol(self) -> type:
+        """The API's HTTP protocol: node/limits.py's, also carrying SSH after a signed upgrade
+        (node/tunnel.py) to this agent's SSH server, so one port serves both."""
+        from node.api import ssh_gate
+        from node.tunnel import tunnel_protocol
+
+        ssh = self.config.ssh
+        target = None
+        if ssh is not None:
+            host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(ssh.host, ssh.host)
+            target = (host, ssh.port)
+        return tunnel_protocol(ssh_gate(self, target))
 
     def _tls_files(self) -> dict[str, str]:
         """uvicorn's TLS options: the node's certificate and key when the config has [tls]."""
