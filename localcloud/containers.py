@@ -298,23 +298,31 @@ class ContainerCloud:
         """Each node's public key (made at its first start) into the enrolment file, as a node
         key named after its node: what an operator does when a machine joins."""
         keys = []
+        known_hosts = []
         for node in self.nodes:
-            public = ""
-            while time.monotonic() < deadline:
-                result = self.host_docker(
-                    "exec", self.container(node), "cat", "/var/lib/hyops/node_ed25519.pub",
-                    check=False,
-                )  # fmt: skip
-                public = result.stdout.strip()
-                if result.returncode == 0 and public:
-                    break
-                time.sleep(0.3)
-            if not public:
-                raise DevCloudError(f"{node} made no key: see `docker logs {self.container(node)}`")
+            public = self._public(node, "node_ed25519.pub", deadline)
             keys.append(TrustedKey.from_public(node, "node", public))
+            # SSH rides on the published API port: its host key is known at that address
+            host, port = self.nodes[node]["published"].rsplit(":", 1)
+            host_key = self._public(node, "ssh_host_ed25519.pub", deadline)
+            known_hosts.append(f"[{host}]:{port} {' '.join(host_key.split()[:2])}")
         enrolment = self.shared / "nodes.toml"
         if Trust.load(enrolment).keys != tuple(keys):
             write_trust(enrolment, keys)
+        write_private(self.cloud_dir / "known_hosts", "\n".join(known_hosts) + "\n")
+
+    def _public(self, node: str, name: str, deadline: float) -> str:
+        """A public key file the node container made at its first start, on its volume."""
+        public = ""
+        while time.monotonic() < deadline:
+            result = self.host_docker(
+                "exec", self.container(node), "cat", f"/var/lib/hyops/{name}", check=False
+            )
+            public = result.stdout.strip()
+            if result.returncode == 0 and public:
+                return public
+            time.sleep(0.3)
+        raise DevCloudError(f"{node} made no {name}: see `docker logs {self.container(node)}`")
 
     def _write_record(self, release: dict[str, Path]) -> None:
         record = {
@@ -324,6 +332,7 @@ class ContainerCloud:
             "operator_key": str(release["operator_key"]),
             "trust": str(release["trust"]),
             "tls_ca": str(release["tls_ca"]),
+            "known_hosts": str(self.cloud_dir / "known_hosts"),
             "host": self.host.name,
             "image": self.image.tag if self.image else None,
             "node": [
@@ -385,3 +394,4 @@ class ContainerCloud:
         for folder in (self.shared, self.cloud_dir / "nodes"):
             remove_tree(folder)
         self.record_path.unlink(missing_ok=True)
+        (self.cloud_dir / "known_hosts").unlink(missing_ok=True)
