@@ -208,6 +208,9 @@ class ContainerCloud:
         # the published ports are forwarded into the bridge (dockerd sets it too; be sure)
         host_ns = NETNS_DIR / self.host.node_info("node-1")["netns"]
         run(["nsenter", f"--net={host_ns}", "sysctl", "-qw", "net.ipv4.ip_forward=1"])
+        # the containers' addresses are unreachable from this machine, and nothing meant for
+        # them leaves it by the default route
+        run(["ip", "route", "replace", "unreachable", str(self.subnet)])
 
     # -- up and down ----------------------------------------------------------------------------
 
@@ -390,6 +393,7 @@ class ContainerCloud:
             ours = [v for v in volumes if v.startswith(f"{self.prefix}-")]
             if ours:
                 self.host_docker("volume", "rm", "-f", *ours, check=False)
+            run(["ip", "route", "del", "unreachable", str(self.subnet)], check=False)
             self.host.down(clean=True)
         for folder in (self.shared, self.cloud_dir / "nodes"):
             remove_tree(folder)

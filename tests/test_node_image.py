@@ -81,6 +81,7 @@ def test_each_node_is_reached_only_through_its_one_published_port(boxes, session
     (`-p ADDR:PORT:7300`), advertised as such. This machine has no route to the containers'
     own addresses, yet the workspace operates the cloud, its records and the bootstrap list name
     the published addresses, and SSH (commands, log files) rides on that same port."""
+    import errno
     import socket
     import tomllib
 
@@ -89,7 +90,7 @@ def test_each_node_is_reached_only_through_its_one_published_port(boxes, session
         assert entry["api"] == f"https://{boxes.host_addr}:{boxes.published_port(index)}"
         with socket.socket() as probe:  # the container's own address: unreachable from here
             probe.settimeout(3)
-            assert probe.connect_ex((entry["addr"], 7300)) != 0
+            assert probe.connect_ex((entry["addr"], 7300)) == errno.EHOSTUNREACH
 
     def published() -> dict | None:
         found = {name: n["api"] for name, n in by_name(session).items()}
