@@ -1,7 +1,8 @@
-"""The namespace cloud's busybox image: the hand-written rootfs import (`localcloud.image.
-import_image`, the anchor) against the image tool's recipe (`images/recipes/busybox.toml`,
-`localcloud.image.load_recipe_image`), into the dockerds of a three-node namespace cloud (no
-agents), in the same run. Every test cloud pays this once per node at `hyops up`.
+"""The namespace cloud's busybox image: the image tool's recipe (`images/recipes/busybox.toml`,
+`localcloud.image.load_recipe_image`, what `hyops up` does since decision 0031) against the
+hand-written root filesystem imported through the Engine API (what it did before; kept here
+only as the anchor), into the dockerds of a three-node namespace cloud (no agents), in the same
+run. Every test cloud pays this once per node at `hyops up`.
 
 Measured: cold (nothing cached: the rootfs tarball made from /bin/busybox / the recipe built by
 mmdebstrap from Debian's mirror into an empty image cache) and cached (the tarball or the built
@@ -12,19 +13,73 @@ Run (root; the recipe's cold build needs Debian's mirror): env -u PYTHONDONTWRIT
 
 from __future__ import annotations
 
+import asyncio
+import io
 import os
+import re
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
 
 from images.build import build_image
 from localcloud.cloud import LocalCloud
-from localcloud.image import IMAGE_REPO, IMAGE_TAG, busybox_rootfs, import_image, load_recipe_image
+from localcloud.host import run, run_async
+from localcloud.image import BUSYBOX_IMAGE, load_recipe_image
+from node.engine import Engine
 
 REPO = Path(__file__).resolve().parent.parent
-NAME = f"{IMAGE_REPO}:{IMAGE_TAG}"
+NAME = BUSYBOX_IMAGE
+BUSYBOX = Path("/bin/busybox")
+
+
+# --- the anchor: the hand-written image localcloud imported before ----------------------------
+
+
+def busybox_rootfs(cache: Path) -> Path:
+    """A root filesystem tarball from this machine's /bin/busybox (cached while it is newer)."""
+    if cache.exists() and cache.stat().st_mtime >= BUSYBOX.stat().st_mtime:
+        return cache
+    applets = run([str(BUSYBOX), "--list"]).stdout.split()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+
+        def add(name: str, kind: bytes, mode: int, data: bytes = b"", link: str = "") -> None:
+            info = tarfile.TarInfo(name)
+            info.type, info.mode, info.mtime, info.linkname = kind, mode, 0, link
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data) if data else None)
+
+        for folder in ("bin", "etc", "root", "proc", "sys", "dev"):
+            add(folder, tarfile.DIRTYPE, 0o755)
+        add("tmp", tarfile.DIRTYPE, 0o1777)
+        add("bin/busybox", tarfile.REGTYPE, 0o755, BUSYBOX.read_bytes())
+        for applet in applets:
+            if applet != "busybox" and re.fullmatch(r"[\w.\[-]+", applet):
+                add(f"bin/{applet}", tarfile.SYMTYPE, 0o777, link="busybox")
+        add("etc/passwd", tarfile.REGTYPE, 0o644, b"root:x:0:0:root:/root:/bin/sh\n")
+    cache.write_bytes(buf.getvalue())
+    return cache
+
+
+def import_image(sockets: list[str], cache: Path, deadline: float) -> None:
+    """The tarball imported into every engine lacking the image, all at once."""
+    tar = busybox_rootfs(cache)
+    repo, tag = NAME.split(":")
+
+    async def one(socket: str) -> None:
+        async with Engine(socket) as engine:
+            if not any(NAME in (i.get("RepoTags") or []) for i in await engine.images()):
+                await engine.image_import(tar, repo, tag)
+
+    async def every() -> None:
+        await asyncio.wait_for(
+            asyncio.gather(*(one(s) for s in sockets)), max(1.0, deadline - time.monotonic())
+        )
+
+    run_async(every)
 
 
 def timed(what: str, action) -> float:
