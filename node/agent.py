@@ -734,7 +734,7 @@ def check_cert_names(cert: Path, config: AgentConfig) -> None:
     """Refuse to start when the node's certificate does not name the addresses its API is
     dialled at: the advertised one (the workspace, the list) and its Swarm address (other
     agents forward to a manager there). Every such client would refuse the certificate."""
-    hosts = [config.advertised_api[0], config.advertise_addr]
+    hosts = list(dict.fromkeys([config.advertised_api[0], config.advertise_addr]))
     try:
         missing = unnamed_hosts(cert.read_bytes(), hosts)
     except (OSError, ValueError):
