@@ -21,11 +21,9 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import secrets
 import sys
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -832,21 +830,8 @@ def main(args: argparse.Namespace) -> int:
         return 2
     log.info("agent %s starting: API on %s", config.name, agent.api_url)
     with contextlib.suppress(KeyboardInterrupt):
-        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            runner.run(agent.run())
+        asyncio.run(agent.run())
     return 0
-
-
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's event loop when it is installed (its transports and TLS cost the hottest reads
-    less, decision 0030), else asyncio's own; `HYOPS_UVLOOP=0` chooses asyncio's."""
-    if os.environ.get("HYOPS_UVLOOP") == "0":
-        return None
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
 
 
 if __name__ == "__main__":
