@@ -106,7 +106,7 @@ def test_without_a_warm_process_it_evaluates_in_process(root: Path) -> None:
 def test_the_launcher_runs_through_a_symlink_and_for_every_command(
     root: Path, tmp_path: Path
 ) -> None:
-    """bin/hyops (decision 0030) finds its Python through a symlink to it, answers one-shots the
+    """scripts/hyops (decision 0030) finds its Python through a symlink to it, answers one-shots the
     same warm and in-process, and hands every other command to repl/cli.py with site."""
     link = tmp_path / "elsewhere" / "hyops"
     link.parent.mkdir()
