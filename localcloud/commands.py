@@ -110,14 +110,23 @@ def containers_up(args: argparse.Namespace) -> int:
 
 
 def up_main(args: argparse.Namespace) -> int:
-    """`hyops up [--nodes N] [--name NAME] [--resources NODE=CPUS,MEMORY ...] [--containers]`."""
+    """`hyops up [--nodes N] [--name NAME] [--resources NODE=CPUS,MEMORY ...] [--containers]
+    [--readdress]`."""
     if getattr(args, "containers", False):
+        if getattr(args, "readdress", False):
+            print("hyops up: --readdress moves a local cloud of namespaces, not of node "
+                  "containers", file=sys.stderr)  # fmt: skip
+            return 2
         return containers_up(args)
     args.name = args.name or "local"
     cloud = None
     try:
         cloud = LocalCloud(find_state_dir(), args.name)
         resources = parse_resources(args.resources)
+        if getattr(args, "readdress", False):
+            moved = cloud.readdress()
+            shown = ", ".join(f"{n} -> {a}" for n, a in moved.items())
+            print(f"moving local cloud {args.name!r}: {shown}", flush=True)
         print(f"starting local cloud {args.name!r} ...", flush=True)
         info = cloud.up(nodes=args.nodes, resources=resources)
     except DevCloudError as exc:
