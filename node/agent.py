@@ -43,6 +43,7 @@ from wire.files import PRIVATE, write_atomic
 from wire.lists import BootstrapList, ListError, Manager, open_list
 from wire.lists.format import sign_list, verify_list
 from wire.ports import MANAGERS
+from wire.readdress import reachable_addr
 from wire.records import LABEL_API, LABEL_CPUS, LABEL_JOINED_VIA, LABEL_MEMORY, node_record
 from wire.signing import Verifier, audience, load_private_key
 from wire.tls import api_url, check_server_files, client_context
@@ -720,10 +721,11 @@ class Agent:
                 (
                     Manager(
                         name=r["name"],
-                        addr=r["manager_addr"],
-                        # Swarm's own address of that manager and the API port, never the
-                        # hyops.api label: a label is not an address anyone vouches for
-                        api=str(self.swarm.api_of(r["manager_addr"])),
+                        # Swarm's own address of that manager (after a move, its node address:
+                        # its Raft address stays the old one, wire/readdress.py) and the API
+                        # port, never the hyops.api label: a label is no address anyone vouches for
+                        addr=str(reachable_addr(r)),
+                        api=str(self.swarm.api_of(str(reachable_addr(r)))),
                     )
                     for r in records
                     if r["role"] == "manager"

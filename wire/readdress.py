@@ -19,11 +19,20 @@ Pure: no I/O here.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from wire.lists.format import BootstrapList
 
-__all__ = ["HEAD_START", "RECOVER_AFTER", "Recovery", "plan_recovery"]
+__all__ = [
+    "HEAD_START",
+    "RECOVER_AFTER",
+    "Recovery",
+    "plan_recovery",
+    "raft_address_moved",
+    "reachable_addr",
+]
 
 # Seconds a former manager must have been without a working swarm (and with every manager the
 # list names silent) before it may claim the recovery: a brief outage, or managers that are
@@ -102,6 +111,13 @@ def plan_recovery(
             f"this node's address did not change ({advertise_addr}): a lost quorum on the same "
             "addresses (a partition, a dead majority) is never forced over automatically",
         )
+    if not any(m.addr.rsplit(":", 1)[0] == recorded_addr for m in lst.managers):
+        return Recovery(
+            "wait",
+            f"the list does not name this node at its old address {recorded_addr}: it was "
+            "written after the move (another machine recovered the cloud) or before this node "
+            "was a manager; this node rejoins, it does not recover",
+        )
     if answering:
         return Recovery(
             "wait", "a manager the list names answers: the cloud works, this node rejoins it"
@@ -119,4 +135,39 @@ def plan_recovery(
         f"moved from {recorded_addr} to {advertise_addr}; no quorum and none of the list's "
         f"managers ({', '.join(m.addr for m in lst.managers)}) answered for {stuck_for:.0f} s: "
         "claiming the recovery of the cloud",
+    )
+
+
+def _host(addr: str) -> str:
+    return addr.rsplit(":", 1)[0] if addr.count(":") == 1 else addr
+
+
+def reachable_addr(record: Mapping[str, Any]) -> str | None:
+    """The Swarm address ("host:port") a manager's node record (`wire.records.node_record`)
+    is reachable at: its Raft address, or, where that still names the address it had before
+    the cloud moved (Swarm never changes a manager's Raft address, not even with
+    `--force-new-cluster --advertise-addr`), its node address with the Raft port."""
+    raft = record.get("manager_addr")
+    if not raft:
+        return None
+    addr = record.get("addr")
+    if addr and _host(str(addr)) != _host(str(raft)):
+        return f"{_host(str(addr))}:{str(raft).rsplit(':', 1)[1]}"
+    return str(raft)
+
+
+def raft_address_moved(record: Mapping[str, Any] | None, advertise_addr: str) -> str:
+    """Why no manager may be added while this node (its `record`) leads: after the cloud
+    moved, its Raft address is still the old one, which a new manager would use to answer it
+    (quorum lost at once; Swarm 20.10 has address changes disabled). Empty when it may."""
+    if not record or not record.get("manager_addr"):
+        return ""
+    raft = _host(str(record["manager_addr"]))
+    if raft == advertise_addr:
+        return ""
+    return (
+        f"this manager's Raft address is still {raft}, from before the cloud moved to "
+        f"{advertise_addr}; Swarm never changes a manager's Raft address, so a second manager "
+        "would answer it there and the quorum would be lost: the cloud keeps one manager "
+        '(docs/protocol.md section 2, "Coming back on new addresses")'
     )
