@@ -17,6 +17,7 @@ import pytest
 
 from localcloud.cloud import LocalCloud
 from localcloud.host import DevCloudError
+from localcloud.network import node_addr, other_addrs
 from tests.conftest import MakeCloud
 from tests.helpers import signed, wait_until
 from wire.keys import generate_key, load_private_key
@@ -142,6 +143,17 @@ def test_a_recovery_claim_reads_back_and_its_kind_is_signed(tmp_path: Path) -> N
 
 
 # --- the local cloud moves ----------------------------------------------------------------------
+
+
+def test_new_addresses_are_none_a_node_has_or_a_new_node_would_get() -> None:
+    subnet = "10.213.9.0/24"
+    first = other_addrs(subnet, [node_addr(subnet, i) for i in (1, 2, 3)], 3)
+    assert first == ["10.213.9.254", "10.213.9.253", "10.213.9.252"]
+    again = other_addrs(subnet, first, 3)  # a second move: other addresses again
+    assert not set(again) & set(first) and all(a.startswith("10.213.9.") for a in again)
+    assert not {node_addr(subnet, i) for i in range(1, 201)} & set(first + again)
+    with pytest.raises(DevCloudError, match="free addresses for 60 nodes"):
+        other_addrs(subnet, [], 60)
 
 
 def test_a_running_cloud_is_not_moved(make_cloud: MakeCloud) -> None:
