@@ -44,7 +44,16 @@ from wire.lists import BootstrapList, ListError, Manager, open_list
 from wire.lists.format import sign_list, verify_list
 from wire.ports import MANAGERS
 from wire.readdress import reachable_addr
-from wire.records import LABEL_API, LABEL_CPUS, LABEL_JOINED_VIA, LABEL_MEMORY, node_record
+from wire.records import (
+    LABEL_API,
+    LABEL_CPUS,
+    LABEL_JOINED_VIA,
+    LABEL_MEMORY,
+    LABEL_TLS_CA,
+    LABEL_TLS_CERT,
+    LABEL_TLS_KEY,
+    node_record,
+)
 from wire.signing import Verifier, audience, load_private_key
 from wire.tls import api_url, check_server_files, client_context
 from wire.trust import TrustFile
@@ -170,13 +179,15 @@ class Agent:
         self.ops = Operations(
             self.engine, self.swarm, self, config.name, self.api_url, model=self.model
         )
-        self.store = StoreOps(self.engine, gateway_http())  # etcd's gateway: plain HTTP
+        # etcd's gateway over TLS with this node's certificate (None without [tls])
+        self.store = StoreOps(self.engine, gateway_http(tls))
         self.autopilot = Autopilot(  # idles until this node leads; keeps the given spec
             self.engine,
             self.swarm,
             name=config.name,
             data_dir=config.data_dir,
             active=lambda: self.state == "active",
+            tls=tls,
         )
 
     # --- state kept across restarts -------------------------------------------------------
@@ -648,7 +659,8 @@ class Agent:
     # --- labels ------------------------------------------------------------------------------
 
     def wanted_labels(self, info: dict[str, Any]) -> dict[str, str]:
-        """The labels this node carries: its API, how it joined, its resources: the config's
+        """The labels this node carries: its API, its TLS files (which its store member mounts),
+        how it joined, its resources: the config's
         figures, else the limits of the cgroup it runs under (a node container's --cpus and
         --memory, node/resources.py), else the engine's."""
         limit_cpus, limit_memory = own_limits()
@@ -657,6 +669,11 @@ class Agent:
             (m for m in (self.config.memory, limit_memory, info.get("MemTotal")) if m), None
         )
         labels = {LABEL_API: self.api_url}
+        if self.config.tls is not None:  # the node's files, which its store member mounts
+            tls = self.config.tls
+            labels[LABEL_TLS_CERT] = str(tls.cert.absolute())
+            labels[LABEL_TLS_KEY] = str(tls.key.absolute())
+            labels[LABEL_TLS_CA] = str(tls.ca.absolute())
         if self.joined_via is not None:
             labels[LABEL_JOINED_VIA] = self.joined_via
         if cpus is not None:

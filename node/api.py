@@ -32,6 +32,7 @@ from node.autopilot import Autopilot
 from node.autopilot.specs import spec_for_role
 from node.engine import EngineError
 from node.errors import AgentError, Kind
+from node.image_api import add_image_routes
 from node.model import Change
 from node.operations import Operations
 from node.service_api import add_service_routes
@@ -77,6 +78,7 @@ class NodeAgent(Protocol):
     name: str
     api_url: str
     key: Any  # the node's own key: it signs the join-token answer
+    config: Any  # node/config.py: its data_dir holds an image tar while it arrives
     verifier: Verifier
     http: httpx.AsyncClient
     swarm: SwarmView
@@ -620,6 +622,7 @@ def create_app(agent: NodeAgent) -> FastAPI:
         )
 
     add_service_routes(app, agent, on_manager, readers, operators)  # node/service_api.py
+    add_image_routes(app, agent, audiences, readers)  # node/image_api.py: images to this node
 
     @app.put("/v1/spec", tags=["autopilot"])
     async def put_spec(

@@ -22,12 +22,27 @@ LABEL_SSH = "hyops.ssh"
 # the manager address ("ip:2377") a node joined the swarm by: its only way into Raft if promoted
 # (swarmkit keeps it until dockerd restarts); empty for the node that originated the swarm
 LABEL_JOINED_VIA = "hyops.joined-via"
+# the node's TLS files (paths on the node), which its store member mounts read-only
+# (docs/store.md): its certificate (EKU serverAuth and clientAuth), its key, the cloud CA's cert
+LABEL_TLS_CERT = "hyops.tls.cert"
+LABEL_TLS_KEY = "hyops.tls.key"
+LABEL_TLS_CA = "hyops.tls.ca"
 # a Swarm config with this label names a node an operator removed: it may not join again
 LABEL_REMOVED = "hyops.removed"
 # the labels a node's own key may set on its own node through the API (its agent's, above); any
 # other `hyops.*` label is the agents' or the autopilot's, and no API caller sets one
 AGENT_PREFIX = "hyops."
-AGENT_LABELS = frozenset({LABEL_CPUS, LABEL_MEMORY, LABEL_API, LABEL_JOINED_VIA})
+AGENT_LABELS = frozenset(
+    {
+        LABEL_CPUS,
+        LABEL_MEMORY,
+        LABEL_API,
+        LABEL_JOINED_VIA,
+        LABEL_TLS_CERT,
+        LABEL_TLS_KEY,
+        LABEL_TLS_CA,
+    }
+)
 
 
 def _number(text: str | None) -> float | int | None:
