@@ -741,8 +741,10 @@ class Agent:
                         # Swarm's own address of that manager (after a move, its node address:
                         # its Raft address stays the old one, wire/readdress.py) and the API
                         # port, never the hyops.api label: a label is no address anyone vouches for
-                        addr=str(reachable_addr(r)),
-                        api=str(self.swarm.api_of(str(reachable_addr(r)))),
+                        addr=str(reachable_addr(r, self.config.advertise_addr)),
+                        api=str(
+                            self.swarm.api_of(str(reachable_addr(r, self.config.advertise_addr)))
+                        ),
                     )
                     for r in records
                     if r["role"] == "manager"

@@ -264,7 +264,7 @@ class Operations:
         ]
         with contextlib.suppress(EngineError):  # after a move: addresses that still answer
             moved = {
-                r["manager_addr"]: reachable_addr(r)
+                r["manager_addr"]: reachable_addr(r, self.swarm.advertise_addr)
                 for r in map(node_record, await self.engine.nodes({"role": ["manager"]}))
             }
             managers = [moved.get(a) or a for a in managers]
@@ -273,7 +273,7 @@ class Operations:
         # last, so that address stays a manager's the longest.
         with contextlib.suppress(EngineError):
             leaders = [
-                reachable_addr(node_record(n))
+                reachable_addr(node_record(n), self.swarm.advertise_addr)
                 for n in await self.engine.nodes({"role": ["manager"]})
                 if (n.get("ManagerStatus") or {}).get("Leader")
             ]

@@ -111,11 +111,12 @@ def test_a_list_written_after_the_move_is_never_recovered_over() -> None:
 
 def test_a_moved_managers_raft_address_is_replaced_and_blocks_promotions() -> None:
     moved = {"manager_addr": "10.9.0.11:2377", "addr": "10.9.0.251", "leader": True}
-    assert reachable_addr(moved) == "10.9.0.251:2377"
-    assert reachable_addr({"manager_addr": "10.9.0.11:2377", "addr": "10.9.0.11"}) == (
-        "10.9.0.11:2377"
-    )
-    assert reachable_addr({"manager_addr": None, "addr": "10.9.0.11"}) is None
+    assert reachable_addr(moved, "10.9.0.251") == "10.9.0.251:2377"
+    # another manager's address is never guessed, and an unmoved one is its Raft address
+    assert reachable_addr(moved, "10.9.0.99") == "10.9.0.11:2377"
+    same = {"manager_addr": "10.9.0.11:2377", "addr": "10.9.0.11"}
+    assert reachable_addr(same, "10.9.0.11") == "10.9.0.11:2377"
+    assert reachable_addr({"manager_addr": None, "addr": "10.9.0.11"}, "10.9.0.11") is None
     assert "Raft address is still 10.9.0.11" in raft_address_moved(moved, "10.9.0.251")
     assert raft_address_moved({**moved, "manager_addr": "10.9.0.251:2377"}, "10.9.0.251") == ""
 

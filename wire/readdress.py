@@ -142,17 +142,19 @@ def _host(addr: str) -> str:
     return addr.rsplit(":", 1)[0] if addr.count(":") == 1 else addr
 
 
-def reachable_addr(record: Mapping[str, Any]) -> str | None:
-    """The Swarm address ("host:port") a manager's node record (`wire.records.node_record`)
-    is reachable at: its Raft address, or, where that still names the address it had before
-    the cloud moved (Swarm never changes a manager's Raft address, not even with
-    `--force-new-cluster --advertise-addr`), its node address with the Raft port."""
+def reachable_addr(record: Mapping[str, Any], advertise_addr: str) -> str | None:
+    """The Swarm address ("host:port") to publish for a manager's node record
+    (`wire.records.node_record`), as the node advertising `advertise_addr` sees it: the
+    manager's Raft address, except for this very node when the cloud moved (its node address
+    is `advertise_addr` now, its Raft address still the old one: Swarm never changes it, not
+    even with `--force-new-cluster --advertise-addr`): then `advertise_addr` with the Raft port.
+    Other managers' addresses are never guessed."""
     raft = record.get("manager_addr")
     if not raft:
         return None
     addr = record.get("addr")
-    if addr and _host(str(addr)) != _host(str(raft)):
-        return f"{_host(str(addr))}:{str(raft).rsplit(':', 1)[1]}"
+    if addr and _host(str(addr)) == advertise_addr != _host(str(raft)):
+        return f"{advertise_addr}:{str(raft).rsplit(':', 1)[1]}"
     return str(raft)
 
 
