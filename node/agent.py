@@ -25,6 +25,7 @@ import secrets
 import sys
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -55,7 +56,7 @@ from wire.records import (
     node_record,
 )
 from wire.signing import Verifier, audience, load_private_key
-from wire.tls import api_url, check_server_files, client_context
+from wire.tls import TlsError, api_url, check_server_files, client_context, unnamed_hosts
 from wire.trust import TrustFile
 
 log = logging.getLogger("hyops.agent")
@@ -133,9 +134,12 @@ class Agent:
         tls = config.tls
         if tls is not None:
             check_server_files(tls.cert, tls.key)
+            check_cert_names(tls.cert, config)
         verify = client_context(tls.ca) if tls is not None else True
         self.http = httpx.AsyncClient(timeout=10.0, verify=verify)
-        self.api_url = api_url(config.api_host, config.api_port, tls=tls is not None)
+        # where the workspace and other machines reach this agent: its labels, its claim on the
+        # list and its list entry name this URL ([node] api_advertise, else where it listens)
+        self.api_url = api_url(*config.advertised_api, tls=tls is not None)
         self._inactive_since: float | None = None
         self._labelling: asyncio.Task[None] | None = None
         self._published: tuple[tuple[str, str, str], ...] | None = None
@@ -239,7 +243,7 @@ class Agent:
                 # connection's close waits for the peer's close_notify (30 s) that pooled peers
                 # never send: a stopping agent gives them this long, so SIGTERM is prompt
                 timeout_graceful_shutdown=SHUTDOWN_GRACE,
-                **server_options(),
+                **{**server_options(), "http": self._protocol()},
                 **self._tls_files(),
             )
         )
@@ -262,6 +266,19 @@ class Agent:
             await self.http.aclose()
             await self.engine.aclose()
             log.info("agent %s stopped", self.config.name)
+
+    def _protocol(self) -> type:
+        """The API's HTTP protocol: node/limits.py's, also carrying SSH after a signed upgrade
+        (node/tunnel.py) to this agent's SSH server, so one port serves both."""
+        from node.api import ssh_gate
+        from node.tunnel import tunnel_protocol
+
+        ssh = self.config.ssh
+        target = None
+        if ssh is not None:
+            host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(ssh.host, ssh.host)
+            target = (host, ssh.port)
+        return tunnel_protocol(ssh_gate(self, target))
 
     def _tls_files(self) -> dict[str, str]:
         """uvicorn's TLS options: the node's certificate and key when the config has [tls]."""
@@ -544,11 +561,9 @@ class Agent:
         """Make the swarm of the cloud this node's `claim` names. Its first publish as the
         leader replaces the claim with the confirmed list."""
         self.state = "originating"
-        # listening on every address of the node (as joined nodes do): an engine bound to its
-        # old address cannot start its swarm after the machine moved (node/readdress.py)
         await self.engine.swarm_init(
             advertise_addr=self.config.advertise_addr,
-            listen_addr=f"0.0.0.0:{SWARM_PORT}",
+            listen_addr=swarm_listen_addr(self.config.advertise_addr),
         )
         self.cloud_id = claim.cloud_id
         self.joined_via = ""  # it made the swarm: it is in Raft from the start
@@ -732,18 +747,21 @@ class Agent:
             self._save_state()
         if not (manager and leader) or not self.lists.writable:
             return
-        records = [node_record(n) for n in await self.engine.nodes()]
+        records = [node_record(n, tls=self.swarm.tls) for n in await self.engine.nodes()]
         managers = tuple(
             sorted(
                 (
                     Manager(
                         name=r["name"],
-                        # Swarm's own address of that manager (after a move, its node address:
-                        # its Raft address stays the old one, wire/readdress.py) and the API
-                        # port, never the hyops.api label: a label is no address anyone vouches for
+                        # Swarm's own address of that manager (this node's address now
+                        # when the cloud moved: its Raft address stays the old one,
+                        # wire/readdress.py)
                         addr=str(reachable_addr(r, self.config.advertise_addr)),
+                        # with TLS, the address the manager advertises (wire.records.agent_api
+                        # says why a label is safe there), else its Swarm address and API port
                         api=str(
-                            self.swarm.api_of(str(reachable_addr(r, self.config.advertise_addr)))
+                            r["api"]
+                            or self.swarm.api_of(str(reachable_addr(r, self.config.advertise_addr)))
                         ),
                     )
                     for r in records
@@ -769,6 +787,32 @@ class Agent:
         if await asyncio.to_thread(self.lists.publish, lst, self.config.name, message):
             log.info("published to the bootstrap list: %s", message)
         self._published = key
+
+
+def swarm_listen_addr(advertise_addr: str) -> str:
+    """Where the engine listens for Swarm: on every address of the advertise address's family.
+    Behind NAT the advertised address is the machine's, published into the node container with
+    `-p 2377:2377`, and not one of the container's own (docs/node-image.md); and an engine bound
+    to one address cannot even start its swarm once the machine came back on another (a DHCP
+    lease, a moved VM: node/readdress.py, decision 0029)."""
+    return f"[::]:{SWARM_PORT}" if ":" in advertise_addr else f"0.0.0.0:{SWARM_PORT}"
+
+
+def check_cert_names(cert: Path, config: AgentConfig) -> None:
+    """Refuse to start when the node's certificate does not name the addresses its API is
+    dialled at: the advertised one (the workspace, the list) and its Swarm address (other
+    agents forward to a manager there). Every such client would refuse the certificate."""
+    hosts = list(dict.fromkeys([config.advertised_api[0], config.advertise_addr]))
+    try:
+        missing = unnamed_hosts(cert.read_bytes(), hosts)
+    except (OSError, ValueError):
+        return  # check_server_files said what is wrong with the file
+    if missing:
+        raise TlsError(
+            f"the certificate {cert} does not name {', '.join(missing)}, where this node's API "
+            "is dialled ([node] api_advertise, else api_addr; and advertise_addr, where other "
+            f"agents call it): issue the node a certificate naming {', '.join(hosts)}"
+        )
 
 
 def _join_answer_problem(

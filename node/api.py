@@ -333,6 +333,43 @@ class ModelReads:
         return model.answer(kind)
 
 
+def ssh_gate(
+    agent: NodeAgent, ssh: tuple[str, int] | None
+) -> Callable[[str, str, dict[str, str]], Awaitable[tuple[str, int]]]:
+    """What lets SSH ride on the API port (node/tunnel.py): a `GET /v1/ssh` upgrade signed by
+    an operator key for this very node (never the managers' audience: SSH goes to one node),
+    with a fresh nonce, like every control request. Returns the SSH server's address to splice
+    to, or raises AuthError (also for a node without SSH: 404, or not in a cloud yet: 503)."""
+    from node.tunnel import SSH_PATH
+
+    async def gate(method: str, target: str, headers: dict[str, str]) -> tuple[str, int]:
+        if method != "GET" or target != SSH_PATH:
+            raise AuthError(
+                404, "not-found", f"SSH is carried by GET {SSH_PATH} only", "use hyops's SSH"
+            )
+        cloud = agent.cloud_id
+        if cloud is None:
+            raise AuthError(
+                503,
+                "not-in-a-cloud",
+                f"{agent.name} is in no cloud yet: only GET /v1/health answers",
+                "wait until it has joined (GET /v1/health says its state and cloud_id)",
+            )
+        key = agent.verifier.verify("GET", target, b"", headers, {audience(cloud, agent.name)})
+        require_role(key, "operator")
+        if ssh is None:
+            raise AuthError(
+                404,
+                "no-ssh",
+                f"{agent.name} runs no SSH server",
+                "give its agent an [ssh] section (docs/logs-and-ssh.md)",
+            )
+        log.info("SSH over the API to %s for %s", agent.name, key.name)
+        return ssh
+
+    return gate
+
+
 def create_app(agent: NodeAgent) -> FastAPI:
     """The node API of `agent`, as an ASGI application."""
     from node import __version__, ui

@@ -45,6 +45,7 @@ __all__ = [
     "explain_tls_failure",
     "issue_cert",
     "make_ca",
+    "unnamed_hosts",
 ]
 
 CA_DAYS = 3650 * 3  # the CA outlives any node: rotating it means re-issuing every certificate
@@ -234,6 +235,21 @@ def cert_usages(cert_pem: bytes) -> set[str]:
         ExtendedKeyUsageOID.CLIENT_AUTH: "clientAuth",
     }
     return {names.get(oid, oid.dotted_string) for oid in usages}
+
+
+def unnamed_hosts(cert_pem: bytes, hosts: list[str]) -> list[str]:
+    """Which of `hosts` (IP addresses or names) the certificate's SAN does not name: a client
+    dialling such a host refuses the certificate. IP addresses compare by value."""
+    names, _ = cert_names(cert_pem)
+
+    def key(text: str) -> str:
+        try:
+            return str(ipaddress.ip_address(text))
+        except ValueError:
+            return text.lower()
+
+    known = {key(n) for n in names}
+    return [h for h in dict.fromkeys(hosts) if key(h) not in known]
 
 
 def _issued_by(cert_pem: bytes, ca_cert_pem: bytes) -> bool:
