@@ -164,6 +164,7 @@ def main() -> int:
             print(f"(nodes) warm, via ssh            {ms(ssh)}")
             print(f"(nodes) warm, via http           {ms(http)}")
             print(f"ratio {r3:.2f}x (what the SSH tunnel costs)")
+            print("load average", " ".join(f"{x:.2f}" for x in os.getloadavg()))
         finally:
             cloud.down(clean=True)
     return 0

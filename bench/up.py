@@ -22,13 +22,17 @@ HYOPS = Path(sys.executable).with_name("hyops")
 
 
 def hyops(workspace: Path, *args: str) -> float:
-    """Run `hyops ARGS` in `workspace`; return its wall-clock seconds (exit on failure)."""
+    """Run `hyops ARGS` in `workspace`; return its wall-clock seconds (exit on failure). Prints
+    where `hyops up` says its seconds went."""
     env = {**os.environ, "HYOPS_WORKSPACE": str(workspace)}
     started = time.monotonic()
     result = subprocess.run([str(HYOPS), *args], env=env, capture_output=True, text=True)
     seconds = time.monotonic() - started
     if result.returncode != 0:
         sys.exit(f"hyops {' '.join(args)} failed: {result.stderr.strip()}")
+    for line in result.stdout.splitlines():
+        if "where the seconds went" in line:
+            print("   ", line.strip(), flush=True)
     return seconds
 
 
@@ -49,6 +53,7 @@ def main() -> int:
             subprocess.run(
                 [str(HYOPS), "down", "--clean", "--name", "bench"], env=env, capture_output=True
             )
+    print("load average", " ".join(f"{x:.2f}" for x in os.getloadavg()))
     print(
         f"hyops up --nodes {nodes} to a ready cloud: median {statistics.median(times):.2f} s "
         f"over {runs} runs (min {min(times):.2f} s, max {max(times):.2f} s)"

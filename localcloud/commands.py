@@ -176,6 +176,9 @@ def up_main(args: argparse.Namespace) -> int:
             print(f"`hyops down --name {args.name}` stops what was started", file=sys.stderr)
         return 1
     print(f"local cloud {info['name']!r} ready in {info['seconds']:.1f} s ({info['subnet']})")
+    phases = ", ".join(f"{k} {v:.1f} s" for k, v in (info.get("phases") or {}).items())
+    if phases:
+        print(f"  where the seconds went: {phases}")
     for node in info["nodes"]:
         print(f"  {node['name']:<8} {node['addr']:<15} {node['api']}")
     print(f"recorded in {info['record']}; `hyops down` stops it, `hyops repl` operates it")

@@ -33,7 +33,7 @@ import httpx
 from node.autopilot import Autopilot
 from node.config import AgentConfig, ConfigError, load_config
 from node.engine import Engine, EngineError
-from node.model import Model
+from node.model import ManagerCopy, Model
 from node.operations import Operations
 from node.readdress import Recovery
 from node.resources import own_limits
@@ -192,6 +192,16 @@ class Agent:
             data_dir=config.data_dir,
             active=lambda: self.state == "active",
             tls=tls,
+            model=self.model,  # the nodes each look starts from
+        )
+        # on a worker: the cloud's nodes and services from a manager's watch stream
+        self.copy = ManagerCopy(
+            is_manager=self.swarm.is_manager,
+            managers=self.swarm.manager_apis,
+            client=lambda url: NodeClient(
+                url, self.key, self.http, audience=audience(str(self.cloud_id), MANAGERS)
+            ),
+            active=lambda: self.state == "active" and self.cloud_id is not None,
         )
 
     # --- state kept across restarts -------------------------------------------------------
@@ -251,12 +261,14 @@ class Agent:
         life = asyncio.create_task(self.lifecycle(), name="lifecycle")
         pilot = asyncio.create_task(self.autopilot.run(), name="autopilot")
         model = asyncio.create_task(self.model.run(), name="model")
+        copy = asyncio.create_task(self.copy.run(), name="manager-copy")
         try:
             await server.serve()
         finally:
             life.cancel()
             pilot.cancel()
             model.cancel()
+            copy.cancel()
             if ssh is not None:
                 ssh.close()
                 with contextlib.suppress(Exception):

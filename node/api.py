@@ -33,7 +33,7 @@ from node.autopilot.specs import spec_for_role
 from node.engine import EngineError
 from node.errors import AgentError, Kind
 from node.image_api import add_image_routes
-from node.model import Change
+from node.model import Change, ManagerCopy
 from node.operations import Operations
 from node.service_api import add_service_routes
 from node.store import StoreOps
@@ -85,6 +85,7 @@ class NodeAgent(Protocol):
     ops: Operations
     store: StoreOps
     autopilot: Autopilot
+    copy: ManagerCopy  # a worker's copy of the nodes and services, from a manager's stream
 
     @property
     def state(self) -> str: ...
@@ -330,7 +331,7 @@ class ModelReads:
         model = agent.ops.model
         if agent.cloud_id is None or agent.state != "active" or model is None:
             return None
-        return model.answer(kind)
+        return model.answer(kind) or agent.copy.answer(kind)  # a worker's copy
 
 
 def ssh_gate(
@@ -522,6 +523,8 @@ def create_app(agent: NodeAgent) -> FastAPI:
         agent's answer."""
         if not fresh:
             hit = agent.ops.from_model(kind, service)
+            if hit is None and service is None:
+                hit = agent.copy.answer(kind)  # a worker's copy of a manager's stream
             if hit is not None:
                 body, age = hit
                 headers = {HEADER_MODEL_AGE: f"{age:.3f}"}
@@ -552,7 +555,8 @@ def create_app(agent: NodeAgent) -> FastAPI:
     @app.get("/v1/model", tags=["state"])
     async def model(key: TrustedKey = Depends(readers)) -> dict[str, Any]:
         """This agent's live model: fed or not, rebuilds, events seen, each collection's age."""
-        return agent.ops.model.status() if agent.ops.model is not None else {"fed": False}
+        status = agent.ops.model.status() if agent.ops.model is not None else {"fed": False}
+        return {**status, "copy": agent.copy.status()}
 
     @app.get("/v1/watch", tags=["state"])
     async def watch(

@@ -20,6 +20,12 @@ Each collection carries the monotonic time of the read it came from, so an answe
     model = Model(engine)
     task = asyncio.create_task(model.run())
     nodes = model.answer("nodes")      # None while unfed: ask the engine instead
+
+A worker's engine cannot read the swarm's nodes or services, so a worker's agent keeps a
+`ManagerCopy` of them instead: a manager's watch stream (`GET /v1/watch`, signed with the node's
+key), followed again from another manager when it drops. It answers only while the stream is
+heard from (a change or the manager's keep-alive, `KEEPALIVE` in node/api.py); otherwise the
+worker forwards the read, as before there was a copy.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,10 +44,12 @@ from wire.records import node_record, service_record, sort_nodes, task_record
 
 __all__ = [
     "COLLECTIONS",
+    "COPY_SILENCE",
     "CORRECT_EVERY",
     "DEBOUNCE",
     "TASKS_EVERY",
     "Change",
+    "ManagerCopy",
     "Model",
     "tasks_answer",
 ]
@@ -152,6 +160,14 @@ class Model:
     def raw(self, kind: str) -> Any:
         """The engine's own objects for `kind` (None when the model cannot answer)."""
         return self.collections[kind].raw if self.age(kind) is not None else None
+
+    def settled(self, kind: str) -> Any:
+        """The engine's own objects for `kind` when no change is known since the read they came
+        from began (no event, no `touch`: what the engine would answer now), else None. For
+        readers that decide on them (the autopilot), never on a state caught mid-change."""
+        if self.collections[kind].dirty:
+            return None
+        return self.raw(kind)
 
     def status(self) -> dict[str, Any]:
         """What the model holds and how fresh: `GET /v1/model` shows it."""
@@ -385,6 +401,113 @@ class Model:
             }
             for c in raw
         ]
+
+
+COPY_KINDS = ("nodes", "services")  # what a worker answers from its copy
+COPY_SILENCE = 20.0  # seconds without a line from the stream before the copy is not used
+COPY_STREAM = 300  # seconds a watch stream is asked for (then opened again)
+
+
+class ManagerCopy:
+    """A worker's copy of the cloud's nodes and services, kept by a manager's watch stream.
+
+    `is_manager()` says whether this node is a manager now (then its own model answers and the
+    copy idles), `managers()` lists the managers' agents' API URLs (the ones this engine knows
+    first), `client(url)` is a signed client of one (the node's key, for the managers). An
+    answer's age is the time since the stream was last heard from: every change and every
+    keep-alive proves that what the copy holds is what the manager's model holds."""
+
+    def __init__(
+        self,
+        *,
+        is_manager: Callable[[], Awaitable[bool]],
+        managers: Callable[[], Awaitable[list[str]]],
+        client: Callable[[str], Any],
+        active: Callable[[], bool] = lambda: True,
+        silence: float = COPY_SILENCE,
+    ) -> None:
+        self.is_manager = is_manager
+        self.managers = managers
+        self.client = client
+        self.active = active
+        self.silence = silence
+        self.source: str | None = None  # the manager's agent streaming now
+        self.heard_at: float | None = None  # monotonic: the stream's last line
+        self.switches = 0  # streams opened (the first, and each after one dropped)
+        self._encoded: dict[str, bytes] = {}
+
+    def answer(self, kind: str) -> tuple[bytes, float] | None:
+        """(`kind`'s records as JSON, seconds since the stream was heard from), or None when
+        the copy cannot answer (no stream, a silent one, a kind it does not hold)."""
+        if self.source is None or self.heard_at is None:
+            return None
+        age = time.monotonic() - self.heard_at
+        body = self._encoded.get(kind)
+        if body is None or age > self.silence:
+            return None
+        return body, age
+
+    def status(self) -> dict[str, Any]:
+        """What `GET /v1/model` shows of the copy."""
+        age = None if self.heard_at is None else round(time.monotonic() - self.heard_at, 3)
+        return {
+            "source": self.source,
+            "heard": age,
+            "kinds": sorted(self._encoded),
+            "switches": self.switches,
+        }
+
+    def _drop(self) -> None:
+        self.source, self.heard_at = None, None
+        self._encoded.clear()
+
+    async def run(self) -> None:
+        """Follow a manager's stream while this node is an active worker, for as long as the
+        agent runs; when it drops, the next manager's."""
+        while True:
+            followed = False
+            try:
+                if self.active() and not await self.is_manager():
+                    for url in await self.managers():
+                        followed = await self._follow(url) or followed
+                        if await self.is_manager():
+                            break
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # never a copy that answers from a stream it lost
+                log.exception("following a manager's watch stream failed")
+            self._drop()
+            await asyncio.sleep(RECONNECT[0] if followed else 1.0)
+
+    async def _follow(self, url: str) -> bool:
+        """Keep the copy from the stream of the manager's agent at `url` until it ends; returns
+        whether it was heard from at all."""
+        from wire.client import NodeApiError
+
+        heard = False
+
+        def on_line() -> None:
+            nonlocal heard
+            heard = True
+            self.heard_at = time.monotonic()
+
+        params = {"kinds": ",".join(COPY_KINDS), "seconds": COPY_STREAM}
+        self.switches += 1
+        try:
+            events = self.client(url).events(
+                "/v1/watch", params=params, timeout=self.silence, heard=on_line
+            )
+            async for kind, records in events:
+                self.source = url
+                if records is None:  # the manager's model cannot answer it now
+                    self._encoded.pop(kind, None)
+                else:
+                    self._encoded[kind] = json.dumps(records).encode()
+        except (NodeApiError, ValueError) as exc:
+            log.info("the watch stream of %s ended: %s", url, exc)
+        finally:
+            self._drop()
+        return heard
 
 
 def tasks_answer(

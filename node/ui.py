@@ -14,9 +14,9 @@ expired or revoked session is refused (401) and the page says so. Sessions live 
 memory only: they are made for the node the browser talks to, and an agent restart ends them.
 Secrets are kept as SHA-256 digests; only a session's short public id is ever shown or logged.
 
-The page's live stream is fed by `snapshots()`, which polls `read_cloud()` (the existing
-operations: `Operations.nodes`/`services`, the engine's tasks, the autopilot's status) once a
-second and yields only changes. It is the one place to switch to a live model of the cloud.
+The page's live stream is fed by `snapshots()`, which reads `read_cloud()` (the existing
+operations: `Operations.nodes`/`services`, the engine's tasks, the autopilot's status) when the
+agent's live model reports a change, and at least once a second, and yields only changes.
 
 `install(app, agent, operators)` adds the routes; node/api.py calls it once.
 """
@@ -72,7 +72,8 @@ SESSION_TTL = 3600.0  # one hour unless asked otherwise
 MAX_TTL = 12 * 3600.0
 TICKET_TTL = 120.0  # a ticket must be exchanged within two minutes of being made
 MAX_SESSIONS = 256
-POLL_EVERY = 1.0  # how often the stream reads the cloud
+POLL_EVERY = 1.0  # how often the stream reads the cloud, at least
+SOONEST = 0.2  # the least time between two reads, however fast the model changes
 # A stream ends after this long and the browser reconnects within a second: an open stream holds
 # the agent's shutdown (uvicorn waits for open answers), and agents get 10 s to stop.
 STREAM_FOR = 8.0
@@ -329,16 +330,37 @@ async def read_cloud(agent: Any) -> dict[str, Any]:
 
 
 async def snapshots(agent: Any, every: float = POLL_EVERY) -> AsyncIterator[dict[str, Any]]:
-    """The cloud as it changes: the one feed of the page's stream. Polls `read_cloud` and
-    yields a snapshot only when it differs from the last one. (To follow a live model of the
-    cloud instead, yield from its watch here.)"""
+    """The cloud as it changes: the one feed of the page's stream. Reads `read_cloud` again as
+    soon as the agent's live model says a collection changed (`Model.subscribe`, at most every
+    `SOONEST` s), and at least every `every` s (tasks on other nodes and the autopilot's
+    decisions change without telling this model); yields a snapshot only when it differs from
+    the last one."""
+    model = getattr(agent.ops, "model", None)
+    changes = model.subscribe() if model is not None else None
+    pending: asyncio.Future[Any] | None = None
     last = None
-    while True:
-        view = await read_cloud(agent)
-        if view != last:
-            last = view
-            yield view
-        await asyncio.sleep(every)
+    try:
+        while True:
+            view = await read_cloud(agent)
+            if view != last:
+                last = view
+                yield view
+            if changes is None:
+                await asyncio.sleep(every)
+                continue
+            await asyncio.sleep(SOONEST)
+            if pending is None:
+                pending = asyncio.ensure_future(anext(changes))
+            done, _ = await asyncio.wait({pending}, timeout=max(0.0, every - SOONEST))
+            if done:
+                pending = None
+    finally:
+        if pending is not None:
+            pending.cancel()
+            with contextlib.suppress(BaseException):
+                await pending
+        if changes is not None:
+            await changes.aclose()  # type: ignore[attr-defined]
 
 
 # --- logs on demand -------------------------------------------------------------------------

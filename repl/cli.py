@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import importlib
 import sys
-from typing import TYPE_CHECKING
 
+TYPE_CHECKING = False  # typing itself is not imported: the warm path of `hyops eval` starts here
 if TYPE_CHECKING:
     import argparse
 

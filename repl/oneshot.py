@@ -10,10 +10,14 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 
-def main(args: argparse.Namespace) -> int:
-    """Evaluate the forms given on the command line or in a file; returns the exit code."""
+def main(args: argparse.Namespace, lender: Any = None) -> int:
+    """Evaluate the forms given on the command line or in a file; returns the exit code.
+
+    `lender` (the warm process's, repl/warm.py) lends the fresh Session a connection to the
+    cloud kept from earlier one-shots, and takes it back afterwards instead of closing it."""
     forms, path = getattr(args, "forms", None), getattr(args, "file", None)
     if (forms is None) == (path is None):
         print(
@@ -58,6 +62,8 @@ def main(args: argparse.Namespace) -> int:
     try:
         session = Session(cloud_name=getattr(args, "cloud", None))
         session.keep_warm = False  # one read, then the process ends: no watch stream
+        if lender is not None:
+            lender.lend(session)
     except WorkspaceError as e:
         print(f"hyops eval: {e}", file=sys.stderr)
         return 1
@@ -68,8 +74,11 @@ def main(args: argparse.Namespace) -> int:
         print(f"hyops eval: {redact_text(str(e))}", file=sys.stderr)
         return 1
     finally:
+        if lender is not None:
+            lender.take_back(session)
         session.close()
-        _warm_up(session.workspace.root)
+        if lender is None:
+            _warm_up(session.workspace.root)
     return 0
 
 

@@ -1,22 +1,74 @@
 """The client of the warm path: `hyops eval` handed to a warm workspace process.
 
-Imports only what a socket round trip needs (os, sys, json, socket), so a one-shot that finds
-a warm process (repl/warm.py) pays for neither Hy, httpx nor the cryptography of signing, nor
-a new connection to the cloud. It gives up (returns None, and `hyops eval` evaluates in-process
-as before) whenever the warm path could answer differently: no warm process, a terminal on
-stdin (an evaluation may ask there), arguments it does not know, `HYOPS_WARM=0`.
+Imports only what a socket round trip needs, and only the C halves of it (`_socket`, `_json`:
+`socket` and `json` bring enum, selectors and re, a few ms of a one-shot's start), so a one-shot
+that finds a warm process (repl/warm.py) pays for neither Hy, httpx nor the cryptography of
+signing, nor a new connection to the cloud. The request is one JSON line (encoded here by
+hand, strings by `_json`); the answer to an eval is framed (`FRAME`: a header line with the
+exit code and both outputs' lengths, then the outputs), so nothing here decodes JSON.
+
+It gives up (returns None, and `hyops eval` evaluates in-process as before) whenever the warm
+path could answer differently: no warm process, a terminal on stdin (an evaluation may ask
+there), arguments it does not know, `HYOPS_WARM=0`.
 """
 
 from __future__ import annotations
 
-import json
+import _socket
 import os
-import socket
 import sys
+from _json import encode_basestring_ascii as _string
 
-__all__ = ["SOCKET_NAME", "run", "socket_path", "start_in_background", "workspace_root"]
+__all__ = [
+    "FRAME",
+    "SOCKET_NAME",
+    "ask",
+    "encode",
+    "frame",
+    "run",
+    "socket_path",
+    "start_in_background",
+    "workspace_root",
+]
 
 SOCKET_NAME = "warm.sock"  # in the workspace's .hyops/ (0700), itself 0600
+FRAME = b"hyops-warm-1"  # the framed answer's first word: FRAME CODE STDOUT-BYTES STDERR-BYTES\n
+
+
+def encode(value: object) -> str:
+    """`value` (str, bool, int, None, and lists and dicts of them) as JSON, like json.dumps."""
+    if isinstance(value, str):
+        return _string(value)
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    if isinstance(value, int):
+        return str(int(value))
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{_string(str(k))}:{encode(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(encode(v) for v in value) + "]"
+    raise TypeError(f"cannot encode a {type(value).__name__} for the warm process")
+
+
+def frame(code: int, stdout: str, stderr: str) -> bytes:
+    """The warm process's answer to an eval, as `unframe` reads it."""
+    out, err = stdout.encode("utf-8", "surrogateescape"), stderr.encode("utf-8", "surrogateescape")
+    return b"%s %d %d %d\n" % (FRAME, code, len(out), len(err)) + out + err
+
+
+def unframe(data: bytes) -> tuple[int, bytes, bytes] | None:
+    """(exit code, stdout, stderr) from a framed answer, or None when it is not one."""
+    head, newline, rest = data.partition(b"\n")
+    parts = head.split()
+    if not newline or len(parts) != 4 or parts[0] != FRAME:
+        return None
+    try:
+        code, n_out, n_err = int(parts[1]), int(parts[2]), int(parts[3])
+    except ValueError:
+        return None
+    if n_out < 0 or n_err < 0 or len(rest) != n_out + n_err:
+        return None
+    return code, rest[:n_out], rest[n_out:]
 
 
 def workspace_root() -> str | None:
@@ -60,21 +112,36 @@ def _parse(argv: list[str]) -> dict[str, str | None] | None:
     return parsed
 
 
-def ask(path: str, request: dict, timeout: float | None = None) -> dict | None:
-    """One request to the warm process at `path`; its answer, or None when none answers."""
+def exchange(path: str, request: dict, timeout: float | None = None) -> bytes | None:
+    """Send one request to the warm process at `path`; its answer's bytes, or None when none
+    answers."""
+    conn = None
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-            conn.settimeout(timeout)
-            conn.connect(path)
-            conn.sendall(json.dumps(request).encode() + b"\n")
-            conn.shutdown(socket.SHUT_WR)
-            chunks = []
-            while chunk := conn.recv(65536):
-                chunks.append(chunk)
+        conn = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        conn.settimeout(timeout)
+        conn.connect(path)
+        conn.sendall(encode(request).encode() + b"\n")
+        conn.shutdown(_socket.SHUT_WR)
+        chunks = []
+        while chunk := conn.recv(65536):
+            chunks.append(chunk)
     except OSError:
         return None
+    finally:
+        if conn is not None:
+            conn.close()
+    return b"".join(chunks)
+
+
+def ask(path: str, request: dict, timeout: float | None = None) -> dict | None:
+    """One request to the warm process at `path`; its JSON answer, or None when none answers."""
+    data = exchange(path, request, timeout)
+    if data is None:
+        return None
+    import json
+
     try:
-        answer = json.loads(b"".join(chunks))
+        answer = json.loads(data)
     except ValueError:
         return None
     return answer if isinstance(answer, dict) else None
@@ -93,20 +160,29 @@ def run(argv: list[str]) -> int | None:
     columns = os.get_terminal_size(sys.stdout.fileno()).columns if tty else 0
     request = {
         "op": "eval",
+        "framed": True,
         **parsed,
         "tty": tty,
         "columns": columns,
         "cwd": os.getcwd(),
         "env": dict(os.environ),  # what the forms read of it is this process's, not the first's
     }
-    answer = ask(socket_path(root), request)
-    if answer is None or "code" not in answer:
+    data = exchange(socket_path(root), request)
+    answer = None if data is None else unframe(data)
+    if answer is None:
         return None  # no warm process, or it stepped aside (its code changed): in-process
-    sys.stdout.write(answer.get("stdout", ""))
-    sys.stdout.flush()
-    sys.stderr.write(answer.get("stderr", ""))
-    sys.stderr.flush()
-    return int(answer["code"])
+    code, out, err = answer
+    _write_all(sys.stdout, out)
+    _write_all(sys.stderr, err)
+    return code
+
+
+def _write_all(stream: object, data: bytes) -> None:
+    stream.flush()  # type: ignore[attr-defined]
+    fd = stream.fileno()  # type: ignore[attr-defined]
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def start_in_background(root: str) -> None:

@@ -11,6 +11,9 @@ the engine meanwhile, and is rebuilt. The watch stream (`GET /v1/watch`) shows c
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +23,8 @@ import httpx
 import pytest
 
 from localcloud.cloud import LocalCloud
+from node.model import COPY_SILENCE
+from repl import warm
 from repl.cloud import watch
 from repl.context import EvalContext, use
 from repl.session import HyopsEvalError, Session
@@ -283,3 +288,100 @@ def test_a_restarted_dockerd_is_noticed_and_the_model_rebuilt(cloud: LocalCloud)
         ),
         timeout=60,
     )
+
+
+def test_warm_one_shots_read_the_kept_copy_and_their_own_writes(cloud: LocalCloud) -> None:
+    """`hyops eval` through the warm process (repl/warm.py) keeps the cloud's connection and
+    its warm copy between one-shots: the same answer as in-process, no round trip once the copy
+    is warm, a change behind its back shown within a bounded wait, its own change read back."""
+    root = cloud.state_dir.parent
+    env = {**os.environ, "HYOPS_WORKSPACE": str(root), "HYOPS_WARM_IDLE": "120"}
+
+    def hyops(forms: str, warm: bool = True) -> str:
+        out = subprocess.run(
+            [str(Path(sys.executable).parent / "hyops"), "eval", forms],
+            env={**env, "HYOPS_WARM": "1" if warm else "0"},
+            cwd=root, stdin=subprocess.DEVNULL, capture_output=True, timeout=120,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        return out.stdout.decode()
+
+    try:
+        assert hyops("(len (nodes))") == "3\n"  # in-process; starts the warm process
+        wait_until(lambda: warm.status(root), 60, "the warm process answering")
+        cold = hyops("(lfor n (nodes) [(:name n) (:role n) (:labels n)])", warm=False)
+        served = warm.status(root)["served"]
+        assert hyops("(lfor n (nodes) [(:name n) (:role n) (:labels n)])") == cold
+        assert warm.status(root)["served"] == served + 1
+        name = cloud.name
+
+        def settled() -> bool:  # two one-shots in a row without a round trip: the copy is warm
+            before = warm.status(root)["round_trips"][name]
+            hyops("(len (nodes))")
+            return warm.status(root)["round_trips"][name] == before
+
+        wait_until(settled, 30, "one-shots answered from the kept warm copy")
+        labels = f'(get (dfor n (nodes) (:name n) (:labels n)) "{NAMES["W1"]}")'
+        cloud.docker(NAMES["M"], "node", "update", "--label-add", "oneshot=behind", NAMES["W1"])
+        wait_until(lambda: "behind" in hyops(labels), 30, "the label set behind its back")
+        # its own change: read back by the very next one-shot (the copy is dropped meanwhile)
+        hyops(f'(label! "{NAMES["W1"]}" "oneshot" "own" :yes True)')
+        assert '"oneshot" "own"' in hyops(labels)
+    finally:
+        warm.stop(root)
+
+
+def test_the_autopilot_reads_its_nodes_from_the_model(cloud: LocalCloud) -> None:
+    """The leader's autopilot starts each look from the live model (with its age), not from a
+    read of the engine; a change it did not make still reaches what it sees."""
+
+    def inputs() -> dict[str, Any]:
+        return get(cloud, "/v1/autopilot").json()
+
+    wait_until(lambda: inputs()["inputs"].get("from") == "model", 30, "a look from the model")
+    assert 0 <= inputs()["inputs"]["age"] < 15  # at most a correction period and a tick old
+    cloud.kill_dockerd(NAMES["W2"])
+    try:
+        wait_until(
+            lambda: (sees := inputs())["sees"]["ready"] == 2 and sees["inputs"]["from"] == "model",
+            90,
+            "the autopilot seeing W2 down, from the model",
+        )
+    finally:
+        cloud.start_dockerd(NAMES["W2"])
+    wait_until(lambda: inputs()["sees"]["ready"] == 3, 90, "the autopilot seeing W2 back")
+
+
+def test_a_worker_answers_from_a_managers_stream_and_notices_it_drop(cloud: LocalCloud) -> None:
+    """A worker's agent keeps the nodes from the manager's watch stream (node/model.py
+    ManagerCopy) and answers from that copy with its age; a change made with the docker CLI on
+    the manager shows within a bounded wait; when the manager's agent is killed the worker stops
+    answering from the copy at once (it forwards, and no manager's agent answers)."""
+    worker, key = NAMES["W1"], Path(cloud.record["operator_key"])
+
+    def read() -> httpx.Response:
+        return signed("GET", cloud.api(worker) + "/v1/nodes", key)
+
+    def copy() -> dict[str, Any]:
+        return get(cloud, "/v1/model", node=worker).json()["copy"]
+
+    def shows(label: str) -> bool:
+        answer = read()
+        by_name = {n["name"]: n for n in answer.json()}
+        return HEADER_MODEL_AGE in answer.headers and label in by_name[NAMES["W2"]]["labels"]
+
+    wait_until(lambda: copy()["source"] == cloud.api(NAMES["M"]), 60, "the worker's copy")
+    cloud.docker(NAMES["M"], "node", "update", "--label-add", "copied=yes", NAMES["W2"])
+    wait_until(lambda: shows("copied"), 30, "the label in the worker's copy")
+    assert float(read().headers[HEADER_MODEL_AGE]) < COPY_SILENCE
+    cloud.kill_agent(NAMES["M"])
+    try:
+        # noticed at once (the stream's connection closed): never answered from the copy after
+        wait_until(lambda: copy()["source"] is None, 10, "the worker noticing the stream drop")
+        after = read()
+        assert HEADER_MODEL_AGE not in after.headers
+        assert after.status_code == 503, after.text  # it forwarded; no manager's agent answers
+    finally:
+        cloud.start_agent(NAMES["M"])
+    # the restarted manager's stream says "not known" until its model is fed, then the nodes
+    wait_until(lambda: shows("copied"), 90, "the worker's copy back from the restarted manager")

@@ -101,3 +101,33 @@ def test_without_a_warm_process_it_evaluates_in_process(root: Path) -> None:
     assert (out.returncode, out.stdout) == (0, b"6\n")
     # and it started a warm process again (stopped when the test ends)
     wait_until(lambda: status(root), 60, "a new warm process answering")
+
+
+def test_the_launcher_runs_through_a_symlink_and_for_every_command(
+    root: Path, tmp_path: Path
+) -> None:
+    """scripts/hyops (decision 0030) finds its Python through a symlink to it, answers one-shots the
+    same warm and in-process, and hands every other command to repl/cli.py with site."""
+    link = tmp_path / "elsewhere" / "hyops"
+    link.parent.mkdir()
+    link.symlink_to(HYOPS)
+    env = {**os.environ, "HYOPS_WORKSPACE": str(root), "HYOPS_WARM_IDLE": "120"}
+
+    def run(*args: str, warm: bool = True) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            [str(link), *args], env={**env, "HYOPS_WARM": "1" if warm else "0"}, cwd=root,
+            stdin=subprocess.DEVNULL, capture_output=True, timeout=120,
+        )  # fmt: skip
+
+    first = run("eval", "(+ 1 2)")  # in-process; starts the warm process
+    assert (first.returncode, first.stdout) == (0, b"3\n")
+    wait_until(lambda: status(root), 60, "the warm process answering")
+    served = status(root)["served"]
+    warm, cold = run("eval", "(/ 1 0)"), run("eval", "(/ 1 0)", warm=False)
+    assert status(root)["served"] == served + 1
+    assert (warm.returncode, warm.stdout, warm.stderr) == (1, b"", cold.stderr)
+    assert b"ZeroDivisionError" in cold.stderr
+    usage = run("--help")
+    assert usage.returncode == 0 and b"usage: hyops" in usage.stdout
+    wrong = run("eval", "--no-such-option")
+    assert wrong.returncode == 2 and b"unrecognized arguments" in wrong.stderr

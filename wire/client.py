@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -322,12 +322,20 @@ class NodeClient:
                 yield json.loads(line)
 
     async def events(
-        self, path: str, *, params: dict[str, Any] | None = None, timeout: float | None = None
+        self,
+        path: str,
+        *,
+        params: dict[str, Any] | None = None,
+        timeout: float | None = None,
+        heard: Callable[[], None] | None = None,
     ) -> AsyncIterator[tuple[str, Any]]:
         """A signed GET whose answer is server-sent events (`GET /v1/watch`); yields (event
-        name, its data decoded from JSON) as each arrives, until the agent ends the stream."""
+        name, its data decoded from JSON) as each arrives, until the agent ends the stream.
+        `heard()` is called on every line, keep-alive comments included (the stream is alive)."""
         event, data = "", bytearray()
         async for line in self.stream_raw_lines(path, params=params, timeout=timeout):
+            if heard is not None:
+                heard()
             if line.startswith(b"event: "):
                 event = line[7:].decode()
             elif line.startswith(b"data: "):

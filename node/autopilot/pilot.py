@@ -25,6 +25,7 @@ from node.autopilot.store import Store
 from node.autopilot.systems import reconcile_systems
 from node.config import TlsConfig
 from node.engine import Engine, EngineError
+from node.model import Model
 from node.store import gateway_http
 from node.swarm import SwarmView
 from wire.policy import Step, is_manager, is_reachable_manager, manager_target, safety_view
@@ -73,9 +74,12 @@ class Autopilot:
         name: str,
         data_dir: Path,
         active: Callable[[], bool],
+        model: Model | None = None,
         tls: TlsConfig | None = None,
     ) -> None:
         self.engine = engine
+        self.model = model  # the agent's live model: the nodes each look starts from
+        self.inputs: dict[str, Any] = {}  # where the last look's nodes came from, and their age
         self.swarm = swarm
         self.name = name
         self._active = active
@@ -127,6 +131,29 @@ class Autopilot:
 
     async def tick(self) -> Step | None:
         """One look: on the leader, plan and make one membership step, then the systems."""
+        reading = self.inputs
+        try:
+            return await self._tick()
+        finally:
+            if self.model is not None and self.inputs is not reading:  # it read the nodes
+                # what this look changed (a promotion, a removal) must be in the next look's
+                # nodes: the model gives them again only from a read begun after this look
+                self.model.touch("nodes")
+
+    async def _nodes(self) -> list[dict[str, Any]]:
+        """The nodes' records this look starts from: the live model's (node/model.py) when it
+        can answer, which is only from a read begun after the previous look (see `tick`) and
+        with no change known since, else the engine's, read now."""
+        raw = self.model.settled("nodes") if self.model is not None else None
+        age = self.model.age("nodes") if raw is not None and self.model is not None else None
+        if raw is None or age is None:
+            self.inputs = {"from": "engine", "age": 0.0}
+            raw = await self.engine.nodes()
+        else:
+            self.inputs = {"from": "model", "age": round(age, 3)}
+        return [node_record(n) for n in raw]
+
+    async def _tick(self) -> Step | None:
         if not self._active():
             return None
         manager, leader = await self.swarm.manager_state(fresh=True)
@@ -148,7 +175,7 @@ class Autopilot:
             self.last_step = step
             return step
         now = time.monotonic()
-        records = [node_record(n) for n in await self.engine.nodes()]
+        records = await self._nodes()
         self.managers.observe(records, now)
         step = self._unless_raft_address_moved(self.managers.plan(records, spec, now), records)
         self.last_step = step
@@ -184,6 +211,7 @@ class Autopilot:
             "leading": self.leading,
             "spec": self.specs.version,
             "sees": self.last_view,
+            "inputs": self.inputs,
             "next": None
             if step is None
             else {"action": step.action, "node": step.node, "reason": step.reason},
