@@ -65,6 +65,7 @@ from localcloud.network import (
     ensure_bridge,
     ensure_node_network,
     node_addr,
+    other_addrs,
     remove_prefix_network,
     set_link,
     used_networks,
@@ -810,6 +811,38 @@ class LocalCloud:
         if agent:
             self.start_agent(entry["name"])
         return dict(entry)
+
+    # -- moving ---------------------------------------------------------------------------------
+
+    def readdress(self) -> dict[str, str]:
+        """Give every node of this stopped cloud another address in its subnet, as machines
+        that come back with another DHCP lease (or moved VMs) do; the next `up` starts them
+        there (TLS certificates and known_hosts issued again for the new addresses), with their
+        dockerd data, so the agents must find each other again through the bootstrap list
+        (docs/protocol.md section 2, "Coming back on new addresses"). Returns node -> new
+        address. Refused while any of its dockerds or agents runs: `hyops down` first."""
+        record = self.record
+        hold_cloud_lock(self.prefix)
+        try:
+            running = [
+                n["name"] for n in record["node"]
+                if self._dockerd_pid(n["name"]) or self._agent_pid(n["name"])
+            ]  # fmt: skip
+            if running:
+                raise DevCloudError(
+                    f"local cloud {self.name!r} still runs on {', '.join(running)}: "
+                    "take it down first (`hyops down`), then move it"
+                )
+            entries = record["node"]
+            new = other_addrs(record["subnet"], [n["addr"] for n in entries], len(entries))
+            for entry, addr in zip(entries, new, strict=True):
+                entry["addr"] = addr
+                entry["api"] = api_url(addr, API_PORT)
+                entry["ssh"] = f"{addr}:{SSH_PORT}"
+            self._save_record()
+            return {n["name"]: n["addr"] for n in entries}
+        finally:
+            release_cloud_lock(self.prefix)
 
     # -- down ---------------------------------------------------------------------------------
 

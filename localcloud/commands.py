@@ -140,11 +140,15 @@ def with_store(spec: dict[str, Any] | None) -> dict[str, Any]:
 
 def up_main(args: argparse.Namespace) -> int:
     """`hyops up [--nodes N] [--name NAME] [--resources NODE=CPUS,MEMORY ...] [--containers]
-    [--store]`."""
+    [--store] [--readdress]`."""
     if getattr(args, "containers", False):
         if getattr(args, "store", False):
             print("hyops up: --store is for a local cloud of namespaced nodes, not --containers",
                   file=sys.stderr)  # fmt: skip
+            return 2
+        if getattr(args, "readdress", False):
+            print("hyops up: --readdress moves a local cloud of namespaces, not of node "
+                  "containers", file=sys.stderr)  # fmt: skip
             return 2
         return containers_up(args)
     args.name = args.name or "local"
@@ -157,6 +161,10 @@ def up_main(args: argparse.Namespace) -> int:
         known = cloud.load_record() is not None
         if getattr(args, "store", False):
             spec = with_store(workspace_spec(state_dir))
+        if getattr(args, "readdress", False):
+            moved = cloud.readdress()
+            shown = ", ".join(f"{n} -> {a}" for n, a in moved.items())
+            print(f"moving local cloud {args.name!r}: {shown}", flush=True)
         print(f"starting local cloud {args.name!r} ...", flush=True)
         if spec is not None:
             print("  with the store: the etcd image is built once (minutes), then cached",

@@ -37,6 +37,7 @@ __all__ = [
     "ensure_node_network",
     "netns_pids",
     "node_addr",
+    "other_addrs",
     "remove_prefix_network",
     "set_link",
     "used_networks",
@@ -77,6 +78,21 @@ def choose_subnet(prefix: str, taken: list[ipaddress.IPv4Network]) -> ipaddress.
 def node_addr(subnet: str, index: int) -> str:
     """node-1 is .11, node-2 is .12, ...; .1 is the host's bridge."""
     return str(ipaddress.IPv4Network(subnet)[10 + index])
+
+
+def other_addrs(subnet: str, current: list[str], count: int) -> list[str]:
+    """`count` addresses of `subnet` for nodes that move (a DHCP lease, a moved VM): none of
+    them one of `current` (the nodes' addresses now) or the default address of a node number
+    below 200 (`node_addr`, what a new node gets), taken from the top of the subnet down."""
+    net = ipaddress.IPv4Network(subnet)
+    taken = set(current) | {node_addr(subnet, i) for i in range(1, 201)} | {str(net[1])}
+    free = [str(a) for a in reversed(list(net.hosts())) if str(a) not in taken]
+    if len(free) < count:
+        raise DevCloudError(
+            f"{subnet} has {len(free)} free addresses for {count} nodes to move to: "
+            "take the cloud down with `hyops down --clean` and start a smaller one"
+        )
+    return free[:count]
 
 
 # --- what the host has ----------------------------------------------------------------------------

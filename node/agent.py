@@ -35,6 +35,7 @@ from node.config import AgentConfig, ConfigError, load_config
 from node.engine import Engine, EngineError
 from node.model import ManagerCopy, Model
 from node.operations import Operations
+from node.readdress import Recovery
 from node.resources import own_limits
 from node.store import StoreOps, gateway_http
 from node.swarm import SwarmView
@@ -43,6 +44,7 @@ from wire.files import PRIVATE, write_atomic
 from wire.lists import BootstrapList, ListError, Manager, open_list
 from wire.lists.format import sign_list, verify_list
 from wire.ports import MANAGERS
+from wire.readdress import reachable_addr
 from wire.records import (
     LABEL_API,
     LABEL_CPUS,
@@ -148,6 +150,22 @@ class Agent:
         self.node_id: str | None = state.get("node_id")
         # the manager address this node joined by ("" when it originated; None: not known)
         self.joined_via: str | None = state.get("joined_via")
+        # whether this node led the swarm at its last look: after a move, the last leader
+        # recovers the cloud first (node/readdress.py)
+        self.was_leader = bool(state.get("leader"))
+        self.recovery = Recovery(
+            name=config.name,
+            advertise_addr=config.advertise_addr,
+            api_url=self.api_url,
+            engine=self.engine,
+            lists=self.lists,
+            trust=self.trust,
+            list_url=config.list_url,
+            key=self.key,
+            http=self.http,
+            sign=self._signed,
+            claim_expires=CLAIM_EXPIRES,
+        )
         # the parts the API and the autopilot are given (they never see the agent itself)
         self.swarm = SwarmView(
             self.engine,
@@ -203,7 +221,12 @@ class Agent:
         return lst
 
     def _save_state(self) -> None:
-        state = {"cloud_id": self.cloud_id, "node_id": self.node_id, "joined_via": self.joined_via}
+        state = {
+            "cloud_id": self.cloud_id,
+            "node_id": self.node_id,
+            "joined_via": self.joined_via,
+            "leader": self.was_leader,
+        }
         write_atomic(self._state_file, json.dumps(state), PRIVATE)
 
     # --- running ---------------------------------------------------------------------------
@@ -340,7 +363,9 @@ class Agent:
     async def _resume(self) -> None:
         """Wait for the engine's swarm membership to come back; if it does not, and the cloud
         says it no longer knows this node (e.g. the autopilot removed it as a dead manager while
-        it was away), leave the stale swarm state and join again."""
+        it was away), leave the stale swarm state and join again. A former manager whose
+        cloud came back on other addresses may recover it first (`_recover_after_move`)."""
+        stuck_since = time.monotonic()
         while True:
             try:
                 await self._wait_active(timeout=FORGOTTEN_AFTER)
@@ -349,8 +374,26 @@ class Agent:
                 self.state = "pending"
                 self.detail = str(exc)
                 log.warning("%s; asking the cloud whether it still knows this node", exc)
+            if await self._recover_after_move(stuck_since):
+                return
             if await self._rejoin_if_forgotten():
                 return
+
+    async def _recover_after_move(self, stuck_since: float) -> bool:
+        """True if this node, a former manager whose cloud came back on other addresses,
+        recovered the cloud's Swarm (node/readdress.py: a recovery claim on the list, then
+        `swarm init --force-new-cluster`): it now leads it, alone, and publishes itself."""
+        try:
+            recovered = await self.recovery.attempt(self.cloud_id, self.was_leader, stuck_since)
+        except (EngineError, ListError, OSError) as exc:
+            log.warning("recovering the cloud after a move failed: %s (looking again)", exc)
+            return False
+        if recovered:
+            self.state = "active"
+            self.joined_via = ""  # it made the new Raft group: it is in Raft from the start
+            self._published = None
+            self._inactive_since = None
+        return recovered
 
     async def check_membership(self) -> None:
         """Between steps: notice a swarm membership that stopped working and, once it has been
@@ -377,7 +420,10 @@ class Agent:
         now = time.monotonic()
         if self._inactive_since is None:
             self._inactive_since = now
-        elif now - self._inactive_since > FORGOTTEN_AFTER and await self._rejoin_if_forgotten():
+        elif now - self._inactive_since > FORGOTTEN_AFTER and (
+            await self._recover_after_move(self._inactive_since)
+            or await self._rejoin_if_forgotten()
+        ):
             await self._became_member()
 
     async def _rejoin_if_forgotten(self) -> bool:
@@ -539,6 +585,8 @@ class Agent:
         """Whether `lst` is this very node's claim, signed by the cloud (its swarm not made)."""
         if not (lst.claim and lst.managers[0] == self._me() and self.config.may_originate):
             return False
+        if lst.recovery:
+            return False  # recovering an existing cloud is never originating a new one
         try:
             verify_list(lst, self.trust, self.config.list_url)
         except ListError:
@@ -550,7 +598,9 @@ class Agent:
         (its machine never answered with a swarm to join), claim the list in its place
         (compare-and-swap: only if the list is still that claim) and originate. True if this
         node now originates the cloud."""
-        if not (lst.claim and self.config.may_originate):
+        if not (lst.claim and self.config.may_originate) or lst.recovery:
+            # a recovery claim never expires into a new cloud: only a former manager of that
+            # cloud takes it over (node/readdress.py)
             self._claim_seen = None
             return False
         try:
@@ -704,6 +754,9 @@ class Agent:
     async def publish_managers(self) -> None:
         """On the leader: write the managers to the bootstrap list when they changed."""
         manager, leader = await self.swarm.manager_state()
+        if leader != self.was_leader:
+            self.was_leader = leader  # kept: after a move, the last leader recovers first
+            self._save_state()
         if not (manager and leader) or not self.lists.writable:
             return
         records = [node_record(n, tls=self.swarm.tls) for n in await self.engine.nodes()]
@@ -712,10 +765,16 @@ class Agent:
                 (
                     Manager(
                         name=r["name"],
-                        addr=r["manager_addr"],
+                        # Swarm's own address of that manager (this node's address now
+                        # when the cloud moved: its Raft address stays the old one,
+                        # wire/readdress.py)
+                        addr=str(reachable_addr(r, self.config.advertise_addr)),
                         # with TLS, the address the manager advertises (wire.records.agent_api
                         # says why a label is safe there), else its Swarm address and API port
-                        api=str(r["api"] or self.swarm.api_of(r["manager_addr"])),
+                        api=str(
+                            r["api"]
+                            or self.swarm.api_of(str(reachable_addr(r, self.config.advertise_addr)))
+                        ),
                     )
                     for r in records
                     if r["role"] == "manager"
@@ -743,20 +802,12 @@ class Agent:
 
 
 def swarm_listen_addr(advertise_addr: str) -> str:
-    """Where the engine listens for Swarm: on the advertise address when it is this machine's,
-    else on every address (behind NAT the advertised address is the machine's, published into
-    the node container with `-p 2377:2377`, and the container's own address is not known to
-    peers; docs/node-image.md)."""
-    import socket
-
-    family = socket.AF_INET6 if ":" in advertise_addr else socket.AF_INET
-    try:
-        with socket.socket(family, socket.SOCK_STREAM) as probe:
-            probe.bind((advertise_addr, 0))
-    except OSError:
-        return f"[::]:{SWARM_PORT}" if family == socket.AF_INET6 else f"0.0.0.0:{SWARM_PORT}"
-    host = f"[{advertise_addr}]" if family == socket.AF_INET6 else advertise_addr
-    return f"{host}:{SWARM_PORT}"
+    """Where the engine listens for Swarm: on every address of the advertise address's family.
+    Behind NAT the advertised address is the machine's, published into the node container with
+    `-p 2377:2377`, and not one of the container's own (docs/node-image.md); and an engine bound
+    to one address cannot even start its swarm once the machine came back on another (a DHCP
+    lease, a moved VM: node/readdress.py, decision 0029)."""
+    return f"[::]:{SWARM_PORT}" if ":" in advertise_addr else f"0.0.0.0:{SWARM_PORT}"
 
 
 def check_cert_names(cert: Path, config: AgentConfig) -> None:

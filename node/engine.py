@@ -254,14 +254,27 @@ class Engine:
 
     # -- swarm ------------------------------------------------------------------------------
 
-    async def swarm_init(self, advertise_addr: str, listen_addr: str | None = None) -> str:
-        """Originate a new swarm on this engine; returns this node's ID."""
-        body = {
+    async def swarm_init(
+        self,
+        advertise_addr: str,
+        listen_addr: str | None = None,
+        *,
+        force_new_cluster: bool = False,
+    ) -> str:
+        """Originate a new swarm on this engine; returns this node's ID. With
+        `force_new_cluster`, on a manager of a swarm whose Raft lost its quorum: a Raft group
+        of this manager alone, keeping the swarm's state (its cluster id, services, secrets,
+        nodes), at the addresses given (docs/protocol.md section 2)."""
+        body: dict[str, Any] = {
             "AdvertiseAddr": advertise_addr,
             "ListenAddr": listen_addr or "0.0.0.0:2377",
         }
+        what = f"swarm init (advertise {advertise_addr})"
+        if force_new_cluster:
+            body["ForceNewCluster"] = True
+            what = f"swarm init --force-new-cluster (advertise {advertise_addr})"
         response = await self._request(
-            "POST", "/swarm/init", f"swarm init (advertise {advertise_addr})", json_body=body
+            "POST", "/swarm/init", what, json_body=body, timeout=max(self.timeout, 60.0)
         )
         return response.json()
 

@@ -20,6 +20,7 @@ from node.model import Model, tasks_answer
 from node.swarm import SwarmView
 from wire.names import unknown_name_hint
 from wire.policy import check_demote, check_promote
+from wire.readdress import reachable_addr
 from wire.records import (
     AGENT_LABELS,
     AGENT_PREFIX,
@@ -261,12 +262,18 @@ class Operations:
             for m in (info.get("Swarm") or {}).get("RemoteManagers") or []
             if m.get("Addr")
         ]
+        with contextlib.suppress(EngineError):  # after a move: addresses that still answer
+            moved = {
+                r["manager_addr"]: reachable_addr(r, self.swarm.advertise_addr)
+                for r in map(node_record, await self.engine.nodes({"role": ["manager"]}))
+            }
+            managers = [moved.get(a) or a for a in managers]
         # The leader first: dockerd keeps the first address as the way into Raft should the
         # node be promoted later (swarmkit's JoinAddr), and the autopilot demotes the leader
         # last, so that address stays a manager's the longest.
         with contextlib.suppress(EngineError):
             leaders = [
-                (n.get("ManagerStatus") or {}).get("Addr")
+                reachable_addr(node_record(n), self.swarm.advertise_addr)
                 for n in await self.engine.nodes({"role": ["manager"]})
                 if (n.get("ManagerStatus") or {}).get("Leader")
             ]

@@ -94,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the nodes as node containers (the node image) on a host engine",
     )
     p.add_argument(
+        "--readdress",
+        action="store_true",
+        help="bring a stopped local cloud back with every node on a new address (a move)",
+    )
+    p.add_argument(
         "--resources",
         action="append",
         default=[],

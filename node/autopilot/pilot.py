@@ -29,6 +29,7 @@ from node.model import Model
 from node.store import gateway_http
 from node.swarm import SwarmView
 from wire.policy import Step, is_manager, is_reachable_manager, manager_target, safety_view
+from wire.readdress import raft_address_moved
 from wire.records import node_record
 from wire.spec import SpecError
 
@@ -176,7 +177,7 @@ class Autopilot:
         now = time.monotonic()
         records = await self._nodes()
         self.managers.observe(records, now)
-        step = self.managers.plan(records, spec, now)
+        step = self._unless_raft_address_moved(self.managers.plan(records, spec, now), records)
         self.last_step = step
         self.last_view = view(records, spec)
         if step.action in ("wait", "none"):
@@ -192,6 +193,15 @@ class Autopilot:
         await self.reaper.reconcile(records, spec, now)
         await self.store.tick(records, spec, "store", now)
         return step
+
+    def _unless_raft_address_moved(self, step: Step, records: list[dict[str, Any]]) -> Step:
+        """`step`, or a wait when it adds a manager while this leader's Raft address is still
+        the one from before the cloud moved (wire/readdress.py: quorum would be lost)."""
+        if step.action != "promote":
+            return step
+        me = next((r for r in records if r["leader"]), None)  # this node: it leads
+        why = raft_address_moved(me, self.swarm.advertise_addr)
+        return Step("wait", None, why) if why else step
 
     def status(self) -> dict[str, Any]:
         """What the autopilot sees, wants and did recently (the answer of GET /v1/autopilot)."""

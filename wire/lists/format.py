@@ -87,6 +87,11 @@ class BootstrapList:
     # has not confirmed it yet (its first publish as leader clears it). A claim whose manager
     # never answers expires: another machine may take it over (docs/protocol.md section 2).
     claim: bool = False
+    # A recovery claim (always a claim): the one manager, a former manager of this very cloud
+    # whose managers all came back on other addresses, is about to force a new Raft cluster
+    # from its state (docs/protocol.md section 2, "Coming back on new addresses"). It never
+    # expires into a new cloud: only another former manager of the cloud may take it over.
+    recovery: bool = False
 
     @property
     def is_empty(self) -> bool:
@@ -100,6 +105,7 @@ class BootstrapList:
             and sorted(self.managers, key=_key) == sorted(other.managers, key=_key)
             and (self.signature is None) == (other.signature is None)
             and self.claim == other.claim
+            and self.recovery == other.recovery
         )
 
 
@@ -156,9 +162,12 @@ def parse_list(text: str, source: str) -> BootstrapList:
         problems.append(f"format: expected {FORMAT}, got {fmt}")
     for key in data:
         if key not in (
-            "format", "cloud_id", "written", "written_by", "claim", "manager", "signature"
+            "format", "cloud_id", "written", "written_by", "claim", "recovery", "manager",
+            "signature",
         ):  # fmt: skip
-            known = "format, cloud_id, written, written_by, claim, [[manager]], [signature]"
+            known = (
+                "format, cloud_id, written, written_by, claim, recovery, [[manager]], [signature]"
+            )
             problems.append(f"{key}: unknown field (known: {known})")
     cloud_id = _field(data, "cloud_id", _ID, 'an id like "c-5f0c8a1e"', problems)
     written = data.get("written")
@@ -203,13 +212,19 @@ def parse_list(text: str, source: str) -> BootstrapList:
         claim = False
     elif claim and len(managers) != 1:
         problems.append("claim: a claim names exactly one manager, the machine that claimed")
+    recovery = data.get("recovery", False)
+    if not isinstance(recovery, bool):
+        problems.append(f"recovery: expected true or false, got {_show(recovery)}")
+        recovery = False
+    elif recovery and not (claim is True and cloud_id):
+        problems.append("recovery: only a claim on an existing cloud (claim = true, a cloud_id)")
     if problems:
         raise ListError(
             f"{where}: wrong format: "
             + "; ".join(problems)
             + ". Fix the list (docs/protocol.md section 2)"
         )
-    return BootstrapList(cloud_id, tuple(managers), written, written_by, signature, claim)
+    return BootstrapList(cloud_id, tuple(managers), written, written_by, signature, claim, recovery)
 
 
 _FINGERPRINT = re.compile(r"^SHA256:[A-Za-z0-9+/]{43}$")
@@ -298,6 +313,8 @@ def render_list(lst: BootstrapList) -> str:
     }
     if lst.claim:
         data["claim"] = True
+    if lst.recovery:
+        data["recovery"] = True
     if lst.managers:
         data["manager"] = [{"name": m.name, "addr": m.addr, "api": m.api} for m in lst.managers]
     if lst.signature is not None:
@@ -320,12 +337,18 @@ def stamped(lst: BootstrapList, by: str) -> BootstrapList:
 
 
 def signed_managers(
-    cloud_id: str | None, managers: tuple[Manager, ...], signed: str, claim: bool = False
+    cloud_id: str | None,
+    managers: tuple[Manager, ...],
+    signed: str,
+    claim: bool = False,
+    recovery: bool = False,
 ) -> bytes:
-    """The bytes the cloud key signs: what it is (a list, or a claim), the cloud id, the
-    signing time and every manager (sorted, one line each: name, Swarm address, API URL).
-    `written`, `written_by` and the managers' order are not covered: writers restamp them."""
-    lines = ["hyops-claim-v1" if claim else "hyops-list-v1", cloud_id or "", signed]
+    """The bytes the cloud key signs: what it is (a list, a claim, or a recovery claim), the
+    cloud id, the signing time and every manager (sorted, one line each: name, Swarm address,
+    API URL). `written`, `written_by` and the managers' order are not covered: writers restamp
+    them."""
+    kind = "hyops-recovery-v1" if recovery else "hyops-claim-v1" if claim else "hyops-list-v1"
+    lines = [kind, cloud_id or "", signed]
     lines += [" ".join(_key(m)) for m in sorted(managers, key=_key)]
     return "\n".join(lines).encode()
 
@@ -337,7 +360,8 @@ def sign_list(lst: BootstrapList, key: Any, now: str | None = None) -> Bootstrap
     from wire.keys import ALGORITHM, fingerprint
 
     when = now or _now()
-    blob = key.sign(signed_managers(lst.cloud_id, lst.managers, when, lst.claim), ALGORITHM)
+    what = signed_managers(lst.cloud_id, lst.managers, when, lst.claim, lst.recovery)
+    blob = key.sign(what, ALGORITHM)
     sig = Signature(fingerprint(key), when, base64.b64encode(blob).decode())
     return dataclasses.replace(lst, managers=tuple(lst.managers), signature=sig)
 
@@ -373,7 +397,7 @@ def verify_list(lst: BootstrapList, trust: Any, source: str = "") -> Any:
         )
     try:
         ok = public_key(key.public).verify(
-            signed_managers(lst.cloud_id, lst.managers, sig.signed, lst.claim),
+            signed_managers(lst.cloud_id, lst.managers, sig.signed, lst.claim, lst.recovery),
             base64.b64decode(sig.value, validate=True),
         )
     except (binascii.Error, ValueError):

@@ -328,9 +328,12 @@ class GitList(ListSource):
             branch, head = self._fetch()
             if not self._claimable(self._read_at(head), replacing):
                 return False
-            message = f"{by} originates the cloud" + (
-                f" (the claim of {replacing.written_by} expired)" if replacing else ""
-            )
+            if lst.recovery:
+                message = f"{by} recovers cloud {lst.cloud_id} (its managers moved)"
+            else:
+                message = f"{by} originates the cloud" + (
+                    f" (the claim of {replacing.written_by} expired)" if replacing else ""
+                )
             commit = self._commit(head, stamped(lst, by), by, message)
             pushed = self._push(commit, branch)
             if pushed.returncode == 0:
