@@ -59,6 +59,9 @@ FORGOTTEN_AFTER = 30.0  # seconds of a broken swarm membership before asking the
 # agent takes it over. A claimer with a swarm confirms within a publishing round (2 s); one
 # that never answers died between its claim and making the swarm (docs/protocol.md section 2).
 CLAIM_EXPIRES = 30.0
+# Seconds a worker's way into Raft (the manager it joined by) may be missing from its engine's
+# managers before its agent joins again through a current one (two rounds: not a passing list)
+WAY_IN_GONE_AFTER = 4.0
 
 
 def _now() -> str:
@@ -126,6 +129,7 @@ class Agent:
         self.http = httpx.AsyncClient(timeout=10.0, verify=verify)
         self.api_url = api_url(config.api_host, config.api_port, tls=tls is not None)
         self._inactive_since: float | None = None
+        self._way_in_gone_since: float | None = None  # see refresh_way_in
         self._labelling: asyncio.Task[None] | None = None
         self._published: tuple[tuple[str, str, str], ...] | None = None
         self._state_file = config.data_dir / "state.json"
@@ -264,6 +268,7 @@ class Agent:
             await self._became_member()
             publishing = RepeatedWarning("publishing the managers")
             membership = RepeatedWarning("checking this node's membership")
+            way_in = RepeatedWarning("refreshing this node's way into Raft")
             while True:
                 try:
                     await self.publish_managers()
@@ -275,6 +280,11 @@ class Agent:
                     membership.ok()
                 except (EngineError, ListError, OSError) as exc:
                     membership.failed(exc)
+                try:
+                    await self.refresh_way_in()
+                    way_in.ok()
+                except (EngineError, ListError, OSError) as exc:
+                    way_in.failed(exc)
                 await asyncio.sleep(PUBLISH_EVERY)
         except asyncio.CancelledError:
             raise
@@ -380,6 +390,52 @@ class Agent:
             await self.join_or_originate()
             return True
         return False
+
+    # --- the way into Raft (issue 17, hole 2) ------------------------------------------------
+
+    async def refresh_way_in(self) -> bool:
+        """On a worker whose way into Raft is gone, leave and join again through a current
+        manager; True if it did.
+
+        dockerd joins Raft, once promoted, only through the manager it joined the swarm by
+        (swarmkit's JoinAddr, kept until dockerd restarts); when that manager is no longer in
+        Raft (dead and removed, or demoted), a promotion would never get in and the autopilot
+        passes the node over (`wire.policy.has_way_in`). The engine's own view says so: the
+        managers it follows (`RemoteManagers`, pruned to the Raft members by the managers) no
+        longer name that address for WAY_IN_GONE_AFTER. The node's old entry is removed by the
+        leader (`wire.policy.stale_twins`); its tasks are started again by Swarm."""
+        if self.state != "active" or not self.joined_via:
+            self._way_in_gone_since = None
+            return False
+        swarm = (await self.engine.info()).get("Swarm") or {}
+        remotes = {m.get("Addr") for m in swarm.get("RemoteManagers") or []} - {None, ""}
+        if (
+            swarm.get("LocalNodeState") != "active"
+            or swarm.get("ControlAvailable")  # a manager is in Raft already
+            or not remotes  # knows no manager: check_membership's business
+            or self.joined_via in remotes
+        ):
+            self._way_in_gone_since = None
+            return False
+        now = time.monotonic()
+        if self._way_in_gone_since is None:
+            self._way_in_gone_since = now
+        if now - self._way_in_gone_since < WAY_IN_GONE_AFTER:
+            return False
+        log.warning(
+            "this node's way into Raft, the manager it joined by (%s), is no longer among its "
+            "engine's managers (%s): leaving and joining again through a current manager, so "
+            "that it can be promoted",
+            self.joined_via,
+            ", ".join(sorted(remotes)),
+        )
+        self._way_in_gone_since = None
+        self.state = "joining"
+        await self.engine.swarm_leave(force=True)
+        self._published = None
+        await self.join_or_originate()
+        await self._became_member()
+        return True
 
     async def _wait_for_engine(self) -> None:
         deadline = time.monotonic() + ENGINE_WAIT

@@ -3,18 +3,25 @@
 - A claim on the empty list whose machine dies before it makes the swarm expires: another
   machine takes the list over (compare-and-swap) and originates; the cloud starts.
 - The claimer itself, restarted before it made the swarm, originates from its own claim.
+- Hole 2: after the leader's machine is lost, a worker that joined through it (its engine's only
+  way into Raft) is not promoted until its agent joined again through a current manager; then
+  it is promoted and gets into Raft, with no remove-and-rejoin round.
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
+import time
 from pathlib import Path
+from typing import Any
 
 import httpx
+import pytest
 
 from localcloud.cloud import LocalCloud
 from tests.conftest import MakeCloud
-from tests.helpers import agents_tls, wait_until
+from tests.helpers import agents_tls, signed, wait_until
 from wire.keys import load_private_key
 from wire.lists import BootstrapList, Manager, open_list
 from wire.lists.format import sign_list
@@ -92,3 +99,88 @@ def test_a_claimer_restarted_before_making_the_swarm_originates_from_its_claim(
     assert lst.cloud_id == claim.cloud_id and "node-1" in {m.name for m in lst.managers}
     log = (cloud.node_dir("node-1") / "agent.log").read_text()
     assert "the list holds this node's own claim: originating cloud c-0ur5e1f0" in log
+
+
+# --- hole 2: a node whose way into Raft is gone -------------------------------------------------
+
+FAST = {
+    "managers": {"targets": [[1, 1], [3, 3]], "stabilization": "2s", "dead_after": "3s"},
+    "resources": {"cpus": 1.0, "memory": 0.0},
+}
+
+
+def api_get(cloud: LocalCloud, path: str, skip: tuple[str, ...] = ()) -> Any:
+    """GET `path` from the first live node's agent that answers 200 (workers forward)."""
+    key = Path(cloud.record["operator_key"])
+    for entry in cloud.nodes:
+        if entry["name"] in skip:
+            continue
+        try:
+            answer = signed("GET", entry["api"] + path, key, timeout=5)
+        except httpx.HTTPError:
+            continue
+        if answer.status_code == 200:
+            return answer.json()
+    raise AssertionError(f"no agent answered {path}")
+
+
+def engine_nodes(cloud: LocalCloud, node: str) -> list[dict[str, Any]]:
+    """The node list by `node`'s own engine (a manager's): the engines judge, not the agents."""
+    out = cloud.docker(node, "node", "ls", "--format", "{{json .}}")
+    return [json.loads(line) for line in out.stdout.splitlines()]
+
+
+@pytest.mark.cloud
+def test_a_worker_whose_way_into_raft_is_gone_joins_again_before_it_is_promoted(
+    make_cloud: MakeCloud,
+) -> None:
+    cloud = make_cloud(nodes=4, spec=FAST)
+    ready = wait_until(
+        lambda: (
+            (nodes := api_get(cloud, "/v1/nodes"))
+            and sum(n["state"] == "ready" for n in nodes) == 4
+            and sum(n["reachability"] == "reachable" for n in nodes) == 3
+            and nodes
+        ),
+        120,
+        "4 ready nodes, 3 of them reachable managers",
+    )
+    leader = next(n for n in ready if n["leader"])
+    worker = next(n for n in ready if n["role"] == "worker")
+    # the precondition of the hole: the worker's engine joined through the leader
+    assert worker["labels"].get("hyops.joined-via") == leader["manager_addr"]
+    # the leader's machine is lost
+    cloud.kill_agent(leader["name"])
+    cloud.kill_dockerd(leader["name"])
+    lost = time.monotonic()
+    skip = (leader["name"],)
+    others = sorted(n["name"] for n in ready if n["name"] != leader["name"])
+    survivor = next(n for n in others if n != worker["name"])
+
+    def three_in_raft() -> bool:
+        # by a surviving manager's engine: the three live nodes are Raft members, reachable
+        entries = engine_nodes(cloud, survivor)
+        members = sorted(
+            e["Hostname"] for e in entries if e.get("ManagerStatus") in ("Leader", "Reachable")
+        )
+        return members == others
+
+    wait_until(three_in_raft, 120, f"{', '.join(others)} to be reachable managers")
+    took = time.monotonic() - lost
+    recent = api_get(cloud, "/v1/autopilot", skip)["recent"]
+    stuck = [r for r in recent if "never got into Raft" in str(r)]
+    assert not stuck, f"a promotion stayed out of Raft and was removed: {stuck}"
+    log = (cloud.node_dir(worker["name"]) / "agent.log").read_text()
+    assert "leaving and joining again through a current manager" in log
+    # the worker's old entry is removed: one node of that name, ready, under a new ID
+    mine = wait_until(
+        lambda: (
+            len(m := [e for e in engine_nodes(cloud, survivor) if e["Hostname"] == worker["name"]])
+            == 1
+            and m
+        ),
+        30,
+        f"{worker['name']}'s old entry to be removed",
+    )
+    assert mine[0]["Status"] == "Ready" and mine[0]["ID"] != worker["id"], mine
+    print(f"the lost leader's machine replaced in {took:.1f} s")

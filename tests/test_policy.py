@@ -506,34 +506,54 @@ def test_a_promotion_that_never_gets_into_raft_is_removed_when_down_or_after_a_w
     assert plan(nodes, now=100.0, away={"b": 100.0 - JOIN_GIVE_UP}).action == "remove"
 
 
-def test_to_grow_a_node_whose_way_into_raft_is_gone_goes_after_one_that_has_it():
-    def joined(name: str, via: str, cpus: float) -> dict:
-        return {**node(name, cpus=cpus), "labels": {"hyops.joined-via": via}}
+def joined(name: str, via: str, cpus: float, role: str = "worker") -> dict:
+    return {**node(name, role, cpus=cpus), "labels": {"hyops.joined-via": via}}
 
+
+def test_to_grow_a_node_whose_way_into_raft_is_gone_is_never_chosen():
     leader = {**node("a", "manager", leader=True), "manager_addr": "10.0.0.1:2377"}
     nodes = [leader, joined("big", "10.0.0.9:2377", 8), joined("small", "10.0.0.1:2377", 1),
-             joined("mid", "10.0.0.9:2377", 2)]  # fmt: skip
-    step = plan(nodes)  # 1 manager, 3 wanted: two stable nodes, the one with a way in first
+             joined("mid", "10.0.0.9:2377", 2), joined("tiny", "10.0.0.1:2377", 0.5)]  # fmt: skip
+    step = plan(nodes)  # 1 manager, 3 wanted: the two stable nodes with a way in
     assert (step.action, step.node) == ("promote", "small")
-    assert "before big, whose way into Raft" in step.reason
-    # with no node that has a way in, the best by resources still goes (then step 2 applies)
+    assert "not big, mid: the manager it joined by is no longer in Raft" in step.reason
+    # only one node with a way in: from an odd count the planner waits for a second one (it
+    # never promotes big, which would stay out of Raft until removed)
+    nodes = [leader, joined("big", "10.0.0.9:2377", 8), joined("small", "10.0.0.1:2377", 1)]
+    step = plan(nodes)
+    assert step.action == "wait" and "not big" in step.reason
+    # with no node that has a way in, nothing is promoted
     nodes = [leader, joined("big", "10.0.0.9:2377", 8), joined("mid", "10.0.0.9:2377", 2)]
-    assert (plan(nodes).action, plan(nodes).node) == ("promote", "big")
+    step = plan(nodes)
+    assert step.action == "wait" and "waiting for a node ready for 10 s" in step.reason
+    assert "not big, mid" in step.reason
     # an originator (empty label) or a node that says nothing has a way in
     nodes = [leader, joined("big", "10.0.0.9:2377", 8), joined("orig", "", 2), node("old")]
-    assert plan(nodes).node == "orig"
-    nodes[2] = joined("orig", "", 0.5)
-    assert plan(nodes).node == "old"
+    assert (plan(nodes).action, plan(nodes).node) == ("promote", "orig")
+    # once its agent joined again through a current manager, big is the best
+    nodes[1] = joined("big", "10.0.0.1:2377", 8)
+    assert plan(nodes).node == "big"
 
 
-def test_a_swap_takes_the_best_node_by_resources_whatever_its_way_in():
+def test_a_swap_never_takes_a_node_whose_way_into_raft_is_gone():
+    """The chaos run's hole 2 (seed 7, round 4): after the leader's machine was lost, the best
+    node by resources had joined through it; promoted for a swap it never got into Raft."""
     leader = {**node("a", "manager", leader=True), "manager_addr": "10.0.0.1:2377"}
     others = [{**node(n, "manager"), "manager_addr": f"10.0.0.{i}:2377"}
               for i, n in ((2, "b"), (3, "c"))]  # fmt: skip
-    big = {**node("big", cpus=8), "labels": {"hyops.joined-via": "10.0.0.9:2377"}}
+    big = joined("big", "10.0.0.9:2377", 8)
+    step = plan([leader, *others, big, node("d", cpus=1.1)])
+    assert step.action == "none" and "not big" in step.reason
+    # at the maximum, the weakest is not demoted first for it either
+    at_max = {**DEFAULT, "stabilization": 10.0, "dead_after": 10.0, "maximum": 3}
+    assert plan([leader, *others, big], spec=at_max).action == "none"
+    # its way in back (it joined again through b): the swap goes ahead
+    big = joined("big", "10.0.0.2:2377", 8)
     step = plan([leader, *others, big, node("d", cpus=1.1)])
     assert (step.action, step.node) == ("promote", "big")
     assert "is better than the manager" in step.reason
+    step = plan([leader, *others, big], spec=at_max)
+    assert step.action == "demote" and "big is promoted next" in step.reason
 
 
 # --- the one safety view: (status), the console's plans and the autopilot ----------------------

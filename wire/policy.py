@@ -41,6 +41,7 @@ __all__ = [
     "quorum",
     "safety_view",
     "score",
+    "stale_twins",
 ]
 
 Node = Mapping[str, Any]
@@ -223,6 +224,19 @@ def nodes_to_remove(
     )
 
 
+def stale_twins(nodes: Sequence[Node]) -> list[Node]:
+    """The old entries of machines that joined the swarm again: a worker that is not ready whose
+    name is also a ready node's. Swarm keeps a node's old entry (down) when its engine leaves
+    and joins again under a new ID (its agent refreshing its way into Raft, node/agent.py); the
+    autopilot plans without them and removes them at once (each by its ID: they share a name)."""
+    ready = {n.get("name") for n in nodes if n.get("state") == "ready"}
+    return [
+        n
+        for n in nodes
+        if not is_manager(n) and n.get("state") != "ready" and n.get("name") in ready
+    ]
+
+
 def check_promote(nodes: Sequence[Node], name: str) -> Refusal | None:
     """None if promoting `name` to a manager is safe, else the Refusal saying why not.
 
@@ -279,8 +293,10 @@ LABEL_JOINED_VIA = "hyops.joined-via"
 
 def has_way_in(node: Node, reachable_members: Sequence[Node]) -> bool:
     """Whether `node`, once promoted, can get into Raft: dockerd joins Raft only through the
-    manager the node first joined the swarm by (until dockerd restarts). True when that manager
-    is a reachable member still, or the node originated the swarm, or it does not say."""
+    manager the node first joined the swarm by (swarmkit's JoinAddr, kept until dockerd
+    restarts; a promoted node whose JoinAddr answers no Raft join never gets in). True when
+    that manager is a reachable member still, or the node originated the swarm, or it does not
+    say (its agent labels it `LABEL_JOINED_VIA`)."""
     via = (node.get("labels") or {}).get(LABEL_JOINED_VIA)
     return not via or any(m.get("manager_addr") == via for m in reachable_members)
 
@@ -367,7 +383,9 @@ def plan_step(
     4. a manager not reachable yet (just promoted, or briefly away): wait for it; so for a node
        demoted less than `DEMOTED_SETTLE` ago (`demoted_since`) that is not ready again yet;
     5. fewer managers than the target: promote the best node ready for `stabilization`
-       (from an odd count only when two can be promoted, so the count never rests even);
+       (from an odd count only when two can be promoted, so the count never rests even); in
+       steps 5 and 7 a node whose way into Raft is gone (`has_way_in`) is never chosen: its
+       agent joins again through a current manager and it is a candidate after that;
     6. more than the target: demote the weakest (the leader last among equals);
     7. at the target: a node better by `better_by` than the weakest manager is promoted, and
        step 6 then demotes the weakest: a swap that never drops below the target. At the
@@ -458,16 +476,19 @@ def plan_step(
     ready_long = [
         n for n in workers if now - ready_since.get(str(n.get("name")), now) >= stabilization
     ]
-    # the best two are all any step needs: no full sort over a large cloud. To grow, a node
-    # that can get into Raft goes first (see has_way_in); a swap takes the best by resources
-    # (one without a way in is removed and joins again, then swaps in: see step 2)
-    stable = heapq.nsmallest(
-        2,
-        ready_long,
-        key=lambda n: (not has_way_in(n, reachable), -score(n, weights), str(n.get("name"))),
-    )
-    best_by_score = heapq.nsmallest(
-        1, ready_long, key=lambda n: (-score(n, weights), str(n.get("name")))
+    # a node whose way into Raft is gone is never chosen (promoted, it would stay out of Raft
+    # until removed, ~40 s or more): its agent joins the cloud again through a current manager
+    # (node/agent.py refresh_way_in), and the node is a candidate once ready for stabilization
+    cut_off = sorted(str(n.get("name")) for n in ready_long if not has_way_in(n, reachable))
+    ready_long = [n for n in ready_long if has_way_in(n, reachable)]
+    # the best two are all any step needs: no full sort over a large cloud
+    stable = heapq.nsmallest(2, ready_long, key=lambda n: (-score(n, weights), str(n.get("name"))))
+    best_by_score = stable[:1]
+    way_in_gone = (
+        f"; not {', '.join(cut_off)}: the manager it joined by is no longer in Raft, its "
+        "agent joins again through a current manager first"
+        if cut_off
+        else ""
     )
     maximum = int(managers_spec["maximum"])
 
@@ -488,27 +509,22 @@ def plan_step(
                 None,
                 f"{have}, {target} wanted for {len(eligible)} ready nodes: waiting for "
                 f"a node ready for {stabilization:g} s"
-                + (f" ({', '.join(waiting)})" if waiting else ""),
+                + (f" ({', '.join(waiting)})" if waiting else "")
+                + way_in_gone,
             )
         if count % 2 == 1 and len(stable) < 2:
             return Step(
                 "wait",
                 None,
                 f"{have}, {target} wanted: only {_fmt(stable[0], weights)} is stable; "
-                "waiting for a second so the count does not rest even",
+                f"waiting for a second so the count does not rest even{way_in_gone}",
             )
         best = stable[0]
-        passed_over = ""
-        if best_by_score and best_by_score[0] is not best:
-            passed_over = (
-                f" (before {best_by_score[0].get('name')}, whose way into Raft, the manager it "
-                "joined by, is gone)"
-            )
         return Step(
             "promote",
             str(best.get("name")),
             f"{have}, {target} wanted for {len(eligible)} ready nodes: promoting "
-            f"the best stable node {_fmt(best, weights)}{passed_over}",
+            f"the best stable node {_fmt(best, weights)}{way_in_gone}",
         )
     if count > target:
         victim = weakest()
@@ -543,4 +559,4 @@ def plan_step(
                     f"{better}: at the maximum of {maximum} managers, demoting "
                     f"{victim.get('name')} first; {best.get('name')} is promoted next",
                 )
-    return Step("none", None, f"{have}, as wanted for {len(eligible)} ready nodes")
+    return Step("none", None, f"{have}, as wanted for {len(eligible)} ready nodes{way_in_gone}")

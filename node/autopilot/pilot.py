@@ -26,7 +26,14 @@ from node.autopilot.systems import reconcile_systems
 from node.engine import Engine, EngineError
 from node.store import gateway_http
 from node.swarm import SwarmView
-from wire.policy import Step, is_manager, is_reachable_manager, manager_target, safety_view
+from wire.policy import (
+    Step,
+    is_manager,
+    is_reachable_manager,
+    manager_target,
+    safety_view,
+    stale_twins,
+)
 from wire.records import node_record
 from wire.spec import SpecError
 
@@ -144,7 +151,11 @@ class Autopilot:
             self.last_step = step
             return step
         now = time.monotonic()
-        records = [node_record(n) for n in await self.engine.nodes()]
+        every = [node_record(n) for n in await self.engine.nodes()]
+        # a machine that joined again has a down twin under its old ID: planned without it, and
+        # the reaper removes it at once
+        twins = stale_twins(every)
+        records = [r for r in every if not any(r is t for t in twins)]
         self.managers.observe(records, now)
         step = self.managers.plan(records, spec, now)
         self.last_step = step
@@ -159,6 +170,7 @@ class Autopilot:
             self._last_wait = ""
             self._changed = await self.managers.act(step)
         await reconcile_systems(self.engine, records, spec, self.journal)
+        await self.reaper.remove_twins(twins)
         await self.reaper.reconcile(records, spec, now)
         await self.store.tick(records, spec, "store", now)
         return step
