@@ -26,6 +26,7 @@ from wire.policy import (
     plan_step,
     quorum,
     safety_view,
+    stale_twins,
 )
 from wire.spec import check_spec
 
@@ -554,6 +555,24 @@ def test_a_swap_never_takes_a_node_whose_way_into_raft_is_gone():
     assert "is better than the manager" in step.reason
     step = plan([leader, *others, big], spec=at_max)
     assert step.action == "demote" and "big is promoted next" in step.reason
+
+
+def test_a_machine_that_joined_again_is_planned_by_its_new_entry_and_its_old_one_removed():
+    leader = {**node("a", "manager", leader=True), "manager_addr": "10.0.0.1:2377", "id": "A"}
+    old = {**joined("b", "10.0.0.9:2377", 1), "id": "B-old"}
+    new = {**joined("b", "10.0.0.1:2377", 1), "id": "B-new"}
+    other = {**joined("c", "10.0.0.1:2377", 1), "id": "C"}
+    # both entries ready for a moment (Swarm has not noticed the old one left): the promotion
+    # names the new entry's ID, not only the name both share
+    step = plan([leader, old, new, other])
+    assert (step.action, step.node, step.node_id) == ("promote", "b", "B-new")
+    assert stale_twins([leader, old, new, other]) == []  # not before the old one is down
+    down = {**old, "state": "down"}
+    assert stale_twins([leader, down, new, other]) == [down]
+    # a down node with no ready twin is no twin; nor is a manager
+    assert stale_twins([leader, down, other]) == []
+    gone = {**node("a", "manager", state="down", reachable="unreachable"), "id": "A-old"}
+    assert stale_twins([leader, gone]) == []
 
 
 # --- the one safety view: (status), the console's plans and the autopilot ----------------------

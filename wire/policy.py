@@ -334,6 +334,9 @@ class Step:
     action: str
     node: str | None
     reason: str
+    # the node's swarm ID: a machine that joined again shares its name with its old entry until
+    # that is removed, and the change must go to the one the planner chose
+    node_id: str | None = None
 
 
 def _ready(node: Node) -> bool:
@@ -420,6 +423,7 @@ def plan_step(
                 f"{name} was promoted {out:.0f} s ago but never got into Raft (it is "
                 f"{node.get('state')}; its way in, the manager it first joined by, may be "
                 "gone): removing it so its agent joins again through a current manager",
+                node.get("id"),
             )
     for node in sorted(unreachable, key=lambda n: str(n.get("name"))):
         if is_joining(node):
@@ -435,6 +439,7 @@ def plan_step(
                 name,
                 f"{name} has been unreachable for {away:.0f} s (dead after {dead_after:g} s): "
                 "demoting it before any replacement is promoted",
+                node.get("id"),
             )
     for node in sorted(nodes, key=lambda n: str(n.get("name"))):
         if (
@@ -446,6 +451,7 @@ def plan_step(
                 "remove",
                 str(node.get("name")),
                 f"{node.get('name')} was a dead manager and is demoted: removing it from the swarm",
+                node.get("id"),
             )
     settling = sorted(
         str(n.get("name"))
@@ -525,6 +531,7 @@ def plan_step(
             str(best.get("name")),
             f"{have}, {target} wanted for {len(eligible)} ready nodes: promoting "
             f"the best stable node {_fmt(best, weights)}{way_in_gone}",
+            best.get("id"),
         )
     if count > target:
         victim = weakest()
@@ -536,6 +543,7 @@ def plan_step(
             "demote",
             str(victim.get("name")),
             f"{why}: demoting the weakest manager {_fmt(victim, weights)}",
+            victim.get("id"),
         )
     if best_by_score:
         best, victim = best_by_score[0], weakest()
@@ -547,6 +555,7 @@ def plan_step(
                     str(best.get("name")),
                     f"{better}: promoting it first; {victim.get('name')} is demoted once it is "
                     "reachable",
+                    best.get("id"),
                 )
             # at the maximum the count may not go above it, even for a moment: the weakest
             # steps down first (fault tolerance drops by at most one for that step), then
@@ -558,5 +567,6 @@ def plan_step(
                     str(victim.get("name")),
                     f"{better}: at the maximum of {maximum} managers, demoting "
                     f"{victim.get('name')} first; {best.get('name')} is promoted next",
+                    victim.get("id"),
                 )
     return Step("none", None, f"{have}, as wanted for {len(eligible)} ready nodes{way_in_gone}")

@@ -84,7 +84,7 @@ class Managers:
         """Make one change, re-reading the node's version right before writing; True if made."""
         log.info("autopilot: %s %s: %s", step.action, step.node, step.reason)
         try:
-            node = await self.engine.node(str(step.node))
+            node = await self.engine.node(step.node_id or str(step.node))
             if step.action == "remove":
                 await self.engine.node_remove(node["ID"], force=True)
             else:
