@@ -42,7 +42,14 @@ from wire.files import PRIVATE, write_atomic
 from wire.lists import BootstrapList, ListError, Manager, open_list
 from wire.lists.format import sign_list, verify_list
 from wire.ports import MANAGERS
-from wire.records import LABEL_API, LABEL_CPUS, LABEL_JOINED_VIA, LABEL_MEMORY, node_record
+from wire.records import (
+    LABEL_API,
+    LABEL_CPUS,
+    LABEL_JOINED_VIA,
+    LABEL_MEMORY,
+    node_record,
+    remote_managers,
+)
 from wire.signing import Verifier, audience, load_private_key
 from wire.tls import api_url, check_server_files, client_context
 from wire.trust import TrustFile
@@ -407,8 +414,9 @@ class Agent:
         if self.state != "active" or not self.joined_via:
             self._way_in_gone_since = None
             return False
-        swarm = (await self.engine.info()).get("Swarm") or {}
-        remotes = {m.get("Addr") for m in swarm.get("RemoteManagers") or []} - {None, ""}
+        info = await self.engine.info()
+        swarm = info.get("Swarm") or {}
+        remotes = set(remote_managers(info))
         if (
             swarm.get("LocalNodeState") != "active"
             or swarm.get("ControlAvailable")  # a manager is in Raft already
@@ -436,6 +444,34 @@ class Agent:
         await self.join_or_originate()
         await self._became_member()
         return True
+
+    # --- a node's own view of the managers (issue 17, hole 3) ------------------------------
+
+    async def engine_managers(self, record: dict[str, Any]) -> list[str] | None:
+        """The manager addresses the engine of the node `record` knows (`wire.records
+        .remote_managers`): this engine's for this node, else asked of that node's agent
+        (`GET /v1/node`, signed for that node, at Swarm's own address of it). None when it
+        cannot be asked or another node answers."""
+        info = await self.engine.info()
+        if record.get("id") and record.get("id") == (info.get("Swarm") or {}).get("NodeID"):
+            return remote_managers(info)
+        url = self.swarm.api_of(record.get("manager_addr") or record.get("addr"))
+        if url is None or self.cloud_id is None:
+            return None
+        to = audience(self.cloud_id, str(record.get("name")))
+        try:
+            answer = await NodeClient(url, self.key, self.http, audience=to).request(
+                "GET", "/v1/node", timeout=3.0
+            )
+        except NodeApiError as exc:
+            log.info("could not ask %s which managers its engine knows: %s", record["name"], exc)
+            return None
+        if not isinstance(answer, dict) or answer.get("id") != record.get("id"):
+            return None
+        known = answer.get("remote_managers")
+        if not isinstance(known, list):
+            return None
+        return [str(a) for a in known]
 
     async def _wait_for_engine(self) -> None:
         deadline = time.monotonic() + ENGINE_WAIT

@@ -6,6 +6,8 @@
 - Hole 2: after the leader's machine is lost, a worker that joined through it (its engine's only
   way into Raft) is not promoted until its agent joined again through a current manager; then
   it is promoted and gets into Raft, with no remove-and-rejoin round.
+- Hole 3: an operator's demotion is refused while the demoted node's own engine cannot be
+  shown to know another manager (demoted, it would be a worker that knows none).
 """
 
 from __future__ import annotations
@@ -184,3 +186,73 @@ def test_a_worker_whose_way_into_raft_is_gone_joins_again_before_it_is_promoted(
     )
     assert mine[0]["Status"] == "Ready" and mine[0]["ID"] != worker["id"], mine
     print(f"the lost leader's machine replaced in {took:.1f} s")
+
+
+# --- hole 3: a demotion that would leave the node knowing no manager ------------------------------
+
+
+def known_managers(cloud: LocalCloud, node: str) -> list[str]:
+    """The manager addresses `node`'s own engine knows (docker info: Swarm.RemoteManagers)."""
+    out = cloud.docker(node, "info", "--format", "{{json .Swarm.RemoteManagers}}")
+    return sorted(m["Addr"] for m in json.loads(out.stdout) or [])
+
+
+@pytest.mark.cloud
+def test_a_demotion_is_refused_until_the_nodes_own_engine_is_known_to_know_another_manager(
+    make_cloud: MakeCloud,
+) -> None:
+    """An operator's demote asks the demoted node's agent which managers its engine knows; when
+    it cannot say (its agent hung) the demotion is refused with a reason and a hint, and nothing
+    changes. Once it answers, the same demotion goes through and the node is a Ready worker that
+    knows the other manager."""
+    cloud = make_cloud(nodes=2)  # no spec: the autopilot only watches
+    key = Path(cloud.record["operator_key"])
+    nodes = api_get(cloud, "/v1/nodes")
+    first = next(n for n in nodes if n["role"] == "manager")["name"]
+    second = next(n for n in nodes if n["role"] == "worker")["name"]
+    answer = signed("POST", f"{cloud.api(first)}/v1/nodes/{second}/promote", key)
+    assert answer.status_code == 200, answer.text
+    second_addr = wait_until(
+        lambda: next(
+            (n["manager_addr"] for n in api_get(cloud, "/v1/nodes")
+             if n["name"] == second and n["reachability"] == "reachable"),
+            None,
+        ),
+        60,
+        f"{second} in Raft",
+    )  # fmt: skip
+    # the first manager's agent hangs: nobody can say what its engine knows
+    cloud.pause(first, agent_only=True)
+    try:
+        answer = signed("POST", f"{cloud.api(second)}/v1/nodes/{first}/demote", key, timeout=60)
+        assert answer.status_code == 409, answer.text
+        error = answer.json()
+        assert "did not say which managers its engine knows" in error["message"]
+        assert f"check that {first}'s agent runs" in error["hint"]
+        mine = [e for e in engine_nodes(cloud, second) if e["Hostname"] == first]
+        assert mine[0]["ManagerStatus"] in ("Leader", "Reachable"), mine  # nothing changed
+    finally:
+        cloud.resume(first, agent_only=True)
+    # it answers again: its engine knows the second manager, and the demotion goes through
+    assert second_addr in known_managers(cloud, first)
+    answer = wait_until(
+        lambda: (
+            (
+                a := signed("POST", f"{cloud.api(second)}/v1/nodes/{first}/demote", key, timeout=60)
+            ).status_code
+            == 200
+            and a
+        ),
+        30,
+        f"{first} to be demoted",
+    )
+    assert answer.json()["role"] == "worker"
+    wait_until(
+        lambda: (
+            [e["Status"] for e in engine_nodes(cloud, second) if e["Hostname"] == first]
+            == ["Ready"]
+            and known_managers(cloud, first) == [second_addr]
+        ),
+        90,
+        f"{first} to be a Ready worker that knows {second} as its manager",
+    )

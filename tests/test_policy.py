@@ -17,8 +17,10 @@ from wire.policy import (
     DEMOTED_SETTLE,
     JOIN_GIVE_UP,
     LABEL_DEAD,
+    MEMBER_SETTLE,
     Refusal,
     check_demote,
+    check_demote_view,
     check_promote,
     fault_tolerance,
     is_reachable_manager,
@@ -573,6 +575,49 @@ def test_a_machine_that_joined_again_is_planned_by_its_new_entry_and_its_old_one
     assert stale_twins([leader, down, other]) == []
     gone = {**node("a", "manager", state="down", reachable="unreachable"), "id": "A-old"}
     assert stale_twins([leader, gone]) == []
+
+
+def test_a_demotion_needs_the_demoted_engine_to_know_another_reachable_manager():
+    """Hole 3: the first manager, demoted 0.7 s after the second joined Raft, became a worker
+    that knew no manager at all and stayed down."""
+    a = {**manager("a", leader=True), "manager_addr": "10.0.0.1:2377"}
+    b = {**manager("b"), "manager_addr": "10.0.0.2:2377"}
+    c = {**manager("c", reachable=False), "manager_addr": "10.0.0.3:2377"}
+    nodes = [a, b, c, worker("d")]
+    assert check_demote_view(nodes, "a", ["10.0.0.1:2377", "10.0.0.2:2377"]) is None
+    # it knows only itself, or only a manager that is not reachable
+    for known in (["10.0.0.1:2377"], ["10.0.0.1:2377", "10.0.0.3:2377"], []):
+        refusal = check_demote_view(nodes, "a", known)
+        assert refusal is not None and "knows no other reachable manager yet" in refusal.reason
+        assert "try again in a few seconds" in refusal.hint
+    refusal = check_demote_view(nodes, "a", None)  # its agent did not answer
+    assert refusal is not None and "a's agent did not say" in refusal.reason
+    assert check_demote_view(nodes, "d", None) is None  # a worker: no change, nothing to check
+    assert isinstance(check_demote_view(nodes, "zz", []), Refusal)
+
+
+def test_the_autopilot_demotes_only_once_another_manager_has_been_reachable_a_while():
+    managers = [node(n, "manager", leader=n == "a") for n in "abcd"]
+    spec = {**DEFAULT, "stabilization": 10.0, "dead_after": 10.0, "targets": [[1, 1], [3, 3]]}
+    since = {n["name"]: 0.0 for n in managers}
+    # 4 managers, 3 wanted: the weakest (b: by name among equals, the leader last) is demoted
+    # once some other manager has been reachable for MEMBER_SETTLE
+    settled = {"a": 100.0 - MEMBER_SETTLE, "b": 0.0, "c": 99.0, "d": 99.0}
+    step = plan_step(managers, spec, WEIGHTS, 100.0, since, {}, {}, settled)
+    assert (step.action, step.node) == ("demote", "b")
+    fresh = {"a": 99.0, "b": 0.0, "c": 99.0, "d": 99.0}  # only b itself is an old member
+    step = plan_step(managers, spec, WEIGHTS, 100.0, since, {}, {}, fresh)
+    assert step.action == "wait" and "b's engine knows one to follow" in step.reason
+    # at the maximum, the demote-first swap waits the same way
+    big = {**node("e", cpus=8)}
+    at_max = {**spec, "maximum": 3, "better_by": 0.25}
+    three = managers[:3]
+    step = plan_step([*three, big], at_max, WEIGHTS, 100.0, {**since, "e": 0.0}, {}, {},
+                     {"a": 99.0, "b": 0.0, "c": 99.0})  # fmt: skip
+    assert step.action == "wait" and "b's engine knows one" in step.reason
+    step = plan_step([*three, big], at_max, WEIGHTS, 100.0, {**since, "e": 0.0}, {}, {},
+                     {"a": 0.0, "b": 0.0, "c": 99.0})  # fmt: skip
+    assert (step.action, step.node) == ("demote", "b")
 
 
 # --- the one safety view: (status), the console's plans and the autopilot ----------------------

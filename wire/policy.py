@@ -25,9 +25,11 @@ from typing import Any
 __all__ = [
     "JOIN_GIVE_UP",
     "LABEL_DEAD",
+    "MEMBER_SETTLE",
     "Refusal",
     "Step",
     "check_demote",
+    "check_demote_view",
     "check_promote",
     "check_remove",
     "fault_tolerance",
@@ -178,6 +180,42 @@ def check_demote(nodes: Sequence[Node], name: str) -> Refusal | None:
     return None
 
 
+def check_demote_view(
+    nodes: Sequence[Node], name: str, known: Sequence[str] | None
+) -> Refusal | None:
+    """None if `name`'s own engine knows a manager to follow once demoted, else why not.
+
+    `known` is what the node's engine says it knows (`docker info` Swarm.RemoteManagers, the
+    addresses), asked of its agent; None when it could not be asked. A manager demoted before
+    its engine has learned of any other reachable manager (e.g. the first manager, demoted a
+    moment after the second joined Raft) becomes a worker that knows no manager at all and stays
+    down; swarmkit gives it no other way back (issue 17, hole 3)."""
+    node = _find(nodes, name)
+    if isinstance(node, Refusal):
+        return node
+    if not is_manager(node):
+        return None
+    others = {
+        str(n.get("manager_addr"))
+        for n in nodes
+        if n is not node and is_reachable_manager(n) and n.get("manager_addr")
+    }
+    if known is None:
+        return Refusal(
+            reason=f"{name}'s agent did not say which managers its engine knows; demoted "
+            "without that, it could be left a worker that knows no manager at all",
+            hint=f"check that {name}'s agent runs and answers (its health), then try again",
+        )
+    if not others & set(known):
+        return Refusal(
+            reason=f"{name}'s engine knows no other reachable manager yet (it knows "
+            f"{', '.join(sorted(known)) or 'none'}): demoted now, it would be a worker with no "
+            "manager to report to",
+            hint="try again in a few seconds, once it has learned of the other managers",
+        )
+    return None
+
+
 def check_remove(nodes: Sequence[Node], name: str, running: int) -> Refusal | None:
     """None if node `name` may be removed from the cloud now, else why not.
 
@@ -286,6 +324,10 @@ JOIN_GIVE_UP = 60.0
 # weighted list of managers) and is not Ready meanwhile (~12 s seen in a chaos run); planning
 # on that count shrank the target and demoted another manager, which came back a moment later
 DEMOTED_SETTLE = 30.0
+# seconds another manager must have been reachable (by the leader's clock) before the autopilot
+# demotes one: a demoted manager whose engine has not yet learned of any other manager becomes a
+# worker that knows none and stays down (seen 0.7 s after the second manager joined Raft)
+MEMBER_SETTLE = 5.0
 
 # the agent's label naming the manager address a node joined the swarm by (wire.records)
 LABEL_JOINED_VIA = "hyops.joined-via"
@@ -368,6 +410,7 @@ def plan_step(
     ready_since: Mapping[str, float],
     unreachable_since: Mapping[str, float],
     demoted_since: Mapping[str, float] | None = None,
+    reachable_since: Mapping[str, float] | None = None,
 ) -> Step:
     """The one membership change to make now (or why none), as a pure function.
 
@@ -389,7 +432,9 @@ def plan_step(
        (from an odd count only when two can be promoted, so the count never rests even); in
        steps 5 and 7 a node whose way into Raft is gone (`has_way_in`) is never chosen: its
        agent joins again through a current manager and it is a candidate after that;
-    6. more than the target: demote the weakest (the leader last among equals);
+    6. more than the target: demote the weakest (the leader last among equals); in steps 6
+       and 7 only once another manager has been reachable for `MEMBER_SETTLE`
+       (`reachable_since[name]`, when given), so the demoted engine knows a manager to follow;
     7. at the target: a node better by `better_by` than the weakest manager is promoted, and
        step 6 then demotes the weakest: a swap that never drops below the target. At the
        maximum, where promoting first would go above it, the weakest is demoted first and step
@@ -498,6 +543,19 @@ def plan_step(
     )
     maximum = int(managers_spec["maximum"])
 
+    def too_new(victim: Node) -> str:
+        """Why `victim` may not be demoted yet (empty: it may): no other manager has been
+        reachable long enough for its engine to know it (see MEMBER_SETTLE)."""
+        if reachable_since is None:
+            return ""
+        others = [n for n in reachable if n is not victim]
+        if any(now - reachable_since.get(str(n.get("name")), now) >= MEMBER_SETTLE for n in others):
+            return ""
+        return (
+            f"the other managers joined Raft less than {MEMBER_SETTLE:g} s ago: waiting until "
+            f"{victim.get('name')}'s engine knows one to follow once demoted"
+        )
+
     def weakest() -> Node:
         return min(
             managers,
@@ -539,6 +597,8 @@ def plan_step(
         refusal = check_demote(nodes, str(victim.get("name")))
         if refusal is not None:
             return Step("wait", None, f"{why}, but {refusal.reason}")
+        if wait := too_new(victim):
+            return Step("wait", None, f"{why}, but {wait}")
         return Step(
             "demote",
             str(victim.get("name")),
@@ -561,6 +621,8 @@ def plan_step(
             # steps down first (fault tolerance drops by at most one for that step), then
             # step 5 promotes the best stable node, which is this better one
             refusal = check_demote(nodes, str(victim.get("name")))
+            if wait := too_new(victim):
+                return Step("wait", None, f"{better}, but {wait}")
             if refusal is None:
                 return Step(
                     "demote",

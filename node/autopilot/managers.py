@@ -41,12 +41,14 @@ class Managers:
         self.ready_since: dict[str, float] = {}
         self.unreachable_since: dict[str, float] = {}
         self.demoted_since: dict[str, float] = {}  # nodes this autopilot demoted, and when
+        self.reachable_since: dict[str, float] = {}  # managers reachable without a break since
 
     def forget(self) -> None:
         """Start the clocks afresh (this node just began to lead)."""
         self.ready_since.clear()
         self.unreachable_since.clear()
         self.demoted_since.clear()
+        self.reachable_since.clear()
 
     def observe(self, records: list[dict[str, Any]], now: float) -> None:
         """Note since when each node is ready and each manager unreachable (by `now`)."""
@@ -61,7 +63,17 @@ class Managers:
                 self.unreachable_since.setdefault(name, now)
             else:
                 self.unreachable_since.pop(name, None)
-        for table in (self.ready_since, self.unreachable_since, self.demoted_since):
+            if is_reachable_manager(r):
+                self.reachable_since.setdefault(name, now)
+            else:
+                self.reachable_since.pop(name, None)
+        tables = (
+            self.ready_since,
+            self.unreachable_since,
+            self.demoted_since,
+            self.reachable_since,
+        )
+        for table in tables:
             for name in set(table) - names:
                 del table[name]
         for name, since in list(self.demoted_since.items()):
@@ -78,6 +90,7 @@ class Managers:
             self.ready_since,
             self.unreachable_since,
             self.demoted_since,
+            self.reachable_since,
         )
 
     async def act(self, step: Step) -> bool:
