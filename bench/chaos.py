@@ -169,7 +169,8 @@ def main() -> int:
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 8
     seed = int(sys.argv[2]) if len(sys.argv) > 2 else random.SystemRandom().randrange(10**6)
     rng = random.Random(seed)
-    print(f"chaos: {rounds} rounds, seed {seed}", flush=True)
+    load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    print(f"chaos: {rounds} rounds, seed {seed} (load average {load})", flush=True)
     violations: list[str] = []
     counts: dict[str, int] = {}
     slowest = (0.0, "")
@@ -313,6 +314,8 @@ def main() -> int:
                     cloud.resume(node)  # a stopped process would hold `down` up
             cloud.down(clean=True)
     kinds = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+    load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    print(f"chaos: load average {load} at the end")
     print(f"chaos: {survived} of {rounds} rounds survived, {len(violations)} violations; "
           f"faults: {kinds}; slowest recovery {slowest[0]:.1f} s ({slowest[1]})")  # fmt: skip
     for v in violations:
