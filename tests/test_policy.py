@@ -709,3 +709,21 @@ def test_a_node_demoted_a_moment_ago_and_not_ready_yet_is_waited_for():
     back = [*managers, node("e")]
     step = plan_step(back, spec, WEIGHTS, 100.0, {**since, "e": 0.0}, {}, {"e": 95.0})
     assert (step.action, step.node) == ("promote", "e")
+
+
+def test_a_node_not_ready_for_a_moment_does_not_shrink_the_managers():
+    """Seen in the hole-2 test: after the leader's machine was lost, a worker reconnecting to
+    another manager was not ready for a moment; the planner counted 2 ready nodes, wanted 1
+    manager and demoted one it had to promote again a few seconds later."""
+    spec = {**DEFAULT, "stabilization": 10.0, "dead_after": 10.0, "targets": [[1, 1], [3, 3]]}
+    nodes = [node("a", "manager", leader=True), node("b", "manager"), node("c", state="down")]
+    since = {"a": 0.0, "b": 0.0}
+    # without the clock, 2 ready nodes want 1 manager: one is demoted
+    assert plan_step(nodes, spec, WEIGHTS, 100.0, since, {}).action == "demote"
+    # c away for 3 s of dead_after's 10 still counts: 3 wanted, nothing is demoted (the planner
+    # waits for a node to promote)
+    blip = plan_step(nodes, spec, WEIGHTS, 100.0, since, {}, {}, None, {"c": 97.0})
+    assert blip.action == "wait" and "3 wanted" in blip.reason
+    # away past dead_after: it no longer counts
+    gone = plan_step(nodes, spec, WEIGHTS, 100.0, since, {}, {}, None, {"c": 85.0})
+    assert gone.action == "demote"

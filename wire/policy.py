@@ -411,6 +411,7 @@ def plan_step(
     unreachable_since: Mapping[str, float],
     demoted_since: Mapping[str, float] | None = None,
     reachable_since: Mapping[str, float] | None = None,
+    not_ready_since: Mapping[str, float] | None = None,
 ) -> Step:
     """The one membership change to make now (or why none), as a pure function.
 
@@ -432,6 +433,9 @@ def plan_step(
        (from an odd count only when two can be promoted, so the count never rests even); in
        steps 5 and 7 a node whose way into Raft is gone (`has_way_in`) is never chosen: its
        agent joins again through a current manager and it is a candidate after that;
+    The target counts the ready nodes and those not ready for less than `dead_after`
+    (`not_ready_since`, when given): a blip neither shrinks nor grows the managers.
+
     6. more than the target: demote the weakest (the leader last among equals); in steps 6
        and 7 only once another manager has been reachable for `MEMBER_SETTLE`
        (`reachable_since[name]`, when given), so the demoted engine knows a manager to follow;
@@ -521,7 +525,19 @@ def plan_step(
         )
     eligible = [n for n in nodes if _eligible(n)]
     have = _plural(count, "manager")
-    target = manager_target(len(eligible), managers_spec)
+    # a node not ready for less than dead_after (`not_ready_since`) still counts towards the
+    # target: its engine may be finding another manager after one was lost, or its links were
+    # down a moment; the managers do not shrink, and grow back, on every such blip
+    blips = [
+        n
+        for n in nodes
+        if not _ready(n)
+        and not_ready_since is not None
+        and n.get("availability") in (None, "active")
+        and LABEL_DEAD not in (n.get("labels") or {})
+        and now - not_ready_since.get(str(n.get("name")), now) < dead_after
+    ]
+    target = manager_target(len(eligible) + len(blips), managers_spec)
     stabilization = float(managers_spec["stabilization"])
     workers = [n for n in eligible if not is_manager(n)]
     ready_long = [

@@ -42,6 +42,7 @@ class Managers:
         self.unreachable_since: dict[str, float] = {}
         self.demoted_since: dict[str, float] = {}  # nodes this autopilot demoted, and when
         self.reachable_since: dict[str, float] = {}  # managers reachable without a break since
+        self.not_ready_since: dict[str, float] = {}  # nodes not ready without a break since
 
     def forget(self) -> None:
         """Start the clocks afresh (this node just began to lead)."""
@@ -49,6 +50,7 @@ class Managers:
         self.unreachable_since.clear()
         self.demoted_since.clear()
         self.reachable_since.clear()
+        self.not_ready_since.clear()
 
     def observe(self, records: list[dict[str, Any]], now: float) -> None:
         """Note since when each node is ready and each manager unreachable (by `now`)."""
@@ -57,8 +59,10 @@ class Managers:
             name = r["name"]
             if r["state"] == "ready":
                 self.ready_since.setdefault(name, now)
+                self.not_ready_since.pop(name, None)
             else:
                 self.ready_since.pop(name, None)
+                self.not_ready_since.setdefault(name, now)
             if is_manager(r) and not is_reachable_manager(r):
                 self.unreachable_since.setdefault(name, now)
             else:
@@ -72,6 +76,7 @@ class Managers:
             self.unreachable_since,
             self.demoted_since,
             self.reachable_since,
+            self.not_ready_since,
         )
         for table in tables:
             for name in set(table) - names:
@@ -91,6 +96,7 @@ class Managers:
             self.unreachable_since,
             self.demoted_since,
             self.reachable_since,
+            self.not_ready_since,
         )
 
     async def act(self, step: Step) -> bool:
