@@ -40,7 +40,9 @@ __all__ = [
     "ImageError",
     "build_image",
     "cache_dir",
+    "cached_image",
     "content_key",
+    "image_tag",
     "python_pins",
 ]
 
@@ -165,9 +167,14 @@ def _read_inputs(recipe: Recipe, given: dict[str, Path]) -> dict[str, bytes]:
 
 
 def content_key(
-    recipe: Recipe, inputs: dict[str, bytes], pins: list[str], sources: list[tuple[str, bytes]]
+    recipe: Recipe,
+    inputs: dict[str, bytes],
+    pins: list[str],
+    sources: list[tuple[str, bytes]],
+    repo: Path = REPO,
 ) -> str:
-    """The hash (hex) of everything the image is made from: its cache key and tag."""
+    """The hash (hex) of everything the image is made from: its cache key and tag. `repo`
+    holds the recipe's `[files]` (this checkout, or a system's repository)."""
     h = hashlib.sha256()
 
     def part(label: str, data: bytes) -> None:
@@ -177,7 +184,7 @@ def content_key(
     part("builder", BUILDER.encode())
     part("recipe", recipe.file.read_bytes())
     for dest, source in sorted(recipe.files.items()):
-        part(f"file {dest}", (REPO / source).read_bytes())
+        part(f"file {dest}", (repo / source).read_bytes())
     for name, data in sorted(inputs.items()):
         part(f"input {name}", data)
     if recipe.python:
@@ -404,6 +411,53 @@ def _prune(cache: Path, recipe: str, keep: int) -> list[Path]:
 # --- building --------------------------------------------------------------------------------
 
 
+def _what(
+    name: str, inputs: dict[str, Path] | None, recipes: Path, repo: Path
+) -> tuple[Recipe, dict[str, bytes], list[str], list[tuple[str, bytes]], str]:
+    """The checked recipe, its inputs, pins, sources and content key."""
+    try:
+        recipe = load_recipe(name, recipes, repo)
+    except RecipeError as exc:
+        raise ImageError(str(exc)) from None
+    if recipe.python and repo != REPO:
+        raise ImageError(
+            f"recipe {recipe.file}: python = true packs hyops's own code; a repository's recipe "
+            "is Debian packages and its own [files] (remove python = true)"
+        )
+    given = _read_inputs(recipe, dict(inputs or {}))
+    pins = python_pins() if recipe.python else []
+    sources = _source_files(REPO) if recipe.python else []
+    return recipe, given, pins, sources, content_key(recipe, given, pins, sources, repo)
+
+
+def image_tag(
+    name: str,
+    inputs: dict[str, Path] | None = None,
+    *,
+    cache: Path | None = None,
+    recipes: Path = RECIPES,
+    repo: Path = REPO,
+) -> tuple[str, bool]:
+    """The tag `build_image` would give (REPOSITORY:HASH12) and whether it is cached, without
+    building anything (what a plan shows). ImageError for a recipe with a problem."""
+    recipe, _, _, _, key = _what(name, inputs, recipes, Path(repo).resolve())
+    entry = (Path(cache) if cache is not None else cache_dir()) / key[:32]
+    return f"{recipe.name}:{key[:12]}", (entry / "image.tar").is_file()
+
+
+def cached_image(tag: str, cache: Path | None = None) -> Built | None:
+    """The cached build whose tag is `tag` (REPOSITORY:HASH12), or None: what
+    `(push-image! TAG)` carries again to a node that joined since."""
+    cache = Path(cache) if cache is not None else cache_dir()
+    for meta in sorted(cache.glob("*/image.json")):
+        with contextlib.suppress(OSError, ValueError):
+            data = json.loads(meta.read_text())
+            if data.get("tag") == tag and (meta.parent / "image.tar").is_file():
+                tar = meta.parent / "image.tar"
+                return Built(str(data.get("recipe")), tag, data["image_id"], tar, True, 0.0)
+    return None
+
+
 def build_image(
     name: str,
     inputs: dict[str, Path] | None = None,
@@ -411,20 +465,19 @@ def build_image(
     output: Path | None = None,
     cache: Path | None = None,
     recipes: Path = RECIPES,
+    repo: Path = REPO,
     log: Callable[[str], None] = lambda _line: None,
 ) -> Built:
     """Build image `name` (images/recipes/NAME.toml) with `inputs` (input name -> file), or take
     it from the cache when nothing it is made from changed. With `output`, the tar is also
-    written into that folder as REPOSITORY-TAG.tar. ImageError says what went wrong."""
+    written into that folder as REPOSITORY-TAG.tar. ImageError says what went wrong.
+
+    `recipes` and `repo` name another folder of recipes and the repository their `[files]` are
+    in: a system's repository (repl/catalogue.py). Such a recipe cannot take this checkout's
+    Python packages (`python = true`): it is made of Debian packages and its own files."""
     started = time.monotonic()
-    try:
-        recipe = load_recipe(name, recipes, REPO)
-    except RecipeError as exc:
-        raise ImageError(str(exc)) from None
-    given = _read_inputs(recipe, dict(inputs or {}))
-    pins = python_pins() if recipe.python else []
-    sources = _source_files(REPO) if recipe.python else []
-    key = content_key(recipe, given, pins, sources)
+    repo = Path(repo).resolve()
+    recipe, given, pins, sources, key = _what(name, inputs, recipes, repo)
     tag = f"{recipe.name}:{key[:12]}"
     cache = Path(cache) if cache is not None else cache_dir()
     entry = cache / key[:32]
@@ -440,8 +493,8 @@ def build_image(
                 if recipe.python:
                     extra.update(_python_tree(pins, sources, Path(tmp)))
                 for dest, source in recipe.files.items():
-                    mode = 0o755 if os.access(REPO / source, os.X_OK) else 0o644
-                    extra[dest] = ((REPO / source).read_bytes(), mode)
+                    mode = 0o755 if os.access(repo / source, os.X_OK) else 0o644
+                    extra[dest] = ((repo / source).read_bytes(), mode)
                 for input_name, data in given.items():
                     extra[recipe.inputs[input_name].path] = (data, 0o644)
                 layer = Path(tmp) / "layer.tar"
@@ -451,9 +504,12 @@ def build_image(
                 image_id = _write_image(layer, layer_sha, config, tag, partial)
                 entry.mkdir(parents=True, exist_ok=True)  # only for a whole image
                 os.replace(partial, tar)
-            data = {"recipe": name, "tag": tag, "image_id": image_id, "key": key}
+            # entries are pruned per recipe; a repository's recipe (often hyops-image) by its
+            # image's repository, so two systems' images do not push each other out
+            label = name if repo == REPO else recipe.name
+            data = {"recipe": label, "tag": tag, "image_id": image_id, "key": key}
             meta.write_text(json.dumps(data, indent=1) + "\n")
-            _prune(cache, name, keep=KEEP)
+            _prune(cache, label, keep=KEEP)
     image_id = json.loads(meta.read_text())["image_id"]
     result = tar
     if output is not None:

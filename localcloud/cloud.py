@@ -51,7 +51,7 @@ from localcloud.host import (
     spawn,
     stop,
 )
-from localcloud.image import BUSYBOX, STORE_IMAGE, import_image, load_recipe_image
+from localcloud.image import BUSYBOX_IMAGE, STORE_IMAGE, load_recipe_image
 from localcloud.keys import (
     ensure_cloud_key,
     ensure_key,
@@ -107,8 +107,6 @@ def check_prerequisites(agents: bool = True, *, euid: int | None = None) -> None
         )
     if not shutil.which("dockerd"):
         raise DevCloudError(f"no dockerd on this machine: {INSTALL_HINT}")
-    if not BUSYBOX.is_file():
-        raise DevCloudError(f"no {BUSYBOX} (busybox-static): {INSTALL_HINT}")
     for tool, package in (("ip", "iproute2"), ("nsenter", "util-linux"), ("git", "git")):
         if not shutil.which(tool):
             raise DevCloudError(f"no `{tool}` on this machine: apt-get install {package}")
@@ -552,7 +550,7 @@ class LocalCloud:
 
     def _import_image(self, names: list[str], deadline: float) -> None:
         sockets = [self.node_info(n)["docker_socket"] for n in names]
-        import_image(sockets, self.state_dir / "cache" / "busybox-rootfs.tar", deadline)
+        load_recipe_image(sockets, "busybox", BUSYBOX_IMAGE, deadline)
         if self._store_marker.is_file():
             load_recipe_image(sockets, "etcd", STORE_IMAGE, deadline)
 

@@ -8,11 +8,19 @@ import os
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
-from localcloud.cloud import LocalCloud
+from localcloud.cloud import LocalCloud, workspace_spec
 from localcloud.host import DevCloudError
 
-__all__ = ["down_main", "find_state_dir", "parse_memory", "parse_resources", "up_main"]
+__all__ = [
+    "down_main",
+    "find_state_dir",
+    "parse_memory",
+    "parse_resources",
+    "up_main",
+    "with_store",
+]
 
 _NODE = re.compile(r"node-(\d+)")
 _UNITS = {"": 1, "B": 1, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
@@ -109,17 +117,51 @@ def containers_up(args: argparse.Namespace) -> int:
     return 0
 
 
+def with_store(spec: dict[str, Any] | None) -> dict[str, Any]:
+    """`spec` (checked spec data; None: the defaults) with the cloud's store as a system named
+    `store` (`wire.store` defaults: from 1 ready node, 1, 3 or 5 members), unless it has one."""
+    from wire.spec import SpecError, check_spec
+
+    data = {k: v for k, v in (spec or {}).items() if k != "version"}
+    systems = dict(data.get("systems") or {})
+    if not any(s.get("kind") == "store" for s in systems.values()):
+        if "store" in systems:
+            raise DevCloudError(
+                "--store: the workspace's spec has a system named store that is not the store "
+                '(kind = "store"): rename it, or give it kind = "store" yourself'
+            )
+        systems["store"] = {"kind": "store"}
+    data["systems"] = systems
+    try:
+        return check_spec(data)
+    except SpecError as exc:
+        raise DevCloudError(f"--store: {exc}") from None
+
+
 def up_main(args: argparse.Namespace) -> int:
-    """`hyops up [--nodes N] [--name NAME] [--resources NODE=CPUS,MEMORY ...] [--containers]`."""
+    """`hyops up [--nodes N] [--name NAME] [--resources NODE=CPUS,MEMORY ...] [--containers]
+    [--store]`."""
     if getattr(args, "containers", False):
+        if getattr(args, "store", False):
+            print("hyops up: --store is for a local cloud of namespaced nodes, not --containers",
+                  file=sys.stderr)  # fmt: skip
+            return 2
         return containers_up(args)
     args.name = args.name or "local"
     cloud = None
     try:
-        cloud = LocalCloud(find_state_dir(), args.name)
+        state_dir = find_state_dir()
+        cloud = LocalCloud(state_dir, args.name)
         resources = parse_resources(args.resources)
+        spec = None
+        known = cloud.load_record() is not None
+        if getattr(args, "store", False):
+            spec = with_store(workspace_spec(state_dir))
         print(f"starting local cloud {args.name!r} ...", flush=True)
-        info = cloud.up(nodes=args.nodes, resources=resources)
+        if spec is not None:
+            print("  with the store: the etcd image is built once (minutes), then cached",
+                  flush=True)  # fmt: skip
+        info = cloud.up(nodes=args.nodes, resources=resources, spec=spec)
     except DevCloudError as exc:
         print(f"hyops up: {exc}", file=sys.stderr)
         if cloud is not None and cloud.record_path.exists():
@@ -129,6 +171,14 @@ def up_main(args: argparse.Namespace) -> int:
     for node in info["nodes"]:
         print(f"  {node['name']:<8} {node['addr']:<15} {node['api']}")
     print(f"recorded in {info['record']}; `hyops down` stops it, `hyops repl` operates it")
+    if spec is not None and known:
+        print(
+            "the store's image is on every node; this cloud existed, so its spec was not "
+            "changed: copy cloud/systems/store.toml.example to cloud/systems/store.toml and "
+            "(apply-spec!) in the console"
+        )
+    elif spec is not None:
+        print("its spec has the store: (store) in the console shows its members")
     return 0
 
 

@@ -12,8 +12,11 @@ containers, TLS certificates issued by the cloud's CA for each container's addre
     cloud.docker("node-1", "node", "ls")     # the docker CLI inside that node container
     cloud.down()
 
-The workspace reaches the containers' addresses through a route to the host engine's namespace;
-the cloud is recorded in `.hyops/clouds/NAME/cloud.toml` like any other.
+Each node container publishes one port, its API's, on the host namespace's address (what a
+machine behind NAT does: `-p ADDR:PORT:7300`, with that address advertised), and the workspace
+reaches the nodes through those ports only: this machine has no route to the containers' own
+addresses. The containers reach each other on their bridge (Swarm, and agents calling a manager
+at its Swarm address). The cloud is recorded in `.hyops/clouds/NAME/cloud.toml` like any other.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from localcloud.host import NETNS_DIR, DevCloudError, flock, remove_tree, run
 from localcloud.keys import CLOUD_KEY, ensure_key
 from wire.cloudrecord import CloudRecord, read_record, write_record
 from wire.files import write_private
-from wire.ports import API_PORT, SSH_PORT
+from wire.ports import API_PORT
 from wire.tls import api_url, client_context
 from wire.trust import Trust, TrustedKey, write_trust
 
@@ -186,15 +189,28 @@ class ContainerCloud:
         if result.returncode != 0:
             raise DevCloudError(f"docker load of {self.image.tag} failed: {result.stderr.strip()}")
 
+    @property
+    def host_addr(self) -> str:
+        """The host namespace's address: where the node containers' API ports are published."""
+        return str(self.host.node_info("node-1")["addr"])
+
+    def published_port(self, index: int) -> int:
+        """The host port node number `index` publishes its API on (all share the host's
+        address, so each has its own port)."""
+        return API_PORT + index
+
     def _network(self) -> None:
-        """The containers' bridge on the host engine, and a route to it from this machine."""
+        """The containers' bridge on the host engine (no route to it from this machine: the
+        nodes are reached through their published ports)."""
         network = f"{self.prefix}-nodes"
         if self.host_docker("network", "inspect", network, check=False).returncode != 0:
             self.host_docker("network", "create", "--subnet", str(self.subnet), network)
+        # the published ports are forwarded into the bridge (dockerd sets it too; be sure)
         host_ns = NETNS_DIR / self.host.node_info("node-1")["netns"]
         run(["nsenter", f"--net={host_ns}", "sysctl", "-qw", "net.ipv4.ip_forward=1"])
-        via = self.host.node_info("node-1")["addr"]
-        run(["ip", "route", "replace", str(self.subnet), "via", via])
+        # the containers' addresses are unreachable from this machine, and nothing meant for
+        # them leaves it by the default route
+        run(["ip", "route", "replace", "unreachable", str(self.subnet)])
 
     # -- up and down ----------------------------------------------------------------------------
 
@@ -222,16 +238,18 @@ class ContainerCloud:
             addr = self.addr(index)
             folder = self.cloud_dir / "nodes" / node
             folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            port = self.published_port(index)
+            # named for its Swarm address (agents call it there) and the published one
             ensure_node_cert(
                 release["tls_ca_key"], release["tls_ca"], folder / "tls.key", folder / "tls.pem",
-                node, [addr],
+                node, [addr, self.host_addr],
             )  # fmt: skip
             write_private(folder / "cloud_ed25519", release["cloud_key"].read_bytes())
             self.nodes[node] = {
                 "name": node,
                 "addr": addr,
-                "api": api_url(addr, API_PORT),
-                "ssh": f"{addr}:{SSH_PORT}",
+                "api": api_url(self.host_addr, port),
+                "published": f"{self.host_addr}:{port}",
                 "cpus": cpus,
                 "memory": memory,
                 "container": self.container(node),
@@ -259,6 +277,8 @@ class ContainerCloud:
             "HYOPS_TLS_DIR": "/etc/hyops/node",
             "HYOPS_CLOUD_KEY": "/etc/hyops/node/cloud_ed25519",
             "HYOPS_MAY_ORIGINATE": "true",
+            "HYOPS_ADVERTISE_ADDR": entry["addr"],  # Swarm: on the containers' bridge
+            "HYOPS_API_ADVERTISE": entry["published"],  # the API: through Docker's NAT
         }
         options = run_options(
             name,
@@ -270,7 +290,8 @@ class ContainerCloud:
             mounts=[f"{self.shared}:/etc/hyops/shared", f"{folder}:/etc/hyops/node:ro"],
         )
         network = ["--network", f"{self.prefix}-nodes", "--ip", entry["addr"]]
-        self.host_docker("run", *options, *network, self.image.tag)
+        publish = ["--publish", f"{entry['published']}:{API_PORT}/tcp"]
+        self.host_docker("run", *options, *network, *publish, self.image.tag)
 
     def kill(self, node: str) -> None:
         """Node loss: SIGKILL that node's container (its volume stays)."""
@@ -280,23 +301,31 @@ class ContainerCloud:
         """Each node's public key (made at its first start) into the enrolment file, as a node
         key named after its node: what an operator does when a machine joins."""
         keys = []
+        known_hosts = []
         for node in self.nodes:
-            public = ""
-            while time.monotonic() < deadline:
-                result = self.host_docker(
-                    "exec", self.container(node), "cat", "/var/lib/hyops/node_ed25519.pub",
-                    check=False,
-                )  # fmt: skip
-                public = result.stdout.strip()
-                if result.returncode == 0 and public:
-                    break
-                time.sleep(0.3)
-            if not public:
-                raise DevCloudError(f"{node} made no key: see `docker logs {self.container(node)}`")
+            public = self._public(node, "node_ed25519.pub", deadline)
             keys.append(TrustedKey.from_public(node, "node", public))
+            # SSH rides on the published API port: its host key is known at that address
+            host, port = self.nodes[node]["published"].rsplit(":", 1)
+            host_key = self._public(node, "ssh_host_ed25519.pub", deadline)
+            known_hosts.append(f"[{host}]:{port} {' '.join(host_key.split()[:2])}")
         enrolment = self.shared / "nodes.toml"
         if Trust.load(enrolment).keys != tuple(keys):
             write_trust(enrolment, keys)
+        write_private(self.cloud_dir / "known_hosts", "\n".join(known_hosts) + "\n")
+
+    def _public(self, node: str, name: str, deadline: float) -> str:
+        """A public key file the node container made at its first start, on its volume."""
+        public = ""
+        while time.monotonic() < deadline:
+            result = self.host_docker(
+                "exec", self.container(node), "cat", f"/var/lib/hyops/{name}", check=False
+            )
+            public = result.stdout.strip()
+            if result.returncode == 0 and public:
+                return public
+            time.sleep(0.3)
+        raise DevCloudError(f"{node} made no {name}: see `docker logs {self.container(node)}`")
 
     def _write_record(self, release: dict[str, Path]) -> None:
         record = {
@@ -306,10 +335,11 @@ class ContainerCloud:
             "operator_key": str(release["operator_key"]),
             "trust": str(release["trust"]),
             "tls_ca": str(release["tls_ca"]),
+            "known_hosts": str(self.cloud_dir / "known_hosts"),
             "host": self.host.name,
             "image": self.image.tag if self.image else None,
             "node": [
-                {k: v for k, v in n.items() if k in ("name", "addr", "api", "ssh")}
+                {k: v for k, v in n.items() if k in ("name", "addr", "api")}
                 for n in self.nodes.values()
             ],
         }
@@ -363,8 +393,9 @@ class ContainerCloud:
             ours = [v for v in volumes if v.startswith(f"{self.prefix}-")]
             if ours:
                 self.host_docker("volume", "rm", "-f", *ours, check=False)
-            run(["ip", "route", "del", str(self.subnet)], check=False)
+            run(["ip", "route", "del", "unreachable", str(self.subnet)], check=False)
             self.host.down(clean=True)
         for folder in (self.shared, self.cloud_dir / "nodes"):
             remove_tree(folder)
         self.record_path.unlink(missing_ok=True)
+        (self.cloud_dir / "known_hosts").unlink(missing_ok=True)

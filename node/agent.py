@@ -25,6 +25,7 @@ import secrets
 import sys
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -47,11 +48,14 @@ from wire.records import (
     LABEL_CPUS,
     LABEL_JOINED_VIA,
     LABEL_MEMORY,
+    LABEL_TLS_CA,
+    LABEL_TLS_CERT,
+    LABEL_TLS_KEY,
     node_record,
     remote_managers,
 )
 from wire.signing import Verifier, audience, load_private_key
-from wire.tls import api_url, check_server_files, client_context
+from wire.tls import TlsError, api_url, check_server_files, client_context, unnamed_hosts
 from wire.trust import TrustFile
 
 log = logging.getLogger("hyops.agent")
@@ -132,9 +136,12 @@ class Agent:
         tls = config.tls
         if tls is not None:
             check_server_files(tls.cert, tls.key)
+            check_cert_names(tls.cert, config)
         verify = client_context(tls.ca) if tls is not None else True
         self.http = httpx.AsyncClient(timeout=10.0, verify=verify)
-        self.api_url = api_url(config.api_host, config.api_port, tls=tls is not None)
+        # where the workspace and other machines reach this agent: its labels, its claim on the
+        # list and its list entry name this URL ([node] api_advertise, else where it listens)
+        self.api_url = api_url(*config.advertised_api, tls=tls is not None)
         self._inactive_since: float | None = None
         self._way_in_gone_since: float | None = None  # see refresh_way_in
         self._labelling: asyncio.Task[None] | None = None
@@ -163,13 +170,15 @@ class Agent:
         self.ops = Operations(
             self.engine, self.swarm, self, config.name, self.api_url, model=self.model
         )
-        self.store = StoreOps(self.engine, gateway_http())  # etcd's gateway: plain HTTP
+        # etcd's gateway over TLS with this node's certificate (None without [tls])
+        self.store = StoreOps(self.engine, gateway_http(tls))
         self.autopilot = Autopilot(  # idles until this node leads; keeps the given spec
             self.engine,
             self.swarm,
             name=config.name,
             data_dir=config.data_dir,
             active=lambda: self.state == "active",
+            tls=tls,
         )
 
     # --- state kept across restarts -------------------------------------------------------
@@ -216,7 +225,7 @@ class Agent:
                 # connection's close waits for the peer's close_notify (30 s) that pooled peers
                 # never send: a stopping agent gives them this long, so SIGTERM is prompt
                 timeout_graceful_shutdown=SHUTDOWN_GRACE,
-                **server_options(),
+                **{**server_options(), "http": self._protocol()},
                 **self._tls_files(),
             )
         )
@@ -239,6 +248,19 @@ class Agent:
             await self.http.aclose()
             await self.engine.aclose()
             log.info("agent %s stopped", self.config.name)
+
+    def _protocol(self) -> type:
+        """The API's HTTP protocol: node/limits.py's, also carrying SSH after a signed upgrade
+        (node/tunnel.py) to this agent's SSH server, so one port serves both."""
+        from node.api import ssh_gate
+        from node.tunnel import tunnel_protocol
+
+        ssh = self.config.ssh
+        target = None
+        if ssh is not None:
+            host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(ssh.host, ssh.host)
+            target = (host, ssh.port)
+        return tunnel_protocol(ssh_gate(self, target))
 
     def _tls_files(self) -> dict[str, str]:
         """uvicorn's TLS options: the node's certificate and key when the config has [tls]."""
@@ -581,7 +603,7 @@ class Agent:
         self.state = "originating"
         await self.engine.swarm_init(
             advertise_addr=self.config.advertise_addr,
-            listen_addr=f"{self.config.advertise_addr}:{SWARM_PORT}",
+            listen_addr=swarm_listen_addr(self.config.advertise_addr),
         )
         self.cloud_id = claim.cloud_id
         self.joined_via = ""  # it made the swarm: it is in Raft from the start
@@ -688,7 +710,8 @@ class Agent:
     # --- labels ------------------------------------------------------------------------------
 
     def wanted_labels(self, info: dict[str, Any]) -> dict[str, str]:
-        """The labels this node carries: its API, how it joined, its resources: the config's
+        """The labels this node carries: its API, its TLS files (which its store member mounts),
+        how it joined, its resources: the config's
         figures, else the limits of the cgroup it runs under (a node container's --cpus and
         --memory, node/resources.py), else the engine's."""
         limit_cpus, limit_memory = own_limits()
@@ -697,6 +720,11 @@ class Agent:
             (m for m in (self.config.memory, limit_memory, info.get("MemTotal")) if m), None
         )
         labels = {LABEL_API: self.api_url}
+        if self.config.tls is not None:  # the node's files, which its store member mounts
+            tls = self.config.tls
+            labels[LABEL_TLS_CERT] = str(tls.cert.absolute())
+            labels[LABEL_TLS_KEY] = str(tls.key.absolute())
+            labels[LABEL_TLS_CA] = str(tls.ca.absolute())
         if self.joined_via is not None:
             labels[LABEL_JOINED_VIA] = self.joined_via
         if cpus is not None:
@@ -752,16 +780,16 @@ class Agent:
         manager, leader = await self.swarm.manager_state()
         if not (manager and leader) or not self.lists.writable:
             return
-        records = [node_record(n) for n in await self.engine.nodes()]
+        records = [node_record(n, tls=self.swarm.tls) for n in await self.engine.nodes()]
         managers = tuple(
             sorted(
                 (
                     Manager(
                         name=r["name"],
                         addr=r["manager_addr"],
-                        # Swarm's own address of that manager and the API port, never the
-                        # hyops.api label: a label is not an address anyone vouches for
-                        api=str(self.swarm.api_of(r["manager_addr"])),
+                        # with TLS, the address the manager advertises (wire.records.agent_api
+                        # says why a label is safe there), else its Swarm address and API port
+                        api=str(r["api"] or self.swarm.api_of(r["manager_addr"])),
                     )
                     for r in records
                     if r["role"] == "manager"
@@ -786,6 +814,40 @@ class Agent:
         if await asyncio.to_thread(self.lists.publish, lst, self.config.name, message):
             log.info("published to the bootstrap list: %s", message)
         self._published = key
+
+
+def swarm_listen_addr(advertise_addr: str) -> str:
+    """Where the engine listens for Swarm: on the advertise address when it is this machine's,
+    else on every address (behind NAT the advertised address is the machine's, published into
+    the node container with `-p 2377:2377`, and the container's own address is not known to
+    peers; docs/node-image.md)."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in advertise_addr else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.bind((advertise_addr, 0))
+    except OSError:
+        return f"[::]:{SWARM_PORT}" if family == socket.AF_INET6 else f"0.0.0.0:{SWARM_PORT}"
+    host = f"[{advertise_addr}]" if family == socket.AF_INET6 else advertise_addr
+    return f"{host}:{SWARM_PORT}"
+
+
+def check_cert_names(cert: Path, config: AgentConfig) -> None:
+    """Refuse to start when the node's certificate does not name the addresses its API is
+    dialled at: the advertised one (the workspace, the list) and its Swarm address (other
+    agents forward to a manager there). Every such client would refuse the certificate."""
+    hosts = list(dict.fromkeys([config.advertised_api[0], config.advertise_addr]))
+    try:
+        missing = unnamed_hosts(cert.read_bytes(), hosts)
+    except (OSError, ValueError):
+        return  # check_server_files said what is wrong with the file
+    if missing:
+        raise TlsError(
+            f"the certificate {cert} does not name {', '.join(missing)}, where this node's API "
+            "is dialled ([node] api_advertise, else api_addr; and advertise_addr, where other "
+            f"agents call it): issue the node a certificate naming {', '.join(hosts)}"
+        )
 
 
 def _join_answer_problem(

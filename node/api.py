@@ -32,6 +32,7 @@ from node.autopilot import Autopilot
 from node.autopilot.specs import spec_for_role
 from node.engine import EngineError
 from node.errors import AgentError, Kind
+from node.image_api import add_image_routes
 from node.model import Change
 from node.operations import Operations
 from node.service_api import add_service_routes
@@ -77,6 +78,7 @@ class NodeAgent(Protocol):
     name: str
     api_url: str
     key: Any  # the node's own key: it signs the join-token answer
+    config: Any  # node/config.py: its data_dir holds an image tar while it arrives
     verifier: Verifier
     http: httpx.AsyncClient
     swarm: SwarmView
@@ -329,6 +331,43 @@ class ModelReads:
         if agent.cloud_id is None or agent.state != "active" or model is None:
             return None
         return model.answer(kind)
+
+
+def ssh_gate(
+    agent: NodeAgent, ssh: tuple[str, int] | None
+) -> Callable[[str, str, dict[str, str]], Awaitable[tuple[str, int]]]:
+    """What lets SSH ride on the API port (node/tunnel.py): a `GET /v1/ssh` upgrade signed by
+    an operator key for this very node (never the managers' audience: SSH goes to one node),
+    with a fresh nonce, like every control request. Returns the SSH server's address to splice
+    to, or raises AuthError (also for a node without SSH: 404, or not in a cloud yet: 503)."""
+    from node.tunnel import SSH_PATH
+
+    async def gate(method: str, target: str, headers: dict[str, str]) -> tuple[str, int]:
+        if method != "GET" or target != SSH_PATH:
+            raise AuthError(
+                404, "not-found", f"SSH is carried by GET {SSH_PATH} only", "use hyops's SSH"
+            )
+        cloud = agent.cloud_id
+        if cloud is None:
+            raise AuthError(
+                503,
+                "not-in-a-cloud",
+                f"{agent.name} is in no cloud yet: only GET /v1/health answers",
+                "wait until it has joined (GET /v1/health says its state and cloud_id)",
+            )
+        key = agent.verifier.verify("GET", target, b"", headers, {audience(cloud, agent.name)})
+        require_role(key, "operator")
+        if ssh is None:
+            raise AuthError(
+                404,
+                "no-ssh",
+                f"{agent.name} runs no SSH server",
+                "give its agent an [ssh] section (docs/logs-and-ssh.md)",
+            )
+        log.info("SSH over the API to %s for %s", agent.name, key.name)
+        return ssh
+
+    return gate
 
 
 def create_app(agent: NodeAgent) -> FastAPI:
@@ -620,6 +659,7 @@ def create_app(agent: NodeAgent) -> FastAPI:
         )
 
     add_service_routes(app, agent, on_manager, readers, operators)  # node/service_api.py
+    add_image_routes(app, agent, audiences, readers)  # node/image_api.py: images to this node
 
     @app.put("/v1/spec", tags=["autopilot"])
     async def put_spec(

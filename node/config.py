@@ -95,6 +95,16 @@ class AgentConfig:
     # (docs/protocol.md section 2); None: it publishes none (only manager-capable machines
     # should hold it)
     cloud_key_path: Path | None = None
+    # `[node] api_advertise`: where the workspace and other machines reach the node API when
+    # that is not where it listens (a node container behind `docker run -p PORT:7300`); None:
+    # the listening address is the advertised one
+    api_advertise: tuple[str, int] | None = None
+
+    @property
+    def advertised_api(self) -> tuple[str, int]:
+        """(host, port) the node API is reached at from outside: `api_advertise`, else where
+        it listens. The node's records, its list entry and its certificate name this one."""
+        return self.api_advertise or (self.api_host, self.api_port)
 
     @property
     def api_addr(self) -> str:
@@ -252,6 +262,15 @@ def _advertise(value: Any) -> str:
     raise ValueError(f"expected {expected}, got {_show(value)}")
 
 
+def _advertised_api(value: Any) -> tuple[str, int]:
+    host, port = split_host_port(value)
+    if host in ("0.0.0.0", "::"):
+        raise ValueError(
+            f"expected the address others reach the API at, not a wildcard, got {_show(value)}"
+        )
+    return host, port
+
+
 def _bool(value: Any) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"expected true or false, got {_show(value)}")
@@ -315,6 +334,14 @@ def load_config(path: str | Path) -> AgentConfig:
     )
     advertise = r.get("node", node, "advertise_addr", 'an IP address, e.g. "10.0.0.11"', _advertise)
     api = r.get("node", node, "api_addr", '"host:port", e.g. "10.0.0.11:7300"', split_host_port)
+    api_advertise = r.get(
+        "node",
+        node,
+        "api_advertise",
+        '"host:port" where others reach the API, e.g. "203.0.113.7:7300"',
+        _advertised_api,
+        required=False,
+    )
     socket = r.get("node", node, "docker_socket", "the path of dockerd's unix socket", r.path)
     data_dir = r.get("node", node, "data_dir", "a folder for the agent's state", r.path)
     key = r.get("node", node, "key", "the path of the node's ed25519 private key", r.path)
@@ -336,6 +363,7 @@ def load_config(path: str | Path) -> AgentConfig:
             "name",
             "advertise_addr",
             "api_addr",
+            "api_advertise",
             "docker_socket",
             "data_dir",
             "key",
@@ -400,4 +428,5 @@ def load_config(path: str | Path) -> AgentConfig:
         api_max_body=max_body,
         tls=tls,
         cloud_key_path=cloud_key,
+        api_advertise=api_advertise,
     )

@@ -94,6 +94,12 @@ class Settings:
     nodes: Path | None  # HYOPS_NODES: the enrolment file (node keys)
     tls_dir: Path | None  # HYOPS_TLS_DIR: tls.pem and tls.key issued for this node
     release: Path = RELEASE
+    # HYOPS_API_ADVERTISE: "host:port" where the API is reached from outside when the port is
+    # published through Docker's NAT (`-p 7300:7300` on the machine's address); "": the own one
+    api_advertise: str = ""
+    # the container's own address, where the API and SSH listen (docker's NAT forwards to it);
+    # "": the advertise address (a container with its own routed address)
+    own_addr: str = ""
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, release: Path = RELEASE) -> Settings:
@@ -139,6 +145,19 @@ class Settings:
             problems.append(
                 f"no {release / 'trust.toml'} in this image: build it with --input trust=FILE"
             )
+        api_advertise = env.get("HYOPS_API_ADVERTISE", "").strip()
+        if api_advertise:
+            from node.config import split_host_port
+
+            try:
+                host, _ = split_host_port(api_advertise)
+                if host in ("0.0.0.0", "::"):
+                    raise ValueError("a wildcard")
+            except ValueError as exc:
+                problems.append(
+                    f'HYOPS_API_ADVERTISE={api_advertise!r}: expected "host:port" where the '
+                    f"published API port is reached, e.g. 203.0.113.7:7300 ({exc})"
+                )
         advertise = env.get("HYOPS_ADVERTISE_ADDR", "").strip() or _default_addr()
         if not advertise and config is None:
             problems.append("cannot tell this container's address: set HYOPS_ADVERTISE_ADDR")
@@ -149,6 +168,8 @@ class Settings:
             list_url=list_url,
             advertise_addr=advertise,
             api_port=port,
+            api_advertise=api_advertise,
+            own_addr=_default_addr() if api_advertise else "",
             may_originate=may_originate,
             cloud_key=path("HYOPS_CLOUD_KEY"),
             nodes=path("HYOPS_NODES"),
@@ -176,12 +197,19 @@ class Settings:
                 "key": str(self.tls_dir / "tls.key"),
                 "ca": str(self.release / "tls_ca.pem"),
             }
+        listen = self.own_addr or self.advertise_addr
+        node = {
+            "name": self.name,
+            "advertise_addr": self.advertise_addr,
+            # on the container's own address: docker's NAT forwards the published port there,
+            # and other agents call it at its Swarm address on this port
+            "api_addr": f"{listen}:{self.api_port}",
+        }
+        if self.api_advertise:
+            node["api_advertise"] = self.api_advertise  # the workspace's and the list's
         return {
             "node": {
-                "name": self.name,
-                "advertise_addr": self.advertise_addr,
-                # on the container's own address: the URL other nodes and the list name
-                "api_addr": f"{self.advertise_addr}:{self.api_port}",
+                **node,
                 "docker_socket": str(DOCKER_SOCKET),
                 "data_dir": str(self.data / "agent"),
                 "key": str(self.key),
@@ -194,7 +222,7 @@ class Settings:
             },
             "tls": tls,
             "ssh": {
-                "listen": f"{self.advertise_addr}:{SSH_PORT}",
+                "listen": f"{listen}:{SSH_PORT}",
                 "host_key": str(self.data / "ssh_host_ed25519"),
                 "logs": str(self.data / "logs"),
             },
@@ -274,15 +302,17 @@ def _watch_enrolment(settings: Settings, stop: threading.Event) -> None:
 # --- cgroups --------------------------------------------------------------------------------
 
 
-def workloads_cgroup() -> str:
+def workloads_cgroup(root: Path = Path("/")) -> str:
     """dockerd's --cgroup-parent, so that the node's containers stay inside the node's limits.
 
     cgroup v2 (one unified hierarchy at /sys/fs/cgroup): a cgroup with processes cannot hand its
     controllers down, so this container's processes move to a leaf (`init`), the controllers are
     enabled for the children, and the workloads go to a sibling cgroup, an absolute path.
-    cgroup v1: a relative parent, which dockerd puts under its own cgroup (inside the node's)."""
-    root = Path("/sys/fs/cgroup")
-    own = Path("/proc/self/cgroup").read_text().strip().splitlines()
+    cgroup v1: a relative parent, which dockerd puts under its own cgroup (inside the node's).
+    `root` is where the file system starts (tests give a folder with `proc/`, `sys/fs/cgroup/`)."""
+    proc = root / "proc"
+    own = (proc / "self" / "cgroup").read_text().strip().splitlines()
+    root = root / "sys" / "fs" / "cgroup"
     if not (root / "cgroup.controllers").exists():
         return WORKLOADS
     path = own[0].split(":", 2)[2] if own and own[0].startswith("0::") else "/"
@@ -293,7 +323,7 @@ def workloads_cgroup() -> str:
         listed = (mine / "cgroup.procs").read_text().split()
     except OSError:
         return WORKLOADS
-    if "1" not in listed or any(p == "0" or not Path(f"/proc/{p}").exists() for p in listed):
+    if "1" not in listed or any(p == "0" or not (proc / p).exists() for p in listed):
         # not this container's own cgroup (e.g. the host's hierarchy mounted in): touch nothing
         _log(f"cgroup {mine} is not this container's own: workloads go under dockerd's cgroup")
         return WORKLOADS

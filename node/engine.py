@@ -442,6 +442,53 @@ class Engine:
 
     # -- containers, logs and images ----------------------------------------------------------
 
+    async def image(self, name_or_id: str) -> dict | None:
+        """The image record (`GET /images/{name}/json`), or None when this engine has none."""
+        try:
+            return await self._get(f"/images/{name_or_id}/json", f"inspect image {name_or_id}")
+        except EngineError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def image_load(self, tar: Path, timeout: float = 600.0) -> list[str]:
+        """Load a `docker load` tar (`POST /images/load`), streamed from the file; the lines
+        the engine said ("Loaded image: ..."). EngineError when it refused the tar."""
+        operation = "load an image"
+        if self.api_version is None:
+            await self.connect()
+
+        async def chunks() -> AsyncIterator[bytes]:
+            with tar.open("rb") as f:
+                while chunk := f.read(1 << 20):
+                    yield chunk
+
+        headers = {"Content-Type": "application/x-tar", "Content-Length": str(tar.stat().st_size)}
+        url = f"/v{self.api_version}/images/load"
+        said: list[str] = []
+        try:
+            async with self._client.stream(
+                "POST", url, params={"quiet": "1"}, content=chunks(), headers=headers,
+                timeout=httpx.Timeout(self.timeout, read=timeout),
+            ) as response:  # fmt: skip
+                if response.status_code >= 400:
+                    await response.aread()
+                    raise EngineError(
+                        operation, _engine_message(response), status=response.status_code
+                    )
+                async for line in response.aiter_lines():
+                    if not line.strip():
+                        continue
+                    record = json.loads(line)
+                    if record.get("error") or record.get("errorDetail"):
+                        detail = record.get("errorDetail") or {}
+                        raise EngineError(operation, str(detail.get("message") or record["error"]))
+                    if record.get("stream", "").strip():
+                        said.append(record["stream"].strip())
+        except (httpx.TransportError, OSError) as exc:
+            raise self._unreachable(operation, exc) from None
+        return said
+
     async def containers(self, all: bool = False, filters: dict | None = None) -> list[dict]:
         """This engine's containers (running only unless `all`)."""
         params = {"all": str(all).lower(), **_filters(filters)}

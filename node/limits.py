@@ -31,6 +31,8 @@ from typing import Any
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from wire.images import IMAGES_ROUTE, MAX_IMAGE
+
 __all__ = [
     "BODY_TIMEOUT",
     "HEADER_TIMEOUT",
@@ -52,6 +54,11 @@ MAX_HEADERS = 16 * 1024
 HEADER_TIMEOUT = 10.0
 # Seconds for a request's body to arrive once its headers have (1 MiB at 35 KB/s).
 BODY_TIMEOUT = 30.0
+# Routes whose body is streamed to the application, not read here: an image tar (wire/images.py,
+# node/image_api.py checks the signature from the headers before it reads the body, and needs
+# the body's Content-Length), with its own size limit and a longer time to arrive.
+STREAMED = {("POST", IMAGES_ROUTE): MAX_IMAGE}
+STREAMED_BODY_TIMEOUT = 900.0
 # Requests served at once (log streams included); more are answered 503 `busy` at once.
 MAX_IN_FLIGHT = 128
 # Open connections at once (uvicorn's limit_concurrency; over it uvicorn answers a plain 503).
@@ -120,7 +127,15 @@ class LimitsMiddleware:
             )
             return
         length = _content_length(scope)
-        if length is not None and length > self.max_body:
+        streamed = STREAMED.get((scope.get("method", ""), scope.get("path", "")))
+        if streamed is not None and length is not None and length > streamed:
+            await _refuse(
+                send, 413, "too-large",
+                f"the request's body is {length} bytes; at most {streamed} are read here",
+                "send a smaller image; nothing was read or changed",
+            )  # fmt: skip
+            return
+        if streamed is None and length is not None and length > self.max_body:
             await _refuse(send, 413, "too-large", *self._too_large(f"{length} bytes"))
             return
         if self.in_flight >= self.max_in_flight:
@@ -133,6 +148,12 @@ class LimitsMiddleware:
             )
             return
         self.in_flight += 1
+        if streamed is not None:  # the route reads it, signature first (see STREAMED)
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                self.in_flight -= 1
+            return
         try:
             body = bytearray()
             more = True
@@ -219,7 +240,9 @@ class LimitedH11Protocol(H11Protocol):
         super().handle_events()
         state = self.conn.their_state
         if state is h11.SEND_BODY and self._phase == "headers":
-            self._arm("body", self.body_timeout)
+            scope = getattr(self, "scope", None) or {}
+            streamed = (scope.get("method", ""), scope.get("path", "")) in STREAMED
+            self._arm("body", STREAMED_BODY_TIMEOUT if streamed else self.body_timeout)
         elif state in (h11.DONE, h11.MUST_CLOSE, h11.CLOSED, h11.ERROR):
             self._disarm()
             self._phase = "answer"

@@ -13,6 +13,7 @@ keeping the smallest limit, and falls back to the engine's figures where no limi
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from pathlib import PurePosixPath
 
@@ -118,12 +119,15 @@ def cgroup_limits(
     return cpus, memory
 
 
-def own_limits() -> tuple[float | None, int | None]:
-    """`cgroup_limits` of this process (None, None where /proc cannot be read)."""
+def own_limits(root: str = "/") -> tuple[float | None, int | None]:
+    """`cgroup_limits` of this process (None, None where /proc cannot be read). `root` is
+    where the file system starts (tests give a folder holding `proc/` and `sys/fs/cgroup/`)."""
 
     def read(path: str) -> str | None:
         try:
-            with open(path, encoding="ascii", errors="replace") as f:
+            with open(
+                os.path.join(root, path.lstrip("/")), encoding="ascii", errors="replace"
+            ) as f:
                 return f.read()
         except OSError:
             return None

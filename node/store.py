@@ -3,7 +3,9 @@
 etcd's HTTP gateway takes JSON at `/v3/...` (research: store-etcd.md): keys and values in
 base64, int64 as strings, zero values left out, member IDs in decimal. It has no failover of its
 own, so `Gateway` tries the members' client URLs (on their nodes' addresses inside the cloud) in
-turn. The members come from their Swarm services (`wire.store` labels): what the autopilot made.
+turn. The members serve TLS and take only clients presenting a certificate the cloud CA issued:
+the agent presents its node's (`gateway_http`); an agent without `[tls]` cannot reach the
+store. The members come from their Swarm services (`wire.store` labels): what the autopilot made.
 
 `StoreOps` answers the node API's `/v1/store` routes: the members with leader and health, reads,
 writes (one transaction each: all or nothing) and a snapshot. Bad input and a store without a
@@ -22,6 +24,7 @@ from typing import Any
 
 import httpx
 
+from node.config import TlsConfig
 from node.engine import Engine
 from node.errors import AgentError
 from wire.policy import quorum
@@ -44,13 +47,26 @@ WRITE_TIMEOUT = 10.0
 MAX_SNAPSHOT = 4 * 1024 * 1024  # in base64, with the keys, it must fit one answer (8 MiB)
 
 
-def gateway_http() -> httpx.AsyncClient:
-    """A client for etcd's gateway (plain HTTP inside the cloud) with TCP_NODELAY: a small POST
-    goes out as headers and body in two writes, and without it the second waits for the first's
-    delayed ACK (40 ms a request)."""
+NO_TLS_HINT = (
+    "the store's members take only clients with a certificate from the cloud CA: give this "
+    "node's agent a [tls] section (cert, key, ca; `hyops up` writes it for a local cloud, "
+    "HYOPS_TLS_DIR for a node container) and restart it"
+)
+
+
+def gateway_http(tls: TlsConfig | None) -> httpx.AsyncClient | None:
+    """A client for etcd's gateway: TLS, trusting the cloud CA only and presenting this node's
+    certificate (the members ask every client for one), with TCP_NODELAY (a small POST goes out
+    as headers and body in two writes, and without it the second waits for the first's delayed
+    ACK: 40 ms a request). None when the agent has no `[tls]`: it cannot reach the store."""
+    if tls is None:
+        return None
+    from wire.tls import client_context
+
     nodelay = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
+    context = client_context(tls.ca, cert=tls.cert, key=tls.key)
     return httpx.AsyncClient(
-        timeout=10.0, transport=httpx.AsyncHTTPTransport(socket_options=nodelay)
+        timeout=10.0, transport=httpx.AsyncHTTPTransport(verify=context, socket_options=nodelay)
     )
 
 
@@ -183,11 +199,23 @@ class Gateway:
 
 
 class StoreOps:
-    """The node API's `/v1/store` answers, on a manager (which reads the members' services)."""
+    """The node API's `/v1/store` answers, on a manager (which reads the members' services).
+    `http` is `gateway_http`'s client, None when this agent has no certificate to present."""
 
-    def __init__(self, engine: Engine, http: httpx.AsyncClient) -> None:
+    def __init__(self, engine: Engine, http: httpx.AsyncClient | None) -> None:
         self.engine = engine
-        self.http = http
+        self._http = http
+
+    @property
+    def http(self) -> httpx.AsyncClient:
+        if self._http is None:
+            raise AgentError(
+                "unavailable",
+                "store-needs-tls",
+                "this node's agent has no TLS certificate, so it cannot reach the store",
+                NO_TLS_HINT,
+            )
+        return self._http
 
     async def gateway(self) -> Gateway:
         services = await member_services(self.engine)
@@ -214,8 +242,8 @@ class StoreOps:
     async def status(self) -> dict[str, Any]:
         """The members (name, node, healthy, leader, running), the leader and the health."""
         services = await member_services(self.engine)
-        gateway = Gateway(self.http, [s["client"] for s in services if s["running"]])
-        view = await gateway.view() if gateway.endpoints else None
+        running = [s["client"] for s in services if s["running"]]
+        view = await Gateway(self.http, running).view() if running else None
         by_peer = {m["peer"]: m for m in (view or {}).get("members", [])}
         members = []
         for s in sorted(services, key=lambda s: s["member"]):

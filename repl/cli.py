@@ -100,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NODE=CPUS,MEMORY",
         help="resource figures a node labels itself with, e.g. node-2=4,8GiB (repeatable)",
     )
+    p.add_argument(
+        "--store",
+        action="store_true",
+        help="with the cloud's store (etcd, docs/store.md): a new cloud's spec gets it, every "
+        "node the etcd image (built once, minutes; then cached)",
+    )
 
     p = sub.add_parser("down", help="stop a local cloud (keeps its data unless --clean)")
     p.add_argument("--name", default=None, help="the cloud's name in this workspace (local)")

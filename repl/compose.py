@@ -112,9 +112,15 @@ TOP_KEYS = {"version", "services", "networks", "volumes", "configs", "secrets"}
 SERVICE_KEYS = {
     "image", "command", "environment", "env_file", "ports", "networks", "volumes", "configs",
     "secrets", "healthcheck", "deploy", "user", "working_dir", "hostname", "stop_grace_period",
+    "entrypoint", "stop_signal", "init", "read_only", "extra_hosts", "dns", "dns_search",
+    "cap_add", "cap_drop", "sysctls", "ulimits", "tmpfs", "logging",
 }  # fmt: skip
+# the same name in a definition (wire/services.py), checked there
+SAME_KEYS = ("stop_signal", "init", "read_only", "extra_hosts", "dns", "dns_search", "cap_add",
+             "cap_drop", "sysctls", "tmpfs")  # fmt: skip
 DEPLOY_KEYS = {"mode", "replicas", "resources", "placement", "update_config", "restart_policy",
-               "labels", "endpoint_mode"}  # fmt: skip
+               "labels", "endpoint_mode", "rollback_config"}  # fmt: skip
+UPDATE_KEYS = {"parallelism", "delay", "failure_action", "monitor", "max_failure_ratio", "order"}
 REFUSED = {
     "build": "build and push an image, then name it in image:",
     "depends_on": "Swarm has no start order: use healthchecks, and retry in the program",
@@ -295,6 +301,28 @@ def translate(
         for key, ours in (("user", "user"), ("working_dir", "workdir"), ("hostname", "hostname")):
             if key in given:
                 d[ours] = str(given[key])
+        entrypoint = given.get("entrypoint")
+        if isinstance(entrypoint, str):
+            d["entrypoint"] = shlex.split(entrypoint)
+        elif entrypoint is not None:
+            d["entrypoint"] = (
+                [str(c) for c in entrypoint] if isinstance(entrypoint, list) else entrypoint
+            )
+        for key in SAME_KEYS:
+            if key in given:
+                d[key] = given[key]
+        if "ulimits" in given:
+            ulimits = given["ulimits"]
+            d["ulimits"] = ulimits
+            if isinstance(ulimits, dict):
+                for k, v in ulimits.items():
+                    if isinstance(v, dict):
+                        _unknown(f"{where}.ulimits.{k}", v, {"soft", "hard"}, problems)
+        if "logging" in given:
+            logging = given["logging"] or {}
+            _unknown(f"{where}.logging", logging, {"driver", "options"}, problems)
+            d["logging"] = {"driver": logging.get("driver", "json-file"),
+                            "options": logging.get("options") or {}}  # fmt: skip
         if "stop_grace_period" in given:
             d["stop_grace_period"] = _duration(
                 given["stop_grace_period"], f"{where}.stop_grace_period", problems
@@ -389,16 +417,28 @@ def translate(
                 _unknown(f"{where}.deploy.resources.{k}", r, {"cpus", "memory"}, problems)
                 d[k] = {kk: r[kk] for kk in ("cpus", "memory") if kk in r}
         placement = deploy.get("placement") or {}
-        _unknown(f"{where}.deploy.placement", placement, {"constraints"}, problems)
+        _unknown(f"{where}.deploy.placement", placement, {"constraints", "preferences"}, problems)
         d["placement"] = [str(c).replace(" ", "") for c in placement.get("constraints") or []]
-        update = deploy.get("update_config") or {}
-        _unknown(f"{where}.deploy.update_config", update,
-                 {"parallelism", "delay", "failure_action", "monitor", "max_failure_ratio",
-                  "order"}, problems)  # fmt: skip
-        for k in ("delay", "monitor"):
-            if k in update:
-                update[k] = _duration(update[k], f"{where}.deploy.update_config.{k}", problems)
-        d["update"] = update
+        if "preferences" in placement:
+            spread = []
+            for i, pref in enumerate(placement["preferences"] or []):
+                if isinstance(pref, dict):
+                    _unknown(f"{where}.deploy.placement.preferences[{i}]", pref, {"spread"},
+                             problems)  # fmt: skip
+                    spread.append(pref.get("spread"))
+                else:
+                    problems.append(f"{where}.deploy.placement.preferences[{i}]: expected "
+                                    "{spread: node.labels.NAME}")  # fmt: skip
+            d["spread"] = spread
+        for key, ours in (("update_config", "update"), ("rollback_config", "rollback")):
+            if key not in deploy and key == "rollback_config":
+                continue
+            update = deploy.get(key) or {}
+            _unknown(f"{where}.deploy.{key}", update, UPDATE_KEYS, problems)
+            for k in ("delay", "monitor"):
+                if k in update:
+                    update[k] = _duration(update[k], f"{where}.deploy.{key}.{k}", problems)
+            d[ours] = update
         restart = deploy.get("restart_policy") or {}
         _unknown(f"{where}.deploy.restart_policy", restart,
                  {"condition", "delay", "max_attempts", "window"}, problems)  # fmt: skip

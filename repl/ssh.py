@@ -7,7 +7,11 @@ is missing from that file or differs from it is refused, with a message saying w
 at. Connections live on the Session's background loop and are kept between inputs, one per node.
 
 Where a node's SSH server listens comes from the cloud record (`[[node]] ssh = "addr:port"`), else
-from the node's address with the default port 7322.
+from the node's address with the default port 7322. A node recorded with its API (`api`) and no
+`ssh` address is reached over its API port (a node container publishes only that one): a signed
+`GET /v1/ssh` upgrade on a TLS connection checked against the cloud CA, which the agent splices
+to its SSH server (node/tunnel.py); the SSH log-in and host key check are the same as ever, the
+host key recorded for the API's `[host]:port`.
 
 This layer is given what it needs (the cloud record, the operator key, the known_hosts file) and
 knows nothing of sessions or connections: the cloud connection (repl/cloud.py) makes the cloud's
@@ -44,15 +48,18 @@ class SshError(Exception):
 
 @dataclass(frozen=True)
 class SshTarget:
-    """Where one node's SSH server listens."""
+    """Where one node's SSH server listens: `host:port`, or, with `api` (the node API's
+    https:// URL, whose host and port these are), behind the node API's port."""
 
     node: str
     host: str
     port: int
+    api: str | None = None
 
     @property
     def where(self) -> str:
-        return f"{self.node} at {self.host}:{self.port}"
+        over = " (SSH over its API port)" if self.api else ""
+        return f"{self.node} at {self.host}:{self.port}{over}"
 
 
 def known_hosts_line(host: str, port: int, public_key: str) -> str:
@@ -77,13 +84,21 @@ class NodeShell:
     Every method is async and runs on the Session's loop.
     """
 
-    def __init__(self, key_path: Path, known_hosts: Path, targets: dict[str, SshTarget]) -> None:
+    def __init__(
+        self,
+        key_path: Path,
+        known_hosts: Path,
+        targets: dict[str, SshTarget],
+        tls_ca: Path | None = None,
+    ) -> None:
         self.key_path = Path(key_path)
         self.known_hosts = Path(known_hosts)
         self.targets = dict(targets)
+        self.tls_ca = tls_ca  # the cloud CA: checks the node API SSH rides on
         self._key: Any = None
         self._conns: dict[str, Any] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._pumps: dict[str, list[asyncio.Task[None]]] = {}
 
     def __repr__(self) -> str:
         return f"<ssh to {len(self.targets)} nodes, host keys from {self.known_hosts}>"
@@ -129,11 +144,13 @@ class NodeShell:
                     "known_hosts comes from `hyops up` or with the cloud's record; hyops never "
                     "trusts an unknown host key"
                 )
+            sock = await self._over_api(target) if target.api else None
             try:
                 conn = await asyncio.wait_for(
                     asyncssh.connect(
                         target.host,
                         target.port,
+                        sock=sock,
                         username=USERNAME,
                         client_keys=[self._key],
                         known_hosts=str(self.known_hosts),
@@ -171,6 +188,75 @@ class NodeShell:
                 ) from None
             self._conns[node] = conn
             return conn
+
+    async def _over_api(self, target: SshTarget) -> Any:
+        """A socket whose other end is `target`'s SSH server, through its node API's port: TLS
+        checked against the cloud CA, the node's name and cloud from its open health answer,
+        then a `GET /v1/ssh` upgrade signed for that node; its bytes are pumped to and from a
+        socket pair whose one end asyncssh is given. SshError saying why, if it cannot be."""
+        import socket
+
+        from wire.signing import audience, sign_headers
+        from wire.tls import TlsError, client_context, explain_tls_failure
+
+        if self.tls_ca is None:
+            raise SshError(
+                f"cannot reach SSH of {target.where}: the cloud's record names no CA (tls_ca) to "
+                "check its API's certificate with"
+            )
+        try:
+            context = client_context(self.tls_ca)
+        except TlsError as exc:
+            raise SshError(str(exc)) from None
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(
+                    target.host, target.port, ssl=context, server_hostname=target.host
+                ),
+                15,
+            )
+        except (OSError, TimeoutError) as exc:
+            reason = explain_tls_failure(exc) or getattr(exc, "strerror", None) or str(exc)
+            raise SshError(
+                f"cannot reach SSH of {target.where}: {reason or type(exc).__name__}"
+            ) from None
+        try:
+            host = f"{target.host}:{target.port}"
+            writer.write(f"GET /v1/health HTTP/1.1\r\nhost: {host}\r\n\r\n".encode())
+            status, body = await _answer(reader)
+            health = _json(body)
+            name, cloud = health.get("name"), health.get("cloud_id")
+            if status != 200 or not cloud:
+                raise SshError(f"{target.where} is not in a cloud yet (its health: {status})")
+            if name != target.node:
+                raise SshError(
+                    f"{target.where}: the node API there is {name!r}, not {target.node!r}; "
+                    "is the cloud's record out of date?"
+                )
+            signed = sign_headers(self._key, "GET", "/v1/ssh", b"", audience=audience(cloud, name))
+            head = f"GET /v1/ssh HTTP/1.1\r\nhost: {host}\r\nconnection: Upgrade\r\n"
+            head += "upgrade: hyops-ssh\r\n" + "".join(f"{k}: {v}\r\n" for k, v in signed.items())
+            writer.write((head + "\r\n").encode())
+            status, body = await _answer(reader, upgrade=True)
+            if status != 101:
+                answer = _json(body)
+                message = answer.get("message") or f"HTTP {status}"
+                hint = f" ({answer['hint']})" if answer.get("hint") else ""
+                raise SshError(f"{target.where} refused SSH over its API: {message}{hint}")
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
+            writer.close()
+            reason = str(exc) or type(exc).__name__
+            raise SshError(f"cannot reach SSH of {target.where}: {reason}") from None
+        except SshError:
+            writer.close()
+            raise
+        mine, theirs = socket.socketpair()
+        pair_reader, pair_writer = await asyncio.open_connection(sock=theirs)
+        self._pumps[target.node] = [
+            asyncio.ensure_future(_pump(reader, pair_writer)),
+            asyncio.ensure_future(_pump(pair_reader, writer)),
+        ]
+        return mine
 
     async def run(self, node: str, command: str, *, timeout: float = 60) -> dict[str, Any]:
         """Run `command` on `node`; returns {"node", "exit", "stdout", "stderr"}."""
@@ -237,6 +323,54 @@ class NodeShell:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(conn.wait_closed(), 5)
         self._conns.clear()
+        for pumps in self._pumps.values():
+            for pump in pumps:
+                pump.cancel()
+        self._pumps.clear()
+
+
+async def _answer(reader: asyncio.StreamReader, *, upgrade: bool = False) -> tuple[int, bytes]:
+    """(status, body) of one HTTP/1.1 answer; the body (by content-length, at most 64 KiB) is
+    not read after a 101 when `upgrade`: the bytes after it are the tunnel's."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    if len(head) > 65536:
+        raise ValueError("an answer's head longer than 64 KiB")
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ", 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+        raise ValueError(f"not an HTTP answer: {lines[0][:60]!r}")
+    status = int(parts[1])
+    if upgrade and status == 101:
+        return status, b""
+    fields = dict(
+        (k.strip().lower(), v.strip()) for k, _, v in (ln.partition(":") for ln in lines[1:] if ln)
+    )
+    length = int(fields.get("content-length", "0") or 0)
+    if length > 65536:
+        raise ValueError("an answer longer than 64 KiB")
+    return status, await reader.readexactly(length)
+
+
+def _json(body: bytes) -> dict[str, Any]:
+    import json
+
+    try:
+        value = json.loads(body or b"{}")
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Copy `reader` to `writer` until end of file; then close `writer`."""
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except (ConnectionError, OSError):
+        pass
+    finally:
+        writer.close()
 
 
 def shell_for(record: CloudRecord, key_path: Path | None = None) -> NodeShell:
@@ -249,9 +383,15 @@ def shell_for(record: CloudRecord, key_path: Path | None = None) -> NodeShell:
             f"the cloud record {where} names no known_hosts file, so no node's SSH host "
             "key can be checked: record the cloud again (hyops up does it for local clouds)"
         )
+    import urllib.parse
+
     targets = {}
     for node in record.nodes:
         address = node.ssh_address()
         if address is not None:
             targets[node.name] = SshTarget(node.name, *address)
-    return NodeShell(key_path or record.operator_key, record.known_hosts, targets)
+        elif node.api and node.api.startswith("https://"):  # SSH over the API's one port
+            url = urllib.parse.urlsplit(node.api)
+            if url.hostname and url.port:
+                targets[node.name] = SshTarget(node.name, url.hostname, url.port, api=node.api)
+    return NodeShell(key_path or record.operator_key, record.known_hosts, targets, record.tls_ca)

@@ -4,6 +4,7 @@ real build and the node containers are in test_node_image.py)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -11,8 +12,8 @@ import pytest
 from images.build import ImageError, _read_inputs, content_key, python_pins
 from images.commands import parse_inputs
 from images.recipe import RecipeError, load_recipe
-from node.container import ContainerError, Settings, merged_trust
-from node.resources import cgroup_limits
+from node.container import ContainerError, Settings, merged_trust, workloads_cgroup
+from node.resources import cgroup_limits, own_limits
 from wire.keys import generate_key
 from wire.trust import Trust, TrustedKey
 
@@ -67,6 +68,86 @@ def test_no_limit_anywhere_gives_none_so_the_engine_figures_are_used() -> None:
     read = files({"/sys/fs/cgroup/cpu.max": "max 100000\n", "/sys/fs/cgroup/memory.max": "max\n"})
     assert cgroup_limits("0::/\n", V2_MOUNTS, read) == (None, None)
     assert cgroup_limits("", "", read) == (None, None)
+
+
+def v2_tree(root: Path, files: dict[str, str]) -> Path:
+    """A cgroup v2 machine's files as a real folder tree under `root`: `proc/self/cgroup`,
+    `proc/self/mountinfo`, `proc/PID/` of the listed processes, `sys/fs/cgroup/...`."""
+    for path, text in files.items():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text(text)
+    return root
+
+
+def test_cgroup_v2_limits_are_read_from_a_v2_file_tree(tmp_path: Path) -> None:
+    """What a node container on a cgroup v2 host sees (a cgroup namespace: its own cgroup is
+    the mount's root, the node program moved to the leaf `init`), read through the files."""
+    root = v2_tree(
+        tmp_path,
+        {
+            "proc/self/cgroup": V2_CGROUP,
+            "proc/self/mountinfo": V2_MOUNTS,
+            "sys/fs/cgroup/cgroup.controllers": "cpuset cpu io memory pids\n",
+            "sys/fs/cgroup/cpu.max": "150000 100000\n",
+            "sys/fs/cgroup/memory.max": "3221225472\n",
+            "sys/fs/cgroup/init/cpu.max": "max 100000\n",
+            "sys/fs/cgroup/init/memory.max": "max\n",
+        },
+    )
+    assert own_limits(str(root)) == (1.5, 3 << 30)
+    (root / "sys/fs/cgroup/cpu.max").write_text("max 100000\n")
+    (root / "sys/fs/cgroup/memory.max").write_text("max\n")
+    assert own_limits(str(root)) == (None, None)  # no limit: the engine's figures are used
+    assert own_limits(str(tmp_path / "nothing")) == (None, None)
+
+
+def test_on_cgroup_v2_the_workloads_get_a_sibling_of_the_node_programs_leaf(
+    tmp_path: Path,
+) -> None:
+    """The v2 path of the entry point on a v2 file tree: the container's processes go to the
+    leaf `init`, its controllers are handed down, and dockerd's containers go to
+    `/hyops-workloads` beside it (inside the container's own cgroup)."""
+    root = v2_tree(
+        tmp_path,
+        {
+            "proc/self/cgroup": "0::/\n",
+            "proc/1/status": "",
+            "proc/57/status": "",
+            "sys/fs/cgroup/cgroup.controllers": "cpu io memory pids\n",
+            "sys/fs/cgroup/cgroup.procs": "1\n57\n",
+            "sys/fs/cgroup/cgroup.subtree_control": "",
+        },
+    )
+    assert workloads_cgroup(root) == "/hyops-workloads"
+    cgroup = root / "sys/fs/cgroup"
+    assert (cgroup / "init").is_dir()
+    assert (cgroup / "init/cgroup.procs").read_text() in ("1", "57")  # the kernel moves each
+    assert (cgroup / "cgroup.subtree_control").read_text() == "+cpu +io +memory +pids"
+
+
+def test_on_cgroup_v2_a_hierarchy_that_is_not_the_containers_own_is_left_alone(
+    tmp_path: Path,
+) -> None:
+    """The host's whole hierarchy mounted in (no cgroup namespace): a process listed there is
+    not this container's, so nothing is moved and dockerd's own cgroup is the parent."""
+    root = v2_tree(
+        tmp_path,
+        {
+            "proc/self/cgroup": "0::/\n",
+            "proc/1/status": "",
+            "sys/fs/cgroup/cgroup.controllers": "cpu memory\n",
+            "sys/fs/cgroup/cgroup.procs": "1\n4242\n",  # 4242: no /proc/4242 here
+            "sys/fs/cgroup/cgroup.subtree_control": "",
+        },
+    )
+    assert workloads_cgroup(root) == "hyops-workloads"
+    assert not (root / "sys/fs/cgroup/init").exists()
+    assert (root / "sys/fs/cgroup/cgroup.subtree_control").read_text() == ""
+
+
+def test_on_cgroup_v1_the_workloads_parent_is_relative_to_dockerds_cgroup(tmp_path: Path) -> None:
+    root = v2_tree(tmp_path, {"proc/self/cgroup": V1_CGROUP, "sys/fs/cgroup/cpu/tasks": ""})
+    assert workloads_cgroup(root) == "hyops-workloads"
 
 
 def test_the_node_recipe_is_valid_and_a_broken_one_lists_every_problem(tmp_path: Path) -> None:
@@ -164,3 +245,95 @@ def test_the_commands_refuse_bad_input_before_anything_starts(tmp_path: Path, ca
     args = ["up", "--containers", "--nodes", "2", "--resources", "node-9=1,1GiB"]
     assert main(args) == 1
     assert "--resources names node-9: nodes are node-1 .. node-2" in capsys.readouterr().err
+
+
+# --- one published port: the API's advertised address apart from where it listens -----------
+
+
+def test_a_node_behind_nat_listens_on_its_own_address_and_advertises_the_published_one(
+    tmp_path: Path,
+) -> None:
+    from node.config import load_config
+
+    (tmp_path / "trust.toml").write_text("")
+    env = {"HYOPS_LIST": "file:///l.toml", "HYOPS_NAME": "n1", "HYOPS_ADVERTISE_ADDR": "10.0.0.5"}
+    bad = {**env, "HYOPS_API_ADVERTISE": "0.0.0.0:7300"}
+    with pytest.raises(ContainerError, match=re.escape("HYOPS_API_ADVERTISE='0.0.0.0:7300'")):
+        Settings.from_env(bad, release=tmp_path)
+    with pytest.raises(ContainerError, match="HYOPS_API_ADVERTISE='7300'"):
+        Settings.from_env({**env, "HYOPS_API_ADVERTISE": "7300"}, release=tmp_path)
+    settings = Settings.from_env({**env, "HYOPS_API_ADVERTISE": "192.0.2.7:17301"}, tmp_path)
+    node = settings.agent_config()["node"]
+    assert node["api_advertise"] == "192.0.2.7:17301"
+    assert node["advertise_addr"] == "10.0.0.5"  # Swarm's, as given
+    own = node["api_addr"].rsplit(":", 1)[0]
+    assert own == settings.own_addr and own not in ("", "192.0.2.7")  # the container's own
+    # the agent's config file takes it, and refuses a wildcard with what to write instead
+    from wire.toml import dumps
+
+    config = {**settings.agent_config(), "tls": None}
+    config = {k: v for k, v in config.items() if v is not None}
+    config["cloud"] = {k: v for k, v in config["cloud"].items() if v is not None}
+    (tmp_path / "agent.toml").write_text(dumps(config))
+    loaded = load_config(tmp_path / "agent.toml")
+    assert loaded.advertised_api == ("192.0.2.7", 17301)
+    assert (loaded.api_host, loaded.api_port) == (own, 7300)
+    config["node"]["api_advertise"] = "0.0.0.0:7300"
+    (tmp_path / "agent.toml").write_text(dumps(config))
+    with pytest.raises(Exception, match=r"\[node\] api_advertise: expected the address others"):
+        load_config(tmp_path / "agent.toml")
+
+
+def test_node_records_name_the_advertised_api_only_over_tls() -> None:
+    """A node behind NAT is dialled at what its agent advertises (its own `hyops.api` label),
+    not at its Swarm address; a label that is not a plain https://HOST:PORT, or any label
+    without TLS, is never a URL anyone dials."""
+    from wire.records import agent_api, node_record
+
+    def node(label: str | None) -> dict:
+        labels = {"hyops.api": label} if label is not None else {}
+        return {
+            "Spec": {"Labels": labels},
+            "Status": {"Addr": "10.214.5.11"},
+            "ManagerStatus": {"Addr": "10.214.5.11:2377"},
+        }
+
+    assert node_record(node("https://192.0.2.7:7301"))["api"] == "https://192.0.2.7:7301"
+    assert agent_api(node(None)) == "https://10.214.5.11:7300"
+    for label in (
+        "http://192.0.2.7:7301",  # not TLS: nothing vouches for the address
+        "https://192.0.2.7",  # no port
+        "https://user@192.0.2.7:7301",
+        "https://192.0.2.7:7301/elsewhere?x=1",
+        "https://0.0.0.0:7301",
+        "https://[::1:7301",
+    ):
+        assert agent_api(node(label)) == "https://10.214.5.11:7300", label
+    assert agent_api(node("https://192.0.2.7:7301"), tls=False) == "http://10.214.5.11:7300"
+
+
+def test_an_agent_refuses_a_certificate_that_does_not_name_its_advertised_address(
+    tmp_path: Path,
+) -> None:
+    from node.agent import check_cert_names
+    from node.config import load_config
+    from wire.tls import TlsError, issue_cert, make_ca, unnamed_hosts
+
+    _, cert = issue_cert(*make_ca("t"), "n1", ["10.0.0.5"])
+    assert unnamed_hosts(cert, ["10.0.0.5", "n1", "192.0.2.7"]) == ["192.0.2.7"]
+    assert unnamed_hosts(cert, ["10.0.0.005".replace("005", "5"), "N1"]) == []
+    (tmp_path / "tls.pem").write_bytes(cert)
+    text = (
+        '[node]\nname = "n1"\nadvertise_addr = "10.0.0.5"\napi_addr = "10.0.0.5:7300"\n'
+        'api_advertise = "192.0.2.7:17301"\ndocker_socket = "/d.sock"\ndata_dir = "a"\n'
+        'key = "k"\n[cloud]\nlist = "file:///l.toml"\ntrust = "t.toml"\n'
+    )
+    (tmp_path / "agent.toml").write_text(text)
+    config = load_config(tmp_path / "agent.toml")
+    with pytest.raises(TlsError) as refused:
+        check_cert_names(tmp_path / "tls.pem", config)
+    assert "does not name 192.0.2.7" in str(refused.value)
+    assert "naming 192.0.2.7, 10.0.0.5" in str(refused.value)
+    _, both = issue_cert(*make_ca("t"), "n1", ["10.0.0.5", "192.0.2.7"])
+    (tmp_path / "tls.pem").write_bytes(both)
+    check_cert_names(tmp_path / "tls.pem", config)  # names both: taken

@@ -117,6 +117,27 @@ def test_a_body_announced_too_large_is_refused_before_it_is_read(agent) -> None:
     assert json.loads(body)["error"] == "too-large"
 
 
+def test_an_unsigned_image_upload_is_refused_before_its_body_is_read(agent) -> None:
+    """POST /v1/images streams past the 1 MiB limit, so its signature is checked from the
+    headers first: an unsigned upload announcing 100 MB is refused at once, nothing read, and
+    the connection closed; one announcing more than the image limit is refused by its size."""
+    url, _ = agent
+    host, port = _address(url)
+    query = f"id=sha256:{'a' * 64}&sha256={'b' * 64}"
+    for length, status, code in ((100 * MB, b"401", "unsigned"), (5 << 30, b"413", "too-large")):
+        with _connect(host, port, 30) as sock:
+            sock.sendall(
+                f"POST /v1/images?{query} HTTP/1.1\r\nHost: {host}\r\n"
+                f"Content-Type: application/x-tar\r\nContent-Length: {length}\r\n\r\n".encode()
+            )
+            answer = _read_until_closed(sock, 30)
+        assert answer is not None, "the agent waited for the body instead of refusing it"
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 " + status), head
+        assert json.loads(body)["error"] == code
+    _still_answers(url)
+
+
 def _connect(host: str, port: int, timeout: float) -> ssl.SSLSocket:
     """A raw connection to the agent's API, over TLS as every client's (the cloud's CA checked),
     so what the test sends by hand reaches the HTTP layer the limits guard."""

@@ -76,6 +76,36 @@ def test_three_node_containers_form_one_cloud_with_their_limits_as_resources(ses
         assert (nodes[name]["cpus"], nodes[name]["memory"]) == (cpus, memory), nodes[name]
 
 
+def test_each_node_is_reached_only_through_its_one_published_port(boxes, session) -> None:
+    """What a machine behind NAT has: the node API published on one port of the host's address
+    (`-p ADDR:PORT:7300`), advertised as such. This machine has no route to the containers'
+    own addresses, yet the workspace operates the cloud, its records and the bootstrap list name
+    the published addresses, and SSH (commands, log files) rides on that same port."""
+    import errno
+    import socket
+    import tomllib
+
+    for index, node in enumerate(NODES, start=1):
+        entry = boxes.nodes[node]
+        assert entry["api"] == f"https://{boxes.host_addr}:{boxes.published_port(index)}"
+        with socket.socket() as probe:  # the container's own address: unreachable from here
+            probe.settimeout(3)
+            assert probe.connect_ex((entry["addr"], 7300)) == errno.EHOSTUNREACH
+
+    def published() -> dict | None:
+        found = {name: n["api"] for name, n in by_name(session).items()}
+        return found if found == {n: boxes.nodes[n]["api"] for n in NODES} else None
+
+    wait_until(published, 60, "every node's record to name its published API")
+    listed = tomllib.loads((boxes.shared / "list.toml").read_text())
+    apis = {m["name"]: m["api"] for m in listed["manager"]}
+    assert apis and all(api == boxes.nodes[name]["api"] for name, api in apis.items()), apis
+    answer = ev(session, '(node-run "node-b" "hostname; exit 3")')
+    assert (answer["exit"], answer["stdout"]) == (3, "node-b\n"), answer
+    fetched = Path(ev(session, '(node-file "node-a" "dockerd.log")'))
+    assert "API listen on /run/docker.sock" in fetched.read_text()
+
+
 def test_the_autopilot_makes_the_largest_node_the_manager(boxes, session) -> None:
     spec = {
         "managers": {

@@ -184,3 +184,141 @@ def test_a_repository_with_a_one_service_compose_file_offers_a_system(tmp_path: 
         read_offer(_repo(tmp_path / "two", {"compose.yml": two}))
     with pytest.raises(CatalogueError, match=r"no hyops-system\.toml"):
         read_offer(_repo(tmp_path / "none", {"README": "x"}))
+
+
+def test_container_settings_become_the_engines_fields() -> None:
+    d = checked(
+        {
+            "image": "busybox",
+            "entrypoint": ["/bin/sh", "-c"],
+            "command": ["echo hi"],
+            "stop_signal": "SIGQUIT",
+            "init": True,
+            "read_only": True,
+            "extra_hosts": ["db.local:10.0.0.5", "cache=10.0.0.6"],
+            "dns": "10.0.0.2",
+            "dns_search": ["example.internal"],
+            "cap_add": ["net_admin"],
+            "cap_drop": ["ALL"],
+            "sysctls": ["net.core.somaxconn=1024"],
+            "ulimits": {"nofile": {"soft": 1024, "hard": 4096}, "nproc": 512},
+            "tmpfs": ["/run", {"target": "/cache", "size": "64M"}],
+            "logging": {"driver": "json-file", "options": {"max-size": "10m"}},
+            "rollback": {"parallelism": 2, "failure_action": "continue", "delay": "2s"},
+            "spread": ["node.labels.zone"],
+        }
+    )
+    assert checked(d) == d, "checked twice, the same"
+    spec = engine_spec("web", d)
+    c = spec["TaskTemplate"]["ContainerSpec"]
+    assert (c["Command"], c["Args"]) == (["/bin/sh", "-c"], ["echo hi"])
+    assert (c["StopSignal"], c["Init"], c["ReadOnly"]) == ("SIGQUIT", True, True)
+    assert c["Hosts"] == ["10.0.0.6 cache", "10.0.0.5 db.local"]
+    assert c["DNSConfig"] == {"Nameservers": ["10.0.0.2"], "Search": ["example.internal"]}
+    assert (c["CapabilityAdd"], c["CapabilityDrop"]) == (["CAP_NET_ADMIN"], ["ALL"])
+    assert c["Sysctls"] == {"net.core.somaxconn": "1024"}
+    assert c["Ulimits"] == [
+        {"Name": "nofile", "Soft": 1024, "Hard": 4096},
+        {"Name": "nproc", "Soft": 512, "Hard": 512},
+    ]
+    assert c["Mounts"] == [
+        {"Type": "tmpfs", "Target": "/run"},
+        {"Type": "tmpfs", "Target": "/cache", "TmpfsOptions": {"SizeBytes": 64 << 20}},
+    ]
+    assert spec["TaskTemplate"]["LogDriver"] == {
+        "Name": "json-file",
+        "Options": {"max-size": "10m"},
+    }
+    assert spec["TaskTemplate"]["Placement"]["Preferences"] == [
+        {"Spread": {"SpreadDescriptor": "node.labels.zone"}}
+    ]
+    assert spec["RollbackConfig"]["Parallelism"] == 2
+    assert spec["RollbackConfig"]["FailureAction"] == "continue"
+    assert spec["RollbackConfig"]["Delay"] == 2_000_000_000
+    # none given: none of these fields (a system's spec digest stays what it was)
+    plain = checked({"image": "busybox"})
+    assert not set(plain) & {"entrypoint", "init", "tmpfs", "rollback", "spread"}
+    assert engine_spec("web", plain)["RollbackConfig"]["FailureAction"] == "pause"
+    # with an entrypoint, an update's command changes its arguments
+    changed, _ = apply_changes(spec, check_changes({"command": ["echo bye"]}))
+    c = changed["TaskTemplate"]["ContainerSpec"]
+    assert (c["Command"], c["Args"]) == (["/bin/sh", "-c"], ["echo bye"])
+
+
+def test_bad_container_settings_are_all_listed() -> None:
+    problems: list[str] = []
+    check_service(
+        "web",
+        {
+            "image": "busybox",
+            "entrypoint": "tini",
+            "stop_signal": "QUIT",
+            "init": "yes",
+            "extra_hosts": ["db.local:not-an-ip"],
+            "dns": ["example.org"],
+            "cap_add": ["net admin"],
+            "sysctls": {"somaxconn": "1"},
+            "ulimits": {"nofile": {"soft": 10, "hard": 1}},
+            "tmpfs": ["run"],
+            "logging": {"driver": "json-file", "format": "x"},
+            "rollback": {"order": "sideways"},
+            "spread": ["zone"],
+        },
+        problems,
+    )
+    text = "\n".join(problems)
+    for key in (
+        "entrypoint", "stop_signal", "init", "extra_hosts", "dns", "cap_add", "sysctls",
+        "ulimits", "tmpfs", "logging: unknown key 'format'", "rollback order", "spread",
+    ):  # fmt: skip
+        assert f"'web' {key}" in text, key
+    assert len(problems) == 12, problems
+
+
+def test_compose_container_settings_translate(tmp_path: Path) -> None:
+    (tmp_path / "c.yml").write_text(
+        "services:\n"
+        "  web:\n"
+        "    image: busybox\n"
+        "    entrypoint: /bin/sh -c\n"
+        "    command: [echo hi]\n"
+        "    stop_signal: SIGQUIT\n"
+        "    init: true\n"
+        "    read_only: true\n"
+        "    extra_hosts: ['db.local:10.0.0.5']\n"
+        "    dns: 10.0.0.2\n"
+        "    cap_add: [NET_ADMIN]\n"
+        "    cap_drop: [ALL]\n"
+        "    sysctls: {net.core.somaxconn: 1024}\n"
+        "    ulimits: {nofile: {soft: 1024, hard: 4096}, nproc: 512}\n"
+        "    tmpfs: /run\n"
+        "    logging: {driver: json-file, options: {max-size: 10m}}\n"
+        "    deploy:\n"
+        "      placement: {preferences: [{spread: node.labels.zone}]}\n"
+        "      rollback_config: {parallelism: 2, delay: 5s, failure_action: continue}\n"
+    )
+    web = checked(load_stack(tmp_path / "c.yml", "shop", {})["services"]["shop_web"])
+    assert web["entrypoint"] == ["/bin/sh", "-c"] and web["command"] == ["echo hi"]
+    assert web["extra_hosts"] == {"db.local": "10.0.0.5"} and web["dns"] == ["10.0.0.2"]
+    assert web["sysctls"] == {"net.core.somaxconn": "1024"}
+    assert web["spread"] == ["node.labels.zone"] and web["rollback"]["delay"] == 5
+    spec = engine_spec("shop_web", web)
+    c = spec["TaskTemplate"]["ContainerSpec"]
+    assert (c["Init"], c["ReadOnly"], c["StopSignal"]) == (True, True, "SIGQUIT")
+    assert c["Mounts"] == [{"Type": "tmpfs", "Target": "/run"}]
+    assert spec["RollbackConfig"]["FailureAction"] == "continue"
+    (tmp_path / "bad.yml").write_text(
+        "services:\n  a:\n    image: x\n    ulimits: {nofile: {soft: 1, hard: 2, max: 3}}\n"
+        "    logging: {driver: syslog, tag: x}\n"
+        "    deploy: {placement: {preferences: [{pack: x}]}, rollback_config: {speed: 1}}\n"
+    )
+    with pytest.raises(ComposeError) as err:
+        load_stack(tmp_path / "bad.yml", "shop", {})
+    text = str(err.value)
+    for where in (
+        "ulimits.nofile.max",
+        "logging.tag",
+        "deploy.placement.preferences[0].pack",
+        "deploy.rollback_config.speed",
+    ):
+        assert f"services.a.{where}: not supported by hyops" in text, where

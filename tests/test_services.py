@@ -3,7 +3,8 @@
 One 3-node cloud for the module. Each step is checked with the real `docker` CLI on a manager:
 deploy, scale 1 -> 5 -> 2, update to a second image and roll back, a failed update reported with
 its task errors and rolled back, remove; a compose file with two services, a network, a config
-and a secret deploys and answers; an unsupported key deploys nothing.
+and a secret deploys and answers; an unsupported key deploys nothing; a system installed from a
+repository has its image built by the image tool and carried to every node through the node API.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import textwrap
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -156,14 +158,22 @@ services:
       resources:
         limits: {cpus: "0.5", memory: 64M}
       update_config: {parallelism: 1, order: start-first}
+      rollback_config: {parallelism: 2, failure_action: continue}
       restart_policy: {condition: any, delay: 1s}
+      placement: {preferences: [{spread: node.labels.zone}]}
+    logging: {driver: json-file, options: {max-size: 1m}}
   client:
     image: local/busybox:1
     # the local cloud's kernel does not answer a service's virtual IP, and busybox's static
     # wget cannot resolve names: the client asks Swarm's DNS for web's tasks and speaks HTTP
+    entrypoint: [sh, -c]
+    init: true
+    stop_signal: SIGINT
+    cap_drop: [NET_RAW]
+    extra_hosts: ["db.local:10.9.8.7"]
+    tmpfs: [/scratch]
+    ulimits: {nofile: 4096}
     command:
-      - sh
-      - -c
       - >-
         while true; do
         ip=$$(nslookup tasks.web | awk '/^Address: /{a=$$2} END{print a}');
@@ -207,6 +217,23 @@ def test_a_compose_stack_deploys_answers_and_is_removed(
 
     got = wait_until(client_got, 120, "the client fetched the page from web over the network")
     assert got.startswith("HTTP/1.") and got.endswith("\n\nhello from a config\n")
+    # the container settings, as the engine ran them
+    t = next(t for t in ev(session, '(tasks "shop_client")') if t["state"] == "running")
+    run = json.loads(cloud.docker(t["node"], "inspect", t["container"]).stdout)[0]
+    assert run["HostConfig"]["Init"] is True and run["Config"]["StopSignal"] == "SIGINT"
+    assert run["Path"] == "sh" and run["Args"][0] == "-c"  # the entrypoint, then the command
+    assert [c.removeprefix("CAP_") for c in run["HostConfig"]["CapDrop"]] == ["NET_RAW"]
+    assert run["HostConfig"]["Ulimits"] == [{"Name": "nofile", "Soft": 4096, "Hard": 4096}]
+    hosts = cloud.docker(t["node"], "exec", t["container"], "cat", "/etc/hosts").stdout
+    assert any(line.split() == ["10.9.8.7", "db.local"] for line in hosts.splitlines()), hosts
+    mounts = cloud.docker(t["node"], "exec", t["container"], "cat", "/proc/mounts").stdout
+    assert any(m.split()[1:3] == ["/scratch", "tmpfs"] for m in mounts.splitlines()), mounts
+    spec = docker_service(cloud, "shop_web")["Spec"]
+    assert spec["RollbackConfig"]["Parallelism"] == 2
+    assert spec["TaskTemplate"]["LogDriver"]["Options"] == {"max-size": "1m"}
+    assert spec["TaskTemplate"]["Placement"]["Preferences"] == [
+        {"Spread": {"SpreadDescriptor": "node.labels.zone"}}
+    ]
     web = ev(session, '(service "shop_web")')
     assert web["limits"] == "cpus 0.5, memory 64M" and web["replicas"] == 2
     running = [t for t in ev(session, '(tasks "shop_web")') if t["state"] == "running"]
@@ -318,14 +345,21 @@ def test_a_system_gets_ports_networks_secrets_limits_health_and_leaves_with_the_
 OFFER = """\
 name = "whoami"
 description = "Says which node it runs on"
-recipe = "Dockerfile"
 
 [system]
-image = "local/busybox:1"
-command = "trap 'exit 0' TERM; hostname > /tmp/me; sleep 2147483647 & wait $!"
-replicas = 2
+command = "trap 'exit 0' TERM; cat /etc/whoami > /tmp/me; sleep 2147483647 & wait $!"
+replicas = 3
 min_nodes = 1
 """
+
+BUSYBOX = Path(__file__).parent.parent / "images/recipes/busybox.toml"
+
+
+def whoami_recipe(build_id: str) -> str:
+    """The busybox recipe (its Debian part is cached) as another image with a file of its own:
+    a new image for every test run (`build_id`), so the first install builds it."""
+    text = BUSYBOX.read_text().replace('name = "hyops/busybox"', 'name = "test/whoami"')
+    return text.replace("[config]", f'[files]\n"/etc/whoami" = "{build_id}"\n\n[config]')
 
 
 def git_repo(path: Path, files: dict[str, str]) -> str:
@@ -341,10 +375,18 @@ def git_repo(path: Path, files: dict[str, str]) -> str:
     return f"git+file://{path}"
 
 
-def test_install_a_system_from_a_repository_and_uninstall_it(
+def has_image(cloud: LocalCloud, node: str, image: str) -> bool:
+    return cloud.docker(node, "image", "inspect", image, check=False).returncode == 0
+
+
+def test_install_builds_the_repositorys_image_carries_it_to_every_node_and_uninstalls(
     cloud: LocalCloud, session: Session, tmp_path: Path
 ) -> None:
-    url = git_repo(tmp_path / "whoami", {"hyops-system.toml": OFFER, "Dockerfile": "FROM x\n"})
+    build_id = f"whoami-{uuid.uuid4().hex[:12]}"  # a new image each run: this one builds it
+    url = git_repo(
+        tmp_path / "whoami",
+        {"hyops-system.toml": OFFER, "hyops-image.toml": whoami_recipe(build_id), build_id: "me"},
+    )
     bad = git_repo(tmp_path / "empty", {"README": "nothing here\n"})
     folder = tmp_path / "cloud"
     (folder / "systems").mkdir(parents=True)
@@ -355,26 +397,150 @@ def test_install_a_system_from_a_repository_and_uninstall_it(
     assert offers[0] | {"url": None} == {
         "name": "whoami",
         "description": "Says which node it runs on",
-        "image": "local/busybox:1",
-        "recipe": "Dockerfile",
+        "image": "test/whoami",
+        "recipe": "hyops-image.toml",
         "url": None,
         "installed": False,
     }
     assert "no hyops-system.toml (nor a compose file with one service)" in offers[1]["error"]
 
+    plan = ev(session, f'(install! "{url}" :folder "{folder}" :dry-run True)')
+    assert plan["result"] == "dry-run"
+    assert any("build from hyops-image.toml" in line for line in plan["changes"]), plan
+    assert not (folder / "systems" / "whoami.toml").exists()
+
     answer = ev(session, f'(install! "{url}" :folder "{folder}" :yes True)')
     assert answer["result"] == "done"
-    assert any("recipe" in note for note in answer["notes"])
+    built = answer["answer"]
+    tag = built["image"]
+    assert tag.startswith("test/whoami:") and built["built"] is True
+    # carried through each node's agent (POST /v1/images), not by the local cloud
+    assert sorted((r["node"], r["result"]) for r in built["nodes"]) == [
+        (n["name"], "loaded") for n in cloud.nodes
+    ]
+    assert all(has_image(cloud, n["name"], tag) for n in cloud.nodes)
     text = (folder / "systems" / "whoami.toml").read_text()
-    assert text.startswith(f"# installed from {url.replace('git+', 'git+', 1)}")
-    wait_until(lambda: len(docker_running(cloud, "whoami")) == 2, 120, "whoami's two tasks")
+    assert text.startswith(f"# installed from {url}")
+    assert f'image = "{tag}"' in text
+    wait_until(lambda: len(docker_running(cloud, "whoami")) == 3, 120, "whoami's three tasks")
+    where = {t["Node"] for t in docker_running(cloud, "whoami")}
+    assert len(where) >= 2, where  # not only on the manager the workspace talks to
     assert ev(session, f'(catalogue ["{url}"] :folder "{folder}")')[0]["installed"] is True
+
+    # a second install builds nothing and carries nothing: the nodes have the image
+    again = ev(session, f'(install! "{url}" :folder "{folder}" :yes True :apply False)')
+    assert again["answer"]["built"] is False and again["answer"]["image"] == tag
+    assert {r["result"] for r in again["answer"]["nodes"]} == {"present"}
+    # a node without it (as one that joined since) gets it by its tag, from the image cache
+    last = cloud.nodes[-1]["name"]
+    cloud.docker(last, "image", "rm", "-f", tag)
+    pushed = ev(session, f'(push-image! "{tag}" :yes True)')["answer"]["nodes"]
+    assert {r["node"]: r["result"] for r in pushed}[last] == "loaded"
+    assert has_image(cloud, last, tag)
 
     answer = ev(session, f'(uninstall! "whoami" :folder "{folder}" :yes True)')
     assert answer["result"] == "done"
     assert not (folder / "systems" / "whoami.toml").exists()
     assert any("system whoami: REMOVE" in line for line in answer["applied"]["changes"])
     wait_until(lambda: docker_service(cloud, "whoami") is None, 60, "whoami removed")
+
+
+def test_a_node_without_a_systems_image_is_named_in_the_autopilots_journal(
+    cloud: LocalCloud, session: Session, tmp_path: Path
+) -> None:
+    folder = tmp_path / "cloud"
+    (folder / "systems").mkdir(parents=True)
+    (folder / "cloud.toml").write_text(
+        (Path(__file__).parent.parent / "cloud/cloud.toml").read_text()
+    )
+    (folder / "systems" / "ghost.toml").write_text(
+        f'image = "test/absent:1"\ncommand = "{SLEEP}"\nmin_nodes = 1\n'
+    )
+    ev(session, f'(apply-spec! :folder "{folder}" :yes True)')
+
+    def said() -> list[str]:
+        return [
+            e["reason"]
+            for e in ev(session, "(autopilot)")["recent"]
+            if "has no image test/absent:1" in e["reason"]
+        ]
+
+    reasons = wait_until(said, 90, "the journal naming a node without the image")
+    assert '(push-image! "test/absent:1") or (install! ...) again' in reasons[0]
+    (folder / "systems" / "ghost.toml").unlink()
+    ev(session, f'(apply-spec! :folder "{folder}" :yes True)')
+    wait_until(lambda: docker_service(cloud, "ghost") is None, 60, "ghost removed")
+
+
+def test_a_tampered_image_tar_is_refused_and_nothing_is_loaded(
+    cloud: LocalCloud, session: Session, tmp_path: Path
+) -> None:
+    import hashlib
+    import io
+    import tarfile
+
+    import httpx
+
+    from images.build import build_image
+    from tests.helpers import agents_tls, sign_for
+    from wire.signing import load_private_key
+
+    built = build_image("busybox")  # the Debian part is cached: seconds at most
+    names = [n["name"] for n in cloud.nodes]
+    for node in names:  # an earlier run's image, gone, so this run carries it anew
+        cloud.docker(node, "image", "rm", "-f", built.tag, check=False)
+
+    # the same manifest and config, one file of the layer changed
+    tampered = tmp_path / "tampered.tar"
+    with tarfile.open(built.tar) as src, tarfile.open(tampered, "w") as dst:
+        for member in src:
+            data = src.extractfile(member).read() if member.isfile() else None
+            if member.name.endswith("/layer.tar"):
+                out = io.BytesIO()
+                with (
+                    tarfile.open(fileobj=io.BytesIO(data)) as lsrc,
+                    tarfile.open(fileobj=out, mode="w") as ldst,
+                ):
+                    for m in lsrc:
+                        content = lsrc.extractfile(m).read() if m.isfile() else None
+                        if m.name.endswith("etc/passwd"):
+                            content = b"root::0:0:owned:/root:/bin/sh\n"
+                            m.size = len(content)
+                        ldst.addfile(m, io.BytesIO(content) if content is not None else None)
+                data = out.getvalue()
+                member.size = len(data)
+            dst.addfile(member, io.BytesIO(data) if data is not None else None)
+
+    with pytest.raises(HyopsEvalError) as refused:
+        ev(session, f'(push-image! "{tampered}" :yes True)')
+    assert "the tar was changed" in str(refused.value) and "nothing was loaded" in str(
+        refused.value
+    )
+    assert not any(has_image(cloud, node, built.image_id) for node in names)
+
+    # a tar changed on the way (signed over the original's digest) is refused as well
+    url = cloud.api(names[-1])
+    digest = hashlib.sha256(built.tar.read_bytes()).hexdigest()
+    path = f"/v1/images?id={built.image_id}&sha256={digest}"
+    key = load_private_key(cloud.state_dir / "operator_ed25519")
+    headers = sign_for(url, key, "POST", path, body_digest=digest)
+    answer = httpx.post(url + path, content=tampered.read_bytes(), headers=headers,
+                        verify=agents_tls(), timeout=60)  # fmt: skip
+    assert answer.status_code == 400 and "changed on the way" in answer.json()["message"]
+    # signed by a node's key: refused before the body is read
+    node_key = load_private_key(cloud.node_key(names[0]))
+    headers = sign_for(url, node_key, "POST", path, body_digest=digest)
+    answer = httpx.post(url + path, content=built.tar.read_bytes(), headers=headers,
+                        verify=agents_tls(), timeout=60)  # fmt: skip
+    assert answer.status_code == 403, answer.text
+    assert not any(has_image(cloud, node, built.image_id) for node in names)
+
+    # the recipe's own image: built (cached) and carried to every node
+    answer = ev(session, '(push-image! "busybox" :yes True)')
+    assert sorted((r["node"], r["result"]) for r in answer["answer"]["nodes"]) == [
+        (n, "loaded") for n in sorted(names)
+    ]
+    assert all(has_image(cloud, node, built.image_id) for node in names)
 
 
 def test_a_node_leaves_cleanly_while_a_service_keeps_its_replicas(

@@ -137,3 +137,19 @@ def test_spec_changes_in_the_operators_words() -> None:
     assert any(line.startswith("system old: REMOVE (no longer in the spec") for line in lines)
     assert spec_changes(new, new) == []
     assert spec_changes(None, new)[0].startswith("the cloud follows a spec from now on")
+
+
+def test_spec_changes_name_env_variables_but_never_show_their_values() -> None:
+    system = {"image": "busybox", "env": {"TOKEN": "old-secret-1", "MODE": "a", "GONE": "g1"}}
+    old = check_spec({"systems": {"web": system}})
+    env = {"TOKEN": "new-secret-2", "MODE": "a", "NEW": "n-value-3"}
+    new = check_spec({"systems": {"web": {**system, "env": env}}, "managers": {}})
+    lines = spec_changes(old, new)
+    assert sorted(line for line in lines if " env " in line) == [
+        "system web env GONE: unset",
+        "system web env NEW: set",
+        "system web env TOKEN: changed",
+    ]
+    text = "\n".join(spec_changes(old, new) + spec_changes(None, new))
+    for value in ("old-secret-1", "new-secret-2", "n-value-3", "g1"):
+        assert value not in text

@@ -507,3 +507,129 @@ def test_allowed_log_decides_on_names_kinds_and_links(tmp_path: Path) -> None:
         b".hidden.log",
     ):
         assert allowed_log(folder, refused) == (None, "refused"), refused
+
+
+# --- SSH over the API's port ---------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def ssh_port_closed(cloud: LocalCloud, record: dict) -> Iterator[None]:
+    """This machine can reach the nodes' API port but not their SSH port (as a node container
+    that publishes only its API: each node rejects 7322 from the host's bridge address)."""
+    rule = ["-s", record["bridge_addr"], "-p", "tcp", "--dport", "7322"]
+    rule += ["-j", "REJECT", "--reject-with", "tcp-reset"]
+
+    def iptables(node: str, *args: str) -> None:
+        netns = f"--net=/run/netns/{node_entry(record, node)['netns']}"
+        subprocess.run(["nsenter", netns, "iptables", *args], check=True, capture_output=True)
+
+    for node in ("node-1", "node-2"):
+        iptables(node, "-I", "INPUT", *rule)
+    try:
+        yield
+    finally:
+        for node in ("node-1", "node-2"):
+            iptables(node, "-D", "INPUT", *rule)
+
+
+def one_port_record(cloud: LocalCloud, record: dict) -> str:
+    """A copy of the cloud's record whose nodes name their API and no SSH address (what a
+    cloud of node containers records), with their host keys known at the API's address."""
+    name = "one-port"
+    folder = cloud.state_dir / "clouds" / name
+    folder.mkdir(exist_ok=True)
+    lines = []
+    for node in ("node-1", "node-2"):
+        key = load_private_key(cloud.node_dir(node) / "ssh_host_ed25519")
+        public = key.export_public_key().decode()
+        lines.append(known_hosts_line(node_entry(record, node)["addr"], 7300, public))
+    (folder / "known_hosts").write_text("\n".join(lines) + "\n")
+    text = cloud.record_path.read_text()
+    text = text.replace(f'name = "{cloud.name}"', f'name = "{name}"', 1)
+    text = re.sub(r'(?m)^ssh = ".*"\n', "", text)
+    text = re.sub(r'(?m)^known_hosts = ".*"$', f'known_hosts = "{folder / "known_hosts"}"', text)
+    (folder / "cloud.toml").write_text(text)
+    assert "7322" not in (folder / "cloud.toml").read_text()
+    return name
+
+
+def test_ssh_rides_on_the_api_port_when_only_that_is_reachable(
+    cloud: LocalCloud, record: dict, tmp_path: Path
+) -> None:
+    name = one_port_record(cloud, record)
+    s = Session(Workspace(cloud.state_dir.parent))
+    try:
+        s.eval(f'(connect! "{name}")')
+        with ssh_port_closed(cloud, record):
+            with socket.socket() as probe:  # the SSH port itself is closed to us
+                probe.settimeout(5)
+                addr = node_entry(record, "node-2")["addr"]
+                assert probe.connect_ex((addr, 7322)) != 0
+            answer = s.eval('(node-run "node-2" "hostname; echo oops >&2; exit 4")')[-1]
+            assert answer == {"node": "node-2", "exit": 4, "stdout": "node-2\n", "stderr": "oops\n"}
+            fetched = Path(s.eval('(node-file "node-1" "agent.log")')[-1])
+            assert "agent node-1 starting" in fetched.read_text()
+            many = s.eval('(lfor i (range 20) (get (node-run "node-1" f"echo {i}") "stdout"))')[-1]
+            assert many == [f"{i}\n" for i in range(20)]
+            agent_log = (cloud.node_dir("node-1") / "agent.log").read_text()
+            assert "SSH over the API to node-1 for operator" in agent_log
+    finally:
+        s.close()
+
+
+def test_ssh_over_the_api_needs_a_signed_upgrade_for_that_very_node(
+    cloud: LocalCloud, record: dict, tmp_path: Path
+) -> None:
+    """Nobody reaches the SSH server through the API port without an operator's signature for
+    that node: unsigned, a stranger's key, a node key, another node's audience are refused
+    with the API's JSON error, and no SSH banner ever comes back."""
+    import ssl
+
+    from tests.helpers import sign_for
+    from wire.signing import audience
+
+    api = node_entry(record, "node-1")["api"]
+    host, port = split_addr(api.split("//", 1)[1])
+    operator = load_private_key(Path(record["operator_key"]))
+    generate_key(tmp_path / "stranger", "stranger")
+    stranger = load_private_key(tmp_path / "stranger")
+    cloud_id = httpx.get(api + "/v1/health", verify=agents_tls(), timeout=10).json()["cloud_id"]
+
+    def upgrade(headers: dict[str, str]) -> bytes:
+        context: ssl.SSLContext = agents_tls()
+        with socket.create_connection((host, port), timeout=10) as raw:
+            with context.wrap_socket(raw, server_hostname=host) as tls:
+                head = "GET /v1/ssh HTTP/1.1\r\nhost: x\r\nconnection: Upgrade\r\n"
+                head += "upgrade: hyops-ssh\r\n"
+                head += "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+                tls.sendall(head.encode())
+                got = b""
+                while b"\r\n\r\n" not in got:
+                    chunk = tls.recv(4096)
+                    if not chunk:
+                        break
+                    got += chunk
+                if got.startswith(b"HTTP/1.1 101"):
+                    while b"SSH-" not in got:
+                        chunk = tls.recv(4096)
+                        if not chunk:
+                            break
+                        got += chunk
+                return got
+
+    assert upgrade({}).startswith(b"HTTP/1.1 401")
+    refused = upgrade(sign_for(api, stranger, "GET", "/v1/ssh"))
+    assert refused.startswith(b"HTTP/1.1 401") and b"SSH-" not in refused
+    from wire.signing import sign_headers
+
+    other = sign_headers(operator, "GET", "/v1/ssh", audience=audience(cloud_id, "node-2"))
+    assert upgrade(other).startswith(b"HTTP/1.1 421")
+    managers = sign_headers(operator, "GET", "/v1/ssh", audience=audience(cloud_id, "managers"))
+    assert upgrade(managers).startswith(b"HTTP/1.1 421")
+    node_key = load_private_key(cloud.node_dir("node-2") / "node_ed25519")
+    as_node = sign_headers(node_key, "GET", "/v1/ssh", audience=audience(cloud_id, "node-1"))
+    assert upgrade(as_node).startswith(b"HTTP/1.1 403")
+    good = sign_headers(operator, "GET", "/v1/ssh", audience=audience(cloud_id, "node-1"))
+    opened = upgrade(good)
+    assert opened.startswith(b"HTTP/1.1 101") and b"\r\n\r\nSSH-2.0-" in opened
+    assert upgrade(good).startswith(b"HTTP/1.1 401")  # the same signature again: a replay

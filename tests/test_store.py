@@ -4,18 +4,25 @@ bad input refused whole. See docs/store.md."""
 
 from __future__ import annotations
 
+import base64
 import json
+import signal
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from localcloud.cloud import LocalCloud
+from localcloud.commands import with_store
 from repl.cloud import CloudError
 from repl.session import HyopsEvalError, Session
 from repl.workspace import Workspace
 from tests.helpers import ev, signed, wait_until
+from wire.files import write_private
+from wire.tls import client_context, issue_cert, make_ca
 
 pytestmark = pytest.mark.cloud
 
@@ -118,6 +125,154 @@ def test_the_store_starts_with_three_members_on_three_nodes(session: Session) ->
     assert ev(session, '(kv "app/mode")') == "blue"
     assert ev(session, '(kv "app/none")') is None
     assert ev(session, '(kv-ls "app/")') == {"app/mode": "blue"}
+
+
+def reach(url: str, path: str, verify: Any, body: Any = None) -> str | None:
+    """What a member's port answers `path` with (POST `body` when given, else GET) over `url`:
+    the body of a 200, else None (refused in the handshake, closed, or an error status)."""
+    try:
+        answer = httpx.request(
+            "POST" if body is not None else "GET",
+            url + path,
+            json=body,
+            verify=verify,
+            timeout=10,
+            trust_env=False,
+        )
+    except httpx.TransportError:
+        return None
+    return answer.text if answer.status_code == 200 else None
+
+
+def test_the_stores_ports_take_only_certificates_from_the_cloud_ca(
+    cloud: LocalCloud, session: Session, tmp_path: Path
+) -> None:
+    """From the host (its bridge address reaches the nodes' addresses): a plain-HTTP client, a
+    TLS client without a certificate and one with a certificate from another CA get nothing
+    from a member's client port (2379) nor its peer port (2380); certificates the cloud CA
+    issued get answers, and (kv-put!) / (kv) work through the agents."""
+    store = wait_until(lambda: healthy(session, 3), 180, "(store): 3 healthy members")
+    node = store["members"][0]["node"]
+    addr = cloud.node_info(node)["addr"]
+    host = cloud.record["bridge_addr"].split("/")[0]
+    ca = Path(cloud.record["tls_ca"])
+    read = {"key": base64.b64encode(b"app/mode").decode()}
+    blue = base64.b64encode(b"blue").decode()
+    # the agents' certificate: what the gateway presents (its node's)
+    agent = client_context(
+        ca, cert=cloud.node_dir(node) / "tls.pem", key=cloud.node_dir(node) / "tls.key"
+    )
+    # etcd checks a peer's certificate against the address it dials from: one for the host's
+    ca_key = cloud.cloud_dir / "tls_ca.key"
+    key, cert = issue_cert(ca_key.read_bytes(), ca.read_bytes(), "test-peer", [host])
+    write_private(tmp_path / "peer.key", key)
+    write_private(tmp_path / "peer.pem", cert)
+    peer = client_context(ca, cert=tmp_path / "peer.pem", key=tmp_path / "peer.key")
+    other_key, other_ca = make_ca("another")
+    key, cert = issue_cert(other_key, other_ca, node, [addr, host])
+    write_private(tmp_path / "other.key", key)
+    write_private(tmp_path / "other.pem", cert)
+    other = client_context(ca, cert=tmp_path / "other.pem", key=tmp_path / "other.key")
+    bare = client_context(ca)
+
+    client = f"{addr}:2379"
+    assert reach(f"http://{client}", "/v3/kv/range", True, read) is None, "plain HTTP read it"
+    assert reach(f"http://{client}", "/health", True) is None
+    assert reach(f"https://{client}", "/v3/kv/range", bare, read) is None, "no cert read it"
+    assert reach(f"https://{client}", "/v3/kv/range", other, read) is None, "another CA's cert"
+    assert blue in (reach(f"https://{client}", "/v3/kv/range", agent, read) or "")
+
+    peers = f"{addr}:2380"
+    names = [m["name"] for m in store["members"]]
+    assert reach(f"http://{peers}", "/members", True) is None, "plain HTTP listed the peers"
+    assert reach(f"https://{peers}", "/members", bare) is None, "no cert listed the peers"
+    assert reach(f"https://{peers}", "/members", other) is None, "another CA's cert"
+    listed = reach(f"https://{peers}", "/members", peer) or ""
+    assert all(name in listed for name in names), listed
+
+    assert ev(session, '(kv-put! "app/tls" "on" :yes True)')["result"] == "done"
+    assert ev(session, '(kv "app/tls")') == "on"
+
+
+def member_view(cloud: LocalCloud, node: str, prefix: str) -> int:
+    """How many keys under `prefix` the member on `node` holds itself (a serializable read: its
+    own copy, not the leader's), over its client port with its node's certificate."""
+    addr = cloud.node_info(node)["addr"]
+    folder = cloud.node_dir(node)
+    context = client_context(
+        Path(cloud.record["tls_ca"]), cert=folder / "tls.pem", key=folder / "tls.key"
+    )
+    end = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+    body = {
+        "key": base64.b64encode(prefix.encode()).decode(),
+        "range_end": base64.b64encode(end.encode()).decode(),
+        "serializable": True,
+        "count_only": True,
+    }
+    text = reach(f"https://{addr}:2379", "/v3/kv/range", context, body)
+    return int(json.loads(text).get("count", 0)) if text else -1
+
+
+def test_a_node_back_before_dead_after_rejoins_as_itself(
+    cloud: LocalCloud, session: Session
+) -> None:
+    """A member's node stopped (its dockerd, with the member's container, and its agent) for
+    less than dead_after, then started again: the same member (name and etcd id) catches up on
+    its own data with the keys written while it was away; nothing was removed or added."""
+    store = wait_until(lambda: healthy(session, 3), 180, "(store): 3 healthy members")
+    patient = {
+        **SPEC,
+        "managers": {**SPEC["managers"], "dead_after": "600s"},
+        "systems": {"store": {**SPEC["systems"]["store"], "dead_after": "600s"}},
+    }
+    follow(cloud, session, patient)
+    try:
+        returns_as_itself(cloud, session, store)
+    finally:
+        follow(cloud, session, SPEC)
+
+
+def returns_as_itself(cloud: LocalCloud, session: Session, store: dict[str, Any]) -> None:
+    leaders = {n["name"] for n in ev(session, "(nodes)") if n["leader"]}
+    victim = sorted(
+        m["node"] for m in store["members"] if not m["leader"] and m["node"] not in leaders
+    )[0]
+    before = {m["node"]: (m["name"], m["id"]) for m in store["members"]}
+    since = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")  # the journal's times
+    try:
+        cloud.kill_agent(victim, signal.SIGTERM)
+        cloud.kill_dockerd(victim, signal.SIGTERM)  # its containers stop with it
+        wait_until(
+            lambda: any(
+                m["node"] == victim and not m["healthy"]
+                for m in (store_of(session) or {"members": []})["members"]
+            ),
+            60,
+            f"(store) to show {victim}'s member unhealthy",
+        )
+        wait_until(
+            lambda: any(
+                n["name"] == victim and n["state"] != "ready" for n in ev(session, "(nodes)")
+            ),
+            60,
+            f"(nodes) to show {victim} not ready",
+        )
+        put_many(session, "away/", 0, 300)  # written while it is away
+    finally:
+        cloud.start_dockerd(victim)
+        cloud.start_agent(victim)
+    store = wait_until(lambda: healthy(session, 3), 180, "the store healthy with its member back")
+    assert {m["node"]: (m["name"], m["id"]) for m in store["members"]} == before
+    wait_until(lambda: member_view(cloud, victim, "away/") == 300, 60, "the member caught up")
+    recent = ev(session, "(autopilot)")["recent"]
+    changes = [r for r in recent if r["action"].startswith("store-") and r["time"] >= since]
+    assert changes == [], changes  # no member removed, none added
+
+
+def follow(cloud: LocalCloud, session: Session, spec: dict[str, Any]) -> None:
+    """Give the cloud `spec` and wait until the leader's autopilot follows it."""
+    version = cloud.apply_spec(spec)["version"]
+    wait_until(lambda: ev(session, "(autopilot)")["spec"] == version, 30, f"spec {version}")
 
 
 def test_bad_input_is_refused_whole_with_a_clear_message(
@@ -264,7 +419,8 @@ def test_every_node_stopped_and_started_again_keeps_every_key(
 def test_a_backup_is_restored_into_a_fresh_cloud(make_cloud) -> None:
     if not BACKUP:
         pytest.skip("needs the backup of test_backup_writes_the_snapshot_and_every_key")
-    one = {**SPEC, "systems": {"store": {**SPEC["systems"]["store"], "min_nodes": 1}}}
+    # the spec `hyops up --store` gives a new cloud: the store with its defaults (min_nodes 1)
+    one = with_store({k: v for k, v in SPEC.items() if k != "systems"})
     fresh = make_cloud(nodes=1, spec=one, name="fresh")
     s = Session(Workspace(fresh.state_dir.parent))
     try:

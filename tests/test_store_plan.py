@@ -7,6 +7,8 @@ from typing import Any
 
 import pytest
 
+from localcloud.commands import with_store
+from localcloud.host import DevCloudError
 from wire.spec import SpecError, check_spec
 from wire.store import (
     MAX_BATCH,
@@ -17,6 +19,7 @@ from wire.store import (
     check_key,
     check_value,
     member_target,
+    node_tls,
     plan_store_step,
 )
 
@@ -24,8 +27,19 @@ STORE = check_spec({"systems": {"store": {"kind": "store", "min_nodes": 3}}})["s
 WEIGHTS = {"cpus": 1.0, "memory": 0.0}
 
 
-def node(name: str, state: str = "ready", cpus: float = 1.0) -> dict[str, Any]:
-    return {"name": name, "state": state, "cpus": cpus, "memory": 0}
+def tls_labels(name: str) -> dict[str, str]:
+    """The labels an agent with [tls] puts on its node: its TLS files' paths on the node."""
+    folder = f"/var/lib/hyops/{name}"
+    return {
+        "hyops.tls.cert": f"{folder}/tls.pem",
+        "hyops.tls.key": f"{folder}/tls.key",
+        "hyops.tls.ca": f"{folder}/ca.pem",
+    }
+
+
+def node(name: str, state: str = "ready", cpus: float = 1.0, tls: bool = True) -> dict[str, Any]:
+    labels = tls_labels(name) if tls else {}
+    return {"name": name, "state": state, "cpus": cpus, "memory": 0, "labels": labels}
 
 
 def service(member: str, node: str, running: bool = True) -> dict[str, Any]:
@@ -109,6 +123,32 @@ def test_a_new_store_starts_with_one_member_on_the_best_node() -> None:
     assert (step.action, step.node) == ("bootstrap", "node-2")
 
 
+def test_members_run_only_on_nodes_with_a_tls_certificate() -> None:
+    """The store's ports take only certificates from the cloud CA: a node whose agent has no
+    [tls] (no TLS labels) gets no member, and the wait says what is missing."""
+    nodes = [node("node-1", tls=False), node("node-2", cpus=4, tls=False), node("node-3")]
+    step = plan(nodes, [], None)
+    assert (step.action, step.node) == ("bootstrap", "node-3")
+    nodes = [node("node-1", tls=False), node("node-2", tls=False), node("node-3", tls=False)]
+    step = plan(nodes, [], None)
+    assert (
+        step.action == "wait" and "none of the 3 ready nodes has a TLS certificate" in step.reason
+    )
+    assert "[tls]" in step.reason
+    nodes = [node("node-1"), node("node-2", tls=False), node("node-3", tls=False)]
+    step = plan(nodes, [service("m1", "node-1")], {"members": [member("m1", "node-1")]})
+    assert step.action == "wait"
+    assert "free ready nodes (node-2, node-3) have no TLS certificate" in step.reason
+    assert node_tls(node("node-1")) == {
+        "cert": "/var/lib/hyops/node-1/tls.pem",
+        "key": "/var/lib/hyops/node-1/tls.key",
+        "ca": "/var/lib/hyops/node-1/ca.pem",
+    }
+    for bad in ("tls.pem", "/var/lib/../../etc/shadow", ""):
+        labels = {**tls_labels("node-1"), "hyops.tls.cert": bad}
+        assert node_tls({"name": "node-1", "labels": labels}) is None, bad
+
+
 def test_below_min_nodes_members_stop_and_at_it_they_start_again() -> None:
     nodes, services, etcd = three()
     nodes = [nodes[0], nodes[1]]
@@ -163,3 +203,16 @@ def test_an_add_cut_short_is_undone_and_the_leader_goes_last() -> None:
     # 2 ready nodes want 1 member; with node-3's member healthy still, the weakest non-leader
     step = plan(nodes, services, etcd, store={**STORE, "min_nodes": 1})
     assert step.action == "remove" and step.member != "m1"
+
+
+def test_hyops_up_store_adds_the_store_to_the_spec_and_keeps_the_rest() -> None:
+    """`hyops up --store`: the workspace's spec (or the defaults) with the store as a system."""
+    alone = with_store(None)
+    assert alone["systems"] == {"store": {**STORE, "min_nodes": 1}}
+    given = check_spec({"systems": {"web": {"image": "local/busybox:1", "command": ["true"]}}})
+    both = with_store(given)
+    assert set(both["systems"]) == {"web", "store"} and both["version"] != given["version"]
+    assert with_store(both) == both  # a spec with a store keeps its own
+    clash = {"systems": {"store": {"image": "local/busybox:1", "command": ["true"]}}}
+    with pytest.raises(DevCloudError, match="a system named store that is not the store"):
+        with_store(clash)

@@ -39,7 +39,9 @@ from wire.tls import (
     TlsError,
     api_url,
     cert_names,
+    cert_usages,
     check_server_files,
+    client_context,
     ensure_ca,
     ensure_node_cert,
     issue_cert,
@@ -79,6 +81,53 @@ def test_node_certificates_name_the_node_and_are_issued_again_only_when_they_no_
     assert cert.read_bytes() != moved, "a certificate another CA issued is replaced"
     assert api_url("10.0.0.11", 7300) == "https://10.0.0.11:7300"
     assert api_url("::1", 7300, tls=False) == "http://[::1]:7300"
+
+
+def test_node_certificates_serve_and_are_presented_as_clients_and_older_ones_are_reissued(
+    tmp_path: Path,
+) -> None:
+    """A node's certificate is also its client certificate (the store's members ask for one):
+    EKU serverAuth and clientAuth. One issued before clientAuth (serverAuth only) no longer
+    fits and is issued again."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    ca_key, ca_cert = tmp_path / "ca.key", tmp_path / "ca.pem"
+    ensure_ca(ca_key, ca_cert, "t")
+    key, cert = tmp_path / "tls.key", tmp_path / "tls.pem"
+    ensure_node_cert(ca_key, ca_cert, key, cert, "node-1", ["10.0.0.11"])
+    assert cert_usages(cert.read_bytes()) == {"serverAuth", "clientAuth"}
+    # an older certificate: the same names and CA, serverAuth only
+    old = x509.load_pem_x509_certificate(cert.read_bytes())
+    signer = serialization.load_pem_private_key(ca_key.read_bytes(), password=None)
+    builder = x509.CertificateBuilder(
+        issuer_name=old.issuer,
+        subject_name=old.subject,
+        public_key=old.public_key(),
+        serial_number=x509.random_serial_number(),
+        not_valid_before=old.not_valid_before_utc,
+        not_valid_after=old.not_valid_after_utc,
+    )
+    for ext in old.extensions:
+        if isinstance(ext.value, x509.ExtendedKeyUsage):
+            usage = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH])
+            builder = builder.add_extension(usage, critical=ext.critical)
+        else:
+            builder = builder.add_extension(ext.value, critical=ext.critical)
+    older = builder.sign(signer, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+    write_private(cert, older)
+    assert cert_usages(older) == {"serverAuth"}
+    ensure_node_cert(ca_key, ca_cert, key, cert, "node-1", ["10.0.0.11"])
+    assert cert.read_bytes() != older, "a certificate without clientAuth is issued again"
+    assert cert_usages(cert.read_bytes()) == {"serverAuth", "clientAuth"}
+    # a client context presents it; a key that is not the certificate's is refused, unnamed
+    client_context(ca_cert, cert=cert, key=key)
+    other_key, _ = issue_cert(ca_key.read_bytes(), ca_cert.read_bytes(), "node-2", [])
+    write_private(tmp_path / "other.key", other_key)
+    with pytest.raises(TlsError) as refused:
+        client_context(ca_cert, cert=cert, key=tmp_path / "other.key")
+    assert "other.key" in str(refused.value) and "PRIVATE" not in str(refused.value)
 
 
 def test_an_unusable_certificate_is_refused_naming_the_files_not_the_key(tmp_path: Path) -> None:

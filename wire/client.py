@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -33,8 +34,9 @@ MAX_LINE = 1024 * 1024
 MAX_ERROR_ANSWER = 64 * 1024
 
 # the routes a node answers about itself, signed for that node; the others for the managers
-# (/v1/ui/sessions: a status page session lives on the node whose page the browser opens)
-NODE_ROUTES = ("/v1/node", "/v1/logs", "/v1/model", "/v1/ui/sessions")
+# (/v1/ui/sessions: a status page session lives on the node whose page the browser opens;
+# /v1/images: an image is loaded into that node's engine)
+NODE_ROUTES = ("/v1/node", "/v1/logs", "/v1/model", "/v1/ui/sessions", "/v1/images")
 
 
 def audience_for(path: str, cloud_id: str, node: str) -> str:
@@ -199,7 +201,12 @@ class NodeClient:
         return f"NodeClient({self.base_url!r})"
 
     async def _prepare(
-        self, method: str, path: str, params: dict[str, Any] | None, body: Any
+        self,
+        method: str,
+        path: str,
+        params: dict[str, Any] | None,
+        body: Any,
+        body_digest: str | None = None,
     ) -> tuple[str, bytes, dict[str, str]]:
         query = {k: v for k, v in (params or {}).items() if v is not None}
         for k, v in query.items():
@@ -208,7 +215,9 @@ class NodeClient:
         path_with_query = path + (("?" + urlencode(query)) if query else "")
         data = b"" if body is None else json.dumps(body, separators=(",", ":")).encode()
         to = await self._audience(path)
-        headers = sign_headers(self.key, method, path_with_query, data, audience=to)
+        headers = sign_headers(
+            self.key, method, path_with_query, data, audience=to, body_digest=body_digest
+        )
         if body is not None:
             headers["Content-Type"] = "application/json"
         return self.base_url + path_with_query, data, headers
@@ -254,6 +263,48 @@ class NodeClient:
                 "not-json",
                 "the answer is not JSON",
                 "is that address really a hyops agent? Check the node's API URL",
+            ) from None
+
+    async def upload(
+        self,
+        path: str,
+        file: Path,
+        *,
+        digest: str,
+        params: dict[str, Any] | None = None,
+        timeout: float = 600.0,
+    ) -> Any:
+        """POST the file at `file` as the body, streamed (never held whole), signed over its
+        sha256 `digest` (hex, given by the caller, who hashed it once for every node); the
+        decoded JSON answer, or NodeApiError."""
+        url, _, headers = await self._prepare("POST", path, params, None, body_digest=digest)
+        headers["Content-Type"] = "application/x-tar"
+        headers["Content-Length"] = str(Path(file).stat().st_size)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            with Path(file).open("rb") as f:
+                while chunk := await asyncio.to_thread(f.read, 1 << 20):
+                    yield chunk
+
+        headers["Accept-Encoding"] = "identity"
+        try:
+            async with asyncio.timeout(timeout):
+                async with self.http.stream(
+                    "POST", url, content=chunks(), headers=headers,
+                    timeout=httpx.Timeout(30.0, read=timeout, write=timeout),
+                ) as response:  # fmt: skip
+                    if response.status_code >= 400:
+                        raise await _error_from_stream(url, response)
+                    content = await read_capped(url, response, MAX_ANSWER)
+        except TimeoutError:
+            raise _too_slow(url, timeout) from None
+        except httpx.HTTPError as exc:
+            raise _unreachable(url, exc) from None
+        try:
+            return json.loads(content)
+        except ValueError:
+            raise NodeApiError(
+                url, response.status_code, "not-json", "the answer is not JSON"
             ) from None
 
     async def get(self, path: str, **params: Any) -> Any:

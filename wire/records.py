@@ -22,12 +22,27 @@ LABEL_SSH = "hyops.ssh"
 # the manager address ("ip:2377") a node joined the swarm by: its only way into Raft if promoted
 # (swarmkit keeps it until dockerd restarts); empty for the node that originated the swarm
 LABEL_JOINED_VIA = "hyops.joined-via"
+# the node's TLS files (paths on the node), which its store member mounts read-only
+# (docs/store.md): its certificate (EKU serverAuth and clientAuth), its key, the cloud CA's cert
+LABEL_TLS_CERT = "hyops.tls.cert"
+LABEL_TLS_KEY = "hyops.tls.key"
+LABEL_TLS_CA = "hyops.tls.ca"
 # a Swarm config with this label names a node an operator removed: it may not join again
 LABEL_REMOVED = "hyops.removed"
 # the labels a node's own key may set on its own node through the API (its agent's, above); any
 # other `hyops.*` label is the agents' or the autopilot's, and no API caller sets one
 AGENT_PREFIX = "hyops."
-AGENT_LABELS = frozenset({LABEL_CPUS, LABEL_MEMORY, LABEL_API, LABEL_JOINED_VIA})
+AGENT_LABELS = frozenset(
+    {
+        LABEL_CPUS,
+        LABEL_MEMORY,
+        LABEL_API,
+        LABEL_JOINED_VIA,
+        LABEL_TLS_CERT,
+        LABEL_TLS_KEY,
+        LABEL_TLS_CA,
+    }
+)
 
 
 def remote_managers(info: dict[str, Any]) -> list[str]:
@@ -83,10 +98,19 @@ def node_record(node: dict[str, Any], *, tls: bool = True) -> dict[str, Any]:
 
 
 def agent_api(node: dict[str, Any], port: int = API_PORT, *, tls: bool = True) -> str | None:
-    """The URL of a node's agent: the host Swarm knows the node by (a manager's Raft address,
-    else the address it reported) on the API port. Never the `hyops.api` label: labels are data a
-    node's own key may write, and whoever dials this (the workspace, for logs) must not be sent
-    to, and sign requests for, an address a label names. The scheme is `wire.tls.api_url`'s."""
+    """The URL of a node's agent: with TLS, the `https://HOST:PORT` its agent advertises (its
+    `hyops.api` label: a node behind NAT is reached at its published port, not at its Swarm
+    address); else the host Swarm knows the node by (a manager's Raft address, else the address
+    it reported) on the API port. The scheme is `wire.tls.api_url`'s.
+
+    A label is data only the node's own key (or a manager) writes, and whoever dials this URL
+    signs requests for it; that is safe with TLS only: the certificate must be the cloud CA's
+    for that very host, and the requests are signed for that node's audience, so a label can
+    neither send them to an address the cloud does not vouch for nor make another node act on
+    them. Without TLS the label is never used."""
+    label = str(((node.get("Spec") or {}).get("Labels") or {}).get(LABEL_API) or "")
+    if tls and _advertised(label):
+        return label
     manager = (node.get("ManagerStatus") or {}).get("Addr") or ""
     host = manager.rsplit(":", 1)[0] if manager else ""
     if not host or host in ("0.0.0.0", "[::]"):
@@ -94,6 +118,25 @@ def agent_api(node: dict[str, Any], port: int = API_PORT, *, tls: bool = True) -
     if not host or host in ("0.0.0.0", "::"):
         return None
     return api_url(host, port, tls=tls)
+
+
+def _advertised(url: str) -> bool:
+    """Whether `url` is a plain `https://HOST:PORT` (no user, path, query or fragment)."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return False
+    return (
+        parts.scheme == "https"
+        and bool(parts.hostname)
+        and port is not None
+        and not (parts.username or parts.password or parts.query or parts.fragment)
+        and parts.path in ("", "/")
+        and parts.hostname not in ("0.0.0.0", "::")
+    )
 
 
 def sort_nodes(records: list[dict[str, Any]]) -> list[dict[str, Any]]:

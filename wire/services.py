@@ -15,6 +15,7 @@ shows plans) use them.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Any
 
@@ -34,6 +35,9 @@ SERVICE_KEYS = {
     "image", "command", "replicas", "mode", "placement", "volumes", "env", "ports", "networks",
     "secrets", "configs", "limits", "reservations", "health", "update", "restart", "labels",
     "user", "workdir", "hostname", "stop_grace_period", "endpoint_mode",
+    # container settings Swarm's API 1.41 has (docs/services.md); each kept only when given
+    "entrypoint", "stop_signal", "init", "read_only", "extra_hosts", "dns", "dns_search",
+    "cap_add", "cap_drop", "sysctls", "ulimits", "tmpfs", "logging", "rollback", "spread",
 }  # fmt: skip
 # what `(update-service! ...)` may change on a running service
 CHANGE_KEYS = {"image", "command", "env", "replicas", "limits", "reservations", "placement"}
@@ -224,16 +228,18 @@ def _health(where: str, value: Any, problems: list[str]) -> dict[str, Any]:
     return out
 
 
-def _update(where: str, value: Any, problems: list[str]) -> dict[str, Any]:
+def _update(where: str, value: Any, problems: list[str], key: str = "update") -> dict[str, Any]:
+    """An update (or rollback: `key`) policy."""
     known = dict.fromkeys(
         ("parallelism", "delay", "failure_action", "monitor", "max_failure_ratio", "order")
     )
-    given = _table(f"{where} update", value, known, problems)
+    where = f"{where} {key}"
+    given = _table(where, value, known, problems)
     out: dict[str, Any] = {}
     if "parallelism" in given:
         p = given["parallelism"]
         if isinstance(p, bool) or not isinstance(p, int) or p < 0:
-            problems.append(f"{where} update parallelism: a whole number (0: all at once)")
+            problems.append(f"{where} parallelism: a whole number (0: all at once)")
         else:
             out["parallelism"] = p
     for key in ("delay", "monitor"):
@@ -241,21 +247,21 @@ def _update(where: str, value: Any, problems: list[str]) -> dict[str, Any]:
             try:
                 out[key] = _seconds(given[key])
             except ValueError as exc:
-                problems.append(f"{where} update {key}: {exc}")
+                problems.append(f"{where} {key}: {exc}")
     if "failure_action" in given:
         if given["failure_action"] not in FAILURE_ACTIONS:
-            problems.append(f"{where} update failure_action: one of {', '.join(FAILURE_ACTIONS)}")
+            problems.append(f"{where} failure_action: one of {', '.join(FAILURE_ACTIONS)}")
         else:
             out["failure_action"] = given["failure_action"]
     if "order" in given:
         if given["order"] not in ORDERS:
-            problems.append(f"{where} update order: one of {', '.join(ORDERS)}")
+            problems.append(f"{where} order: one of {', '.join(ORDERS)}")
         else:
             out["order"] = given["order"]
     if "max_failure_ratio" in given:
         r = given["max_failure_ratio"]
         if isinstance(r, bool) or not isinstance(r, int | float) or not 0 <= r <= 1:
-            problems.append(f"{where} update max_failure_ratio: a fraction from 0 to 1")
+            problems.append(f"{where} max_failure_ratio: a fraction from 0 to 1")
         else:
             out["max_failure_ratio"] = float(r)
     return out
@@ -297,6 +303,151 @@ def _durations_and_count(
             problems.append(f"{where} {count}: expected a whole number (0 or more), got {n!r}")
         else:
             out[count] = n
+
+
+_SIGNAL = re.compile(r"^(SIG[A-Z0-9+-]+|\d{1,2})$")
+_CAP = re.compile(r"^(CAP_)?[A-Z_]+$")
+_HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$")
+_SYSCTL = re.compile(r"^[a-z0-9_]+(\.[A-Za-z0-9_-]+)+$")
+_LABEL_PATH = re.compile(r"^(node|engine)\.labels\.[A-Za-z0-9_.-]+$")
+
+
+def _ip(value: Any) -> bool:
+    try:
+        ipaddress.ip_address(str(value))
+    except ValueError:
+        return False
+    return True
+
+
+def _container_settings(where: str, given: dict[str, Any], problems: list[str]) -> dict[str, Any]:
+    """The container settings of SERVICE_KEYS' second line, normalized; only those given."""
+    out: dict[str, Any] = {}
+    if "entrypoint" in given:
+        if not _strings(given["entrypoint"]) or not given["entrypoint"]:
+            problems.append(f'{where} entrypoint: expected a list of strings, like ["/bin/tini", '
+                            '"--"] (command then gives its arguments)')  # fmt: skip
+        else:
+            out["entrypoint"] = list(given["entrypoint"])
+    if "stop_signal" in given:
+        if not _SIGNAL.match(str(given["stop_signal"])):
+            problems.append(f'{where} stop_signal: expected a signal like "SIGQUIT"')
+        else:
+            out["stop_signal"] = str(given["stop_signal"])
+    for key in ("init", "read_only"):
+        if key in given:
+            if not isinstance(given[key], bool):
+                problems.append(f"{where} {key}: expected true or false")
+            else:
+                out[key] = given[key]
+    if "extra_hosts" in given:
+        hosts = given["extra_hosts"]
+        if _strings(hosts):  # Compose's "name:ip" / "name=ip"
+            pairs = [h.split("=", 1) if "=" in h else h.split(":", 1) for h in hosts]
+            hosts = {p[0]: p[1] if len(p) == 2 else "" for p in pairs}
+        if not isinstance(hosts, dict) or not all(
+            _HOST.match(str(h)) and _ip(ip) for h, ip in hosts.items()
+        ):
+            problems.append(f'{where} extra_hosts: expected {{ "db.local" = "10.0.0.5" }} or '
+                            f'["db.local:10.0.0.5"], got {given["extra_hosts"]!r}')  # fmt: skip
+        else:
+            out["extra_hosts"] = {str(h): str(ip) for h, ip in hosts.items()}
+    if "dns" in given:
+        dns = [given["dns"]] if isinstance(given["dns"], str) else given["dns"]
+        if not _strings(dns) or not all(_ip(d) for d in dns):
+            problems.append(f'{where} dns: expected name servers\' addresses, like ["10.0.0.2"]')
+        else:
+            out["dns"] = list(dns)
+    if "dns_search" in given:
+        search = given["dns_search"]
+        search = [search] if isinstance(search, str) else search
+        if not _strings(search) or not all(_HOST.match(d) for d in search):
+            problems.append(f'{where} dns_search: expected domains, like ["example.internal"]')
+        else:
+            out["dns_search"] = list(search)
+    for key in ("cap_add", "cap_drop"):
+        if key in given:
+            caps = given[key]
+            if not _strings(caps) or not all(_CAP.match(c.upper()) for c in caps):
+                problems.append(f'{where} {key}: expected capabilities like ["NET_ADMIN"]')
+            else:
+                upper = [c.upper() for c in caps]
+                out[key] = [c if c == "ALL" or c.startswith("CAP_") else f"CAP_{c}" for c in upper]
+    if "sysctls" in given:
+        sysctls = given["sysctls"]
+        if _strings(sysctls):  # Compose's ["net.core.somaxconn=1024"]
+            sysctls = dict(s.split("=", 1) if "=" in s else (s, "") for s in sysctls)
+        if not isinstance(sysctls, dict) or not all(
+            _SYSCTL.match(str(k)) and isinstance(v, str | int) and str(v) != ""
+            for k, v in sysctls.items()
+        ):
+            problems.append(f'{where} sysctls: expected {{ "net.core.somaxconn" = "1024" }}')
+        else:
+            out["sysctls"] = {str(k): str(v) for k, v in sysctls.items()}
+    if "ulimits" in given:
+        limits: dict[str, Any] = {}
+        table = given["ulimits"]
+        for key, value in table.items() if isinstance(table, dict) else [(None, None)]:
+            if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+                value = {"soft": value, "hard": value}
+            if (
+                not isinstance(key, str)
+                or not re.fullmatch(r"[a-z]+", key)
+                or not isinstance(value, dict)
+                or set(value) != {"soft", "hard"}
+                or not all(isinstance(v, int) and not isinstance(v, bool) for v in value.values())
+                or value["soft"] > value["hard"]
+            ):
+                problems.append(f"{where} ulimits: expected {{ nofile = {{ soft = 1024, hard = "
+                                f"4096 }}, nproc = 512 }}, got {table!r}")  # fmt: skip
+                break
+            limits[key] = {"soft": value["soft"], "hard": value["hard"]}
+        else:
+            out["ulimits"] = limits
+    if "tmpfs" in given:
+        mounts = []
+        for item in given["tmpfs"] if isinstance(given["tmpfs"], list) else [given["tmpfs"]]:
+            if isinstance(item, str):
+                item = {"target": item}
+            if (
+                not isinstance(item, dict)
+                or not str(item.get("target", "")).startswith("/")
+                or set(item) - {"target", "size"}
+            ):
+                problems.append(f'{where} tmpfs: expected paths like ["/run"] or tables '
+                                f'{{ target = "/run", size = "64M" }}, got {item!r}')  # fmt: skip
+                continue
+            mount: dict[str, Any] = {"target": str(item["target"])}
+            if "size" in item:
+                try:
+                    mount["size"] = parse_bytes(item["size"])
+                except ValueError as exc:
+                    problems.append(f"{where} tmpfs size: {exc}")
+            mounts.append(mount)
+        out["tmpfs"] = mounts
+    if "logging" in given:
+        logging = _table(f"{where} logging", given["logging"], {"driver": 0, "options": 0},
+                         problems)  # fmt: skip
+        options = logging.get("options", {})
+        if not isinstance(logging.get("driver"), str) or not isinstance(options, dict):
+            problems.append(f'{where} logging: expected {{ driver = "json-file", options = '
+                            '{ max-size = "10m" } }')  # fmt: skip
+        else:
+            out["logging"] = {
+                "driver": logging["driver"],
+                "options": {str(k): str(v) for k, v in options.items()},
+            }
+    if "rollback" in given:
+        out["rollback"] = _update(where, given["rollback"], problems, "rollback")
+    if "spread" in given:
+        spread = given["spread"]
+        spread = [spread] if isinstance(spread, str) else spread
+        if not _strings(spread) or not all(_LABEL_PATH.match(p) for p in spread):
+            problems.append(f'{where} spread: expected label paths like ["node.labels.zone"] '
+                            "(tasks spread evenly over their values)")  # fmt: skip
+        else:
+            out["spread"] = list(spread)
+    return out
 
 
 def check_service(
@@ -386,6 +537,7 @@ def check_service(
     out["health"] = _health(where, given.get("health"), problems)
     out["update"] = _update(where, given.get("update"), problems)
     out["restart"] = _restart(where, given.get("restart"), problems)
+    out.update(_container_settings(where, given, problems))
     return out
 
 
@@ -396,6 +548,18 @@ def _engine_resources(given: dict[str, Any]) -> dict[str, Any]:
     if "memory" in given:
         out["MemoryBytes"] = int(given["memory"])
     return out
+
+
+def _engine_update(update: dict[str, Any]) -> dict[str, Any]:
+    """An update or rollback policy as the Engine's UpdateConfig / RollbackConfig."""
+    return {
+        "Parallelism": update.get("parallelism", 1),
+        "Delay": _ns(update.get("delay", 0)),
+        "FailureAction": update.get("failure_action", "pause"),
+        "Monitor": _ns(update.get("monitor", 5)),
+        "MaxFailureRatio": update.get("max_failure_ratio", 0.0),
+        "Order": update.get("order", "stop-first"),
+    }
 
 
 def engine_spec(
@@ -423,9 +587,40 @@ def engine_spec(
         mounts.append(
             {"Type": "volume", "Source": source, "Target": target, "ReadOnly": flags == ["ro"]}
         )
+    for tmpfs in d.get("tmpfs") or []:
+        mount = {"Type": "tmpfs", "Target": tmpfs["target"]}
+        if "size" in tmpfs:
+            mount["TmpfsOptions"] = {"SizeBytes": tmpfs["size"]}
+        mounts.append(mount)
     container: dict[str, Any] = {"Image": d["image"], "Mounts": mounts}
-    if d["command"]:
+    if d.get("entrypoint"):  # the entrypoint replaces the image's; command is its arguments
+        container["Command"] = list(d["entrypoint"])
+        if d["command"]:
+            container["Args"] = list(d["command"])
+    elif d["command"]:
         container["Command"] = list(d["command"])
+    for key, engine in (
+        ("stop_signal", "StopSignal"),
+        ("init", "Init"),
+        ("read_only", "ReadOnly"),
+        ("cap_add", "CapabilityAdd"),
+        ("cap_drop", "CapabilityDrop"),
+        ("sysctls", "Sysctls"),
+    ):
+        if d.get(key) is not None:
+            container[engine] = d[key]
+    if d.get("extra_hosts"):
+        container["Hosts"] = [f"{ip} {host}" for host, ip in sorted(d["extra_hosts"].items())]
+    if d.get("dns") or d.get("dns_search"):
+        container["DNSConfig"] = {
+            **({"Nameservers": list(d["dns"])} if d.get("dns") else {}),
+            **({"Search": list(d["dns_search"])} if d.get("dns_search") else {}),
+        }
+    if d.get("ulimits"):
+        container["Ulimits"] = [
+            {"Name": k, "Soft": v["soft"], "Hard": v["hard"]}
+            for k, v in sorted(d["ulimits"].items())
+        ]
     for key, engine in (("user", "User"), ("workdir", "Dir"), ("hostname", "Hostname")):
         if d.get(key):
             container[engine] = d[key]
@@ -479,6 +674,12 @@ def engine_spec(
         "Placement": {"Constraints": constraints},
         "RestartPolicy": restart,
     }
+    if d.get("spread"):
+        template["Placement"]["Preferences"] = [
+            {"Spread": {"SpreadDescriptor": label}} for label in d["spread"]
+        ]
+    if d.get("logging"):
+        template["LogDriver"] = {"Name": d["logging"]["driver"], "Options": d["logging"]["options"]}
     resources = {}
     if d.get("limits"):
         resources["Limits"] = _engine_resources(d["limits"])
@@ -494,22 +695,19 @@ def engine_spec(
             {"Target": (ids.get("networks") or {}).get(n, n), "Aliases": [alias]}
             for n in d["networks"]
         ]
-    update = d.get("update") or {}
-    update_config = {
-        "Parallelism": update.get("parallelism", 1),
-        "Delay": _ns(update.get("delay", 0)),
-        "FailureAction": update.get("failure_action", "pause"),
-        "Monitor": _ns(update.get("monitor", 5)),
-        "MaxFailureRatio": update.get("max_failure_ratio", 0.0),
-        "Order": update.get("order", "stop-first"),
-    }
+    update_config = _engine_update(d.get("update") or {})
+    rollback_config = (
+        _engine_update(d["rollback"])
+        if d.get("rollback") is not None
+        else {**update_config, "FailureAction": "pause"}
+    )
     spec: dict[str, Any] = {
         "Name": name,
         "Labels": {**d.get("labels", {}), **(labels or {})},
         "TaskTemplate": template,
         "Mode": mode,
         "UpdateConfig": update_config,
-        "RollbackConfig": {**update_config, "FailureAction": "pause"},
+        "RollbackConfig": rollback_config,
     }
     if d.get("ports") or d.get("endpoint_mode"):
         spec["EndpointSpec"] = {
@@ -592,10 +790,13 @@ def apply_changes(
             container["Image"] = changes["image"]
             lines.append(f"image: {old} -> {changes['image']}")
     if "command" in changes:
-        old_cmd = container.get("Command") or []
+        # a service with an entrypoint and arguments (Command and Args): the arguments change
+        field = "Args" if container.get("Args") and container.get("Command") else "Command"
+        old_cmd = container.get(field) or []
         if old_cmd != changes["command"]:
-            container["Command"] = changes["command"]
-            container.pop("Args", None)
+            container[field] = changes["command"]
+            if field == "Command":
+                container.pop("Args", None)
             lines.append(f"command: {' '.join(old_cmd) or '(image default)'} -> "
                          f"{' '.join(changes['command']) or '(image default)'}")  # fmt: skip
     if "env" in changes:

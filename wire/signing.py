@@ -119,10 +119,17 @@ def audience(cloud_id: str, target: str) -> str:
 
 
 def signed_string(
-    method: str, path_with_query: str, body: bytes, when: int, nonce: str, audience: str
+    method: str,
+    path_with_query: str,
+    body: bytes,
+    when: int,
+    nonce: str,
+    audience: str,
+    body_digest: str | None = None,
 ) -> bytes:
-    """The bytes a request's signature covers (`docs/protocol.md` section 3)."""
-    digest = hashlib.sha256(body).hexdigest()
+    """The bytes a request's signature covers (`docs/protocol.md` section 3). `body_digest`
+    (sha256, hex) stands for a body too large to hold: an image tar, hashed as it streams."""
+    digest = body_digest if body_digest is not None else hashlib.sha256(body).hexdigest()
     parts = [SIGNED_PREFIX, method.upper(), path_with_query, digest, str(when), nonce, audience]
     return "\n".join(parts).encode()
 
@@ -135,15 +142,17 @@ def sign_headers(
     now: float | None = None,
     *,
     audience: str,
+    body_digest: str | None = None,
 ) -> dict[str, str]:
     """The five `X-Hyops-*` headers that sign this request with `key` for `audience`
     (`CLOUD/NODE` or `CLOUD/managers`: see `audience()`).
 
-    `path_with_query` must be exactly what goes on the wire (e.g. `/v1/logs?tail=10`).
+    `path_with_query` must be exactly what goes on the wire (e.g. `/v1/logs?tail=10`); a body
+    streamed from a file is given by its sha256 (`body_digest`, hex) instead of `body`.
     """
     when = int(time.time() if now is None else now)
     nonce = secrets.token_hex(16)
-    data = signed_string(method, path_with_query, body, when, nonce, audience)
+    data = signed_string(method, path_with_query, body, when, nonce, audience, body_digest)
     signature = key.sign(data, ALGORITHM)
     return {
         HEADER_KEY: fingerprint(key),
@@ -283,13 +292,16 @@ class Verifier:
         body: bytes,
         headers: Mapping[str, str],
         audiences: Collection[str] | None = None,
+        body_digest: str | None = None,
     ) -> TrustedKey:
         """The trusted key that signed this request, or AuthError (401, 421 wrong-audience, or
         503 busy/journal-failed) saying why not.
 
         `audiences` are the audiences this node answers here (e.g. `c-1/node-2` and
         `c-1/managers`); a well-signed request for another is refused (421 wrong-audience)
-        before its nonce is remembered. None: any audience (still signed)."""
+        before its nonce is remembered. None: any audience (still signed). `body_digest`: the
+        sha256 (hex) the body is claimed to have, checked against the signature before the body
+        is read (the caller then checks the body against it as it streams)."""
         lower = {k.lower(): v for k, v in headers.items()}
         missing = [h for h in HEADERS if not lower.get(h.lower())]
         if missing == [HEADER_AUDIENCE]:
@@ -311,8 +323,9 @@ class Verifier:
         key = self.trust.by_fingerprint(fp)
         if key is None:
             shown = fp if _FINGERPRINT.fullmatch(fp) else "a malformed fingerprint"
+            # as long as for a trusted key
             _check_signature(_decoy_public(), method, path_with_query, body, when_text, nonce,
-                             target, sig_text)  # fmt: skip  # as long as for a trusted key
+                             target, sig_text, body_digest)  # fmt: skip
             raise _not_authenticated(f"no trusted key has the fingerprint {shown}")
         if not _DIGITS.fullmatch(when_text) or not _NONCE.fullmatch(nonce):
             raise _not_authenticated(
@@ -320,7 +333,15 @@ class Verifier:
                 "Unix seconds and 32 lower-case hex characters)"
             )
         if not _check_signature(
-            key.public, method, path_with_query, body, when_text, nonce, target, sig_text
+            key.public,
+            method,
+            path_with_query,
+            body,
+            when_text,
+            nonce,
+            target,
+            sig_text,
+            body_digest,
         ):
             raise _not_authenticated(
                 f"the signature does not match {method} {path_with_query} for key {key.name} "
@@ -472,6 +493,7 @@ def _check_signature(
     nonce: str,
     target: str,
     sig_text: str,
+    body_digest: str | None = None,
 ) -> bool:
     """Whether `sig_text` signs this request with `public` (False for anything malformed)."""
     import asyncssh
@@ -479,7 +501,7 @@ def _check_signature(
     try:
         when = int(when_text) if _DIGITS.fullmatch(when_text) else 0
         signature = base64.b64decode(sig_text, validate=True)
-        data = signed_string(method, path_with_query, body, when, nonce, target)
+        data = signed_string(method, path_with_query, body, when, nonce, target, body_digest)
         key = public_key(public) if isinstance(public, str) else public
         return bool(key.verify(data, signature))
     except (binascii.Error, ValueError, RuntimeError, asyncssh.KeyImportError):

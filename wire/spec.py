@@ -381,6 +381,11 @@ def spec_changes(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:
         else:
             before, after = _flat("", old_systems[name]), _flat("", new_systems[name])
             for key in sorted(set(before) | set(after)):
-                if before.get(key) != after.get(key):
+                if before.get(key) == after.get(key):
+                    continue
+                if key.startswith("env."):  # a value may be a credential: its name only
+                    how = "set" if key not in before else "unset" if key not in after else "changed"
+                    lines.append(f"system {name} env {key[4:]}: {how}")
+                else:
                     lines.append(f"system {name} {key}: {before.get(key)!r} -> {after.get(key)!r}")
     return lines

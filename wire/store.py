@@ -8,6 +8,8 @@ their data in the node's `hyops-store` volume. This module holds
   workspace checks them before sending and the agent again before writing, so bad input is
   refused whole with a clear message and nothing is half-written;
 - the names the autopilot and the API share (labels, ports, the service of a member);
+- `node_tls`: the node's certificate, key and CA files, which its member mounts (the store's
+  ports take only peers and clients with a certificate from the cloud CA);
 - `plan_store_step`: the one membership change to make now, as a pure function of the nodes,
   the members' services and what etcd says (the same shape as `wire.policy.plan_step` for the
   managers): below `min_nodes` stop every member and keep its data; at or above, start them
@@ -22,9 +24,11 @@ from __future__ import annotations
 import heapq
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 from typing import Any
 
 from wire.policy import manager_target, quorum, score
+from wire.records import LABEL_TLS_CA, LABEL_TLS_CERT, LABEL_TLS_KEY
 
 __all__ = [
     "CLIENT_PORT",
@@ -43,18 +47,20 @@ __all__ = [
     "check_key",
     "check_value",
     "member_target",
+    "node_tls",
     "plan_store_step",
     "service_name",
 ]
 
-CLIENT_PORT = 2379  # etcd's client port, on the node's address inside the cloud and loopback
-PEER_PORT = 2380  # etcd's peer port, on the node's address inside the cloud
+CLIENT_PORT = 2379  # etcd's client port (TLS), on the node's address inside the cloud
+PEER_PORT = 2380  # etcd's peer port (TLS), on the node's address inside the cloud
 VOLUME = "hyops-store"  # the node's volume that holds its members' data dirs
 DATA_ROOT = "/var/lib/etcd"  # where the volume is mounted in a member's container
 SERVICE_PREFIX = "hyops-store-"  # a member's Swarm service: hyops-store-<member name>
 LABEL_MEMBER = "hyops.store.member"  # on a member's service: its etcd name
 LABEL_NODE = "hyops.store.node"  # on a member's service: the node it is pinned to
 LABEL_STATE = "hyops.store.state"  # "running" or "stopped" (below min_nodes: data kept)
+MEMBER_TLS = "/etc/hyops-store"  # in a member's container: its node's tls.pem, tls.key, ca.pem
 
 MAX_KEY = 1024  # bytes of UTF-8; etcd itself takes far longer keys, nobody needs them
 MAX_VALUE = 512 * 1024  # bytes of UTF-8: a request to the node API is at most 1 MiB of JSON
@@ -146,6 +152,30 @@ def member_target(ready: int, store: Mapping[str, Any]) -> int:
     )
 
 
+def node_tls(node: Mapping[str, Any]) -> dict[str, str] | None:
+    """The node's TLS files for its store member ({"cert", "key", "ca"}: absolute paths on the
+    node, from the labels its agent sets), or None when it has none (an agent without `[tls]`)
+    or one is not a plain absolute path. The store's ports take only peers and clients with a
+    certificate from the cloud CA, so a member runs only on a node that has one."""
+    labels = node.get("labels") or {}
+    files = {"cert": LABEL_TLS_CERT, "key": LABEL_TLS_KEY, "ca": LABEL_TLS_CA}
+    out = {}
+    for what, label in files.items():
+        path = labels.get(label)
+        if not isinstance(path, str) or not path.startswith("/") or "\0" in path:
+            return None
+        if ".." in PurePosixPath(path).parts:
+            return None
+        out[what] = path
+    return out
+
+
+NO_TLS = (
+    "the store's members need their node's certificate from the cloud CA (its agent's [tls] "
+    "section; docs/store.md)"
+)
+
+
 @dataclass(frozen=True)
 class StoreStep:
     """One decision about the store's members: `action` on `node` / `member`, and why.
@@ -185,7 +215,8 @@ def plan_store_step(
     since when (by `now`) a node is not ready. Order, each step one change:
 
     1. fewer ready nodes than `min_nodes`: stop every running member (data kept); wait;
-    2. no member at all: bootstrap one on the best ready node;
+    2. no member at all: bootstrap one on the best ready node (members run only on nodes with
+       a TLS certificate, `node_tls`);
     3. a stopped member: start them all again, on their data;
     4. no member answers: wait (starting, or the quorum is lost: an operator's matter);
     5. a service whose member etcd no longer has: retire it (its data stays);
@@ -214,7 +245,14 @@ def plan_store_step(
     if not services and not (etcd and etcd.get("members")):
         if not ready:
             return StoreStep("wait", "no ready node to start the store on")
-        best = max(ready, key=lambda n: (score(n, weights), -_index(n)))
+        able = [n for n in ready if node_tls(n)]
+        if not able:
+            return StoreStep(
+                "wait",
+                f"no store yet, and none of the {len(ready)} ready nodes has a TLS certificate: "
+                f"{NO_TLS}",
+            )
+        best = max(able, key=lambda n: (score(n, weights), -_index(n)))
         return StoreStep(
             "bootstrap",
             f"no store yet and {len(ready)} ready nodes reach min_nodes {need}: starting its "
@@ -305,6 +343,14 @@ def plan_store_step(
         free = [n for n in ready if str(n.get("name")) not in used]
         if not free:
             return StoreStep("wait", f"{count} members, {target} wanted: no free ready node")
+        without = sorted(str(n.get("name")) for n in free if not node_tls(n))
+        free = [n for n in free if node_tls(n)]
+        if not free:
+            return StoreStep(
+                "wait",
+                f"{count} members, {target} wanted: the free ready nodes ({', '.join(without)}) "
+                f"have no TLS certificate: {NO_TLS}",
+            )
         best = heapq.nsmallest(1, free, key=lambda n: (-score(n, weights), _index(n)))[0]
         return StoreStep(
             "add",

@@ -3,14 +3,18 @@
 The node API carries join tokens and every signed request, so it is served over HTTPS. No public
 CA is involved: each cloud has its own CA (P-256, self-signed, CA:TRUE, pathlen 0), whose key stays
 with the operator who issues node certificates. Every node gets a certificate (P-256, CA:FALSE,
-EKU serverAuth) naming the node (a DNS name) and each address it is dialled at (IP SANs). Clients
-trust that CA and nothing else (`client_context`): no system CAs, no common-name fallback, so a
-certificate the cloud did not issue, or one issued for another node, is refused in the handshake,
-before a byte of a request is sent. See docs/decisions/0015-tls.md.
+EKU serverAuth and clientAuth) naming the node (a DNS name) and each address it is dialled at
+(IP SANs). Clients trust that CA and nothing else (`client_context`): no system CAs, no
+common-name fallback, so a certificate the cloud did not issue, or one issued for another node,
+is refused in the handshake, before a byte of a request is sent. See docs/decisions/0015-tls.md.
 
     ca_key, ca_cert = make_ca("local")          # PEM bytes each; keep the key private
     key, cert = issue_cert(ca_key, ca_cert, "node-1", ["10.213.7.11"])
     ctx = client_context(ca_cert)               # for httpx.AsyncClient(verify=ctx)
+    ctx = client_context(ca_cert, cert=cert_path, key=key_path)  # and presenting the node's cert
+
+A node's certificate is also its client certificate (clientAuth): the store's members (etcd)
+take only clients and peers that present one the cloud CA issued (docs/store.md).
 
 The private keys are never logged or put in an exception; they are written with mode 0600
 (`wire.files.write_private`).
@@ -33,6 +37,7 @@ __all__ = [
     "TlsError",
     "api_url",
     "cert_names",
+    "cert_usages",
     "check_server_files",
     "client_context",
     "ensure_ca",
@@ -40,10 +45,13 @@ __all__ = [
     "explain_tls_failure",
     "issue_cert",
     "make_ca",
+    "unnamed_hosts",
 ]
 
 CA_DAYS = 3650 * 3  # the CA outlives any node: rotating it means re-issuing every certificate
 NODE_DAYS = 3650  # long: expiry applies to pinned certificates too, and nodes renew on `hyops up`
+# a node's certificate serves its API and is presented as a client (to the store's members)
+NODE_USAGES = frozenset({"serverAuth", "clientAuth"})
 
 
 class TlsError(Exception):
@@ -132,9 +140,11 @@ def issue_cert(
 ) -> tuple[bytes, bytes]:
     """A certificate for `node` signed by the cloud CA: (private key PEM, certificate PEM).
 
-    P-256, CA:FALSE, EKU serverAuth; SAN = DNSName(node) plus an IPAddress for each of
-    `addresses` (clients dialling an IP check it against these: without an IP SAN the check
-    fails with "IP address mismatch"). A non-IP entry in `addresses` is added as a DNS name."""
+    P-256, CA:FALSE, EKU serverAuth and clientAuth (the node serves its API with it, and its
+    agent and its store member present it to the store's members); SAN = DNSName(node) plus an
+    IPAddress for each of `addresses` (clients dialling an IP check it against these: without an
+    IP SAN the check fails with "IP address mismatch"). A non-IP entry in `addresses` is added
+    as a DNS name."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -178,7 +188,12 @@ def issue_cert(
             ),
             critical=True,
         )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
+            critical=False,
+        )
         .add_extension(x509.SubjectAlternativeName(names), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .add_extension(
@@ -202,6 +217,39 @@ def cert_names(cert_pem: bytes) -> tuple[list[str], datetime.datetime]:
     names = [str(v) for v in san.get_values_for_type(x509.DNSName)]
     names += [str(v) for v in san.get_values_for_type(x509.IPAddress)]
     return names, cert.not_valid_after_utc
+
+
+def cert_usages(cert_pem: bytes) -> set[str]:
+    """The extended key usages of a certificate, by name ("serverAuth", "clientAuth"; another
+    usage by its dotted OID); empty when it has no such extension."""
+    from cryptography import x509
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    try:
+        usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return set()
+    names = {
+        ExtendedKeyUsageOID.SERVER_AUTH: "serverAuth",
+        ExtendedKeyUsageOID.CLIENT_AUTH: "clientAuth",
+    }
+    return {names.get(oid, oid.dotted_string) for oid in usages}
+
+
+def unnamed_hosts(cert_pem: bytes, hosts: list[str]) -> list[str]:
+    """Which of `hosts` (IP addresses or names) the certificate's SAN does not name: a client
+    dialling such a host refuses the certificate. IP addresses compare by value."""
+    names, _ = cert_names(cert_pem)
+
+    def key(text: str) -> str:
+        try:
+            return str(ipaddress.ip_address(text))
+        except ValueError:
+            return text.lower()
+
+    known = {key(n) for n in names}
+    return [h for h in dict.fromkeys(hosts) if key(h) not in known]
 
 
 def _issued_by(cert_pem: bytes, ca_cert_pem: bytes) -> bool:
@@ -236,7 +284,8 @@ def ensure_node_cert(
     addresses: list[str],
 ) -> None:
     """A certificate for `node` at `cert_path` (key at `key_path`, 0600), issued anew unless the
-    one there was issued by this CA for exactly these names and is valid for 30 more days."""
+    one there was issued by this CA for exactly these names, for server and client use (one
+    issued before clientAuth was added is re-issued) and is valid for 30 more days."""
     ca_cert = ca_cert_path.read_bytes()
     wanted = sorted({node, *addresses})
     if key_path.exists() and cert_path.exists():
@@ -244,7 +293,8 @@ def ensure_node_cert(
             current = cert_path.read_bytes()
             names, expires = cert_names(current)
             fresh = expires - _now() > datetime.timedelta(days=30)
-            if sorted(names) == wanted and fresh and _issued_by(current, ca_cert):
+            usable = NODE_USAGES <= cert_usages(current)
+            if sorted(names) == wanted and fresh and usable and _issued_by(current, ca_cert):
                 return
         except (OSError, ValueError):
             pass
@@ -253,12 +303,16 @@ def ensure_node_cert(
     write_private(cert_path, cert)
 
 
-def client_context(ca_pem: bytes | str | Path) -> ssl.SSLContext:
+def client_context(
+    ca_pem: bytes | str | Path, *, cert: Path | None = None, key: Path | None = None
+) -> ssl.SSLContext:
     """A client context that trusts the cloud CA and nothing else.
 
     `ca_pem` is the CA certificate's PEM (bytes or text) or the path of its file. No system CAs
     are loaded, hostnames (node names or IP addresses) are checked against the SAN only
-    (`hostname_checks_common_name = False`), TLS 1.2 at least."""
+    (`hostname_checks_common_name = False`), TLS 1.2 at least. With `cert` and `key` (the node's
+    certificate and key files) the context presents that certificate to servers that ask for
+    one (the store's members do)."""
     if isinstance(ca_pem, Path):
         try:
             ca_pem = ca_pem.read_text()
@@ -275,6 +329,17 @@ def client_context(ca_pem: bytes | str | Path) -> ssl.SSLContext:
         raise TlsError(f"the cloud CA certificate is not a PEM certificate: {exc}") from None
     ctx.hostname_checks_common_name = False
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if cert is not None and key is not None:
+        try:
+            ctx.load_cert_chain(certfile=str(cert), keyfile=str(key))
+        except (OSError, ssl.SSLError) as exc:
+            reason = (
+                getattr(exc, "strerror", None) or getattr(exc, "reason", None) or type(exc).__name__
+            )
+            raise TlsError(
+                f"cannot present the certificate {cert} with the key {key}: {reason}; issue the "
+                "node a certificate again (for a local cloud: hyops up)"
+            ) from None
     return ctx
 
 

@@ -23,6 +23,7 @@ from node.autopilot.nodes import NodeReaper
 from node.autopilot.specs import SpecStore
 from node.autopilot.store import Store
 from node.autopilot.systems import reconcile_systems
+from node.config import TlsConfig
 from node.engine import Engine, EngineError
 from node.store import gateway_http
 from node.swarm import SwarmView
@@ -78,6 +79,7 @@ class Autopilot:
         name: str,
         data_dir: Path,
         active: Callable[[], bool],
+        tls: TlsConfig | None = None,
     ) -> None:
         self.engine = engine
         self.swarm = swarm
@@ -87,8 +89,9 @@ class Autopilot:
         self.specs = SpecStore(engine, swarm, data_dir / "spec.json", self.journal)
         self.managers = Managers(engine, swarm, self.journal)
         self.reaper = NodeReaper(engine, self.journal)
-        # the store's members (wire.store): etcd's gateway is plain HTTP inside the cloud
-        self.store = Store(engine, gateway_http(), self.journal)
+        # the store's members (wire.store): etcd's gateway over TLS, presenting this node's
+        # certificate (`tls`, the agent's [tls]; without it the store waits, saying why)
+        self.store = Store(engine, gateway_http(tls), self.journal)
         self.last_step: Step | None = None
         self.last_view: dict[str, Any] = {}
         self.leading = False

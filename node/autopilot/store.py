@@ -4,8 +4,10 @@ members (their services and what etcd says), the one change the pure planner
 
 A member is one Swarm service (`hyops-store-<member>`), pinned to its node by hostname, on the
 node's network (no ports published: the client and peer ports listen on the node's own address
-inside the cloud, the client port also on the node's loopback), with its data dir
-`/var/lib/etcd/<member>` in the node's `hyops-store` volume. Stopping a member scales its service
+inside the cloud), with its data dir `/var/lib/etcd/<member>` in the node's `hyops-store` volume.
+Both ports serve TLS with the node's own certificate (its files, named by the node's labels,
+bind-mounted read-only) and take only peers and clients presenting a certificate the cloud CA
+issued (`member_command`; decision 0027). Stopping a member scales its service
 to zero; nothing here ever removes a volume or a data dir.
 """
 
@@ -20,27 +22,69 @@ import httpx
 from node.autopilot.journal import Journal
 from node.engine import Engine, EngineError
 from node.errors import AgentError
-from node.store import Gateway, member_services
+from node.store import NO_TLS_HINT, Gateway, member_services
 from wire.store import (
     CLIENT_PORT,
     DATA_ROOT,
     LABEL_MEMBER,
     LABEL_NODE,
     LABEL_STATE,
+    MEMBER_TLS,
     PEER_PORT,
     VOLUME,
     StoreStep,
+    node_tls,
     plan_store_step,
     service_name,
 )
 
-__all__ = ["Store", "member_service_spec"]
+__all__ = ["Store", "member_command", "member_service_spec", "member_urls"]
 
 log = logging.getLogger("hyops.autopilot")
 
 
 def _host(addr: str) -> str:
     return addr.rsplit(":", 1)[0] if addr.count(":") == 1 else addr
+
+
+# in a member's container: its node's certificate, key and the cloud CA (bind-mounted read-only)
+TLS_CERT, TLS_KEY, TLS_CA = f"{MEMBER_TLS}/tls.pem", f"{MEMBER_TLS}/tls.key", f"{MEMBER_TLS}/ca.pem"
+
+
+def member_urls(addr: str) -> tuple[str, str]:
+    """A member's (peer URL, client URL) on its node's address: https, both."""
+    return f"https://{addr}:{PEER_PORT}", f"https://{addr}:{CLIENT_PORT}"
+
+
+def member_command(member: str, addr: str, cluster: str, state: str, token: str) -> list[str]:
+    """etcd's arguments for member `member` on its node's address `addr`: the one place a
+    member's start command is made. Both ports serve TLS with the node's certificate and take
+    only peers (`--peer-client-cert-auth`) and clients (`--client-cert-auth`) that present a
+    certificate the cloud CA issued; nothing listens on plain HTTP, nor on loopback (the node's
+    certificate does not name it). `cluster` is etcd's --initial-cluster, `state` "new" or
+    "existing" (both read only at the member's first start: later starts use its data dir)."""
+    peer, client = member_urls(addr)
+    return [
+        f"--name={member}",
+        f"--data-dir={DATA_ROOT}/{member}",
+        f"--listen-client-urls={client}",
+        f"--advertise-client-urls={client}",
+        f"--listen-peer-urls={peer}",
+        f"--initial-advertise-peer-urls={peer}",
+        f"--initial-cluster={cluster}",
+        f"--initial-cluster-state={state}",
+        f"--initial-cluster-token={token}",
+        f"--cert-file={TLS_CERT}",
+        f"--key-file={TLS_KEY}",
+        "--client-cert-auth",
+        f"--trusted-ca-file={TLS_CA}",
+        f"--peer-cert-file={TLS_CERT}",
+        f"--peer-key-file={TLS_KEY}",
+        "--peer-client-cert-auth",
+        f"--peer-trusted-ca-file={TLS_CA}",
+        "--logger=zap",
+        "--log-outputs=stderr",
+    ]
 
 
 def member_service_spec(
@@ -52,24 +96,26 @@ def member_service_spec(
     cluster: str,
     state: str,
     token: str,
+    tls: dict[str, str],
     running: bool = True,
 ) -> dict[str, Any]:
     """The Engine `ServiceSpec` of one member: pinned to `node`, on its network, its data in the
-    node's volume. `cluster` is etcd's --initial-cluster, `state` "new" or "existing" (both are
-    read only at the member's first start: later starts use its data dir)."""
-    peer, client = f"http://{addr}:{PEER_PORT}", f"http://{addr}:{CLIENT_PORT}"
-    args = [
-        f"--name={member}",
-        f"--data-dir={DATA_ROOT}/{member}",
-        f"--listen-client-urls={client},http://127.0.0.1:{CLIENT_PORT}",
-        f"--advertise-client-urls={client}",
-        f"--listen-peer-urls={peer}",
-        f"--initial-advertise-peer-urls={peer}",
-        f"--initial-cluster={cluster}",
-        f"--initial-cluster-state={state}",
-        f"--initial-cluster-token={token}",
-        "--logger=zap",
-        "--log-outputs=stderr",
+    node's volume, the node's TLS files (`tls`: paths on the node, `wire.store.node_tls`)
+    mounted read-only; `etcdctl` in its container finds them and the member in its environment.
+    See `member_command` for `cluster` and `state`."""
+    peer, client = member_urls(addr)
+    args = member_command(member, addr, cluster, state, token)
+    files = {"cert": TLS_CERT, "key": TLS_KEY, "ca": TLS_CA}
+    mounts: list[dict[str, Any]] = [{"Type": "volume", "Source": VOLUME, "Target": DATA_ROOT}]
+    mounts += [
+        {"Type": "bind", "Source": tls[what], "Target": target, "ReadOnly": True}
+        for what, target in files.items()
+    ]
+    env = [
+        f"ETCDCTL_ENDPOINTS={client}",
+        f"ETCDCTL_CACERT={TLS_CA}",
+        f"ETCDCTL_CERT={TLS_CERT}",
+        f"ETCDCTL_KEY={TLS_KEY}",
     ]
     return {
         "Name": service_name(member),
@@ -85,7 +131,8 @@ def member_service_spec(
             "ContainerSpec": {
                 "Image": store["image"],
                 "Args": args,
-                "Mounts": [{"Type": "volume", "Source": VOLUME, "Target": DATA_ROOT}],
+                "Env": env,
+                "Mounts": mounts,
                 "StopGracePeriod": 10_000_000_000,
             },
             "Placement": {"Constraints": [f"node.hostname=={node}"]},
@@ -96,10 +143,19 @@ def member_service_spec(
     }
 
 
+def _files(tls: dict[str, dict[str, str] | None], node: str) -> dict[str, str]:
+    files = tls.get(node)
+    if files is None:  # the planner chooses only nodes with them: they went away meanwhile
+        raise AgentError("unavailable", "store-needs-tls", f"{node} has no TLS certificate")
+    return files
+
+
 class Store:
     """Keeps the store's members to the spec: one look, one change per tick (on the leader)."""
 
-    def __init__(self, engine: Engine, http: httpx.AsyncClient, journal: Journal) -> None:
+    def __init__(self, engine: Engine, http: httpx.AsyncClient | None, journal: Journal) -> None:
+        """`http` is `node.store.gateway_http`'s client: None when this agent has no
+        certificate to present, and then the store waits, saying so."""
         self.engine = engine
         self.http = http
         self.journal = journal
@@ -125,6 +181,13 @@ class Store:
         if not found:
             return None
         system, store = found[0]
+        if self.http is None:
+            step = StoreStep("wait", f"this leader's agent has no TLS certificate: {NO_TLS_HINT}")
+            if self.last is None or step.reason != self.last.reason:
+                log.warning("autopilot: store: %s", step.reason)
+                self.journal.note("wait", "store", step.reason, "waiting")
+            self.last = step
+            return step
         services = await member_services(self.engine)
         self.observe(records, {s["node"] for s in services}, now)
         gateway = Gateway(self.http, [s["client"] for s in services if s["running"]])
@@ -174,18 +237,30 @@ class Store:
         cloud: str,
     ) -> None:
         addr = {r["name"]: _host(str(r.get("addr") or "")) for r in records}
+        tls = {r["name"]: node_tls(r) for r in records}
         token = f"hyops-{cloud}"[:60]  # etcd's --initial-cluster-token
         if step.action == "bootstrap":
             node = str(step.node)
             member = f"{node}-{secrets.token_hex(3)}"
-            cluster = f"{member}=http://{addr[node]}:{PEER_PORT}"
+            cluster = f"{member}={member_urls(addr[node])[0]}"
             await self.engine.service_create(
-                member_service_spec(system, store, member, node, addr[node], cluster, "new", token)
+                member_service_spec(
+                    system,
+                    store,
+                    member,
+                    node,
+                    addr[node],
+                    cluster,
+                    "new",
+                    token,
+                    _files(tls, node),
+                )
             )
         elif step.action == "add":
             node = str(step.node)
             member = f"{node}-{secrets.token_hex(3)}"
-            peer = f"http://{addr[node]}:{PEER_PORT}"
+            files = _files(tls, node)  # before etcd's member add: nothing half-done
+            peer = member_urls(addr[node])[0]
             answer = await gateway.call("cluster/member/add", {"peerURLs": [peer]}, timeout=10.0)
             parts = []
             for m in answer.get("members", []):
@@ -193,7 +268,7 @@ class Store:
                 for url in m.get("peerURLs") or []:
                     parts.append(f"{name}={url}")
             spec = member_service_spec(
-                system, store, member, node, addr[node], ",".join(parts), "existing", token
+                system, store, member, node, addr[node], ",".join(parts), "existing", token, files
             )
             await self.engine.service_create(spec)
         elif step.action == "remove":

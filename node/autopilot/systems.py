@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from datetime import UTC, datetime
 from typing import Any
 
 from node.autopilot.journal import Journal
@@ -151,6 +152,57 @@ async def reconcile_systems(
         except EngineError as exc:
             log.warning("autopilot: system %s: %s (trying again next tick)", name, exc)
             journal.note("system", name, str(exc), "failed")
+    await _missing_images(engine, records, spec, services, journal)
+
+
+async def _missing_images(
+    engine: Engine,
+    records: list[dict[str, Any]],
+    spec: dict[str, Any],
+    services: dict[str, dict[str, Any]],
+    journal: Journal,
+) -> None:
+    """Say in the journal which node lacks a system's image (its task failed with "No such
+    image"): images go to the nodes without a registry (decision 0026), so a node that joined
+    after `(push-image! ...)` or `(install! ...)` has none until that is run again."""
+    ids = {services[n]["ID"]: n for n in spec["systems"] if n in services and "ID" in services[n]}
+    if not ids:
+        return
+    try:
+        tasks = await engine.tasks({"service": list(ids)})
+    except EngineError:
+        return  # the next tick looks again
+    names = {r.get("id"): r.get("name") for r in records}
+    for task in tasks:
+        status = task.get("Status") or {}
+        err = str(status.get("Err") or "")
+        if "No such image" not in err or task.get("ServiceID") not in ids:
+            continue
+        if _age(str(status.get("Timestamp") or "")) > RECENT:
+            continue  # the history of a task replaced since: not news
+        system = ids[task["ServiceID"]]
+        node = names.get(task.get("NodeID")) or task.get("NodeID") or "a node"
+        image = spec["systems"][system].get("image")
+        reason = (
+            f"{system}: {node} has no image {image} (no registry: images are carried by the "
+            f"workspace); run (push-image! {json.dumps(image)}) or (install! ...) again to "
+            "carry it there"
+        )
+        if not any(e["reason"] == reason for e in list(journal.entries)[-20:]):
+            log.warning("autopilot: %s", reason)
+            journal.note("wait", system, reason, "waiting")
+
+
+RECENT = 120.0  # seconds: a task failure older than this is history, not said again
+
+
+def _age(timestamp: str) -> float:
+    """Seconds since an engine timestamp (RFC 3339, nanoseconds); infinity when unreadable."""
+    try:
+        when = datetime.strptime(timestamp[:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC)
+    except ValueError:
+        return float("inf")
+    return (datetime.now(UTC) - when).total_seconds()
 
 
 def _done(journal: Journal, name: str, action: str, reason: str) -> None:
