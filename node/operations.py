@@ -19,7 +19,7 @@ from node.errors import AgentError
 from node.model import Model, tasks_answer
 from node.swarm import SwarmView
 from wire.names import unknown_name_hint
-from wire.policy import check_demote, check_demote_view, check_promote
+from wire.policy import check_demote, check_demote_view, check_promote, is_reachable_manager
 from wire.records import (
     AGENT_LABELS,
     AGENT_PREFIX,
@@ -179,7 +179,7 @@ class Operations:
                 if role == "manager"
                 else check_demote(records, record["name"])
             )
-            if refusal is None and role == "worker":
+            if refusal is None and role == "worker" and is_reachable_manager(record):
                 # the node's own view: its engine must know another manager to follow
                 known = await self.membership.engine_managers(record)
                 refusal = check_demote_view(records, record["name"], known)

@@ -593,6 +593,8 @@ def test_a_demotion_needs_the_demoted_engine_to_know_another_reachable_manager()
     refusal = check_demote_view(nodes, "a", None)  # its agent did not answer
     assert refusal is not None and "a's agent did not say" in refusal.reason
     assert check_demote_view(nodes, "d", None) is None  # a worker: no change, nothing to check
+    # a manager that is not reachable is not asked: demoting a dead one is how it is replaced
+    assert check_demote_view(nodes, "c", None) is None
     assert isinstance(check_demote_view(nodes, "zz", []), Refusal)
 
 

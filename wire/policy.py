@@ -189,11 +189,12 @@ def check_demote_view(
     addresses), asked of its agent; None when it could not be asked. A manager demoted before
     its engine has learned of any other reachable manager (e.g. the first manager, demoted a
     moment after the second joined Raft) becomes a worker that knows no manager at all and stays
-    down; swarmkit gives it no other way back (issue 17, hole 3)."""
+    down; swarmkit gives it no other way back (issue 17, hole 3). A manager that is not
+    reachable (down, cut off) is not asked: demoting a dead manager is how it is replaced."""
     node = _find(nodes, name)
     if isinstance(node, Refusal):
         return node
-    if not is_manager(node):
+    if not is_reachable_manager(node):
         return None
     others = {
         str(n.get("manager_addr"))
