@@ -224,7 +224,21 @@ def test_a_demotion_is_refused_until_the_nodes_own_engine_is_known_to_know_anoth
     # the first manager's agent hangs: nobody can say what its engine knows
     cloud.pause(first, agent_only=True)
     try:
-        answer = signed("POST", f"{cloud.api(second)}/v1/nodes/{first}/demote", key, timeout=60)
+        # (503 while second's agent has not yet noticed its own promotion: it forwards to the
+        # only other manager's agent, the hung one)
+        answer = wait_until(
+            lambda: (
+                (
+                    a := signed(
+                        "POST", f"{cloud.api(second)}/v1/nodes/{first}/demote", key, timeout=60
+                    )
+                ).status_code
+                != 503
+                and a
+            ),
+            90,
+            f"{second}'s agent to answer as a manager",
+        )
         assert answer.status_code == 409, answer.text
         error = answer.json()
         assert "did not say which managers its engine knows" in error["message"]
