@@ -15,7 +15,9 @@ The first violation stops the run: the nodes' logs and the agents' decisions are
 command that replays the run (same seed) is printed. At the end: rounds, faults of each kind,
 the slowest recovery.
 
-Run: .venv/bin/python bench/chaos.py [ROUNDS] [SEED]   (default 8 rounds, a random seed; root)
+Run: .venv/bin/python bench/chaos.py [ROUNDS] [SEED] [MINUTES]   (default 8 rounds, a random
+seed, no time limit; root). With MINUTES, no round starts after that long: the rounds run are
+reported (a replay with that many rounds and the seed does the same faults).
 """
 
 from __future__ import annotations
@@ -167,9 +169,13 @@ UNDO = {"kill": "restart", "kill-dockerd": "restart", "pause": "resume", "cut": 
 
 def main() -> int:
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 8
+    minutes = float(sys.argv[3]) if len(sys.argv) > 3 else None
+    stop_at = time.monotonic() + minutes * 60 if minutes else None
+    ran = 0
     seed = int(sys.argv[2]) if len(sys.argv) > 2 else random.SystemRandom().randrange(10**6)
     rng = random.Random(seed)
-    print(f"chaos: {rounds} rounds, seed {seed}", flush=True)
+    load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    print(f"chaos: {rounds} rounds, seed {seed} (load average {load})", flush=True)
     violations: list[str] = []
     counts: dict[str, int] = {}
     slowest = (0.0, "")
@@ -187,6 +193,10 @@ def main() -> int:
             ):
                 raise SystemExit(f"chaos: no 7 settled managers after 120 s: {look(cloud, set())}")
             for number in range(1, rounds + 1):
+                if stop_at is not None and time.monotonic() > stop_at:
+                    print(f"chaos: {minutes:g} minutes are up after {ran} rounds", flush=True)
+                    break
+                ran = number
                 out = set(away) | agent_down
                 seen = look(cloud, out)
                 count = len(seen[0]) if seen else 1
@@ -313,12 +323,14 @@ def main() -> int:
                     cloud.resume(node)  # a stopped process would hold `down` up
             cloud.down(clean=True)
     kinds = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
-    print(f"chaos: {survived} of {rounds} rounds survived, {len(violations)} violations; "
+    load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    print(f"chaos: load average {load} at the end")
+    print(f"chaos: {survived} of {ran} rounds run survived, {len(violations)} violations; "
           f"faults: {kinds}; slowest recovery {slowest[0]:.1f} s ({slowest[1]})")  # fmt: skip
     for v in violations:
         print(f"  VIOLATION {v}")
     if violations:
-        print(f"replay: .venv/bin/python bench/chaos.py {rounds} {seed}")
+        print(f"replay: .venv/bin/python bench/chaos.py {ran} {seed}")
     return 1 if violations else 0
 
 

@@ -630,16 +630,17 @@ class LocalCloud:
         if pid:
             stop([pid], grace=10, sig=sig)
 
-    def pause(self, node: str) -> None:
-        """A machine that hangs: SIGSTOP the node's dockerd and agent (`resume` undoes it)."""
-        for pid in (self._dockerd_pid(node), self._agent_pid(node)):
+    def pause(self, node: str, *, agent_only: bool = False) -> None:
+        """A machine that hangs: SIGSTOP the node's dockerd and agent (`resume` undoes it); with
+        `agent_only`, only its agent hangs."""
+        for pid in (None if agent_only else self._dockerd_pid(node), self._agent_pid(node)):
             if pid:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGSTOP)
 
-    def resume(self, node: str) -> None:
-        """Undo `pause`: SIGCONT the node's dockerd and agent."""
-        for pid in (self._dockerd_pid(node), self._agent_pid(node)):
+    def resume(self, node: str, *, agent_only: bool = False) -> None:
+        """Undo `pause`: SIGCONT the node's dockerd and agent (only its agent: `agent_only`)."""
+        for pid in (None if agent_only else self._dockerd_pid(node), self._agent_pid(node)):
             if pid:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGCONT)

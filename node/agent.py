@@ -54,6 +54,7 @@ from wire.records import (
     LABEL_TLS_CERT,
     LABEL_TLS_KEY,
     node_record,
+    remote_managers,
 )
 from wire.signing import Verifier, audience, load_private_key
 from wire.tls import TlsError, api_url, check_server_files, client_context, unnamed_hosts
@@ -71,6 +72,9 @@ FORGOTTEN_AFTER = 30.0  # seconds of a broken swarm membership before asking the
 # agent takes it over. A claimer with a swarm confirms within a publishing round (2 s); one
 # that never answers died between its claim and making the swarm (docs/protocol.md section 2).
 CLAIM_EXPIRES = 30.0
+# Seconds a worker's way into Raft (the manager it joined by) may be missing from its engine's
+# managers before its agent joins again through a current one (two rounds: not a passing list)
+WAY_IN_GONE_AFTER = 4.0
 
 
 def _now() -> str:
@@ -141,6 +145,7 @@ class Agent:
         # list and its list entry name this URL ([node] api_advertise, else where it listens)
         self.api_url = api_url(*config.advertised_api, tls=tls is not None)
         self._inactive_since: float | None = None
+        self._way_in_gone_since: float | None = None  # see refresh_way_in
         self._labelling: asyncio.Task[None] | None = None
         self._published: tuple[tuple[str, str, str], ...] | None = None
         self._state_file = config.data_dir / "state.json"
@@ -327,6 +332,7 @@ class Agent:
             await self._became_member()
             publishing = RepeatedWarning("publishing the managers")
             membership = RepeatedWarning("checking this node's membership")
+            way_in = RepeatedWarning("refreshing this node's way into Raft")
             while True:
                 try:
                     await self.publish_managers()
@@ -338,6 +344,11 @@ class Agent:
                     membership.ok()
                 except (EngineError, ListError, OSError) as exc:
                     membership.failed(exc)
+                try:
+                    await self.refresh_way_in()
+                    way_in.ok()
+                except (EngineError, ListError, OSError) as exc:
+                    way_in.failed(exc)
                 await asyncio.sleep(PUBLISH_EVERY)
         except asyncio.CancelledError:
             raise
@@ -466,6 +477,81 @@ class Agent:
             await self.join_or_originate()
             return True
         return False
+
+    # --- the way into Raft (issue 17, hole 2) ------------------------------------------------
+
+    async def refresh_way_in(self) -> bool:
+        """On a worker whose way into Raft is gone, leave and join again through a current
+        manager; True if it did.
+
+        dockerd joins Raft, once promoted, only through the manager it joined the swarm by
+        (swarmkit's JoinAddr, kept until dockerd restarts); when that manager is no longer in
+        Raft (dead and removed, or demoted), a promotion would never get in and the autopilot
+        passes the node over (`wire.policy.has_way_in`). The engine's own view says so: the
+        managers it follows (`RemoteManagers`, pruned to the Raft members by the managers) no
+        longer name that address for WAY_IN_GONE_AFTER. The node's old entry is removed by the
+        leader (`wire.policy.stale_twins`); its tasks are started again by Swarm."""
+        if self.state != "active" or not self.joined_via:
+            self._way_in_gone_since = None
+            return False
+        info = await self.engine.info()
+        swarm = info.get("Swarm") or {}
+        remotes = set(remote_managers(info))
+        if (
+            swarm.get("LocalNodeState") != "active"
+            or swarm.get("ControlAvailable")  # a manager is in Raft already
+            or not remotes  # knows no manager: check_membership's business
+            or self.joined_via in remotes
+        ):
+            self._way_in_gone_since = None
+            return False
+        now = time.monotonic()
+        if self._way_in_gone_since is None:
+            self._way_in_gone_since = now
+        if now - self._way_in_gone_since < WAY_IN_GONE_AFTER:
+            return False
+        log.warning(
+            "this node's way into Raft, the manager it joined by (%s), is no longer among its "
+            "engine's managers (%s): leaving and joining again through a current manager, so "
+            "that it can be promoted",
+            self.joined_via,
+            ", ".join(sorted(remotes)),
+        )
+        self._way_in_gone_since = None
+        self.state = "joining"
+        await self.engine.swarm_leave(force=True)
+        self._published = None
+        await self.join_or_originate()
+        await self._became_member()
+        return True
+
+    # --- a node's own view of the managers (issue 17, hole 3) ------------------------------
+
+    async def engine_managers(self, record: dict[str, Any]) -> list[str] | None:
+        """The manager addresses the engine of the node `record` knows (`wire.records
+        .remote_managers`): this engine's for this node, else asked of that node's agent
+        (`GET /v1/node`, signed for that node, at Swarm's own address of it). None when it
+        cannot be asked or another node answers."""
+        info = await self.engine.info()
+        if record.get("id") and record.get("id") == (info.get("Swarm") or {}).get("NodeID"):
+            return remote_managers(info)
+        url = self.swarm.api_of(record.get("manager_addr") or record.get("addr"))
+        if url is None or self.cloud_id is None:
+            return None
+        to = audience(self.cloud_id, str(record.get("name")))
+        try:
+            answer = await NodeClient(url, self.key, self.http, audience=to).request(
+                "GET", "/v1/node", timeout=3.0
+            )
+        except NodeApiError as exc:
+            log.info("could not ask %s which managers its engine knows: %s", record["name"], exc)
+            return None
+        if not isinstance(answer, dict) or answer.get("id") != record.get("id"):
+            return None
+        known = answer.get("remote_managers")
+        if not isinstance(known, list):
+            return None
+        return [str(a) for a in known]
 
     async def _wait_for_engine(self) -> None:
         deadline = time.monotonic() + ENGINE_WAIT

@@ -19,7 +19,7 @@ from node.errors import AgentError
 from node.model import Model, tasks_answer
 from node.swarm import SwarmView
 from wire.names import unknown_name_hint
-from wire.policy import check_demote, check_promote
+from wire.policy import check_demote, check_demote_view, check_promote, is_reachable_manager
 from wire.readdress import reachable_addr
 from wire.records import (
     AGENT_LABELS,
@@ -29,6 +29,7 @@ from wire.records import (
     LABEL_REMOVED,
     node_record,
     parse_since,
+    remote_managers,
     service_record,
     sort_nodes,
 )
@@ -49,6 +50,7 @@ class Membership(Protocol):
     @property
     def cloud_id(self) -> str | None: ...
     def wanted_labels(self, info: dict[str, Any]) -> dict[str, str]: ...
+    async def engine_managers(self, record: dict[str, Any]) -> list[str] | None: ...
 
 
 class Operations:
@@ -108,6 +110,8 @@ class Operations:
                 "version": None,
             }
         record["swarm"] = swarm.get("LocalNodeState")
+        # the managers this engine knows (a manager demoted must know one besides itself)
+        record["remote_managers"] = remote_managers(info)
         record["cloud_id"] = self.membership.cloud_id
         record["agent"] = self.membership.state
         return record
@@ -176,6 +180,10 @@ class Operations:
                 if role == "manager"
                 else check_demote(records, record["name"])
             )
+            if refusal is None and role == "worker" and is_reachable_manager(record):
+                # the node's own view: its engine must know another manager to follow
+                known = await self.membership.engine_managers(record)
+                refusal = check_demote_view(records, record["name"], known)
             if refusal is not None:
                 log.warning(
                     "refused to make %s a %s (asked by %s): %s", name, role, by, refusal.reason

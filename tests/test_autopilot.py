@@ -318,7 +318,10 @@ def hold_up_a_manager_join(cloud: LocalCloud) -> tuple[str, str, str]:
     """On a fresh 3-node cloud: promote a second node, demote the first manager (every other
     node joined the swarm through it), then promote the third, whose way into Raft is gone: it
     stays joining (a manager not in Raft) until the autopilot, once given a spec, removes it
-    after `JOIN_GIVE_UP`. Returns (first, a, b): the demoted one, the manager, the joining one."""
+    after `JOIN_GIVE_UP`. b's agent is paused first: running, it would see its way in gone and
+    join again through a current manager (node/agent.py refresh_way_in), and the promotion would
+    work; the caller resumes it (`cloud.resume(b, agent_only=True)`). Returns (first, a, b): the
+    demoted one, the manager, the joining one."""
     key = operator_key(cloud)
     first = wait_until(
         lambda: [n for n, m in managers(cloud).items() if m["reachability"] == "reachable"],
@@ -327,49 +330,60 @@ def hold_up_a_manager_join(cloud: LocalCloud) -> tuple[str, str, str]:
     )[0]  # every other node joined through it: no other manager existed yet
     api = next(n["api"] for n in cloud.nodes if n["name"] == first)
     a, b = sorted(n["name"] for n in cloud.nodes if n["name"] != first)
-    wait_until(
-        lambda: signed("POST", f"{api}/v1/nodes/{a}/promote", key).status_code == 200,
-        60,
-        f"{a} promoted",
-    )
-    wait_until(
-        lambda: managers(cloud).get(a, {}).get("reachability") == "reachable", 60, f"{a} in Raft"
-    )
-    # and `first`'s own engine knows `a` as a manager: demoted before that, it would be a worker
-    # that knows no manager to report to (another trap, not the one under test)
-    a_addr = next(n["addr"] for n in cloud.nodes if n["name"] == a)
-    wait_until(
-        lambda: (
-            a_addr
-            in cloud.docker(first, "info", "--format", "{{json .Swarm.RemoteManagers}}").stdout
-        ),
-        60,
-        f"{first}'s engine to know {a} as a manager",
-    )
-    wait_until(
-        lambda: signed("POST", f"{api}/v1/nodes/{first}/demote", key).status_code == 200,
-        60,
-        f"{first} demoted by its own agent",
-    )
-    api_a = next(n["api"] for n in cloud.nodes if n["name"] == a)
-    wait_until(lambda: first not in managers(cloud), 60, f"{first} demoted")
-    # b's way into Raft is `first`, no longer a manager: this promotion cannot complete (right
-    # after a leader change Swarm reports the nodes "unknown" for a moment: promote once ready)
-    wait_until(
-        lambda: signed("POST", f"{api_a}/v1/nodes/{b}/promote", key).status_code == 200,
-        60,
-        f"{b} promoted",
-    )
+    cloud.pause(b, agent_only=True)
+    try:
+        wait_until(
+            lambda: signed("POST", f"{api}/v1/nodes/{a}/promote", key).status_code == 200,
+            60,
+            f"{a} promoted",
+        )
+        wait_until(
+            lambda: managers(cloud).get(a, {}).get("reachability") == "reachable",
+            60,
+            f"{a} in Raft",
+        )
+        # and `first`'s own engine knows `a` as a manager: demoted before that, it would be a
+        # worker that knows no manager (hole 3: the agent refuses such a demotion anyway)
+        a_addr = next(n["addr"] for n in cloud.nodes if n["name"] == a)
+        wait_until(
+            lambda: (
+                a_addr
+                in cloud.docker(first, "info", "--format", "{{json .Swarm.RemoteManagers}}").stdout
+            ),
+            60,
+            f"{first}'s engine to know {a} as a manager",
+        )
+        wait_until(
+            lambda: signed("POST", f"{api}/v1/nodes/{first}/demote", key).status_code == 200,
+            60,
+            f"{first} demoted by its own agent",
+        )
+        api_a = next(n["api"] for n in cloud.nodes if n["name"] == a)
+        wait_until(lambda: first not in managers(cloud), 60, f"{first} demoted")
+        # b's way into Raft is `first`, no longer a manager: this promotion cannot complete (right
+        # after a leader change Swarm reports the nodes "unknown" for a moment: promote once ready)
+        wait_until(
+            lambda: signed("POST", f"{api_a}/v1/nodes/{b}/promote", key).status_code == 200,
+            60,
+            f"{b} promoted",
+        )
+    except BaseException:
+        cloud.resume(b, agent_only=True)
+        raise
     return first, a, b
 
 
 def test_a_promotion_stuck_on_a_gone_join_address_is_undone_and_redone(make_cloud) -> None:
     """dockerd joins Raft through the manager it first joined the swarm by; promote a worker
-    after that manager was demoted and the promotion can never complete. The autopilot removes
-    the stuck node, its agent joins again through a current manager, and it is promoted."""
+    after that manager was demoted and the promotion can never complete. Its agent (held up
+    until now) leaves that membership and joins again through a current manager, the autopilot
+    removes the stuck entry, and the node is promoted."""
     cloud = make_cloud(nodes=3)
     first, a, b = hold_up_a_manager_join(cloud)
-    cloud.apply_spec(SMALL)
+    try:
+        cloud.apply_spec(SMALL)
+    finally:
+        cloud.resume(b, agent_only=True)
     found = wait_until(
         lambda: (f := settled(cloud, 3, ready=3)) and b in f and f, 240, f"{b} to be a manager"
     )
@@ -384,9 +398,9 @@ def test_status_and_the_autopilot_agree_while_a_manager_joins(make_cloud) -> Non
     quorum and margin (both are wire.policy.safety_view): the joining one counts in neither."""
     cloud = make_cloud(nodes=3)
     first, a, b = hold_up_a_manager_join(cloud)
-    cloud.apply_spec(SMALL)  # the autopilot shows what it sees once it follows a spec
     session = Session(Workspace(cloud.state_dir.parent))
     try:
+        cloud.apply_spec(SMALL)  # the autopilot shows what it sees once it follows a spec
 
         def sample() -> tuple[dict, dict] | None:
             before = ev(session, "(status)")
@@ -399,6 +413,7 @@ def test_status_and_the_autopilot_agree_while_a_manager_joins(make_cloud) -> Non
         status, sees = wait_until(sample, 40, f"(status) and (autopilot) while {b} joins")
     finally:
         session.close()
+        cloud.resume(b, agent_only=True)
     assert status["managers"] == f"1/1 reachable, {b} joining", status
     assert (sees["managers"], sees["reachable"], sees["joining"]) == (1, 1, [b]), sees
     assert (status["quorum"], status["quorum_margin"]) == (sees["quorum"], sees["margin"]) == (1, 0)

@@ -3,18 +3,27 @@
 - A claim on the empty list whose machine dies before it makes the swarm expires: another
   machine takes the list over (compare-and-swap) and originates; the cloud starts.
 - The claimer itself, restarted before it made the swarm, originates from its own claim.
+- Hole 2: after the leader's machine is lost, a worker that joined through it (its engine's only
+  way into Raft) is not promoted until its agent joined again through a current manager; then
+  it is promoted and gets into Raft, with no remove-and-rejoin round.
+- Hole 3: an operator's demotion is refused while the demoted node's own engine cannot be
+  shown to know another manager (demoted, it would be a worker that knows none).
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
+import time
 from pathlib import Path
+from typing import Any
 
 import httpx
+import pytest
 
 from localcloud.cloud import LocalCloud
 from tests.conftest import MakeCloud
-from tests.helpers import agents_tls, wait_until
+from tests.helpers import agents_tls, signed, wait_until
 from wire.keys import load_private_key
 from wire.lists import BootstrapList, Manager, open_list
 from wire.lists.format import sign_list
@@ -92,3 +101,172 @@ def test_a_claimer_restarted_before_making_the_swarm_originates_from_its_claim(
     assert lst.cloud_id == claim.cloud_id and "node-1" in {m.name for m in lst.managers}
     log = (cloud.node_dir("node-1") / "agent.log").read_text()
     assert "the list holds this node's own claim: originating cloud c-0ur5e1f0" in log
+
+
+# --- hole 2: a node whose way into Raft is gone -------------------------------------------------
+
+FAST = {
+    "managers": {"targets": [[1, 1], [3, 3]], "stabilization": "2s", "dead_after": "3s"},
+    "resources": {"cpus": 1.0, "memory": 0.0},
+}
+
+
+def api_get(cloud: LocalCloud, path: str, skip: tuple[str, ...] = ()) -> Any:
+    """GET `path` from the first live node's agent that answers 200 (workers forward)."""
+    key = Path(cloud.record["operator_key"])
+    for entry in cloud.nodes:
+        if entry["name"] in skip:
+            continue
+        try:
+            answer = signed("GET", entry["api"] + path, key, timeout=5)
+        except httpx.HTTPError:
+            continue
+        if answer.status_code == 200:
+            return answer.json()
+    raise AssertionError(f"no agent answered {path}")
+
+
+def engine_nodes(cloud: LocalCloud, node: str) -> list[dict[str, Any]]:
+    """The node list by `node`'s own engine (a manager's): the engines judge, not the agents."""
+    out = cloud.docker(node, "node", "ls", "--format", "{{json .}}")
+    return [json.loads(line) for line in out.stdout.splitlines()]
+
+
+@pytest.mark.cloud
+def test_a_worker_whose_way_into_raft_is_gone_joins_again_before_it_is_promoted(
+    make_cloud: MakeCloud,
+) -> None:
+    cloud = make_cloud(nodes=4, spec=FAST)
+    ready = wait_until(
+        lambda: (
+            (nodes := api_get(cloud, "/v1/nodes"))
+            and sum(n["state"] == "ready" for n in nodes) == 4
+            and sum(n["reachability"] == "reachable" for n in nodes) == 3
+            and nodes
+        ),
+        120,
+        "4 ready nodes, 3 of them reachable managers",
+    )
+    leader = next(n for n in ready if n["leader"])
+    worker = next(n for n in ready if n["role"] == "worker")
+    # the precondition of the hole: the worker's engine joined through the leader
+    assert worker["labels"].get("hyops.joined-via") == leader["manager_addr"]
+    # the leader's machine is lost
+    cloud.kill_agent(leader["name"])
+    cloud.kill_dockerd(leader["name"])
+    lost = time.monotonic()
+    skip = (leader["name"],)
+    others = sorted(n["name"] for n in ready if n["name"] != leader["name"])
+    survivor = next(n for n in others if n != worker["name"])
+
+    def three_in_raft() -> bool:
+        # by a surviving manager's engine: the three live nodes are Raft members, reachable
+        entries = engine_nodes(cloud, survivor)
+        members = sorted(
+            e["Hostname"] for e in entries if e.get("ManagerStatus") in ("Leader", "Reachable")
+        )
+        return members == others
+
+    wait_until(three_in_raft, 120, f"{', '.join(others)} to be reachable managers")
+    took = time.monotonic() - lost
+    recent = api_get(cloud, "/v1/autopilot", skip)["recent"]
+    stuck = [r for r in recent if "never got into Raft" in str(r)]
+    assert not stuck, f"a promotion stayed out of Raft and was removed: {stuck}"
+    log = (cloud.node_dir(worker["name"]) / "agent.log").read_text()
+    assert "leaving and joining again through a current manager" in log
+    # the worker's old entry is removed: one node of that name, ready, under a new ID
+    mine = wait_until(
+        lambda: (
+            len(m := [e for e in engine_nodes(cloud, survivor) if e["Hostname"] == worker["name"]])
+            == 1
+            and m
+        ),
+        30,
+        f"{worker['name']}'s old entry to be removed",
+    )
+    assert mine[0]["Status"] == "Ready" and mine[0]["ID"] != worker["id"], mine
+    print(f"the lost leader's machine replaced in {took:.1f} s")
+
+
+# --- hole 3: a demotion that would leave the node knowing no manager ------------------------------
+
+
+def known_managers(cloud: LocalCloud, node: str) -> list[str]:
+    """The manager addresses `node`'s own engine knows (docker info: Swarm.RemoteManagers)."""
+    out = cloud.docker(node, "info", "--format", "{{json .Swarm.RemoteManagers}}")
+    return sorted(m["Addr"] for m in json.loads(out.stdout) or [])
+
+
+@pytest.mark.cloud
+def test_a_demotion_is_refused_until_the_nodes_own_engine_is_known_to_know_another_manager(
+    make_cloud: MakeCloud,
+) -> None:
+    """An operator's demote asks the demoted node's agent which managers its engine knows; when
+    it cannot say (its agent hung) the demotion is refused with a reason and a hint, and nothing
+    changes. Once it answers, the same demotion goes through and the node is a Ready worker that
+    knows the other manager."""
+    cloud = make_cloud(nodes=2)  # no spec: the autopilot only watches
+    key = Path(cloud.record["operator_key"])
+    nodes = api_get(cloud, "/v1/nodes")
+    first = next(n for n in nodes if n["role"] == "manager")["name"]
+    second = next(n for n in nodes if n["role"] == "worker")["name"]
+    answer = signed("POST", f"{cloud.api(first)}/v1/nodes/{second}/promote", key)
+    assert answer.status_code == 200, answer.text
+    second_addr = wait_until(
+        lambda: next(
+            (n["manager_addr"] for n in api_get(cloud, "/v1/nodes")
+             if n["name"] == second and n["reachability"] == "reachable"),
+            None,
+        ),
+        60,
+        f"{second} in Raft",
+    )  # fmt: skip
+    # the first manager's agent hangs: nobody can say what its engine knows
+    cloud.pause(first, agent_only=True)
+    try:
+        # (503 while second's agent has not yet noticed its own promotion: it forwards to the
+        # only other manager's agent, the hung one)
+        answer = wait_until(
+            lambda: (
+                (
+                    a := signed(
+                        "POST", f"{cloud.api(second)}/v1/nodes/{first}/demote", key, timeout=60
+                    )
+                ).status_code
+                != 503
+                and a
+            ),
+            90,
+            f"{second}'s agent to answer as a manager",
+        )
+        assert answer.status_code == 409, answer.text
+        error = answer.json()
+        assert "did not say which managers its engine knows" in error["message"]
+        assert f"check that {first}'s agent runs" in error["hint"]
+        mine = [e for e in engine_nodes(cloud, second) if e["Hostname"] == first]
+        assert mine[0]["ManagerStatus"] in ("Leader", "Reachable"), mine  # nothing changed
+    finally:
+        cloud.resume(first, agent_only=True)
+    # it answers again: its engine knows the second manager, and the demotion goes through
+    assert second_addr in known_managers(cloud, first)
+    answer = wait_until(
+        lambda: (
+            (
+                a := signed("POST", f"{cloud.api(second)}/v1/nodes/{first}/demote", key, timeout=60)
+            ).status_code
+            == 200
+            and a
+        ),
+        30,
+        f"{first} to be demoted",
+    )
+    assert answer.json()["role"] == "worker"
+    wait_until(
+        lambda: (
+            [e["Status"] for e in engine_nodes(cloud, second) if e["Hostname"] == first]
+            == ["Ready"]
+            and known_managers(cloud, first) == [second_addr]
+        ),
+        90,
+        f"{first} to be a Ready worker that knows {second} as its manager",
+    )

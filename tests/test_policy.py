@@ -17,8 +17,10 @@ from wire.policy import (
     DEMOTED_SETTLE,
     JOIN_GIVE_UP,
     LABEL_DEAD,
+    MEMBER_SETTLE,
     Refusal,
     check_demote,
+    check_demote_view,
     check_promote,
     fault_tolerance,
     is_reachable_manager,
@@ -26,6 +28,7 @@ from wire.policy import (
     plan_step,
     quorum,
     safety_view,
+    stale_twins,
 )
 from wire.spec import check_spec
 
@@ -506,34 +509,117 @@ def test_a_promotion_that_never_gets_into_raft_is_removed_when_down_or_after_a_w
     assert plan(nodes, now=100.0, away={"b": 100.0 - JOIN_GIVE_UP}).action == "remove"
 
 
-def test_to_grow_a_node_whose_way_into_raft_is_gone_goes_after_one_that_has_it():
-    def joined(name: str, via: str, cpus: float) -> dict:
-        return {**node(name, cpus=cpus), "labels": {"hyops.joined-via": via}}
+def joined(name: str, via: str, cpus: float, role: str = "worker") -> dict:
+    return {**node(name, role, cpus=cpus), "labels": {"hyops.joined-via": via}}
 
+
+def test_to_grow_a_node_whose_way_into_raft_is_gone_is_never_chosen():
     leader = {**node("a", "manager", leader=True), "manager_addr": "10.0.0.1:2377"}
     nodes = [leader, joined("big", "10.0.0.9:2377", 8), joined("small", "10.0.0.1:2377", 1),
-             joined("mid", "10.0.0.9:2377", 2)]  # fmt: skip
-    step = plan(nodes)  # 1 manager, 3 wanted: two stable nodes, the one with a way in first
+             joined("mid", "10.0.0.9:2377", 2), joined("tiny", "10.0.0.1:2377", 0.5)]  # fmt: skip
+    step = plan(nodes)  # 1 manager, 3 wanted: the two stable nodes with a way in
     assert (step.action, step.node) == ("promote", "small")
-    assert "before big, whose way into Raft" in step.reason
-    # with no node that has a way in, the best by resources still goes (then step 2 applies)
+    assert "not big, mid: the manager it joined by is no longer in Raft" in step.reason
+    # only one node with a way in: from an odd count the planner waits for a second one (it
+    # never promotes big, which would stay out of Raft until removed)
+    nodes = [leader, joined("big", "10.0.0.9:2377", 8), joined("small", "10.0.0.1:2377", 1)]
+    step = plan(nodes)
+    assert step.action == "wait" and "not big" in step.reason
+    # with no node that has a way in, nothing is promoted
     nodes = [leader, joined("big", "10.0.0.9:2377", 8), joined("mid", "10.0.0.9:2377", 2)]
-    assert (plan(nodes).action, plan(nodes).node) == ("promote", "big")
+    step = plan(nodes)
+    assert step.action == "wait" and "waiting for a node ready for 10 s" in step.reason
+    assert "not big, mid" in step.reason
     # an originator (empty label) or a node that says nothing has a way in
     nodes = [leader, joined("big", "10.0.0.9:2377", 8), joined("orig", "", 2), node("old")]
-    assert plan(nodes).node == "orig"
-    nodes[2] = joined("orig", "", 0.5)
-    assert plan(nodes).node == "old"
+    assert (plan(nodes).action, plan(nodes).node) == ("promote", "orig")
+    # once its agent joined again through a current manager, big is the best
+    nodes[1] = joined("big", "10.0.0.1:2377", 8)
+    assert plan(nodes).node == "big"
 
 
-def test_a_swap_takes_the_best_node_by_resources_whatever_its_way_in():
+def test_a_swap_never_takes_a_node_whose_way_into_raft_is_gone():
+    """The chaos run's hole 2 (seed 7, round 4): after the leader's machine was lost, the best
+    node by resources had joined through it; promoted for a swap it never got into Raft."""
     leader = {**node("a", "manager", leader=True), "manager_addr": "10.0.0.1:2377"}
     others = [{**node(n, "manager"), "manager_addr": f"10.0.0.{i}:2377"}
               for i, n in ((2, "b"), (3, "c"))]  # fmt: skip
-    big = {**node("big", cpus=8), "labels": {"hyops.joined-via": "10.0.0.9:2377"}}
+    big = joined("big", "10.0.0.9:2377", 8)
+    step = plan([leader, *others, big, node("d", cpus=1.1)])
+    assert step.action == "none" and "not big" in step.reason
+    # at the maximum, the weakest is not demoted first for it either
+    at_max = {**DEFAULT, "stabilization": 10.0, "dead_after": 10.0, "maximum": 3}
+    assert plan([leader, *others, big], spec=at_max).action == "none"
+    # its way in back (it joined again through b): the swap goes ahead
+    big = joined("big", "10.0.0.2:2377", 8)
     step = plan([leader, *others, big, node("d", cpus=1.1)])
     assert (step.action, step.node) == ("promote", "big")
     assert "is better than the manager" in step.reason
+    step = plan([leader, *others, big], spec=at_max)
+    assert step.action == "demote" and "big is promoted next" in step.reason
+
+
+def test_a_machine_that_joined_again_is_planned_by_its_new_entry_and_its_old_one_removed():
+    leader = {**node("a", "manager", leader=True), "manager_addr": "10.0.0.1:2377", "id": "A"}
+    old = {**joined("b", "10.0.0.9:2377", 1), "id": "B-old"}
+    new = {**joined("b", "10.0.0.1:2377", 1), "id": "B-new"}
+    other = {**joined("c", "10.0.0.1:2377", 1), "id": "C"}
+    # both entries ready for a moment (Swarm has not noticed the old one left): the promotion
+    # names the new entry's ID, not only the name both share
+    step = plan([leader, old, new, other])
+    assert (step.action, step.node, step.node_id) == ("promote", "b", "B-new")
+    assert stale_twins([leader, old, new, other]) == []  # not before the old one is down
+    down = {**old, "state": "down"}
+    assert stale_twins([leader, down, new, other]) == [down]
+    # a down node with no ready twin is no twin; nor is a manager
+    assert stale_twins([leader, down, other]) == []
+    gone = {**node("a", "manager", state="down", reachable="unreachable"), "id": "A-old"}
+    assert stale_twins([leader, gone]) == []
+
+
+def test_a_demotion_needs_the_demoted_engine_to_know_another_reachable_manager():
+    """Hole 3: the first manager, demoted 0.7 s after the second joined Raft, became a worker
+    that knew no manager at all and stayed down."""
+    a = {**manager("a", leader=True), "manager_addr": "10.0.0.1:2377"}
+    b = {**manager("b"), "manager_addr": "10.0.0.2:2377"}
+    c = {**manager("c", reachable=False), "manager_addr": "10.0.0.3:2377"}
+    nodes = [a, b, c, worker("d")]
+    assert check_demote_view(nodes, "a", ["10.0.0.1:2377", "10.0.0.2:2377"]) is None
+    # it knows only itself, or only a manager that is not reachable
+    for known in (["10.0.0.1:2377"], ["10.0.0.1:2377", "10.0.0.3:2377"], []):
+        refusal = check_demote_view(nodes, "a", known)
+        assert refusal is not None and "knows no other reachable manager yet" in refusal.reason
+        assert "try again in a few seconds" in refusal.hint
+    refusal = check_demote_view(nodes, "a", None)  # its agent did not answer
+    assert refusal is not None and "a's agent did not say" in refusal.reason
+    assert check_demote_view(nodes, "d", None) is None  # a worker: no change, nothing to check
+    # a manager that is not reachable is not asked: demoting a dead one is how it is replaced
+    assert check_demote_view(nodes, "c", None) is None
+    assert isinstance(check_demote_view(nodes, "zz", []), Refusal)
+
+
+def test_the_autopilot_demotes_only_once_another_manager_has_been_reachable_a_while():
+    managers = [node(n, "manager", leader=n == "a") for n in "abcd"]
+    spec = {**DEFAULT, "stabilization": 10.0, "dead_after": 10.0, "targets": [[1, 1], [3, 3]]}
+    since = {n["name"]: 0.0 for n in managers}
+    # 4 managers, 3 wanted: the weakest (b: by name among equals, the leader last) is demoted
+    # once some other manager has been reachable for MEMBER_SETTLE
+    settled = {"a": 100.0 - MEMBER_SETTLE, "b": 0.0, "c": 99.0, "d": 99.0}
+    step = plan_step(managers, spec, WEIGHTS, 100.0, since, {}, {}, settled)
+    assert (step.action, step.node) == ("demote", "b")
+    fresh = {"a": 99.0, "b": 0.0, "c": 99.0, "d": 99.0}  # only b itself is an old member
+    step = plan_step(managers, spec, WEIGHTS, 100.0, since, {}, {}, fresh)
+    assert step.action == "wait" and "b's engine knows one to follow" in step.reason
+    # at the maximum, the demote-first swap waits the same way
+    big = {**node("e", cpus=8)}
+    at_max = {**spec, "maximum": 3, "better_by": 0.25}
+    three = managers[:3]
+    step = plan_step([*three, big], at_max, WEIGHTS, 100.0, {**since, "e": 0.0}, {}, {},
+                     {"a": 99.0, "b": 0.0, "c": 99.0})  # fmt: skip
+    assert step.action == "wait" and "b's engine knows one" in step.reason
+    step = plan_step([*three, big], at_max, WEIGHTS, 100.0, {**since, "e": 0.0}, {}, {},
+                     {"a": 0.0, "b": 0.0, "c": 99.0})  # fmt: skip
+    assert (step.action, step.node) == ("demote", "b")
 
 
 # --- the one safety view: (status), the console's plans and the autopilot ----------------------
@@ -625,3 +711,21 @@ def test_a_node_demoted_a_moment_ago_and_not_ready_yet_is_waited_for():
     back = [*managers, node("e")]
     step = plan_step(back, spec, WEIGHTS, 100.0, {**since, "e": 0.0}, {}, {"e": 95.0})
     assert (step.action, step.node) == ("promote", "e")
+
+
+def test_a_node_not_ready_for_a_moment_does_not_shrink_the_managers():
+    """Seen in the hole-2 test: after the leader's machine was lost, a worker reconnecting to
+    another manager was not ready for a moment; the planner counted 2 ready nodes, wanted 1
+    manager and demoted one it had to promote again a few seconds later."""
+    spec = {**DEFAULT, "stabilization": 10.0, "dead_after": 10.0, "targets": [[1, 1], [3, 3]]}
+    nodes = [node("a", "manager", leader=True), node("b", "manager"), node("c", state="down")]
+    since = {"a": 0.0, "b": 0.0}
+    # without the clock, 2 ready nodes want 1 manager: one is demoted
+    assert plan_step(nodes, spec, WEIGHTS, 100.0, since, {}).action == "demote"
+    # c away for 3 s of dead_after's 10 still counts: 3 wanted, nothing is demoted (the planner
+    # waits for a node to promote)
+    blip = plan_step(nodes, spec, WEIGHTS, 100.0, since, {}, {}, None, {"c": 97.0})
+    assert blip.action == "wait" and "3 wanted" in blip.reason
+    # away past dead_after: it no longer counts
+    gone = plan_step(nodes, spec, WEIGHTS, 100.0, since, {}, {}, None, {"c": 85.0})
+    assert gone.action == "demote"

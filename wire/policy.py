@@ -25,9 +25,11 @@ from typing import Any
 __all__ = [
     "JOIN_GIVE_UP",
     "LABEL_DEAD",
+    "MEMBER_SETTLE",
     "Refusal",
     "Step",
     "check_demote",
+    "check_demote_view",
     "check_promote",
     "check_remove",
     "fault_tolerance",
@@ -41,6 +43,7 @@ __all__ = [
     "quorum",
     "safety_view",
     "score",
+    "stale_twins",
 ]
 
 Node = Mapping[str, Any]
@@ -177,6 +180,43 @@ def check_demote(nodes: Sequence[Node], name: str) -> Refusal | None:
     return None
 
 
+def check_demote_view(
+    nodes: Sequence[Node], name: str, known: Sequence[str] | None
+) -> Refusal | None:
+    """None if `name`'s own engine knows a manager to follow once demoted, else why not.
+
+    `known` is what the node's engine says it knows (`docker info` Swarm.RemoteManagers, the
+    addresses), asked of its agent; None when it could not be asked. A manager demoted before
+    its engine has learned of any other reachable manager (e.g. the first manager, demoted a
+    moment after the second joined Raft) becomes a worker that knows no manager at all and stays
+    down; swarmkit gives it no other way back (issue 17, hole 3). A manager that is not
+    reachable (down, cut off) is not asked: demoting a dead manager is how it is replaced."""
+    node = _find(nodes, name)
+    if isinstance(node, Refusal):
+        return node
+    if not is_reachable_manager(node):
+        return None
+    others = {
+        str(n.get("manager_addr"))
+        for n in nodes
+        if n is not node and is_reachable_manager(n) and n.get("manager_addr")
+    }
+    if known is None:
+        return Refusal(
+            reason=f"{name}'s agent did not say which managers its engine knows; demoted "
+            "without that, it could be left a worker that knows no manager at all",
+            hint=f"check that {name}'s agent runs and answers (its health), then try again",
+        )
+    if not others & set(known):
+        return Refusal(
+            reason=f"{name}'s engine knows no other reachable manager yet (it knows "
+            f"{', '.join(sorted(known)) or 'none'}): demoted now, it would be a worker with no "
+            "manager to report to",
+            hint="try again in a few seconds, once it has learned of the other managers",
+        )
+    return None
+
+
 def check_remove(nodes: Sequence[Node], name: str, running: int) -> Refusal | None:
     """None if node `name` may be removed from the cloud now, else why not.
 
@@ -221,6 +261,19 @@ def nodes_to_remove(
         and n.get("name") in down_since
         and now - down_since[str(n["name"])] > remove_after
     )
+
+
+def stale_twins(nodes: Sequence[Node]) -> list[Node]:
+    """The old entries of machines that joined the swarm again: a worker that is not ready whose
+    name is also a ready node's. Swarm keeps a node's old entry (down) when its engine leaves
+    and joins again under a new ID (its agent refreshing its way into Raft, node/agent.py); the
+    autopilot plans without them and removes them at once (each by its ID: they share a name)."""
+    ready = {n.get("name") for n in nodes if n.get("state") == "ready"}
+    return [
+        n
+        for n in nodes
+        if not is_manager(n) and n.get("state") != "ready" and n.get("name") in ready
+    ]
 
 
 def check_promote(nodes: Sequence[Node], name: str) -> Refusal | None:
@@ -272,6 +325,10 @@ JOIN_GIVE_UP = 60.0
 # weighted list of managers) and is not Ready meanwhile (~12 s seen in a chaos run); planning
 # on that count shrank the target and demoted another manager, which came back a moment later
 DEMOTED_SETTLE = 30.0
+# seconds another manager must have been reachable (by the leader's clock) before the autopilot
+# demotes one: a demoted manager whose engine has not yet learned of any other manager becomes a
+# worker that knows none and stays down (seen 0.7 s after the second manager joined Raft)
+MEMBER_SETTLE = 5.0
 
 # the agent's label naming the manager address a node joined the swarm by (wire.records)
 LABEL_JOINED_VIA = "hyops.joined-via"
@@ -279,8 +336,10 @@ LABEL_JOINED_VIA = "hyops.joined-via"
 
 def has_way_in(node: Node, reachable_members: Sequence[Node]) -> bool:
     """Whether `node`, once promoted, can get into Raft: dockerd joins Raft only through the
-    manager the node first joined the swarm by (until dockerd restarts). True when that manager
-    is a reachable member still, or the node originated the swarm, or it does not say."""
+    manager the node first joined the swarm by (swarmkit's JoinAddr, kept until dockerd
+    restarts; a promoted node whose JoinAddr answers no Raft join never gets in). True when
+    that manager is a reachable member still, or the node originated the swarm, or it does not
+    say (its agent labels it `LABEL_JOINED_VIA`)."""
     via = (node.get("labels") or {}).get(LABEL_JOINED_VIA)
     return not via or any(m.get("manager_addr") == via for m in reachable_members)
 
@@ -318,6 +377,9 @@ class Step:
     action: str
     node: str | None
     reason: str
+    # the node's swarm ID: a machine that joined again shares its name with its old entry until
+    # that is removed, and the change must go to the one the planner chose
+    node_id: str | None = None
 
 
 def _ready(node: Node) -> bool:
@@ -349,6 +411,8 @@ def plan_step(
     ready_since: Mapping[str, float],
     unreachable_since: Mapping[str, float],
     demoted_since: Mapping[str, float] | None = None,
+    reachable_since: Mapping[str, float] | None = None,
+    not_ready_since: Mapping[str, float] | None = None,
 ) -> Step:
     """The one membership change to make now (or why none), as a pure function.
 
@@ -367,8 +431,15 @@ def plan_step(
     4. a manager not reachable yet (just promoted, or briefly away): wait for it; so for a node
        demoted less than `DEMOTED_SETTLE` ago (`demoted_since`) that is not ready again yet;
     5. fewer managers than the target: promote the best node ready for `stabilization`
-       (from an odd count only when two can be promoted, so the count never rests even);
-    6. more than the target: demote the weakest (the leader last among equals);
+       (from an odd count only when two can be promoted, so the count never rests even); in
+       steps 5 and 7 a node whose way into Raft is gone (`has_way_in`) is never chosen: its
+       agent joins again through a current manager and it is a candidate after that;
+    The target counts the ready nodes and those not ready for less than `dead_after`
+    (`not_ready_since`, when given): a blip neither shrinks nor grows the managers.
+
+    6. more than the target: demote the weakest (the leader last among equals); in steps 6
+       and 7 only once another manager has been reachable for `MEMBER_SETTLE`
+       (`reachable_since[name]`, when given), so the demoted engine knows a manager to follow;
     7. at the target: a node better by `better_by` than the weakest manager is promoted, and
        step 6 then demotes the weakest: a swap that never drops below the target. At the
        maximum, where promoting first would go above it, the weakest is demoted first and step
@@ -402,6 +473,7 @@ def plan_step(
                 f"{name} was promoted {out:.0f} s ago but never got into Raft (it is "
                 f"{node.get('state')}; its way in, the manager it first joined by, may be "
                 "gone): removing it so its agent joins again through a current manager",
+                node.get("id"),
             )
     for node in sorted(unreachable, key=lambda n: str(n.get("name"))):
         if is_joining(node):
@@ -417,6 +489,7 @@ def plan_step(
                 name,
                 f"{name} has been unreachable for {away:.0f} s (dead after {dead_after:g} s): "
                 "demoting it before any replacement is promoted",
+                node.get("id"),
             )
     for node in sorted(nodes, key=lambda n: str(n.get("name"))):
         if (
@@ -428,6 +501,7 @@ def plan_step(
                 "remove",
                 str(node.get("name")),
                 f"{node.get('name')} was a dead manager and is demoted: removing it from the swarm",
+                node.get("id"),
             )
     settling = sorted(
         str(n.get("name"))
@@ -452,24 +526,52 @@ def plan_step(
         )
     eligible = [n for n in nodes if _eligible(n)]
     have = _plural(count, "manager")
-    target = manager_target(len(eligible), managers_spec)
+    # a node not ready for less than dead_after (`not_ready_since`) still counts towards the
+    # target: its engine may be finding another manager after one was lost, or its links were
+    # down a moment; the managers do not shrink, and grow back, on every such blip
+    blips = [
+        n
+        for n in nodes
+        if not _ready(n)
+        and not_ready_since is not None
+        and n.get("availability") in (None, "active")
+        and LABEL_DEAD not in (n.get("labels") or {})
+        and now - not_ready_since.get(str(n.get("name")), now) < dead_after
+    ]
+    target = manager_target(len(eligible) + len(blips), managers_spec)
     stabilization = float(managers_spec["stabilization"])
     workers = [n for n in eligible if not is_manager(n)]
     ready_long = [
         n for n in workers if now - ready_since.get(str(n.get("name")), now) >= stabilization
     ]
-    # the best two are all any step needs: no full sort over a large cloud. To grow, a node
-    # that can get into Raft goes first (see has_way_in); a swap takes the best by resources
-    # (one without a way in is removed and joins again, then swaps in: see step 2)
-    stable = heapq.nsmallest(
-        2,
-        ready_long,
-        key=lambda n: (not has_way_in(n, reachable), -score(n, weights), str(n.get("name"))),
-    )
-    best_by_score = heapq.nsmallest(
-        1, ready_long, key=lambda n: (-score(n, weights), str(n.get("name")))
+    # a node whose way into Raft is gone is never chosen (promoted, it would stay out of Raft
+    # until removed, ~40 s or more): its agent joins the cloud again through a current manager
+    # (node/agent.py refresh_way_in), and the node is a candidate once ready for stabilization
+    cut_off = sorted(str(n.get("name")) for n in ready_long if not has_way_in(n, reachable))
+    ready_long = [n for n in ready_long if has_way_in(n, reachable)]
+    # the best two are all any step needs: no full sort over a large cloud
+    stable = heapq.nsmallest(2, ready_long, key=lambda n: (-score(n, weights), str(n.get("name"))))
+    best_by_score = stable[:1]
+    way_in_gone = (
+        f"; not {', '.join(cut_off)}: the manager it joined by is no longer in Raft, its "
+        "agent joins again through a current manager first"
+        if cut_off
+        else ""
     )
     maximum = int(managers_spec["maximum"])
+
+    def too_new(victim: Node) -> str:
+        """Why `victim` may not be demoted yet (empty: it may): no other manager has been
+        reachable long enough for its engine to know it (see MEMBER_SETTLE)."""
+        if reachable_since is None:
+            return ""
+        others = [n for n in reachable if n is not victim]
+        if any(now - reachable_since.get(str(n.get("name")), now) >= MEMBER_SETTLE for n in others):
+            return ""
+        return (
+            f"the other managers joined Raft less than {MEMBER_SETTLE:g} s ago: waiting until "
+            f"{victim.get('name')}'s engine knows one to follow once demoted"
+        )
 
     def weakest() -> Node:
         return min(
@@ -488,27 +590,23 @@ def plan_step(
                 None,
                 f"{have}, {target} wanted for {len(eligible)} ready nodes: waiting for "
                 f"a node ready for {stabilization:g} s"
-                + (f" ({', '.join(waiting)})" if waiting else ""),
+                + (f" ({', '.join(waiting)})" if waiting else "")
+                + way_in_gone,
             )
         if count % 2 == 1 and len(stable) < 2:
             return Step(
                 "wait",
                 None,
                 f"{have}, {target} wanted: only {_fmt(stable[0], weights)} is stable; "
-                "waiting for a second so the count does not rest even",
+                f"waiting for a second so the count does not rest even{way_in_gone}",
             )
         best = stable[0]
-        passed_over = ""
-        if best_by_score and best_by_score[0] is not best:
-            passed_over = (
-                f" (before {best_by_score[0].get('name')}, whose way into Raft, the manager it "
-                "joined by, is gone)"
-            )
         return Step(
             "promote",
             str(best.get("name")),
             f"{have}, {target} wanted for {len(eligible)} ready nodes: promoting "
-            f"the best stable node {_fmt(best, weights)}{passed_over}",
+            f"the best stable node {_fmt(best, weights)}{way_in_gone}",
+            best.get("id"),
         )
     if count > target:
         victim = weakest()
@@ -516,10 +614,13 @@ def plan_step(
         refusal = check_demote(nodes, str(victim.get("name")))
         if refusal is not None:
             return Step("wait", None, f"{why}, but {refusal.reason}")
+        if wait := too_new(victim):
+            return Step("wait", None, f"{why}, but {wait}")
         return Step(
             "demote",
             str(victim.get("name")),
             f"{why}: demoting the weakest manager {_fmt(victim, weights)}",
+            victim.get("id"),
         )
     if best_by_score:
         best, victim = best_by_score[0], weakest()
@@ -531,16 +632,20 @@ def plan_step(
                     str(best.get("name")),
                     f"{better}: promoting it first; {victim.get('name')} is demoted once it is "
                     "reachable",
+                    best.get("id"),
                 )
             # at the maximum the count may not go above it, even for a moment: the weakest
             # steps down first (fault tolerance drops by at most one for that step), then
             # step 5 promotes the best stable node, which is this better one
             refusal = check_demote(nodes, str(victim.get("name")))
+            if wait := too_new(victim):
+                return Step("wait", None, f"{better}, but {wait}")
             if refusal is None:
                 return Step(
                     "demote",
                     str(victim.get("name")),
                     f"{better}: at the maximum of {maximum} managers, demoting "
                     f"{victim.get('name')} first; {best.get('name')} is promoted next",
+                    victim.get("id"),
                 )
-    return Step("none", None, f"{have}, as wanted for {len(eligible)} ready nodes")
+    return Step("none", None, f"{have}, as wanted for {len(eligible)} ready nodes{way_in_gone}")

@@ -45,6 +45,14 @@ AGENT_LABELS = frozenset(
 )
 
 
+def remote_managers(info: dict[str, Any]) -> list[str]:
+    """The manager addresses (`ip:2377`) an engine knows, from its `GET /info`
+    (Swarm.RemoteManagers): on a worker the Raft members it may report to; on a manager the
+    Raft peers its engine has learned of, itself included."""
+    managers = (info.get("Swarm") or {}).get("RemoteManagers") or []
+    return sorted({str(m["Addr"]) for m in managers if isinstance(m, dict) and m.get("Addr")})
+
+
 def _number(text: str | None) -> float | int | None:
     if text is None:
         return None

@@ -41,12 +41,16 @@ class Managers:
         self.ready_since: dict[str, float] = {}
         self.unreachable_since: dict[str, float] = {}
         self.demoted_since: dict[str, float] = {}  # nodes this autopilot demoted, and when
+        self.reachable_since: dict[str, float] = {}  # managers reachable without a break since
+        self.not_ready_since: dict[str, float] = {}  # nodes not ready without a break since
 
     def forget(self) -> None:
         """Start the clocks afresh (this node just began to lead)."""
         self.ready_since.clear()
         self.unreachable_since.clear()
         self.demoted_since.clear()
+        self.reachable_since.clear()
+        self.not_ready_since.clear()
 
     def observe(self, records: list[dict[str, Any]], now: float) -> None:
         """Note since when each node is ready and each manager unreachable (by `now`)."""
@@ -55,13 +59,26 @@ class Managers:
             name = r["name"]
             if r["state"] == "ready":
                 self.ready_since.setdefault(name, now)
+                self.not_ready_since.pop(name, None)
             else:
                 self.ready_since.pop(name, None)
+                self.not_ready_since.setdefault(name, now)
             if is_manager(r) and not is_reachable_manager(r):
                 self.unreachable_since.setdefault(name, now)
             else:
                 self.unreachable_since.pop(name, None)
-        for table in (self.ready_since, self.unreachable_since, self.demoted_since):
+            if is_reachable_manager(r):
+                self.reachable_since.setdefault(name, now)
+            else:
+                self.reachable_since.pop(name, None)
+        tables = (
+            self.ready_since,
+            self.unreachable_since,
+            self.demoted_since,
+            self.reachable_since,
+            self.not_ready_since,
+        )
+        for table in tables:
             for name in set(table) - names:
                 del table[name]
         for name, since in list(self.demoted_since.items()):
@@ -78,13 +95,15 @@ class Managers:
             self.ready_since,
             self.unreachable_since,
             self.demoted_since,
+            self.reachable_since,
+            self.not_ready_since,
         )
 
     async def act(self, step: Step) -> bool:
         """Make one change, re-reading the node's version right before writing; True if made."""
         log.info("autopilot: %s %s: %s", step.action, step.node, step.reason)
         try:
-            node = await self.engine.node(str(step.node))
+            node = await self.engine.node(step.node_id or str(step.node))
             if step.action == "remove":
                 await self.engine.node_remove(node["ID"], force=True)
             else:

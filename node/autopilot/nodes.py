@@ -1,6 +1,7 @@
 """Nodes that are gone for good: a worker down past the spec's `[nodes] remove_after` is
 removed from the cloud by the leader (`wire.policy.nodes_to_remove` decides). Should the machine
-come back, its agent joins again as a new node."""
+come back, its agent joins again as a new node. The old entry of a machine that joined again
+(`wire.policy.stale_twins`) is removed at once."""
 
 from __future__ import annotations
 
@@ -28,6 +29,21 @@ class NodeReaper:
         """Start the clocks afresh (this node just began to lead)."""
         self.down_since.clear()
 
+    async def remove_twins(self, twins: list[dict[str, Any]]) -> None:
+        """Remove the old entries of machines that joined again (`wire.policy.stale_twins`), by
+        ID: the machine itself is the ready node of the same name."""
+        for twin in twins:
+            name = twin["name"]
+            why = f"{name} joined the cloud again: its old entry ({twin['id']}) removed"
+            try:
+                await self.engine.node_remove(twin["id"], force=True)
+            except EngineError as exc:
+                log.warning("autopilot: could not remove %s's old entry: %s", name, exc)
+                self.journal.note("remove", name, str(exc), "failed")
+                continue
+            log.info("autopilot: %s", why)
+            self.journal.note("remove", name, why, "done")
+
     async def reconcile(
         self, records: list[dict[str, Any]], spec: dict[str, Any], now: float
     ) -> None:
@@ -41,7 +57,7 @@ class NodeReaper:
             del self.down_since[gone]
         after = float((spec.get("nodes") or {}).get("remove_after") or 0)
         for name in nodes_to_remove(records, self.down_since, now, after):
-            node = next(r for r in records if r["name"] == name)
+            node = next(r for r in records if r["name"] == name and r["state"] != "ready")
             why = f"{name} has been down for more than {after:g} s (nodes.remove_after): removed"
             try:
                 await self.engine.node_remove(node["id"])

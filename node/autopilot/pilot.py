@@ -28,7 +28,14 @@ from node.engine import Engine, EngineError
 from node.model import Model
 from node.store import gateway_http
 from node.swarm import SwarmView
-from wire.policy import Step, is_manager, is_reachable_manager, manager_target, safety_view
+from wire.policy import (
+    Step,
+    is_manager,
+    is_reachable_manager,
+    manager_target,
+    safety_view,
+    stale_twins,
+)
 from wire.readdress import raft_address_moved
 from wire.records import node_record
 from wire.spec import SpecError
@@ -175,7 +182,11 @@ class Autopilot:
             self.last_step = step
             return step
         now = time.monotonic()
-        records = await self._nodes()
+        every = await self._nodes()
+        # a machine that joined again has a down twin under its old ID: planned without it, and
+        # the reaper removes it at once
+        twins = stale_twins(every)
+        records = [r for r in every if not any(r is t for t in twins)]
         self.managers.observe(records, now)
         step = self._unless_raft_address_moved(self.managers.plan(records, spec, now), records)
         self.last_step = step
@@ -190,6 +201,7 @@ class Autopilot:
             self._last_wait = ""
             self._changed = await self.managers.act(step)
         await reconcile_systems(self.engine, records, spec, self.journal)
+        await self.reaper.remove_twins(twins)
         await self.reaper.reconcile(records, spec, now)
         await self.store.tick(records, spec, "store", now)
         return step
