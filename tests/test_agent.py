@@ -399,20 +399,20 @@ def test_a_failure_repeated_every_round_is_logged_once_per_reason(caplog) -> Non
 
 def test_a_forwarded_request_is_not_forwarded_again(cloud: LocalCloud) -> None:
     """Two agents that both took the other for the manager would pass a request back and forth
-    (and refuse its second visit as a replay): a worker answers a forwarded one with 421."""
+    (and refuse its second visit as a replay): a worker answers a forwarded one with 421. (A
+    `fresh` read: without it a worker may answer from its manager's stream, node/api.py.)"""
     worker = next(n for n in ("node-1", "node-2", "node-3") if n != _manager(cloud))
     key = load_private_key(operator_key(cloud))
-    url = api(cloud, worker) + "/v1/nodes"
+    path = "/v1/nodes?fresh=true"
+    url = api(cloud, worker) + path
     plain = httpx.get(
         url,
-        headers=sign_for(api(cloud, worker), key, "GET", "/v1/nodes"),
+        headers=sign_for(api(cloud, worker), key, "GET", path),
         timeout=10,
         verify=agents_tls(),
     )
     assert plain.status_code == 200 and len(plain.json()) == 3  # forwarded to a manager
-    headers = sign_for(api(cloud, worker), key, "GET", "/v1/nodes") | {
-        "X-Hyops-Forwarded-By": "node-9"
-    }
+    headers = sign_for(api(cloud, worker), key, "GET", path) | {"X-Hyops-Forwarded-By": "node-9"}
     again = httpx.get(url, headers=headers, timeout=10, verify=agents_tls())
     assert again.status_code == 421, again.text
     body = again.json()
