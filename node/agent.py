@@ -825,14 +825,21 @@ class Agent:
     async def _ask_manager(self, method: str, path: str, body: Any = None) -> Any:
         last: NodeApiError | None = None
         to = audience(str(self.cloud_id), MANAGERS)
-        for url in await self.swarm.manager_apis():
-            try:
-                client = NodeClient(url, self.key, self.http, audience=to)
-                return await client.request(method, path, body=body)
-            except NodeApiError as exc:
-                if exc.status is not None and exc.status < 500:
-                    raise
-                last = exc
+        tried: set[str] = set()
+        for urls in (self.swarm.manager_apis, self.swarm.listed_manager_apis):
+            # the engine's managers first; then the list's: after the cloud moved, the engine
+            # reports a manager at its Raft address, still the old one (decision 0029)
+            for url in await urls():
+                if url in tried:
+                    continue
+                tried.add(url)
+                try:
+                    client = NodeClient(url, self.key, self.http, audience=to)
+                    return await client.request(method, path, body=body)
+                except NodeApiError as exc:
+                    if exc.status is not None and exc.status < 500:
+                        raise
+                    last = exc
         raise last or NodeApiError(path, None, "no-manager", "no manager's agent is known")
 
     # --- publishing --------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from node.engine import Engine
 from node.errors import AgentError
 from wire.policy import quorum
 from wire.store import (
+    LABEL_FORCED,
     LABEL_MEMBER,
     LABEL_NODE,
     LABEL_STATE,
@@ -91,7 +92,8 @@ def _prefix_end(prefix: str) -> str:
 
 
 async def member_services(engine: Engine) -> list[dict[str, Any]]:
-    """The store's members as their services say: member, node, running, peer, service id."""
+    """The store's members as their services say: member, node, running, peer, client, forced
+    (started with --force-new-cluster, not settled yet), service id."""
     out = []
     for s in await engine.services(status=False):
         labels = s["Spec"].get("Labels") or {}
@@ -104,6 +106,7 @@ async def member_services(engine: Engine) -> list[dict[str, Any]]:
                 "running": labels.get(LABEL_STATE) != "stopped",
                 "peer": labels.get("hyops.store.peer", ""),
                 "client": labels.get("hyops.store.client", ""),
+                "forced": labels.get(LABEL_FORCED) == "true",
                 "id": s["ID"],
             }
         )

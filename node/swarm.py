@@ -100,12 +100,18 @@ class SwarmView:
         except EngineError:
             pass
         if not urls:
-            # the engine knows no manager (not joined yet, or cut off): the list does, at the
-            # price of a read (a git fetch), so only then
-            with contextlib.suppress(ListError):
-                lst = await asyncio.to_thread(self._read_list)
-                urls += [m.api for m in lst.managers if m.api != self.api_url]
+            urls += await self.listed_manager_apis()
         return list(dict.fromkeys(urls))
+
+    async def listed_manager_apis(self) -> list[str]:
+        """API URLs of the managers' agents as the bootstrap list names them (a read: a git
+        fetch). For when the engine knows no manager (not joined yet, or cut off), or knows
+        only stale addresses: after the cloud moved, a manager's Raft address, which the engine
+        reports, is still its old one (decision 0029)."""
+        with contextlib.suppress(ListError):
+            lst = await asyncio.to_thread(self._read_list)
+            return [m.api for m in lst.managers if m.api != self.api_url]
+        return []
 
     def api_of(self, manager_addr: str | None) -> str | None:
         """The API URL of the agent beside the manager whose Swarm address (`ip:2377`, as the

@@ -19,6 +19,7 @@ from wire.store import (
     check_key,
     check_value,
     member_target,
+    moved_members,
     node_tls,
     plan_store_step,
 )
@@ -216,3 +217,80 @@ def test_hyops_up_store_adds_the_store_to_the_spec_and_keeps_the_rest() -> None:
     clash = {"systems": {"store": {"image": "local/busybox:1", "command": ["true"]}}}
     with pytest.raises(DevCloudError, match="a system named store that is not the store"):
         with_store(clash)
+
+
+# --- after a move: every member's node on another address ----------------------------------------
+
+
+def at(nodes: list, addrs: dict[str, str]) -> list:
+    """`nodes` with their addresses now (`addr`, as Swarm reports it): name -> address."""
+    return [{**n, "addr": addrs.get(n["name"], n["name"])} for n in nodes]
+
+
+def test_a_member_on_its_nodes_address_is_not_moved() -> None:
+    nodes, services, _ = three()
+    assert moved_members(at(nodes, {}), services) == []  # peer http://node-1:2380 on node-1
+    assert moved_members(nodes, services) == []  # no address known: never counted as moved
+    assert moved_members(at(nodes, {"node-2": "10.0.0.2"}), services) == ["m2"]
+
+
+def test_every_member_moved_and_none_answers_recovers_one_with_force_new_cluster() -> None:
+    nodes, services, _ = three()
+    moved = at(nodes, {f"node-{i}": f"10.0.0.{i}" for i in range(1, 5)})
+    step = plan(moved, services, None)
+    assert (step.action, step.member, step.node) == ("recover", "m1", "node-1")
+    assert "--force-new-cluster" in step.reason and "no quorum can form" in step.reason
+    # the same choice every time, and only on a ready node with its certificate
+    assert plan(moved, list(reversed(services)), None).member == "m1"
+    moved[0] = {**moved[0], "state": "down"}
+    assert plan(moved, services, None).member == "m2"
+    for n in moved:
+        n["labels"] = {}
+    assert plan(moved, services, None).action == "wait"
+
+
+def test_no_recovery_while_a_member_may_run_where_it_was() -> None:
+    nodes, services, _ = three()
+    # node-3 is on its own address: its member may be the store still (not answering yet)
+    some = at(nodes, {"node-1": "10.0.0.1", "node-2": "10.0.0.2"})
+    step = plan(some, services, None)
+    assert step.action == "wait" and "m3 may still run" in step.reason
+    # node-3 not back in the swarm: wait for it, until dead_after
+    gone = [n for n in some if n["name"] != "node-3"]
+    assert plan(gone, services, None, now=100.0, down_since={"node-3": 99.0}).action == "wait"
+    late = plan(gone, services, None, now=100.0, down_since={"node-3": 90.0})
+    assert late.action == "recover"
+    # a store that answers is never forced
+    moved = at(nodes, {f"node-{i}": f"10.0.0.{i}" for i in range(1, 5)})
+    assert plan(moved, services, three()[2]).action != "recover"
+
+
+def test_the_recovered_member_is_settled_then_the_others_go_and_come_back() -> None:
+    nodes, services, _ = three()
+    moved = at(nodes, {f"node-{i}": f"10.0.0.{i}" for i in range(1, 5)})
+    recovered = {**services[0], "peer": "http://10.0.0.1:2380", "forced": True}
+    after = [recovered, *services[1:]]
+    step = plan(moved, after, None)
+    assert step.action == "wait" and "--force-new-cluster" in step.reason
+    # it answers alone, with its old peer URL (etcd keeps it): settle it
+    alone = {"members": [member("m1", "node-1", leader=True)]}
+    step = plan(moved, after, alone)
+    assert (step.action, step.member, step.node) == ("settle", "m1", "node-1")
+    # settled, restarting: the others are not forced over it
+    settled = [{**recovered, "forced": False}, *services[1:]]
+    step = plan(moved, settled, None)
+    assert step.action == "wait" and "m1 may still run" in step.reason
+    # it answers at its new peer URL: the others' services go (data kept), one at a time
+    alone = {"members": [{**member("m1", "node-1", leader=True), "peer": "http://10.0.0.1:2380"}]}
+    step = plan(moved, settled, alone)
+    assert (step.action, step.member) == ("retire", "m2")
+    step = plan(moved, settled[:1], alone)
+    assert step.action == "add" and step.node in ("node-2", "node-3", "node-4")
+
+
+def test_one_member_moved_with_a_quorum_is_removed_to_be_added_again() -> None:
+    nodes, services, etcd = three()
+    etcd["members"][1]["healthy"] = False  # it cannot bind its old address
+    step = plan(at(nodes, {"node-2": "10.0.0.2"}), services, etcd)
+    assert (step.action, step.member) == ("remove", "m2")
+    assert "came back on another address" in step.reason

@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
+from urllib.parse import urlsplit
 
 from wire.policy import manager_target, quorum, score
 from wire.records import LABEL_TLS_CA, LABEL_TLS_CERT, LABEL_TLS_KEY
@@ -33,6 +34,7 @@ from wire.records import LABEL_TLS_CA, LABEL_TLS_CERT, LABEL_TLS_KEY
 __all__ = [
     "CLIENT_PORT",
     "DEFAULT_STORE",
+    "LABEL_FORCED",
     "LABEL_MEMBER",
     "LABEL_NODE",
     "MAX_BATCH",
@@ -47,6 +49,7 @@ __all__ = [
     "check_key",
     "check_value",
     "member_target",
+    "moved_members",
     "node_tls",
     "plan_store_step",
     "service_name",
@@ -60,6 +63,7 @@ SERVICE_PREFIX = "hyops-store-"  # a member's Swarm service: hyops-store-<member
 LABEL_MEMBER = "hyops.store.member"  # on a member's service: its etcd name
 LABEL_NODE = "hyops.store.node"  # on a member's service: the node it is pinned to
 LABEL_STATE = "hyops.store.state"  # "running" or "stopped" (below min_nodes: data kept)
+LABEL_FORCED = "hyops.store.forced"  # "true" while a member runs with --force-new-cluster
 MEMBER_TLS = "/etc/hyops-store"  # in a member's container: its node's tls.pem, tls.key, ca.pem
 
 MAX_KEY = 1024  # bytes of UTF-8; etcd itself takes far longer keys, nobody needs them
@@ -184,6 +188,9 @@ class StoreStep:
     service, started with the existing cluster), "remove" (etcd member remove, then its service;
     its data stays in the node's volume), "retire" (a service whose member etcd no longer has:
     its service goes, its data stays), "stop" / "start" (every member, by the threshold),
+    "recover" (every member's node moved and none answers: this member restarted alone with
+    `--force-new-cluster` on its node's new address), "settle" (the recovered member answers:
+    its peer URL in etcd set to the new address, its service started without the flag again),
     "wait", "none".
     """
 
@@ -191,6 +198,34 @@ class StoreStep:
     reason: str
     node: str | None = None
     member: str | None = None
+
+
+def _peer_host(peer: str) -> str:
+    try:
+        return urlsplit(peer).hostname or ""
+    except ValueError:
+        return ""
+
+
+def _node_host(node: Mapping[str, Any]) -> str:
+    addr = str(node.get("addr") or "")
+    return addr.rsplit(":", 1)[0] if addr.count(":") == 1 else addr
+
+
+def moved_members(
+    nodes: Sequence[Mapping[str, Any]], services: Sequence[Mapping[str, Any]]
+) -> list[str]:
+    """The members whose service's peer URL is not on its node's address any more (the node
+    came back on another one): sorted. A node whose address is unknown (not in the swarm now,
+    or no `addr`) is not counted as moved."""
+    by_name = {str(n.get("name")): n for n in nodes}
+    out = []
+    for s in services:
+        node = by_name.get(s["node"])
+        host = _node_host(node) if node else ""
+        if host and _peer_host(str(s.get("peer") or "")) not in ("", host):
+            out.append(str(s["member"]))
+    return sorted(out)
 
 
 def _fmt(node: Mapping[str, Any], weights: Mapping[str, float]) -> str:
@@ -218,10 +253,17 @@ def plan_store_step(
     2. no member at all: bootstrap one on the best ready node (members run only on nodes with
        a TLS certificate, `node_tls`);
     3. a stopped member: start them all again, on their data;
-    4. no member answers: wait (starting, or the quorum is lost: an operator's matter);
+    4. a member started with `--force-new-cluster` (`forced`, after a move): once it answers,
+       settle it (its new peer URL in etcd, its service without the flag); wait till then;
+    4b. every member's node came back on another address and none answers (the whole cloud
+       moved: peer URLs are etcd's cluster state, so the old quorum can never form): recover,
+       restarting one member alone with `--force-new-cluster` on its node's new address (the
+       others then leave through 5 and come back through 9, each with a fresh data dir);
+       no member answers otherwise: wait (starting, or the quorum is lost: an operator's matter);
     5. a service whose member etcd no longer has: retire it (its data stays);
     6. a member etcd has that no service runs (an add cut short): remove it;
-    7. a member whose node is down for `dead_after`: remove it, where the others keep quorum;
+    7. a member whose node moved to another address, or is down for `dead_after`: remove it,
+       where the others keep quorum;
     8. a member not healthy yet (started a moment ago, catching up): wait;
     9. fewer members than the target: add one on the best ready node without one;
     10. more than the target: remove the weakest (the leader last).
@@ -266,6 +308,65 @@ def plan_store_step(
             f"{len(ready)} ready nodes reach min_nodes {need}: starting the store's members "
             f"again on their data ({', '.join(stopped)})",
         )
+    forced = sorted((s for s in services if s.get("forced")), key=lambda s: s["member"])
+    if forced:
+        s = forced[0]
+        if etcd is None:
+            return StoreStep(
+                "wait",
+                f"member {s['member']} on {s['node']} is starting alone with --force-new-cluster "
+                "(the store's members all moved): waiting for it to answer",
+            )
+        return StoreStep(
+            "settle",
+            f"member {s['member']} on {s['node']} runs alone after --force-new-cluster: setting "
+            "its peer URL to its node's new address and starting it without the flag again",
+            node=s["node"],
+            member=s["member"],
+        )
+    moved = moved_members(nodes, services)
+    if etcd is None and moved:
+        dead_after = float(store["dead_after"])
+        unsettled = [
+            s["member"]
+            for s in services
+            if s["member"] not in moved
+            and not (
+                s["node"] not in by_name and now - down_since.get(s["node"], now) >= dead_after
+            )
+        ]
+        if unsettled:
+            return StoreStep(
+                "wait",
+                f"members {', '.join(moved)} are on nodes that moved to other addresses, and no "
+                f"member answers; not recovering while {', '.join(sorted(unsettled))} may still "
+                "run on its node's address (their node back, or gone for dead_after)",
+            )
+        able = [
+            s
+            for s in services
+            if s["member"] in moved
+            and by_name[s["node"]].get("state") == "ready"
+            and node_tls(by_name[s["node"]])
+        ]
+        if not able:
+            return StoreStep(
+                "wait",
+                f"the store's members ({', '.join(moved)}) all moved to other addresses; "
+                "waiting for one of their nodes to be ready (with its TLS certificate) to "
+                "recover the store on",
+            )
+        chosen = min(able, key=lambda s: s["member"])
+        return StoreStep(
+            "recover",
+            f"every member's node came back on another address ({', '.join(moved)}) and no "
+            "member answers: their peer URLs are the old ones, so no quorum can form; "
+            f"restarting {chosen['member']} on {chosen['node']} alone with --force-new-cluster "
+            "on its new address (its data and keys kept; the others rejoin one at a time with "
+            "fresh data dirs)",
+            node=chosen["node"],
+            member=chosen["member"],
+        )
     if etcd is None:
         return StoreStep(
             "wait",
@@ -302,6 +403,19 @@ def plan_store_step(
                 node=None,
             )
     for s in sorted(services, key=lambda s: s["member"]):
+        if s["member"] in moved:
+            member = next((m for m in members if m.get("peer") == s["peer"]), None)
+            if member is not None and safe_without(member):
+                # its node is on another address: the member can never bind its peer URL again;
+                # it leaves the store and comes back through an add, with a fresh data dir
+                return StoreStep(
+                    "remove",
+                    f"member {s['member']}'s node {s['node']} came back on another address "
+                    f"({_node_host(by_name[s['node']])}, its peer URL is {s['peer']}): removing "
+                    "it from the store to add it again at the new address",
+                    node=s["node"],
+                    member=s["member"],
+                )
         node = by_name.get(s["node"])
         state = node.get("state") if node else "gone from the swarm"
         if state == "ready":

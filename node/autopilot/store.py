@@ -26,6 +26,7 @@ from node.store import NO_TLS_HINT, Gateway, member_services
 from wire.store import (
     CLIENT_PORT,
     DATA_ROOT,
+    LABEL_FORCED,
     LABEL_MEMBER,
     LABEL_NODE,
     LABEL_STATE,
@@ -56,14 +57,19 @@ def member_urls(addr: str) -> tuple[str, str]:
     return f"https://{addr}:{PEER_PORT}", f"https://{addr}:{CLIENT_PORT}"
 
 
-def member_command(member: str, addr: str, cluster: str, state: str, token: str) -> list[str]:
+def member_command(
+    member: str, addr: str, cluster: str, state: str, token: str, force_new_cluster: bool = False
+) -> list[str]:
     """etcd's arguments for member `member` on its node's address `addr`: the one place a
     member's start command is made. Both ports serve TLS with the node's certificate and take
     only peers (`--peer-client-cert-auth`) and clients (`--client-cert-auth`) that present a
     certificate the cloud CA issued; nothing listens on plain HTTP, nor on loopback (the node's
     certificate does not name it). `cluster` is etcd's --initial-cluster, `state` "new" or
-    "existing" (both read only at the member's first start: later starts use its data dir)."""
+    "existing" (both read only at the member's first start: later starts use its data dir).
+    `force_new_cluster`: start alone on its data, every other member dropped (the recovery after
+    a move, docs/store.md); etcd keeps its old peer URL in the membership then."""
     peer, client = member_urls(addr)
+    force = ["--force-new-cluster"] if force_new_cluster else []
     return [
         f"--name={member}",
         f"--data-dir={DATA_ROOT}/{member}",
@@ -82,6 +88,7 @@ def member_command(member: str, addr: str, cluster: str, state: str, token: str)
         f"--peer-key-file={TLS_KEY}",
         "--peer-client-cert-auth",
         f"--peer-trusted-ca-file={TLS_CA}",
+        *force,
         "--logger=zap",
         "--log-outputs=stderr",
     ]
@@ -98,13 +105,14 @@ def member_service_spec(
     token: str,
     tls: dict[str, str],
     running: bool = True,
+    forced: bool = False,
 ) -> dict[str, Any]:
     """The Engine `ServiceSpec` of one member: pinned to `node`, on its network, its data in the
     node's volume, the node's TLS files (`tls`: paths on the node, `wire.store.node_tls`)
     mounted read-only; `etcdctl` in its container finds them and the member in its environment.
-    See `member_command` for `cluster` and `state`."""
+    See `member_command` for `cluster`, `state` and `forced` (its `force_new_cluster`)."""
     peer, client = member_urls(addr)
-    args = member_command(member, addr, cluster, state, token)
+    args = member_command(member, addr, cluster, state, token, force_new_cluster=forced)
     files = {"cert": TLS_CERT, "key": TLS_KEY, "ca": TLS_CA}
     mounts: list[dict[str, Any]] = [{"Type": "volume", "Source": VOLUME, "Target": DATA_ROOT}]
     mounts += [
@@ -126,6 +134,7 @@ def member_service_spec(
             LABEL_STATE: "running" if running else "stopped",
             "hyops.store.peer": peer,
             "hyops.store.client": client,
+            **({LABEL_FORCED: "true"} if forced else {}),
         },
         "TaskTemplate": {
             "ContainerSpec": {
@@ -286,6 +295,38 @@ class Store:
                 await gateway.call("cluster/member/remove", {"ID": target["id"]}, timeout=10.0)
             if service is not None:
                 await self.engine.service_remove(service["id"])
+        elif step.action in ("recover", "settle"):
+            # after a move: the member restarted alone on its data at its node's new address
+            # (recover), then, once it answers, its peer URL in etcd made the new one and its
+            # service started without --force-new-cluster again (settle)
+            node, member = str(step.node), str(step.member)
+            service = next(s for s in services if s["member"] == member)
+            files = _files(tls, node)
+            peer = member_urls(addr[node])[0]
+            if step.action == "settle":
+                found = next(
+                    (m for m in (etcd or {}).get("members", []) if m.get("name") == member), None
+                )
+                if found is None:
+                    raise AgentError("conflict", "store-error", f"etcd does not list {member}")
+                if found["peer"] != peer:
+                    await gateway.call(
+                        "cluster/member/update", {"ID": found["id"], "peerURLs": [peer]}
+                    )
+            fresh = await self.engine.service(service["id"])
+            spec = member_service_spec(
+                system,
+                store,
+                member,
+                node,
+                addr[node],
+                f"{member}={peer}",
+                "existing",
+                token,
+                files,
+                forced=step.action == "recover",
+            )
+            await self.engine.service_update(fresh["ID"], fresh["Version"]["Index"], spec)
         elif step.action == "retire":
             service = next(s for s in services if s["member"] == step.member)
             await self.engine.service_remove(service["id"])
