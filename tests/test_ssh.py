@@ -246,10 +246,10 @@ def test_the_api_is_reachable_through_the_ssh_tunnel_and_nothing_else(record: di
 
 
 @contextlib.contextmanager
-def api_port_closed(cloud: LocalCloud, record: dict) -> Iterator[None]:
-    """This machine can reach the nodes' SSH ports but not their agents' API port (each node
-    rejects it from the host's bridge address; the nodes still reach each other)."""
-    rule = ["-s", record["bridge_addr"], "-p", "tcp", "--dport", "7300"]
+def port_closed(cloud: LocalCloud, record: dict, port: int) -> Iterator[None]:
+    """This machine cannot reach `port` on node-1 and node-2 (each node rejects it from the
+    host's bridge address; the nodes still reach each other)."""
+    rule = ["-s", record["bridge_addr"], "-p", "tcp", "--dport", str(port)]
     rule += ["-j", "REJECT", "--reject-with", "tcp-reset"]
 
     def iptables(node: str, *args: str) -> None:
@@ -263,6 +263,11 @@ def api_port_closed(cloud: LocalCloud, record: dict) -> Iterator[None]:
     finally:
         for node in ("node-1", "node-2"):
             iptables(node, "-D", "INPUT", *rule)
+
+
+def api_port_closed(cloud: LocalCloud, record: dict) -> contextlib.AbstractContextManager[None]:
+    """This machine can reach the nodes' SSH ports but not their agents' API port."""
+    return port_closed(cloud, record, 7300)
 
 
 def test_a_cloud_whose_api_only_ssh_reaches_is_operated_via_ssh(
@@ -512,24 +517,10 @@ def test_allowed_log_decides_on_names_kinds_and_links(tmp_path: Path) -> None:
 # --- SSH over the API's port ---------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def ssh_port_closed(cloud: LocalCloud, record: dict) -> Iterator[None]:
+def ssh_port_closed(cloud: LocalCloud, record: dict) -> contextlib.AbstractContextManager[None]:
     """This machine can reach the nodes' API port but not their SSH port (as a node container
-    that publishes only its API: each node rejects 7322 from the host's bridge address)."""
-    rule = ["-s", record["bridge_addr"], "-p", "tcp", "--dport", "7322"]
-    rule += ["-j", "REJECT", "--reject-with", "tcp-reset"]
-
-    def iptables(node: str, *args: str) -> None:
-        netns = f"--net=/run/netns/{node_entry(record, node)['netns']}"
-        subprocess.run(["nsenter", netns, "iptables", *args], check=True, capture_output=True)
-
-    for node in ("node-1", "node-2"):
-        iptables(node, "-I", "INPUT", *rule)
-    try:
-        yield
-    finally:
-        for node in ("node-1", "node-2"):
-            iptables(node, "-D", "INPUT", *rule)
+    that publishes only its API)."""
+    return port_closed(cloud, record, 7322)
 
 
 def one_port_record(cloud: LocalCloud, record: dict) -> str:

@@ -330,17 +330,23 @@ def client_context(
     ctx.hostname_checks_common_name = False
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     if cert is not None and key is not None:
-        try:
-            ctx.load_cert_chain(certfile=str(cert), keyfile=str(key))
-        except (OSError, ssl.SSLError) as exc:
-            reason = (
-                getattr(exc, "strerror", None) or getattr(exc, "reason", None) or type(exc).__name__
-            )
-            raise TlsError(
-                f"cannot present the certificate {cert} with the key {key}: {reason}; issue the "
-                "node a certificate again (for a local cloud: hyops up)"
-            ) from None
+        _load_pair(ctx, cert, key, "present the certificate")
     return ctx
+
+
+def _load_pair(ctx: ssl.SSLContext, cert: Path | str, key: Path | str, doing: str) -> None:
+    """Load a certificate and its key into `ctx`, or refuse with what to do; the message names
+    the files, never the key's contents."""
+    try:
+        ctx.load_cert_chain(certfile=str(cert), keyfile=str(key))
+    except (OSError, ssl.SSLError) as exc:
+        reason = (
+            getattr(exc, "strerror", None) or getattr(exc, "reason", None) or type(exc).__name__
+        )
+        raise TlsError(
+            f"cannot {doing} {cert} and the key {key}: {reason}; issue the node a certificate "
+            "again (for a local cloud: hyops up)"
+        ) from None
 
 
 def explain_tls_failure(exc: BaseException) -> str | None:
@@ -373,14 +379,4 @@ def check_server_files(cert: Path, key: Path) -> None:
     """Refuse early, with what to do, when the node's certificate and key cannot be served
     together (missing, unreadable, or not a pair). The message names the files, never the key's
     contents. uvicorn loads the same files (`ssl_certfile`, `ssl_keyfile`) when it starts."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    try:
-        ctx.load_cert_chain(certfile=str(cert), keyfile=str(key))
-    except (OSError, ssl.SSLError) as exc:
-        reason = (
-            getattr(exc, "strerror", None) or getattr(exc, "reason", None) or type(exc).__name__
-        )
-        raise TlsError(
-            f"cannot serve TLS with the certificate {cert} and the key {key}: {reason}; "
-            "issue the node a certificate again (for a local cloud: hyops up)"
-        ) from None
+    _load_pair(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), cert, key, "serve TLS with the certificate")
