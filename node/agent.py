@@ -146,6 +146,7 @@ class Agent:
         self.api_url = api_url(*config.advertised_api, tls=tls is not None)
         self._inactive_since: float | None = None
         self._way_in_gone_since: float | None = None  # see refresh_way_in
+        self._way_in_refreshed_for: frozenset[str] | None = None  # see refresh_way_in
         self._labelling: asyncio.Task[None] | None = None
         self._published: tuple[tuple[str, str, str], ...] | None = None
         self._state_file = config.data_dir / "state.json"
@@ -505,6 +506,11 @@ class Agent:
         ):
             self._way_in_gone_since = None
             return False
+        if frozenset(remotes) == self._way_in_refreshed_for:
+            # joined again already and the engine still names the same managers: another join
+            # cannot change them (after the cloud moved, Swarm keeps the leader's old Raft
+            # address while the node joins by its new one, wire/readdress.py): never a loop
+            return False
         now = time.monotonic()
         if self._way_in_gone_since is None:
             self._way_in_gone_since = now
@@ -518,6 +524,7 @@ class Agent:
             ", ".join(sorted(remotes)),
         )
         self._way_in_gone_since = None
+        self._way_in_refreshed_for = frozenset(remotes)
         self.state = "joining"
         await self.engine.swarm_leave(force=True)
         self._published = None

@@ -208,12 +208,15 @@ class Autopilot:
 
     def _unless_raft_address_moved(self, step: Step, records: list[dict[str, Any]]) -> Step:
         """`step`, or a wait when it adds a manager while this leader's Raft address is still
-        the one from before the cloud moved (wire/readdress.py: quorum would be lost)."""
-        if step.action != "promote":
+        the one from before the cloud moved (wire/readdress.py: quorum would be lost). A wait
+        for another reason says this one first: it is the one that lasts."""
+        if step.action not in ("promote", "wait"):
             return step
         me = next((r for r in records if r["leader"]), None)  # this node: it leads
         why = raft_address_moved(me, self.swarm.advertise_addr)
-        return Step("wait", None, why) if why else step
+        if not why:
+            return step
+        return Step("wait", None, why if step.action == "promote" else f"{why}; and: {step.reason}")
 
     def status(self) -> dict[str, Any]:
         """What the autopilot sees, wants and did recently (the answer of GET /v1/autopilot)."""
