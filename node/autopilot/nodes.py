@@ -35,14 +35,20 @@ class NodeReaper:
         for twin in twins:
             name = twin["name"]
             why = f"{name} joined the cloud again: its old entry ({twin['id']}) removed"
-            try:
-                await self.engine.node_remove(twin["id"], force=True)
-            except EngineError as exc:
-                log.warning("autopilot: could not remove %s's old entry: %s", name, exc)
-                self.journal.note("remove", name, str(exc), "failed")
-                continue
-            log.info("autopilot: %s", why)
-            self.journal.note("remove", name, why, "done")
+            await self._remove(twin["id"], name, why, f"{name}'s old entry", force=True)
+
+    async def _remove(self, node_id: str, name: str, why: str, what: str, force: bool) -> bool:
+        """Remove the node entry `node_id` from the swarm, with a log line and a journal note
+        either way; True when it was removed."""
+        try:
+            await self.engine.node_remove(node_id, force=force)
+        except EngineError as exc:
+            log.warning("autopilot: could not remove %s: %s", what, exc)
+            self.journal.note("remove", name, str(exc), "failed")
+            return False
+        log.info("autopilot: %s", why)
+        self.journal.note("remove", name, why, "done")
+        return True
 
     async def reconcile(
         self, records: list[dict[str, Any]], spec: dict[str, Any], now: float
@@ -59,12 +65,5 @@ class NodeReaper:
         for name in nodes_to_remove(records, self.down_since, now, after):
             node = next(r for r in records if r["name"] == name and r["state"] != "ready")
             why = f"{name} has been down for more than {after:g} s (nodes.remove_after): removed"
-            try:
-                await self.engine.node_remove(node["id"])
-            except EngineError as exc:
-                log.warning("autopilot: could not remove %s: %s", name, exc)
-                self.journal.note("remove", name, str(exc), "failed")
-                continue
-            log.info("autopilot: %s", why)
-            self.journal.note("remove", name, why, "done")
-            self.down_since.pop(name, None)
+            if await self._remove(node["id"], name, why, name, force=False):
+                self.down_since.pop(name, None)
