@@ -199,6 +199,7 @@ class Agent:
             active=lambda: self.state == "active",
             tls=tls,
             model=self.model,  # the nodes each look starts from
+            http=self.http,  # asks the leader's agent whether it answers (a stand-in's watch)
         )
         # on a worker: the cloud's nodes and services from a manager's watch stream
         self.copy = ManagerCopy(
@@ -852,12 +853,14 @@ class Agent:
     # --- publishing --------------------------------------------------------------------------
 
     async def publish_managers(self) -> None:
-        """On the leader: write the managers to the bootstrap list when they changed."""
+        """On the leader, or on the manager that stands in for the leader's silent agent
+        (node/autopilot/standin.py): write the managers to the bootstrap list when they
+        changed."""
         manager, leader = await self.swarm.manager_state()
         if leader != self.was_leader:
             self.was_leader = leader  # kept: after a move, the last leader recovers first
             self._save_state()
-        if not (manager and leader) or not self.lists.writable:
+        if not (manager and (leader or self.autopilot.watch.acting)) or not self.lists.writable:
             return
         records = [node_record(n, tls=self.swarm.tls) for n in await self.engine.nodes()]
         managers = tuple(

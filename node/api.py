@@ -159,7 +159,7 @@ async def autopilot_answer(agent: NodeAgent, request: Request) -> Any:
     """The autopilot's status on the leader; on another manager, the leader's agent's answer
     (what this one knows, with a note, when no leader's agent is known or it does not answer)."""
     pilot = agent.autopilot
-    if pilot.leading:
+    if pilot.acting:  # the leader's, or the stand-in's for its silent agent (decision 0033)
         return pilot.status()
     if not str(request.headers.get(HEADER_AUDIENCE, "")).endswith("/" + MANAGERS):
         # signed for this node only: the leader would refuse it (wrong-audience)

@@ -256,7 +256,7 @@ async def _ask_managers(agent: Any, paths: list[str]) -> list[Any]:
 
 async def _autopilot(agent: Any) -> dict[str, Any]:
     """The autopilot's status as the leader's agent says it (recent decisions, reasons)."""
-    if agent.autopilot.leading:
+    if agent.autopilot.acting:  # the leader's, or a stand-in's (decision 0033)
         return agent.autopilot.status()
     leader = None
     with contextlib.suppress(EngineError, AgentError):

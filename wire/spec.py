@@ -27,6 +27,7 @@ from typing import Any
 
 from wire.problems import problems_message
 from wire.services import SERVICE_KEYS, check_service
+from wire.standin import STAND_IN_AFTER, STAND_IN_MIN
 from wire.store import DEFAULT_STORE
 
 __all__ = [
@@ -50,6 +51,8 @@ DEFAULT_MANAGERS: dict[str, Any] = {
     "stabilization": 10.0,  # Consul/Nomad Autopilot's server_stabilization_time default
     "dead_after": 10.0,
     "better_by": 0.25,
+    # the leader's agent silent this long: a follower's agent stands in (wire/standin.py)
+    "stand_in_after": STAND_IN_AFTER,
 }
 DEFAULT_RESOURCES: dict[str, float] = {"cpus": 1.0, "memory": 1.0}
 # a worker down this long is removed from the cloud by the autopilot (0: never)
@@ -167,12 +170,17 @@ def _managers(given: Any, problems: list[str]) -> dict[str, Any]:
                             f"(use {out[key] - 1} or {out[key] + 1})")  # fmt: skip
     if out["minimum"] > out["maximum"]:
         problems.append(f"[managers]: minimum {out['minimum']} is above maximum {out['maximum']}")
-    for key in ("stabilization", "dead_after"):
+    for key in ("stabilization", "dead_after", "stand_in_after"):
         try:
             out[key] = parse_seconds(out[key])
         except ValueError as exc:
             problems.append(f"[managers] {key}: {exc}")
             out[key] = DEFAULT_MANAGERS[key]
+    if out["stand_in_after"] < STAND_IN_MIN:
+        problems.append(f"[managers] stand_in_after: {out['stand_in_after']:g} s is too short: a "
+                        f"slow answer would start a second pilot; use {STAND_IN_MIN:g}s or more "
+                        f'(default "{STAND_IN_AFTER:g}s")')  # fmt: skip
+        out["stand_in_after"] = STAND_IN_AFTER
     better = out["better_by"]
     if isinstance(better, bool) or not isinstance(better, int | float) or not 0 <= better <= 10:
         problems.append(f"[managers] better_by: expected a fraction like 0.25 (25 % better), "

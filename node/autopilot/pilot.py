@@ -1,11 +1,14 @@
-"""The autopilot's loop: a level-triggered look at the cloud every second, on the leader only.
+"""The autopilot's loop: a level-triggered look at the cloud every second, on the leader (or on
+the one follower that stands in for a silent leader's agent: standin.py, decision 0033).
 
 Every tick the leader's agent reads the whole state again (nodes, services, the spec), asks the
 pure planner for the one membership change to make (managers.py), makes it, and starts or stops
 systems by their `min_nodes` (systems.py). Nothing is remembered that the next leader would
 need: a dead manager being removed carries a label in Raft, and the spec itself is kept in Raft
-(specs.py). Other agents' loops idle until their node leads. Every action and every new reason
-to wait is logged and kept for `GET /v1/autopilot`.
+(specs.py). Other agents' loops idle until their node leads; on a manager that does not lead,
+each look asks the leader's agent whether it answers, and the first follower by name takes its
+place while it is silent (`[managers] stand_in_after`). Every action and every new reason to
+wait is logged and kept for `GET /v1/autopilot`.
 """
 
 from __future__ import annotations
@@ -17,10 +20,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from node.autopilot.journal import Journal
 from node.autopilot.managers import Managers
 from node.autopilot.nodes import NodeReaper
 from node.autopilot.specs import SpecStore
+from node.autopilot.standin import LeaderWatch
 from node.autopilot.store import Store
 from node.autopilot.systems import reconcile_systems
 from node.config import TlsConfig
@@ -39,6 +45,7 @@ from wire.policy import (
 from wire.readdress import raft_address_moved
 from wire.records import node_record
 from wire.spec import SpecError
+from wire.standin import STAND_IN_AFTER
 
 __all__ = ["TICK", "Autopilot", "view"]
 
@@ -71,7 +78,8 @@ class Autopilot:
     """The reconciler of one agent, and the spec that agent keeps.
 
     It gets the engine and the Swarm view, not the agent: `active()` says whether the agent's
-    membership works (its lifecycle state is "active"), `name` is this node's name."""
+    membership works (its lifecycle state is "active"), `name` is this node's name, `http` the
+    client that asks other agents (over TLS, the cloud CA's): the leader's agent's health."""
 
     def __init__(
         self,
@@ -83,6 +91,7 @@ class Autopilot:
         active: Callable[[], bool],
         model: Model | None = None,
         tls: TlsConfig | None = None,
+        http: httpx.AsyncClient | None = None,
     ) -> None:
         self.engine = engine
         self.model = model  # the agent's live model: the nodes each look starts from
@@ -97,6 +106,8 @@ class Autopilot:
         # the store's members (wire.store): etcd's gateway over TLS, presenting this node's
         # certificate (`tls`, the agent's [tls]; without it the store waits, saying why)
         self.store = Store(engine, gateway_http(tls), self.journal)
+        # on a follower: the leader's agent watched; this node may stand in for it
+        self.watch = LeaderWatch(swarm, http, name, self.journal)
         self.last_step: Step | None = None
         self.last_view: dict[str, Any] = {}
         self.leading = False
@@ -117,7 +128,8 @@ class Autopilot:
     # --- the loop -------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Tick forever; only the leader acts. Errors are logged and the next tick tries again."""
+        """Tick forever; only the leader (or a stand-in for its silent agent) acts. Errors are
+        logged and the next tick tries again."""
         log.info("autopilot: started (spec %s); it acts while this node leads",
                  self.specs.version or "none given")  # fmt: skip
         while True:
@@ -137,7 +149,8 @@ class Autopilot:
             await asyncio.sleep(AFTER_CHANGE if changed else TICK)
 
     async def tick(self) -> Step | None:
-        """One look: on the leader, plan and make one membership step, then the systems."""
+        """One look: on the leader (or a stand-in), plan and make one membership step, then the
+        systems; on another manager, a look at whether the leader's agent answers."""
         reading = self.inputs
         try:
             return await self._tick()
@@ -168,8 +181,19 @@ class Autopilot:
             if self.leading:
                 log.info("autopilot: this node no longer leads; another agent takes over")
             self.leading = False
-            return None
-        if not self.leading:
+            if not manager:
+                self.watch.forget("this node is no manager")
+                return None
+            was = self.watch.acting
+            if not (await self.watch.look(await self._watched(), await self._after())).acts:
+                return None
+            if not was:  # standing in from now: the clocks start afresh, as on a new leader
+                self.managers.forget()
+                self.reaper.forget()
+                self._last_wait = ""
+        else:
+            self.watch.forget("this node leads")
+        if manager and leader and not self.leading:
             log.info("autopilot: this node leads: reconciling the cloud to its spec")
             self.managers.forget()
             self.reaper.forget()
@@ -197,14 +221,42 @@ class Autopilot:
                 log.info("autopilot: %s", step.reason)
                 if step.action == "wait":
                     self.journal.note("wait", None, step.reason, "waiting")
-        else:
+        elif await self._may_change():
             self._last_wait = ""
             self._changed = await self.managers.act(step)
+        if not await self._may_change():
+            return step
         await reconcile_systems(self.engine, records, spec, self.journal)
         await self.reaper.remove_twins(twins)
         await self.reaper.reconcile(records, spec, now)
         await self.store.tick(records, spec, "store", now)
         return step
+
+    @property
+    def acting(self) -> bool:
+        """Whether this autopilot acts: on the leader, or standing in for its silent agent."""
+        return self.leading or self.watch.acting
+
+    async def _may_change(self) -> bool:
+        """The check right before a change: always on the leader; on a stand-in, only while
+        the leader's agent is still silent (asked again now)."""
+        return self.leading or await self.watch.still_stands_in()
+
+    async def _watched(self) -> list[dict[str, Any]]:
+        """The nodes a follower's watch looks at: the live model's when it can answer (any age:
+        only the managers' names, addresses and leader are used), else the engine's."""
+        raw = self.model.raw("nodes") if self.model is not None else None
+        if raw is None:
+            raw = await self.engine.nodes()
+        return [node_record(n) for n in raw]
+
+    async def _after(self) -> float:
+        """`[managers] stand_in_after` of the spec followed (the default without one). Read
+        from Raft again only while the leader's agent is silent: a follower's copy may be old."""
+        spec = self.specs.spec
+        if self.watch.last is not None and self.watch.last.silent > 0:
+            spec = await self.specs.current()
+        return float(((spec or {}).get("managers") or {}).get("stand_in_after", STAND_IN_AFTER))
 
     def _unless_raft_address_moved(self, step: Step, records: list[dict[str, Any]]) -> Step:
         """`step`, or a wait when it adds a manager while this leader's Raft address is still
@@ -212,7 +264,9 @@ class Autopilot:
         for another reason says this one first: it is the one that lasts."""
         if step.action not in ("promote", "wait"):
             return step
-        me = next((r for r in records if r["leader"]), None)  # this node: it leads
+        me = next(  # this node: the leader, or the stand-in (by its name)
+            (r for r in records if (r["leader"] if self.leading else r["name"] == self.name)), None
+        )
         why = raft_address_moved(me, self.swarm.advertise_addr)
         if not why:
             return step
@@ -224,6 +278,8 @@ class Autopilot:
         return {
             "node": self.name,
             "leading": self.leading,
+            # on a follower: whether it stands in for the leader's silent agent, since when, why
+            "stand_in": self.watch.status(),
             "spec": self.specs.version,
             "sees": self.last_view,
             "inputs": self.inputs,
