@@ -8,6 +8,8 @@
   it is promoted and gets into Raft, with no remove-and-rejoin round.
 - Hole 3: an operator's demotion is refused while the demoted node's own engine cannot be
   shown to know another manager (demoted, it would be a worker that knows none).
+- The leader's agent killed (its dockerd still leads): the first follower by name stands in,
+  replaces a manager lost meanwhile and publishes the list; it stops when that agent is back.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from tests.helpers import agents_tls, signed, wait_until
 from wire.keys import load_private_key
 from wire.lists import BootstrapList, Manager, open_list
 from wire.lists.format import sign_list
+from wire.signing import audience
 
 
 def write_claim(cloud: LocalCloud, node: str, cloud_id: str, work: Path) -> BootstrapList:
@@ -270,3 +273,101 @@ def test_a_demotion_is_refused_until_the_nodes_own_engine_is_known_to_know_anoth
         90,
         f"{first} to be a Ready worker that knows {second} as its manager",
     )
+
+
+# --- the leader's agent killed: a follower stands in (decision 0033) ------------------------------
+
+STAND_IN = {
+    "managers": {**FAST["managers"], "stand_in_after": "3s"},
+    "resources": FAST["resources"],
+}
+
+
+def own_autopilot(cloud: LocalCloud, node: str) -> dict[str, Any]:
+    """`node`'s own autopilot status (signed for that node alone: never the leader's answer)."""
+    key = Path(cloud.record["operator_key"])
+    to = audience(str(health(cloud, node)["cloud_id"]), node)
+    answer = signed("GET", f"{cloud.api(node)}/v1/autopilot", key, audience=to, timeout=5)
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+@pytest.mark.cloud
+def test_a_follower_stands_in_while_the_leaders_agent_is_dead(
+    make_cloud: MakeCloud, tmp_path: Path
+) -> None:
+    """The leader's agent is killed and its dockerd keeps leading. The first follower by name
+    stands in: when the other follower's machine is lost, it is replaced by the worker and the
+    list stops naming it, the leader's agent still dead. That agent back, the stand-in stops."""
+    cloud = make_cloud(nodes=4, spec=STAND_IN)
+    ready = wait_until(
+        lambda: (
+            (nodes := api_get(cloud, "/v1/nodes"))
+            and sum(n["state"] == "ready" for n in nodes) == 4
+            and sum(n["reachability"] == "reachable" for n in nodes) == 3
+            and nodes
+        ),
+        120,
+        "4 ready nodes, 3 of them reachable managers",
+    )
+    leader = next(n["name"] for n in ready if n["leader"])
+    stand_in, other = sorted(n["name"] for n in ready if n["role"] == "manager" and not n["leader"])
+    worker = next(n["name"] for n in ready if n["role"] == "worker")
+    assert own_autopilot(cloud, stand_in)["stand_in"]["acting"] is False
+    cloud.kill_agent(leader)
+    killed = time.monotonic()
+    acting = wait_until(
+        lambda: (s := own_autopilot(cloud, stand_in)["stand_in"]) and s["acting"] and s,
+        30,
+        f"{stand_in} to stand in for {leader}'s dead agent",
+    )
+    assert acting["leader"] == leader and acting["by"] == stand_in and acting["since"]
+    took = time.monotonic() - killed
+    # exactly one pilot: the other follower knows who stands in, and does not act itself
+    seen = wait_until(
+        lambda: (s := own_autopilot(cloud, other)["stand_in"]) and s["by"] == stand_in and s,
+        10,
+        f"{other} to see {stand_in} stand in",
+    )
+    assert seen["acting"] is False and not own_autopilot(cloud, other)["stand_in"]["acting"]
+    # now a manager's machine is lost while the leader's agent is still dead
+    cloud.kill_agent(other)
+    cloud.kill_dockerd(other)
+    lost = time.monotonic()
+    wanted = sorted([leader, stand_in, worker])
+
+    def reachable_managers() -> list[str]:
+        entries = engine_nodes(cloud, stand_in)  # the engines judge, not the agents
+        up = ("Leader", "Reachable")
+        return sorted(e["Hostname"] for e in entries if e.get("ManagerStatus") in up)
+
+    wait_until(lambda: reachable_managers() == wanted, 90, f"{', '.join(wanted)} in Raft")
+    listed = wait_until(
+        lambda: (
+            (names := sorted(m.name for m in the_list(cloud, tmp_path / "r").managers)) == wanted
+            and names
+        ),
+        60,
+        f"the list to name {', '.join(wanted)}",
+    )
+    replaced = time.monotonic() - lost
+    assert other not in listed
+    with pytest.raises(httpx.HTTPError):
+        health(cloud, leader)  # still dead: the stand-in did all of it
+    log = (cloud.node_dir(stand_in) / "agent.log").read_text()
+    assert f"the leader's agent ({leader}) has not answered for" in log
+    assert "this node acts in its place until it answers" in log
+    assert f"published to the bootstrap list: managers: {', '.join(wanted)}" in log
+    # the leader's agent back: the stand-in stops, and says so
+    cloud.start_agent(leader)
+    stopped = wait_until(
+        lambda: (s := own_autopilot(cloud, stand_in)["stand_in"]) and not s["acting"] and s,
+        60,
+        f"{stand_in} to stop standing in",
+    )
+    assert stopped["by"] is None and stopped["since"] is None, stopped
+    assert f"the leader's agent ({leader}) answers" in stopped["reason"]
+    recent = own_autopilot(cloud, stand_in)["recent"]
+    assert [r["result"] for r in recent if r["action"] == "stand-in"] == ["acting", "stopped"]
+    print(f"stood in {took:.1f} s after the kill; the lost manager replaced and unlisted in "
+          f"{replaced:.1f} s")  # fmt: skip
