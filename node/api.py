@@ -156,8 +156,9 @@ async def forward_to_manager(agent: NodeAgent, request: Request) -> Response:
 
 
 async def autopilot_answer(agent: NodeAgent, request: Request) -> Any:
-    """The autopilot's status on the leader; on another manager, the leader's agent's answer
-    (what this one knows, with a note, when no leader's agent is known or it does not answer)."""
+    """The autopilot's status on the leader (or the stand-in for its silent agent); on another
+    manager, the leader's agent's answer, else the stand-in's (what this one knows, with a note,
+    when no leader's agent is known or neither answers)."""
     pilot = agent.autopilot
     if pilot.acting:  # the leader's, or the stand-in's for its silent agent (decision 0033)
         return pilot.status()
@@ -167,13 +168,28 @@ async def autopilot_answer(agent: NodeAgent, request: Request) -> Any:
     leader_api = await agent.swarm.leader_api()
     if leader_api is None or leader_api == agent.api_url:
         return {**pilot.status(), "note": "no leader's agent is known yet"}
-    url = leader_api + request_path(request)
-    try:
-        async with agent.http.stream("GET", url, headers=relay_headers(request)) as answer:
+
+    async def relay(base: str, headers: dict[str, str]) -> Response:
+        url = base + request_path(request)
+        async with agent.http.stream("GET", url, headers=headers) as answer:
             content = await read_capped(url, answer, MAX_ANSWER)
+        return as_response(answer, content)
+
+    try:
+        return await relay(leader_api, relay_headers(request))
     except Exception as exc:  # the leader's agent is away: say what this one knows
-        return {**pilot.status(), "note": f"the leader's agent did not answer: {exc!r}"}
-    return as_response(answer, content)
+        note = f"the leader's agent did not answer: {exc!r}"
+    # the manager that stands in for it, as this one sees it (decision 0033); never passed on
+    # again by that one (it answers itself while it stands in)
+    stand_in = pilot.watch.stand_in_api()
+    if stand_in is not None and not request.headers.get(HEADER_FORWARDED_BY):
+        try:
+            return await relay(
+                stand_in, {**relay_headers(request), HEADER_FORWARDED_BY: agent.name}
+            )
+        except Exception as exc:
+            note += f"; nor did the stand-in's: {exc!r}"
+    return {**pilot.status(), "note": note}
 
 
 SSE = "text/event-stream"

@@ -330,6 +330,10 @@ def test_a_follower_stands_in_while_the_leaders_agent_is_dead(
         f"{other} to see {stand_in} stand in",
     )
     assert seen["acting"] is False and not own_autopilot(cloud, other)["stand_in"]["acting"]
+    # asked for the cloud's autopilot, the other follower answers with the stand-in's status
+    key = Path(cloud.record["operator_key"])
+    via = signed("GET", f"{cloud.api(other)}/v1/autopilot", key, timeout=30).json()
+    assert via["node"] == stand_in and via["stand_in"]["acting"], via
     # now a manager's machine is lost while the leader's agent is still dead
     cloud.kill_agent(other)
     cloud.kill_dockerd(other)

@@ -44,6 +44,7 @@ class LeaderWatch:
         self.last: StandIn | None = None
         self.acting_since: tuple[float, str] | None = None  # (monotonic, UTC text)
         self.leader: Mapping[str, Any] | None = None  # the leader's record at the last look
+        self.seen: dict[str, Mapping[str, Any]] = {}  # the managers' records at the last look
 
     @property
     def acting(self) -> bool:
@@ -54,6 +55,7 @@ class LeaderWatch:
         self.stop(reason)
         self.heard.clear()
         self.last = self.leader = None
+        self.seen = {}
 
     async def answers(self, record: Mapping[str, Any]) -> bool:
         """Whether the agent beside the manager `record` answers: its `/v1/health` within
@@ -76,7 +78,7 @@ class LeaderWatch:
         """One look on a follower: ask the leader's agent (and, while it is silent, the
         followers before this one), then decide. Starts or stops standing in, saying so."""
         now = time.monotonic()
-        managers = {str(r["name"]): r for r in records if is_manager(r)}
+        managers = self.seen = {str(r["name"]): r for r in records if is_manager(r)}
         leader = self.leader = next((r for r in managers.values() if r.get("leader")), None)
         for name in set(self.heard) - set(managers):
             del self.heard[name]
@@ -128,6 +130,14 @@ class LeaderWatch:
             self.last = StandIn(False, None, name, 0.0, reason)
             return False
         return True
+
+    def stand_in_api(self) -> str | None:
+        """The API URL of the agent of the manager that stands in, when it is another one (at
+        its Swarm address, never a label's: `SwarmView.api_of`)."""
+        by = self.last.by if self.last is not None else None
+        if by is None or by == self.name or by not in self.seen:
+            return None
+        return self.swarm.api_of(self.seen[by].get("manager_addr"))
 
     def stop(self, reason: str) -> None:
         """Stop standing in (if it did), saying why and for how long it stood in."""
