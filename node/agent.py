@@ -11,7 +11,8 @@ dockerd. The agent serves its API from the first moment (health says what it is 
    empty and the config allows it, claims the list (the tie-break: only one claim can win) and
    originates the swarm;
 4. makes sure its node carries its resource and API labels (a worker asks a manager's agent);
-5. on the leader, publishes the managers to the bootstrap list whenever they change.
+5. on the leader (or the follower standing in for its silent agent, decision 0033), publishes
+   the managers to the bootstrap list whenever they change.
 """
 
 from __future__ import annotations

@@ -193,11 +193,11 @@ class Autopilot:
                 self._last_wait = ""
         else:
             self.watch.forget("this node leads")
-        if manager and leader and not self.leading:
-            log.info("autopilot: this node leads: reconciling the cloud to its spec")
-            self.managers.forget()
-            self.reaper.forget()
-            self.leading = True
+            if not self.leading:
+                log.info("autopilot: this node leads: reconciling the cloud to its spec")
+                self.managers.forget()
+                self.reaper.forget()
+                self.leading = True
         spec = await self.specs.current()
         if spec is None:
             step = Step("none", None, "no spec given: watching only (apply one with (apply-spec!))")
