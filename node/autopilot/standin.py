@@ -92,6 +92,7 @@ class LeaderWatch:
                     del self.heard[name]
             else:
                 await self._ask_followers(managers, self.heard[lead])
+                now = time.monotonic()  # after the answers it waited for
         decision = plan_stand_in(self.name, list(records), self.heard, now, after)
         self.last = decision
         if decision.acts and not self.acting:
