@@ -314,6 +314,18 @@ def test_a_follower_stands_in_while_the_leaders_agent_is_dead(
     stand_in, other = sorted(n["name"] for n in ready if n["role"] == "manager" and not n["leader"])
     worker = next(n["name"] for n in ready if n["role"] == "worker")
     assert own_autopilot(cloud, stand_in)["stand_in"]["acting"] is False
+    # a hang shorter than stand_in_after (a slow agent, not a dead one): nobody stands in
+    cloud.pause(leader, agent_only=True)
+    time.sleep(1.5)  # the hang's length, not a wait for something
+    cloud.resume(leader, agent_only=True)
+    for node in (stand_in, other):
+        seen = wait_until(
+            lambda node=node: (s := own_autopilot(cloud, node))["stand_in"]["silent"] == 0 and s,
+            15,
+            f"{node} to hear the leader's agent again",
+        )
+        assert seen["stand_in"]["reason"] == f"the leader's agent ({leader}) answers"
+        assert not [r for r in seen["recent"] if r["action"] == "stand-in"], seen["recent"]
     cloud.kill_agent(leader)
     killed = time.monotonic()
     acting = wait_until(
