@@ -869,9 +869,14 @@ class Agent:
                         # when the cloud moved: its Raft address stays the old one,
                         # wire/readdress.py)
                         addr=str(reachable_addr(r, self.config.advertise_addr)),
-                        # with TLS, the address the manager advertises (wire.records.agent_api
-                        # says why a label is safe there), else its Swarm address and API port
-                        api=str(
+                        # this node: the URL it advertises, known before its label is set
+                        # (the first publication can precede the label; behind NAT the Swarm
+                        # address is unreachable); another manager: with TLS, the address it
+                        # advertises (wire.records.agent_api says why a label is safe there),
+                        # else its Swarm address and API port
+                        api=self.api_url
+                        if r["id"] == self.node_id
+                        else str(
                             r["api"]
                             or self.swarm.api_of(str(reachable_addr(r, self.config.advertise_addr)))
                         ),
