@@ -269,8 +269,9 @@ class Session:
         # Hy's prelude (`import hy` and friends) goes in once, like `hy.REPL` does it.
         prelude = hy_compile(hy.read_many(""), self.module, compiler=self.compiler)
         exec(compile(prelude, "<prelude>", "exec"), self.namespace)
-        # A dict target spares `require` its stack inspection.
-        require("hyrule", self.namespace.setdefault("_hy_macros", {}), assignments=_CLOJURE)
+        # A dict target spares `require` its stack inspection; hyrule's own import is spared
+        # it by `_import_hyrule`.
+        require(_import_hyrule(), self.namespace.setdefault("_hy_macros", {}), assignments=_CLOJURE)
         if top_level:
             context.set_fallback(self)
         self.vocab.load()
@@ -648,6 +649,51 @@ class Session:
         of the enclosing form); dotted prefixes complete attributes.
         """
         return self.vocab.completions(prefix, head)
+
+
+class _FrameStack:
+    """Stands in for `inspect` in `hy.macros` and `hy.compiler` while hyrule is imported: the
+    same module, but a `stack()` that lists bare frames. Hy's `require` (and `hy.eval`) calls
+    `inspect.stack()[1][0]`, the caller's frame only, for each of hyrule's ~30 `require`s; the
+    real `stack()` reads a source line and searches `sys.modules` for every frame of the stack
+    (CPython issue 92041), which made importing hyrule 0.1-0.3 s of every start. Decision 0032.
+    """
+
+    def __init__(self, real: types.ModuleType) -> None:
+        self._real = real
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    @staticmethod
+    def stack(context: int = 1) -> list[tuple[types.FrameType]]:
+        frames = []
+        frame: types.FrameType | None = sys._getframe(1)
+        while frame is not None:
+            frames.append((frame,))
+            frame = frame.f_back
+        return frames
+
+
+_hyrule_lock = threading.Lock()
+
+
+def _import_hyrule() -> types.ModuleType:
+    """hyrule (Clojure's everyday macros), imported with Hy's `require` spared its slow stack."""
+    import hy.compiler
+    import hy.macros
+
+    users = (hy.macros, hy.compiler)  # `require`, and `hy.eval` in hyrule's __init__
+    with _hyrule_lock:
+        real = hy.macros.inspect
+        for module in users:
+            module.inspect = _FrameStack(real)  # type: ignore[attr-defined]
+        try:
+            import hyrule
+        finally:
+            for module in users:
+                module.inspect = real  # type: ignore[attr-defined]
+    return hyrule
 
 
 def _wait_interruptibly(future: Any, timeout: float | None) -> Any:
