@@ -36,11 +36,12 @@ from typing import Any
 import hy
 from hy.compiler import HyASTCompiler, hy_compile
 from hy.errors import HyLanguageError, HyMacroExpansionError
-from hy.macros import require
 from hy.reader import HyReader
 from hy.reader.exceptions import LexException, PrematureEndOfInput
 
 from repl import context, render
+from repl.clojure import CLOJURE_MACROS as CLOJURE_MACROS  # re-exported
+from repl.clojure import MacroTable
 from repl.vocabulary import Entry, OpsModule, Vocabulary
 from repl.vocabulary import LazyOp as LazyOp  # re-exported: repl.nrepl.lookup imports it
 from repl.workspace import Workspace, find_workspace
@@ -50,10 +51,6 @@ RESULT_NAMES = tuple(hy.mangle(f"*{i}") for i in (1, 2, 3))
 ERROR_NAME = hy.mangle("*e")
 # How much of one result the console prints (repl.render): `(setv *print-length* None)` etc.
 PRINT_LENGTH_NAME, PRINT_LINES_NAME = hy.mangle("*print-length*"), hy.mangle("*print-lines*")
-# Clojure's everyday macros, from hyrule, in every workspace without a `require` line: the
-# threading macros, `doto`, `as->`, `some->`, `unless`, `comment` and the destructuring binders.
-CLOJURE_MACROS = ("->", "->>", "as->", "doto", "some->", "unless", "comment", "let+", "setv+")
-_CLOJURE = [(hy.mangle(m), hy.mangle(m)) for m in CLOJURE_MACROS]
 _TOP_LEVEL_AWAIT = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
 _CO_COROUTINE = 0x0080  # inspect.CO_COROUTINE, without importing inspect's users
 
@@ -269,9 +266,10 @@ class Session:
         # Hy's prelude (`import hy` and friends) goes in once, like `hy.REPL` does it.
         prelude = hy_compile(hy.read_many(""), self.module, compiler=self.compiler)
         exec(compile(prelude, "<prelude>", "exec"), self.namespace)
-        # A dict target spares `require` its stack inspection; hyrule's own import is spared
-        # it by `_import_hyrule`.
-        require(_import_hyrule(), self.namespace.setdefault("_hy_macros", {}), assignments=_CLOJURE)
+        # Clojure's everyday macros, from hyrule, in every workspace without a `require` line:
+        # the threading macros, `doto`, `as->`, `some->`, `unless`, `comment` and the
+        # destructuring binders; hyrule is imported when one is first looked up (repl/clojure.py).
+        self.namespace["_hy_macros"] = MacroTable(self.namespace.get("_hy_macros", {}))
         if top_level:
             context.set_fallback(self)
         self.vocab.load()
@@ -649,51 +647,6 @@ class Session:
         of the enclosing form); dotted prefixes complete attributes.
         """
         return self.vocab.completions(prefix, head)
-
-
-class _FrameStack:
-    """Stands in for `inspect` in `hy.macros` and `hy.compiler` while hyrule is imported: the
-    same module, but a `stack()` that lists bare frames. Hy's `require` (and `hy.eval`) calls
-    `inspect.stack()[1][0]`, the caller's frame only, for each of hyrule's ~30 `require`s; the
-    real `stack()` reads a source line and searches `sys.modules` for every frame of the stack
-    (CPython issue 92041), which made importing hyrule 0.1-0.3 s of every start. Decision 0032.
-    """
-
-    def __init__(self, real: types.ModuleType) -> None:
-        self._real = real
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._real, name)
-
-    @staticmethod
-    def stack(context: int = 1) -> list[tuple[types.FrameType]]:
-        frames = []
-        frame: types.FrameType | None = sys._getframe(1)
-        while frame is not None:
-            frames.append((frame,))
-            frame = frame.f_back
-        return frames
-
-
-_hyrule_lock = threading.Lock()
-
-
-def _import_hyrule() -> types.ModuleType:
-    """hyrule (Clojure's everyday macros), imported with Hy's `require` spared its slow stack."""
-    import hy.compiler
-    import hy.macros
-
-    users = (hy.macros, hy.compiler)  # `require`, and `hy.eval` in hyrule's __init__
-    with _hyrule_lock:
-        real = hy.macros.inspect
-        for module in users:
-            module.inspect = _FrameStack(real)  # type: ignore[attr-defined]
-        try:
-            import hyrule
-        finally:
-            for module in users:
-                module.inspect = real  # type: ignore[attr-defined]
-    return hyrule
 
 
 def _wait_interruptibly(future: Any, timeout: float | None) -> Any:
