@@ -239,12 +239,44 @@ class Agent:
 
     async def run(self) -> None:
         """Serve the API and run the lifecycle until SIGTERM/SIGINT."""
+        # The lifecycle (engine, list, joining the swarm) starts at once: it waits on dockerd
+        # and git while the API's framework (FastAPI and pydantic, 0.5-1 s of CPU) is imported
+        # and the app built in a thread. Decision 0032.
+        life = asyncio.create_task(self.lifecycle(), name="lifecycle")
+        pilot = asyncio.create_task(self.autopilot.run(), name="autopilot")
+        model = asyncio.create_task(self.model.run(), name="model")
+        copy = asyncio.create_task(self.copy.run(), name="manager-copy")
+        ssh = None
+        try:
+            server = await asyncio.to_thread(self._server)
+            ssh = await self._start_ssh()
+            await server.serve()
+        finally:
+            life.cancel()
+            pilot.cancel()
+            model.cancel()
+            copy.cancel()
+            if ssh is not None:
+                ssh.close()
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(ssh.wait_closed(), 5)
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await life
+            await self.http.aclose()
+            await self.engine.aclose()
+            log.info("agent %s stopped", self.config.name)
+
+    def _server(self) -> Any:
+        """The API's uvicorn server, not yet serving (built off the event loop: imports)."""
         import uvicorn
 
         from node.api import ModelReads, create_app
         from node.limits import MAX_BODY, LimitsMiddleware, server_options
 
-        server = uvicorn.Server(
+        if self.config.ssh is not None:
+            import node.sshd  # noqa: F401  (asyncssh, 0.2 s: imported here, off the loop)
+
+        return uvicorn.Server(
             uvicorn.Config(
                 LimitsMiddleware(  # outermost: bounds before any parsing or signature check
                     ModelReads(create_app(self), self),  # the hottest reads, from the model
@@ -263,27 +295,6 @@ class Agent:
                 **self._tls_files(),
             )
         )
-        ssh = await self._start_ssh()
-        life = asyncio.create_task(self.lifecycle(), name="lifecycle")
-        pilot = asyncio.create_task(self.autopilot.run(), name="autopilot")
-        model = asyncio.create_task(self.model.run(), name="model")
-        copy = asyncio.create_task(self.copy.run(), name="manager-copy")
-        try:
-            await server.serve()
-        finally:
-            life.cancel()
-            pilot.cancel()
-            model.cancel()
-            copy.cancel()
-            if ssh is not None:
-                ssh.close()
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(ssh.wait_closed(), 5)
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await life
-            await self.http.aclose()
-            await self.engine.aclose()
-            log.info("agent %s stopped", self.config.name)
 
     def _protocol(self) -> type:
         """The API's HTTP protocol: node/limits.py's, also carrying SSH after a signed upgrade
