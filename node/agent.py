@@ -154,6 +154,7 @@ class Agent:
         self.cloud_id = state.get("cloud_id")
         # the swarm node ID last seen: an engine whose swarm is in error reports none
         self.node_id: str | None = state.get("node_id")
+        self._api_server: Any = None  # uvicorn's, once built (run)
         # the manager address this node joined by ("" when it originated; None: not known)
         self.joined_via: str | None = state.get("joined_via")
         # whether this node led the swarm at its last look: after a move, the last leader
@@ -249,6 +250,7 @@ class Agent:
         ssh = None
         try:
             server = await asyncio.to_thread(self._server)
+            self._api_server = server
             ssh = await self._start_ssh()
             await server.serve()
         finally:
@@ -265,6 +267,11 @@ class Agent:
             await self.http.aclose()
             await self.engine.aclose()
             log.info("agent %s stopped", self.config.name)
+
+    def _api_started(self) -> bool:
+        """Whether this agent's API serves (its framework is built in a thread while the
+        lifecycle starts; decision 0032)."""
+        return bool(getattr(self._api_server, "started", False))
 
     def _server(self) -> Any:
         """The API's uvicorn server, not yet serving (built off the event loop: imports)."""
@@ -870,6 +877,8 @@ class Agent:
             self._save_state()
         if not (manager and leader) or not self.lists.writable:
             return
+        if not self._api_started():
+            return  # the list names managers people can reach: not before this API serves
         records = [node_record(n, tls=self.swarm.tls) for n in await self.engine.nodes()]
         managers = tuple(
             sorted(
