@@ -155,6 +155,7 @@ class Agent:
         self.cloud_id = state.get("cloud_id")
         # the swarm node ID last seen: an engine whose swarm is in error reports none
         self.node_id: str | None = state.get("node_id")
+        self._api_server: Any = None  # uvicorn's, once built (run)
         # the manager address this node joined by ("" when it originated; None: not known)
         self.joined_via: str | None = state.get("joined_via")
         # whether this node led the swarm at its last look: after a move, the last leader
@@ -241,12 +242,50 @@ class Agent:
 
     async def run(self) -> None:
         """Serve the API and run the lifecycle until SIGTERM/SIGINT."""
+        # The lifecycle (engine, list, joining the swarm) starts at once: it waits on dockerd
+        # and git while the API's framework (FastAPI and pydantic, 0.5-1 s of CPU) is imported
+        # and the app built in a thread. Decision 0032.
+        life = asyncio.create_task(self.lifecycle(), name="lifecycle")
+        pilot = asyncio.create_task(self.autopilot.run(), name="autopilot")
+        model = asyncio.create_task(self.model.run(), name="model")
+        copy = asyncio.create_task(self.copy.run(), name="manager-copy")
+        ssh = None
+        try:
+            server = await asyncio.to_thread(self._server)
+            self._api_server = server
+            ssh = await self._start_ssh()
+            await server.serve()
+        finally:
+            life.cancel()
+            pilot.cancel()
+            model.cancel()
+            copy.cancel()
+            if ssh is not None:
+                ssh.close()
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(ssh.wait_closed(), 5)
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await life
+            await self.http.aclose()
+            await self.engine.aclose()
+            log.info("agent %s stopped", self.config.name)
+
+    def _api_started(self) -> bool:
+        """Whether this agent's API serves (its framework is built in a thread while the
+        lifecycle starts; decision 0032)."""
+        return bool(getattr(self._api_server, "started", False))
+
+    def _server(self) -> Any:
+        """The API's uvicorn server, not yet serving (built off the event loop: imports)."""
         import uvicorn
 
         from node.api import ModelReads, create_app
         from node.limits import MAX_BODY, LimitsMiddleware, server_options
 
-        server = uvicorn.Server(
+        if self.config.ssh is not None:
+            import node.sshd  # noqa: F401  (asyncssh, 0.2 s: imported here, off the loop)
+
+        return uvicorn.Server(
             uvicorn.Config(
                 LimitsMiddleware(  # outermost: bounds before any parsing or signature check
                     ModelReads(create_app(self), self),  # the hottest reads, from the model
@@ -265,27 +304,6 @@ class Agent:
                 **self._tls_files(),
             )
         )
-        ssh = await self._start_ssh()
-        life = asyncio.create_task(self.lifecycle(), name="lifecycle")
-        pilot = asyncio.create_task(self.autopilot.run(), name="autopilot")
-        model = asyncio.create_task(self.model.run(), name="model")
-        copy = asyncio.create_task(self.copy.run(), name="manager-copy")
-        try:
-            await server.serve()
-        finally:
-            life.cancel()
-            pilot.cancel()
-            model.cancel()
-            copy.cancel()
-            if ssh is not None:
-                ssh.close()
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(ssh.wait_closed(), 5)
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await life
-            await self.http.aclose()
-            await self.engine.aclose()
-            log.info("agent %s stopped", self.config.name)
 
     def _protocol(self) -> type:
         """The API's HTTP protocol: node/limits.py's, also carrying SSH after a signed upgrade
@@ -863,6 +881,8 @@ class Agent:
             self._save_state()
         if not (manager and (leader or self.autopilot.watch.acting)) or not self.lists.writable:
             return
+        if not self._api_started():
+            return  # the list names managers people can reach: not before this API serves
         records = [node_record(n, tls=self.swarm.tls) for n in await self.engine.nodes()]
         managers = tuple(
             sorted(
@@ -873,9 +893,14 @@ class Agent:
                         # when the cloud moved: its Raft address stays the old one,
                         # wire/readdress.py)
                         addr=str(reachable_addr(r, self.config.advertise_addr)),
-                        # with TLS, the address the manager advertises (wire.records.agent_api
-                        # says why a label is safe there), else its Swarm address and API port
-                        api=str(
+                        # this node: the URL it advertises, known before its label is set
+                        # (the first publication can precede the label; behind NAT the Swarm
+                        # address is unreachable); another manager: with TLS, the address it
+                        # advertises (wire.records.agent_api says why a label is safe there),
+                        # else its Swarm address and API port
+                        api=self.api_url
+                        if r["id"] == self.node_id
+                        else str(
                             r["api"]
                             or self.swarm.api_of(str(reachable_addr(r, self.config.advertise_addr)))
                         ),

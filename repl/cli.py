@@ -135,16 +135,25 @@ def main(argv: list[str] | None = None) -> int:
     given = sys.argv[1:] if argv is None else argv
     if given[:1] == ["eval"]:
         # the warm path first: a warm workspace process evaluates it (repl/warm.py)
-        from repl.warmclient import run
+        from repl.warmclient import parse_eval, run
 
         code = run(given[1:])
         if code is not None:
             return code
+        parsed = parse_eval(given[1:])
+        if parsed is not None:  # well-formed: in-process without argparse (~7 ms to import)
+            import types
+
+            return _run("eval", types.SimpleNamespace(command="eval", **parsed))
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         args = parser.parse_args(["repl", *(argv or [])])
-    module_name, func_name = HANDLERS[args.command].split(":")
+    return _run(args.command, args)
+
+
+def _run(command: str, args: object) -> int:
+    module_name, func_name = HANDLERS[command].split(":")
     handler = getattr(importlib.import_module(module_name), func_name)
     try:
         return int(handler(args) or 0)

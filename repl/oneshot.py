@@ -7,10 +7,12 @@ the console). The exit status is 0, or 1 with a one-line message on stderr for a
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import argparse  # repl/cli.py hands a well-formed `hyops eval` over without argparse
 
 
 def main(args: argparse.Namespace, lender: Any = None) -> int:

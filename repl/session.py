@@ -36,11 +36,12 @@ from typing import Any
 import hy
 from hy.compiler import HyASTCompiler, hy_compile
 from hy.errors import HyLanguageError, HyMacroExpansionError
-from hy.macros import require
 from hy.reader import HyReader
 from hy.reader.exceptions import LexException, PrematureEndOfInput
 
 from repl import context, render
+from repl.clojure import CLOJURE_MACROS as CLOJURE_MACROS  # re-exported
+from repl.clojure import MacroTable
 from repl.vocabulary import Entry, OpsModule, Vocabulary
 from repl.vocabulary import LazyOp as LazyOp  # re-exported: repl.nrepl.lookup imports it
 from repl.workspace import Workspace, find_workspace
@@ -50,10 +51,6 @@ RESULT_NAMES = tuple(hy.mangle(f"*{i}") for i in (1, 2, 3))
 ERROR_NAME = hy.mangle("*e")
 # How much of one result the console prints (repl.render): `(setv *print-length* None)` etc.
 PRINT_LENGTH_NAME, PRINT_LINES_NAME = hy.mangle("*print-length*"), hy.mangle("*print-lines*")
-# Clojure's everyday macros, from hyrule, in every workspace without a `require` line: the
-# threading macros, `doto`, `as->`, `some->`, `unless`, `comment` and the destructuring binders.
-CLOJURE_MACROS = ("->", "->>", "as->", "doto", "some->", "unless", "comment", "let+", "setv+")
-_CLOJURE = [(hy.mangle(m), hy.mangle(m)) for m in CLOJURE_MACROS]
 _TOP_LEVEL_AWAIT = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
 _CO_COROUTINE = 0x0080  # inspect.CO_COROUTINE, without importing inspect's users
 
@@ -269,8 +266,10 @@ class Session:
         # Hy's prelude (`import hy` and friends) goes in once, like `hy.REPL` does it.
         prelude = hy_compile(hy.read_many(""), self.module, compiler=self.compiler)
         exec(compile(prelude, "<prelude>", "exec"), self.namespace)
-        # A dict target spares `require` its stack inspection.
-        require("hyrule", self.namespace.setdefault("_hy_macros", {}), assignments=_CLOJURE)
+        # Clojure's everyday macros, from hyrule, in every workspace without a `require` line:
+        # the threading macros, `doto`, `as->`, `some->`, `unless`, `comment` and the
+        # destructuring binders; hyrule is imported when one is first looked up (repl/clojure.py).
+        self.namespace["_hy_macros"] = MacroTable(self.namespace.get("_hy_macros", {}))
         if top_level:
             context.set_fallback(self)
         self.vocab.load()

@@ -294,9 +294,11 @@ class Vocabulary:
         for key, value in names.items():
             self.namespace[key] = value
         if macros:
-            # A dict target spares `require` its stack inspection (10 ms at start-up).
-            target = self.namespace.setdefault("_hy_macros", {})
-            require(module, target, assignments=[(m, m) for m in macros])
+            # A dict target spares `require` its stack inspection (10 ms at start-up); a plain
+            # one, as Hy wants: the workspace's is a repl.clojure.MacroTable.
+            taken: dict[str, Any] = {}
+            require(module, taken, assignments=[(m, m) for m in macros])
+            self.namespace.setdefault("_hy_macros", {}).update(taken)
         info = {m: describe(module._hy_macros[m], "macro") for m in macros}
         info.update({key: describe(value) for key, value in names.items()})
         self.ops_modules[name] = OpsModule(name, path, stamp, module, names, macros, info)

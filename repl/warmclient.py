@@ -91,8 +91,9 @@ def socket_path(root: str) -> str:
     return os.path.join(root, ".hyops", SOCKET_NAME)
 
 
-def _parse(argv: list[str]) -> dict[str, str | None] | None:
-    """`hyops eval` arguments (FORMS, -f FILE, --cloud NAME), or None for anything else."""
+def parse_eval(argv: list[str]) -> dict[str, str | None] | None:
+    """`hyops eval` arguments (FORMS, -f FILE, --cloud NAME), or None for anything else (argparse
+    then says what it says). repl/cli.py skips argparse with it too."""
     parsed: dict[str, str | None] = {"forms": None, "file": None, "cloud": None}
     rest = list(argv)
     while rest:
@@ -152,7 +153,7 @@ def run(argv: list[str]) -> int | None:
     written here, or None when the warm path is not taken."""
     if os.environ.get("HYOPS_WARM", "1") == "0" or sys.stdin.isatty():
         return None
-    parsed = _parse(argv)
+    parsed = parse_eval(argv)
     root = workspace_root()
     if parsed is None or root is None:
         return None

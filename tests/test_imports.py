@@ -165,3 +165,18 @@ def test_a_forbidden_import_inside_a_function_breaks_a_contract(tmp_path: Path) 
     )
     assert result.returncode == 1, result.stdout + result.stderr
     assert "BROKEN" in result.stdout and "wire.client -> node.agent" in result.stdout
+
+
+def test_the_agent_module_loads_no_cli_no_ssh_and_no_web_framework() -> None:
+    # httpx's command-line client (rich, click, pygments) never; FastAPI, pydantic and uvicorn
+    # in a thread once the agent's lifecycle runs; asyncssh only for its SSH server (decision
+    # 0032). Which modules, not how long: bench/up.py times the start.
+    heavy = ("rich", "click", "pygments", "asyncssh", "fastapi", "pydantic", "uvicorn")
+    probe = (
+        "import sys, node.agent; "
+        f"print(sorted(m for m in {heavy!r} if sys.modules.get(m) is not None))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]", out.stdout

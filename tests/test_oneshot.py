@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -148,3 +150,40 @@ def test_secrets_are_redacted_from_results_and_errors(workspace: Workspace) -> N
     out = hyops(workspace, "eval", '(raise (ValueError "bad token SWMTKN-1-secret"))')
     assert out.returncode == 1
     assert "SWMTKN-1-secret" not in out.stderr and "<redacted>" in out.stderr
+
+
+# What a one-shot needs and what it must not load (issue 18; decision 0032): the console's
+# parts, SSH (only `:via "ssh"`), hyrule (only once a Clojure macro is used) and argparse (a
+# well-formed `hyops eval` is parsed without it). Modules, not timings: bench/nodes.py times it.
+NOT_FOR_A_ONE_SHOT = ("ptpython", "prompt_toolkit", "pygments", "asyncssh", "hyrule", "argparse")
+MODULES_LOADED = (
+    "import sys; from repl.cli import main; code = main(); "
+    f"print(sorted(m for m in {NOT_FOR_A_ONE_SHOT!r} if m in sys.modules)); sys.exit(code)"
+)
+
+
+def test_a_one_shot_against_a_cloud_loads_nothing_it_does_not_need(make_cloud: Any) -> None:
+    cloud = make_cloud(nodes=1)
+    root = cloud.state_dir.parent
+    env = {**os.environ, "HYOPS_WORKSPACE": str(root), "HYOPS_WARM": "0"}
+
+    def loaded(*args: str) -> tuple[str, list[str]]:
+        out = subprocess.run(
+            [sys.executable, "-c", MODULES_LOADED, "eval", *args],
+            env=env,
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        result, modules = out.stdout.splitlines()
+        return result, ast.literal_eval(modules)
+
+    # the first one in a workspace records its ops and the cloud's managers (reading the
+    # bootstrap list); the ones after it are what a one-shot costs every day
+    assert loaded("(len (nodes))")[0] == "1"
+    assert loaded("(len (nodes))") == ("1", [])
+    # a Clojure macro still works without a `require` line: hyrule comes in for it
+    assert loaded('(-> (nodes) (get 0) (get "name"))') == ('"node-1"', ["hyrule"])
+    assert loaded("(unless False (len (nodes)))") == ("1", ["hyrule"])

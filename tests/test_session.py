@@ -109,6 +109,19 @@ def test_macros_defined_in_one_input_expand_in_the_next(session: Session) -> Non
     assert session.eval("(twice 21)") == [42]
 
 
+def test_clojure_macros_need_no_require_and_a_workspace_macro_of_that_name_wins(
+    session: Session,
+) -> None:
+    # hyrule comes in on first use (repl/clojure.py); a macro defined before that stays
+    session.eval("(defmacro unless [test #* body] 42)")
+    assert session.eval("(unless True 1)") == [42]
+    assert session.eval('(-> "a" (+ "b") (.upper))') == ["AB"]
+    assert session.eval("(let+ [[a b] [1 2]] (+ a b))") == [3]
+    assert session.eval("(unless True 1)") == [42]
+    assert {"->", "->>", "doto", "unless"} <= set(session.completions("")), "listed for completion"
+    assert session.macro("some->") is not None
+
+
 def test_read_forms_gives_positions(session: Session) -> None:
     forms = read_forms("(+ 1 2)\n\n  (nodes :limit 2)")
     assert [(f.line, f.column) for f in forms] == [(1, 1), (3, 3)]

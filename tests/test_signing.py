@@ -109,6 +109,26 @@ def test_fingerprint_refuses_what_is_not_a_public_key():
         fingerprint("ssh-ed25519 not-base64")
 
 
+def test_an_ed25519_line_is_read_without_asyncssh_and_fingerprinted_as_asyncssh_does(tmp_path):
+    # the agent's start and a workspace's first connection read the trust file's keys; asyncssh
+    # (0.2 s to import) is not needed for the everyday ssh-ed25519 line (decision 0032)
+    for i in range(3):
+        public = generate_key(tmp_path / f"k{i}", f"comment {i}")
+        assert fingerprint(public) == asyncssh.import_public_key(public).get_fingerprint("sha256")
+    probe = (
+        "import sys; from wire.trust import TrustedKey; "
+        f"k = TrustedKey.from_public('op', 'operator', {public!r}); "
+        "print(k.fingerprint, 'asyncssh' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == [fingerprint(public), "False"]
+    # a line that only looks like one still gets asyncssh's verdict
+    head, blob, _ = public.split(" ", 2)
+    cut = base64.b64encode(base64.b64decode(blob)[:-1]).decode()
+    with pytest.raises(ValueError, match="not an SSH public key line"):
+        fingerprint(f"{head} {cut}")
+
+
 def test_load_private_key_reads_a_key_ssh_keygen_made(tmp_path):
     subprocess.run(
         ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "x", "-f", str(tmp_path / "k")],

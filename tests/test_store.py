@@ -22,6 +22,7 @@ from repl.session import HyopsEvalError, Session
 from repl.workspace import Workspace
 from tests.helpers import ev, signed, wait_until
 from wire.files import write_private
+from wire.store import service_name
 from wire.tls import client_context, issue_cert, make_ca
 
 pytestmark = pytest.mark.cloud
@@ -350,21 +351,30 @@ def with_min_nodes(n: int) -> dict[str, Any]:
     return {**SPEC, "systems": {"store": store}}
 
 
-def member_container(cloud: LocalCloud, node: str) -> str:
-    for cid in cloud.docker(node, "ps", "-q").stdout.split():
-        image = cloud.docker(node, "inspect", "--format", "{{.Config.Image}}", cid).stdout
-        if image.strip() == "local/etcd:1":
-            return cid
-    raise AssertionError(f"no member's container runs on {node}")
+def pause_member(cloud: LocalCloud, member: dict[str, Any]) -> str:
+    """Pause the container of the store member `member` (one of `(store)`'s members) on its
+    node: the one of its own service (`hyops-store-<name>`), running now. Another etcd
+    container may still be stopping there (a member retired earlier), and a container that just
+    exited cannot be paused: found again, not a failure."""
+    node, service = member["node"], service_name(member["name"])
+
+    def paused() -> str | None:
+        cid = cloud.docker(
+            node, "ps", "-q", "--filter", f"label=com.docker.swarm.service.name={service}"
+        ).stdout.split()
+        if len(cid) != 1:
+            return None
+        return cid[0] if cloud.docker(node, "pause", cid[0], check=False).returncode == 0 else None
+
+    return wait_until(paused, 60, f"member {member['name']}'s container on {node} paused")
 
 
 def test_a_store_without_quorum_refuses_writes_and_writes_nothing(
     cloud: LocalCloud, session: Session
 ) -> None:
     store = wait_until(lambda: healthy(session, 3), 180, "(store): 3 healthy members")
-    frozen = [(m["node"], member_container(cloud, m["node"])) for m in store["members"][:2]]
-    for node, cid in frozen:
-        cloud.docker(node, "pause", cid)  # two of three members stop answering
+    # two of three members stop answering
+    frozen = [(m["node"], pause_member(cloud, m)) for m in store["members"][:2]]
     try:
         wait_until(
             lambda: (store_of(session) or {}).get("health") == "no-quorum",
