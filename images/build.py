@@ -48,7 +48,7 @@ __all__ = [
 
 EPOCH = 1_700_000_000  # SOURCE_DATE_EPOCH of every image: a fixed date, so builds repeat
 CACHE = Path("/var/cache/hyops/images")
-BUILDER = "2"  # bump when the way images are written changes, so old cache entries are not used
+BUILDER = "3"  # bump when the way images are written changes, so old cache entries are not used
 REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("wire", "node", "repl", "ops", "localcloud", "images")  # this checkout's code
 LIB = "/opt/hyops/lib"  # where the Python packages go in the image (PYTHONPATH)
@@ -281,6 +281,12 @@ def _python_tree(pins: list[str], sources: list[tuple[str, bytes]], stage: Path)
             continue  # console scripts name this machine's Python; the image has its own
         if path.is_file() and not path.is_symlink():
             files[f"{LIB}/{rel}"] = (path, 0o755 if os.access(path, os.X_OK) else 0o644)
+            if rel.endswith(".dist-info/RECORD"):
+                # without the console scripts left out above: their lines hash a shebang naming
+                # the building Python's path (another checkout: another image)
+                lines = path.read_bytes().splitlines(keepends=True)
+                kept = b"".join(x for x in lines if not x.startswith(b"../../bin/"))
+                files[f"{LIB}/{rel}"] = (kept, 0o644)
     for rel, data in sources:
         files[f"{LIB}/{rel}"] = (data, 0o644)
     script = (

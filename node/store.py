@@ -91,9 +91,15 @@ def _prefix_end(prefix: str) -> str:
     return base64.b64encode(b"\0").decode()  # every key
 
 
+# a task in none of these states has a process that may still run (docker's task states)
+_ENDED = frozenset({"complete", "shutdown", "failed", "rejected", "remove", "orphaned"})
+
+
 async def member_services(engine: Engine) -> list[dict[str, Any]]:
     """The store's members as their services say: member, node, running, peer, client, forced
-    (started with --force-new-cluster, not settled yet), service id."""
+    (started with --force-new-cluster, not settled yet), service id; and `stopping`: a stopped
+    member whose last process has not ended yet (Swarm stops a task gracefully: it still holds
+    the member's data directory for a moment after its service says stopped)."""
     out = []
     for s in await engine.services(status=False):
         labels = s["Spec"].get("Labels") or {}
@@ -108,8 +114,18 @@ async def member_services(engine: Engine) -> list[dict[str, Any]]:
                 "client": labels.get("hyops.store.client", ""),
                 "forced": labels.get(LABEL_FORCED) == "true",
                 "id": s["ID"],
+                "stopping": False,
             }
         )
+    stopped = [m["id"] for m in out if not m["running"]]
+    if stopped:
+        alive = {
+            t.get("ServiceID")
+            for t in await engine.tasks({"service": stopped})
+            if (t.get("Status") or {}).get("State") not in _ENDED
+        }
+        for m in out:
+            m["stopping"] = not m["running"] and m["id"] in alive
     return out
 
 
@@ -268,7 +284,7 @@ class StoreOps:
         if not services:
             health = "none"
         elif not any(s["running"] for s in services):
-            health = "stopped"
+            health = "stopping" if any(s["stopping"] for s in services) else "stopped"
         elif listed and healthy >= quorum(len(listed)):
             health = "healthy" if healthy == len(listed) else "degraded"
         else:

@@ -31,7 +31,7 @@ sizes, never values."
   (CloudError (str exc) :code "bad-input" :hint "nothing was written"))
 
 (defn store []
-  "The store: `health` (healthy, degraded, no-quorum, stopped, none), `leader`, and its
+  "The store: `health` (healthy, degraded, no-quorum, stopping, stopped, none), `leader`, and its
   `members`, each with its node, whether it runs, is healthy and leads.
     (store)
     (get (store) \"leader\")"

@@ -159,6 +159,11 @@ def test_below_min_nodes_members_stop_and_at_it_they_start_again() -> None:
     assert plan(nodes, stopped, None).action == "wait"
     nodes = three()[0]
     assert plan(nodes, stopped, None).action == "start"
+    # a stopped member whose process has not ended yet holds its data directory: a new one
+    # started beside it would fail, so the members start again only once it has ended
+    ending = [stopped[0] | {"stopping": True}, *stopped[1:]]
+    step = plan(nodes, ending, None)
+    assert step.action == "wait" and "have not ended yet" in step.reason, step
 
 
 def test_growth_adds_one_member_at_a_time_on_a_free_node() -> None:

@@ -252,7 +252,9 @@ def plan_store_step(
     1. fewer ready nodes than `min_nodes`: stop every running member (data kept); wait;
     2. no member at all: bootstrap one on the best ready node (members run only on nodes with
        a TLS certificate, `node_tls`);
-    3. a stopped member: start them all again, on their data;
+    3. a stopped member: start them all again, on their data, once no stopped member's
+       process still runs (a task stops gracefully; two processes on one data dir: the second
+       fails);
     4. a member started with `--force-new-cluster` (`forced`, after a move): once it answers,
        settle it (its new peer URL in etcd, its service without the flag); wait till then;
     4b. every member's node came back on another address and none answers (the whole cloud
@@ -302,6 +304,14 @@ def plan_store_step(
             node=str(best.get("name")),
         )
     stopped = sorted(s["member"] for s in services if not s["running"])
+    stopping = sorted(s["member"] for s in services if s.get("stopping"))
+    if stopping:
+        return StoreStep(
+            "wait",
+            f"{len(ready)} ready nodes reach min_nodes {need}, but the processes of "
+            f"{', '.join(stopping)} have not ended yet: starting the members again once they "
+            "have (a member's data directory takes one process)",
+        )
     if stopped:
         return StoreStep(
             "start",
