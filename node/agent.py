@@ -428,8 +428,9 @@ class Agent:
         return recovered
 
     async def check_membership(self) -> None:
-        """Between steps: notice a swarm membership that stopped working and, once it has been
-        broken for FORGOTTEN_AFTER seconds and the cloud confirms it forgot this node, rejoin."""
+        """Between steps: notice a swarm membership that stopped working (or a worker whose
+        manager's copy of the nodes no longer has it) and, once it has been so for
+        FORGOTTEN_AFTER seconds and the cloud confirms it forgot this node, rejoin."""
         try:
             info = await self.engine.info()
         except EngineError:
@@ -443,6 +444,8 @@ class Agent:
                 await self.engine.node(swarm["NodeID"])
             except EngineError:
                 working = False
+        elif working and self._forgotten_by_copy(swarm.get("NodeID")):
+            working = False
         if working:
             self._inactive_since = None
             if swarm.get("NodeID") and swarm["NodeID"] != self.node_id:
@@ -457,6 +460,22 @@ class Agent:
             or await self._rejoin_if_forgotten()
         ):
             await self._became_member()
+
+    def _forgotten_by_copy(self, node_id: str | None) -> bool:
+        """Whether this worker's copy of the cloud's nodes (a manager's watch stream) lacks its
+        own swarm ID. A worker's engine whose node the cloud removed stays "active" (seen after
+        the autopilot removed a worker still in Raft, decision 0034): only the managers know.
+        `_rejoin_if_forgotten` asks them again before anything is done."""
+        answer = self.copy.answer("nodes")
+        if not node_id or answer is None:
+            return False
+        try:
+            records = json.loads(answer[0])
+        except ValueError:
+            return False
+        if not isinstance(records, list) or not records:
+            return False
+        return not any(isinstance(r, dict) and r.get("id") == node_id for r in records)
 
     async def _rejoin_if_forgotten(self) -> bool:
         """True if the cloud answered that this node is not a member and the node joined again.

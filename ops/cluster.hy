@@ -89,6 +89,9 @@
    "managers" (+ f"{(get view "reachable")}/{(get view "managers")} reachable"
                  (if (get view "joining")
                      f", {(.join ", " (get view "joining"))} joining"
+                     "")
+                 (if (get view "leftover")
+                     f", {(.join ", " (get view "leftover"))} a worker still in Raft"
                      ""))
    "quorum" (get view "quorum")
    "quorum_margin" (get view "margin")
@@ -104,7 +107,8 @@
   "One summary of the cloud: id, leader, managers reachable/total, quorum margin, workers, services.
 
   quorum_margin is how many more managers may be lost before Raft stops every change (a
-  manager promoted a moment ago counts once it is in Raft: until then it shows as joining); services
+  manager promoted a moment ago counts once it is in Raft: until then it shows as joining; a
+  worker still in Raft, left over by a demotion, counts as the engines count it); services
   show their replicas as running/desired; nodes_down names the nodes that are not ready.
 
     (:quorum-margin (status))  ; 0: losing one more manager stops every change"

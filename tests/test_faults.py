@@ -10,12 +10,16 @@
   shown to know another manager (demoted, it would be a worker that knows none).
 - The leader's agent killed (its dockerd still leads): the first follower by name stands in,
   replaces a manager lost meanwhile and publishes the list; it stops when that agent is back.
+- A leftover Raft member: a demoted manager cut off before its worker certificate came
+  restarts its manager and joins Raft again as a worker; the engines count one manager more
+  than the roles show, and the autopilot removes that node so Swarm drops the member.
 """
 
 from __future__ import annotations
 
 import json
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -387,3 +391,125 @@ def test_a_follower_stands_in_while_the_leaders_agent_is_dead(
     assert [r["result"] for r in recent if r["action"] == "stand-in"] == ["acting", "stopped"]
     print(f"stood in {took:.1f} s after the kill; the lost manager replaced and unlisted in "
           f"{replaced:.1f} s")  # fmt: skip
+
+
+# --- a leftover Raft member: a worker still in Raft (decision 0034) -----------------------------
+
+REMOVED_FROM_RAFT = "manager removed from raft cluster, stopping manager"
+RESTARTING = "failed to get worker role after manager stop, restarting manager"
+
+
+def engine_managers(cloud: LocalCloud, node: str) -> tuple[int, list[dict[str, Any]]]:
+    """By `node`'s own engine (a manager's): its count of managers (`docker info`
+    Swarm.Managers, the nodes with a Raft member) and its node list."""
+    out = cloud.docker(node, "info", "--format", "{{json .Swarm.Managers}}")
+    return int(out.stdout.strip()), engine_nodes(cloud, node)
+
+
+@pytest.mark.cloud
+def test_a_demoted_manager_that_joined_raft_again_as_a_worker_is_removed_from_raft(
+    make_cloud: MakeCloud,
+) -> None:
+    """Swarm's own fault, built on purpose: a manager is demoted, and cut off the moment Raft
+    removed it, before its worker certificate came. swarmkit waits twice 16 s for that
+    certificate, then restarts the manager; healed, the node joins Raft again under a new Raft
+    ID and then gets its worker certificate: a worker whose Raft member stays, unreachable,
+    which swarmkit never removes (its role already is the desired one). The engines count one
+    manager more than the roles show. The autopilot removes the node (Swarm drops the member),
+    the node's agent joins again, and the engines count the managers the roles show."""
+    cloud = make_cloud(nodes=4, spec=FAST)
+    key = Path(cloud.record["operator_key"])
+    ready = wait_until(
+        lambda: (
+            (nodes := api_get(cloud, "/v1/nodes"))
+            and sum(n["state"] == "ready" for n in nodes) == 4
+            and sum(n["reachability"] == "reachable" for n in nodes) == 3
+            and nodes
+        ),
+        120,
+        "4 ready nodes, 3 of them reachable managers",
+    )
+    leader = next(n for n in ready if n["leader"])
+    spare = next(n for n in ready if n["role"] == "worker")
+    # the manager to demote: not the leader, and not the one the worker joined by (so that
+    # the worker can be promoted in its stead while it is cut off)
+    victim = next(
+        n
+        for n in ready
+        if n["role"] == "manager"
+        and not n["leader"]
+        and n["manager_addr"] != spare["labels"].get("hyops.joined-via")
+    )
+    name = victim["name"]
+    # drained, so that the autopilot promotes the worker in its stead, not it again
+    answer = signed(
+        "POST",
+        f"{cloud.api(leader['name'])}/v1/nodes/{name}/availability",
+        key,
+        {"availability": "drain"},
+    )
+    assert answer.status_code == 200, answer.text
+    dockerd_log = cloud.node_dir(name) / "dockerd.log"
+    start = dockerd_log.stat().st_size
+
+    def new_lines() -> str:
+        with dockerd_log.open("rb") as f:
+            f.seek(start)
+            return f.read().decode(errors="replace")
+
+    answers: list[httpx.Response] = []
+    demote = threading.Thread(
+        target=lambda: answers.append(
+            signed("POST", f"{cloud.api(leader['name'])}/v1/nodes/{name}/demote", key)
+        )
+    )
+    demote.start()
+    # cut off the moment Raft removed it: before the leader sets its role to worker and its
+    # engine renews its certificate
+    wait_until(lambda: REMOVED_FROM_RAFT in new_lines(), 30, f"Raft to remove {name}", every=0.01)
+    cloud.partition(name)
+    demote.join(30)
+    assert answers and answers[0].status_code == 200, answers and answers[0].text
+    assert "role changed to worker" not in new_lines(), "its worker certificate came first"
+    try:
+        wait_until(lambda: RESTARTING in new_lines(), 90, f"{name}'s engine to restart its manager")
+    finally:
+        cloud.heal(name)
+    # the node's engine is in Raft again as a worker: the autopilot sees it and removes it;
+    # its agent joins the cloud again (a new swarm ID), and the managers are the roles' 3
+    # (the worker was promoted while the demoted one was cut off)
+
+    seen: dict[str, Any] = {}
+
+    def engines_agree() -> bool:
+        managers, entries = engine_managers(cloud, leader["name"])
+        seen.update(managers=managers, nodes=[
+            (e["Hostname"], e["ID"][:6], e["Status"], e["ManagerStatus"]) for e in entries
+        ])  # fmt: skip
+        with_status = [e for e in entries if e["ManagerStatus"]]
+        return (
+            managers == 3
+            and len(with_status) == 3
+            and all(e["ManagerStatus"] in ("Leader", "Reachable") for e in with_status)
+            and sorted(e["Hostname"] for e in entries if e["Status"] == "Ready")
+            == sorted(n["name"] for n in ready)
+            and len(entries) == 4
+        )
+
+    try:
+        wait_until(engines_agree, 180, "the engines to count 3 reachable managers of 4 Ready nodes")
+    except AssertionError as exc:
+        status = api_get(cloud, "/v1/autopilot")
+        own = cloud.docker(name, "info", "--format", "{{json .Swarm}}", check=False).stdout
+        tail = (cloud.node_dir(name) / "agent.log").read_text().splitlines()[-12:]
+        raise AssertionError(
+            f"{exc}; the engines: {seen}; the autopilot: {status}; {name}'s engine: {own}; "
+            f"its agent: {tail}"
+        ) from None
+    recent = api_get(cloud, "/v1/autopilot")["recent"]
+    removed = [r for r in recent if "left over by a demotion" in str(r)]
+    assert removed and name in str(removed[0]), recent
+    mine = [e for e in engine_nodes(cloud, leader["name"]) if e["Hostname"] == name]
+    assert len(mine) == 1 and mine[0]["ID"] != victim["id"] and not mine[0]["ManagerStatus"]
+    log = (cloud.node_dir(name) / "agent.log").read_text()
+    assert "no longer knows this node's swarm ID" in log

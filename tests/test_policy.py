@@ -23,6 +23,7 @@ from wire.policy import (
     check_demote_view,
     check_promote,
     fault_tolerance,
+    is_leftover,
     is_reachable_manager,
     manager_target,
     plan_step,
@@ -367,12 +368,16 @@ def autopilot_clouds(draw):
         role = draw(st.sampled_from(["manager", "worker"]))
         state = draw(st.sampled_from(["ready", "ready", "ready", "down"]))
         reachable = role == "manager" and state == "ready" and draw(st.booleans())
+        # now and then a worker still in Raft (a leftover of a demotion, issue 17)
+        leftover = role == "worker" and draw(st.integers(0, 5)) == 0
         nodes.append(
             node(
                 f"n{i}",
                 role,
                 state,
-                ("reachable" if reachable else "unreachable") if role == "manager" else None,
+                ("reachable" if reachable else "unreachable")
+                if role == "manager" or leftover
+                else None,
                 cpus=draw(st.sampled_from([1.0, 2.0, 8.0])),
             )
         )
@@ -409,9 +414,11 @@ def apply(nodes, step):
 
 
 def safety(nodes):
-    managers = [n for n in nodes if n["role"] == "manager"]
-    reachable = [n for n in managers if is_reachable_manager(n)]
-    return len(managers), len(reachable)
+    """The Raft members and the reachable ones, as the engines count them: a worker still in
+    Raft (a leftover) counts; a manager not in Raft yet does not."""
+    members = [n for n in nodes if n["reachability"] is not None]
+    reachable = [n for n in members if n["reachability"] == "reachable" and n["state"] == "ready"]
+    return len(members), len(reachable)
 
 
 EVENTS = st.lists(
@@ -426,7 +433,7 @@ EVENTS = st.lists(
 def test_every_step_keeps_quorum_a_manager_and_the_maximum(nodes, events, maximum):
     spec = {**DEFAULT, "maximum": maximum, "targets": [[1, 1], [3, 3], [5, 5], [7, 7]],
             "stabilization": 2.0, "dead_after": 3.0}  # fmt: skip
-    now, since, away = 0.0, {}, {}
+    now, since, away, left = 0.0, {}, {}, {}
     count, _ = safety(nodes)
     start_above_max = count > maximum
     for kind, pick in [*events, *[("step", 0)] * 30]:
@@ -452,7 +459,11 @@ def test_every_step_keeps_quorum_a_manager_and_the_maximum(nodes, events, maximu
                 away.setdefault(n["name"], now)
             else:
                 away.pop(n["name"], None)
-        step = plan_step(nodes, spec, WEIGHTS, now, since, away)
+            if is_leftover(n):
+                left.setdefault(n["name"], now)
+            else:
+                left.pop(n["name"], None)
+        step = plan_step(nodes, spec, WEIGHTS, now, since, away, leftover_since=left)
         before_count, before_reachable = safety(nodes)
         had_quorum = before_reachable >= quorum(before_count)
         if step.action in ("wait", "none"):
@@ -465,9 +476,11 @@ def test_every_step_keeps_quorum_a_manager_and_the_maximum(nodes, events, maximu
         if step.action == "promote":
             assert after_count <= maximum or start_above_max, f"{step} went above {maximum}"
     count, _ = safety(nodes)
-    final = plan_step(nodes, spec, WEIGHTS, now + 100, since, away)
-    if final.action == "none" and not start_above_max:
-        assert count % 2 == 1, f"at rest with {count} managers"
+    final = plan_step(nodes, spec, WEIGHTS, now + 100, since, away, leftover_since=left)
+    if final.action == "none":
+        assert not any(is_leftover(n) for n in nodes), "at rest with a worker still in Raft"
+        if not start_above_max:
+            assert count % 2 == 1, f"at rest with {count} managers"
 
 
 def test_a_demotion_refused_because_the_node_never_joined_raft_is_told_apart():
@@ -636,6 +649,7 @@ def test_the_safety_view_counts_raft_members_and_names_the_joining_apart():
         "managers": 2,
         "reachable": 1,
         "joining": ["c"],
+        "leftover": [],
         "quorum": 2,
         "margin": -1,
         "tolerates": 0,
@@ -645,6 +659,7 @@ def test_the_safety_view_counts_raft_members_and_names_the_joining_apart():
         "managers": 3,
         "reachable": 3,
         "joining": [],
+        "leftover": [],
         "quorum": 2,
         "margin": 1,
         "tolerates": 1,
@@ -653,6 +668,7 @@ def test_the_safety_view_counts_raft_members_and_names_the_joining_apart():
         "managers": 0,
         "reachable": 0,
         "joining": [],
+        "leftover": [],
         "quorum": 0,
         "margin": 0,
         "tolerates": 0,
@@ -729,3 +745,93 @@ def test_a_node_not_ready_for_a_moment_does_not_shrink_the_managers():
     # away past dead_after: it no longer counts
     gone = plan_step(nodes, spec, WEIGHTS, 100.0, since, {}, {}, None, {"c": 85.0})
     assert gone.action == "demote"
+
+
+# --- a worker still in Raft: left over by a demotion (issue 17) ---------------------------------
+
+
+def leftover(name: str, reachable: str = "unreachable", state: str = "ready", **more) -> dict:
+    """A worker Swarm still shows a Raft member for (MANAGER STATUS in `docker node ls`): a
+    demoted manager whose worker certificate came late restarted its manager and joined Raft
+    again under a new Raft ID (reproduced in tests/test_faults.py)."""
+    return {**node(name, "worker", state, reachable), **more}
+
+
+def test_a_worker_still_in_raft_counts_as_the_engines_count_it():
+    """The chaos run's figures: the engines counted 6 managers, the roles 5."""
+    nodes = [node(n, "manager", leader=n == "a") for n in "abcde"] + [leftover("f"), node("g")]
+    assert is_leftover(nodes[5]) and not is_leftover(nodes[0]) and not is_leftover(nodes[6])
+    assert safety_view(nodes) == {
+        "managers": 6,
+        "reachable": 5,
+        "joining": [],
+        "leftover": ["f"],
+        "quorum": 4,
+        "margin": 1,
+        "tolerates": 1,
+    }
+    status = _summary({"name": "x", "cloud_id": "c-1"}, nodes, [])
+    assert status["managers"] == "5/6 reachable, f a worker still in Raft"
+    assert (status["quorum"], status["quorum_margin"]) == (4, 1)
+
+
+def test_a_worker_still_in_raft_is_removed_once_seen_for_dead_after_and_nothing_else_meanwhile():
+    nodes = [node(n, "manager", leader=n == "a") for n in "abcde"]
+    nodes += [leftover("f", id="F"), node("g")]
+    spec = {**DEFAULT, "stabilization": 10.0, "dead_after": 10.0}
+    since = {n["name"]: 0.0 for n in nodes}
+    # 7 ready nodes want 7 managers: counted by roles (5) two would be promoted; Raft has 6
+    step = plan_step(nodes, spec, WEIGHTS, 100.0, since, {}, leftover_since={"f": 95.0})
+    assert step.action == "wait", step
+    assert "f is a worker but still in Raft (Raft counts 6 managers, the nodes' roles 5" in (
+        step.reason
+    )
+    step = plan_step(nodes, spec, WEIGHTS, 100.0, since, {}, leftover_since={"f": 90.0})
+    assert (step.action, step.node, step.node_id) == ("remove", "f", "F")
+    assert "left over by a demotion" in step.reason and "its agent joins" in step.reason
+    # without the clock (a new leader's first look) it is seen from now: a wait, not a removal
+    assert plan_step(nodes, spec, WEIGHTS, 100.0, since, {}).action == "wait"
+
+
+def test_a_reachable_leftover_is_removed_only_where_quorum_stays_a_dead_manager_goes_first():
+    a = node("a", "manager", leader=True)
+    b = node("b", "manager", "down", "unreachable")
+    c = leftover("c", reachable="reachable")  # its manager still runs: it votes
+    spec = {**DEFAULT, "stabilization": 10.0, "dead_after": 10.0}
+    since = {"a": 0.0, "c": 0.0}
+    # 3 members, 2 reachable: removing c leaves 1 of 2, below the quorum of 2
+    step = plan_step([a, b, c], spec, WEIGHTS, 100.0, since, {"b": 95.0}, leftover_since={"c": 0})
+    assert step.action == "wait" and "fewer than the quorum of 2" in step.reason
+    # the dead manager is demoted first (a and c keep the quorum of the 2 remaining) ...
+    step = plan_step([a, b, c], spec, WEIGHTS, 100.0, since, {"b": 0.0}, leftover_since={"c": 0})
+    assert (step.action, step.node) == ("demote-dead", "b")
+    # ... then c may go: a alone is the quorum of 1
+    b = node("b", "worker", "down", labels={LABEL_DEAD: "t"})
+    step = plan_step([a, b, c], spec, WEIGHTS, 100.0, since, {}, leftover_since={"c": 0.0})
+    assert (step.action, step.node) == ("remove", "c")
+
+
+def test_a_demotion_that_would_leave_a_leftover_deciding_the_quorum_is_refused():
+    a, b = node("a", "manager", leader=True), node("b", "manager")
+    # by roles 2 managers, both reachable: demoting b would leave a alone, fine; but Raft also
+    # has c's member, unreachable: a and c, of which 1 reachable, is below the quorum of 2
+    refusal = check_demote([a, b, leftover("c")], "b")
+    assert refusal is not None and "1 reachable; Raft needs 2" in refusal.reason
+    assert check_demote([a, b, node("c")], "b") is None
+    # a promotion while the leftovers outvote the reachable managers is refused
+    refusal = check_promote([a, leftover("c"), leftover("d"), node("e")], "e")
+    assert refusal is not None and "only 1 of 3 managers are reachable" in refusal.reason
+
+
+def test_an_old_entry_still_in_raft_is_no_twin_the_planner_removes_it_by_its_id():
+    """A member whose Raft ID is stale: the machine joined again under a new ID while its old
+    entry, down, still has a Raft member."""
+    a, c = node("a", "manager", leader=True), node("c", "manager")
+    old = leftover("b", state="down", id="B-old")
+    new = {**node("b"), "id": "B-new"}
+    assert stale_twins([a, old, new, c]) == []
+    assert safety_view([a, old, new, c])["managers"] == 3
+    spec = {**DEFAULT, "stabilization": 10.0, "dead_after": 10.0}
+    since = {"a": 0.0, "b": 0.0, "c": 0.0}
+    step = plan_step([a, old, new, c], spec, WEIGHTS, 100.0, since, {}, leftover_since={"b": 0})
+    assert (step.action, step.node, step.node_id) == ("remove", "b", "B-old")

@@ -59,7 +59,8 @@ ONE_MANAGER = [rec("node-1", "manager", leader=True), rec("node-2"), rec("node-3
 def test_promote_plan_shows_the_change_and_quorum_before_and_after() -> None:
     plan = plan_role(ONE_MANAGER, "node-2", "manager")
     assert plan.changes == ["role: worker -> manager"]
-    view = {"managers": 1, "reachable": 1, "joining": [], "quorum": 1, "margin": 0, "tolerates": 0}
+    view = {"managers": 1, "reachable": 1, "joining": [], "leftover": [], "quorum": 1, "margin": 0,
+            "tolerates": 0}  # fmt: skip
     assert plan.before == view
     assert plan.after == {**view, "managers": 2, "reachable": 2, "quorum": 2}
     assert plan.refusal is None

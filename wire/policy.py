@@ -13,6 +13,14 @@ Node records are the node API's dicts with string keys: `name`, `role` ("manager
 A node promoted a moment ago has role "manager" but no reachability yet: Swarm has not taken
 it into Raft (`ManagerStatus` is empty). Such a *joining* manager is not a Raft member: it
 neither counts towards the quorum nor can Swarm demote it; the rules below count members only.
+
+A Raft member is any node with a reachability (Swarm's `ManagerStatus`, which the engine fills
+from Raft's member list for every node, whatever its role): that is what the engines count
+(`docker info` Swarm.Managers, MANAGER STATUS in `docker node ls`) and what Raft's quorum is
+over. A *leftover* member is one whose node is a worker: a demoted manager that got its worker
+certificate late restarted its manager and joined Raft again under a new Raft ID, and swarmkit's
+role manager never removes it (the node's role already is the desired one). It counts towards
+the quorum like any member; the autopilot removes it (decision 0034).
 """
 
 from __future__ import annotations
@@ -34,9 +42,11 @@ __all__ = [
     "check_remove",
     "fault_tolerance",
     "is_joining",
+    "is_leftover",
     "is_manager",
     "is_member",
     "is_reachable_manager",
+    "is_reachable_member",
     "manager_target",
     "nodes_to_remove",
     "plan_step",
@@ -81,36 +91,50 @@ def is_joining(node: Node) -> bool:
 
 
 def is_member(node: Node) -> bool:
-    """A manager in the Raft group (reachable or not): the ones the quorum is counted over."""
-    return is_manager(node) and node.get("reachability") is not None
+    """A node in the Raft group (reachable or not), whatever its role: the ones the quorum is
+    counted over, as the engines count them (a leftover worker included)."""
+    return node.get("reachability") is not None
+
+
+def is_leftover(node: Node) -> bool:
+    """A Raft member whose node is not a manager: left over by a demotion (see the module)."""
+    return is_member(node) and not is_manager(node)
+
+
+def is_reachable_member(node: Node) -> bool:
+    """A Raft member that counts towards reaching the quorum: reachable and not down (a leftover
+    worker's member too, while its manager still runs)."""
+    return node.get("reachability") == "reachable" and node.get("state") not in (
+        "down",
+        "disconnected",
+    )
 
 
 def is_reachable_manager(node: Node) -> bool:
-    """A manager that counts towards quorum: Swarm sees it reachable and it is not down."""
-    return (
-        is_manager(node)
-        and node.get("reachability") == "reachable"
-        and node.get("state") not in ("down", "disconnected")
-    )
+    """A manager that counts towards quorum and that others may follow: Swarm sees it
+    reachable, it is not down, and its node is a manager."""
+    return is_manager(node) and is_reachable_member(node)
 
 
 def safety_view(nodes: Sequence[Node]) -> dict[str, Any]:
     """The managers' safety numbers over node records: the one view `(status)`, the console's
     plans and the autopilot (`GET /v1/autopilot`) all show, so they always agree.
 
-    `managers`: how many managers are Raft members (reachable or not); `reachable`: how many of
-    them are reachable; `joining`: the names of managers promoted but not in Raft yet (they do
-    not count); `quorum`: the majority of the members Raft needs; `margin`: reachable minus
-    quorum (negative: quorum lost); `tolerates`: how many more managers may be lost (never
-    below 0).
+    `managers`: how many Raft members there are (reachable or not), as the engines count them;
+    `reachable`: how many of them are reachable; `joining`: the names of managers promoted but
+    not in Raft yet (they do not count); `leftover`: the names of workers still in Raft (they
+    count, see `is_leftover`); `quorum`: the majority of the members Raft needs; `margin`:
+    reachable minus quorum (negative: quorum lost); `tolerates`: how many more managers may be
+    lost (never below 0).
     """
     members = sum(1 for n in nodes if is_member(n))
-    reachable = sum(1 for n in nodes if is_reachable_manager(n))
+    reachable = sum(1 for n in nodes if is_reachable_member(n))
     needed = quorum(members)
     return {
         "managers": members,
         "reachable": reachable,
         "joining": [str(n.get("name")) for n in nodes if is_joining(n)],
+        "leftover": [str(n.get("name")) for n in nodes if is_leftover(n)],
         "quorum": needed,
         "margin": reachable - needed,
         "tolerates": max(0, reachable - needed),
@@ -151,18 +175,18 @@ def check_demote(nodes: Sequence[Node], name: str) -> Refusal | None:
             hint="try again in a few seconds; a node that never joins is removed by the "
             "autopilot and joins the cloud again",
         )
-    managers = [n for n in nodes if is_member(n)]
-    if len(managers) <= 1:
+    managers = [n for n in nodes if is_member(n)]  # a leftover worker's member counts too
+    if sum(1 for n in managers if is_manager(n)) <= 1:
         return Refusal(
             reason=f"{name} is the last manager; demoting it would erase the cloud's state",
             hint="promote another ready node first, then demote this one",
         )
     remaining = len(managers) - 1
-    reachable_after = sum(1 for n in managers if n is not node and is_reachable_manager(n))
+    reachable_after = sum(1 for n in managers if n is not node and is_reachable_member(n))
     needed = quorum(remaining)
     if reachable_after < needed:
         down = sorted(
-            str(n.get("name")) for n in managers if n is not node and not is_reachable_manager(n)
+            str(n.get("name")) for n in managers if n is not node and not is_reachable_member(n)
         )
         return Refusal(
             reason=(
@@ -267,12 +291,17 @@ def stale_twins(nodes: Sequence[Node]) -> list[Node]:
     """The old entries of machines that joined the swarm again: a worker that is not ready whose
     name is also a ready node's. Swarm keeps a node's old entry (down) when its engine leaves
     and joins again under a new ID (its agent refreshing its way into Raft, node/agent.py); the
-    autopilot plans without them and removes them at once (each by its ID: they share a name)."""
+    autopilot plans without them and removes them at once (each by its ID: they share a name).
+    An old entry still in Raft (a leftover, `is_leftover`) is no twin here: the planner counts
+    it as Raft does and removes it (`plan_step`, step 2)."""
     ready = {n.get("name") for n in nodes if n.get("state") == "ready"}
     return [
         n
         for n in nodes
-        if not is_manager(n) and n.get("state") != "ready" and n.get("name") in ready
+        if not is_member(n)
+        and not is_manager(n)
+        and n.get("state") != "ready"
+        and n.get("name") in ready
     ]
 
 
@@ -298,7 +327,7 @@ def check_promote(nodes: Sequence[Node], name: str) -> Refusal | None:
             "or promote another ready worker",
         )
     managers = [n for n in nodes if is_member(n)]
-    reachable = sum(1 for n in managers if is_reachable_manager(n))
+    reachable = sum(1 for n in managers if is_reachable_member(n))
     if reachable < quorum(len(managers)):
         return Refusal(
             reason=(
@@ -403,6 +432,58 @@ def _fmt(node: Node, weights: Mapping[str, float]) -> str:
     )
 
 
+def _leftover_step(
+    nodes: Sequence[Node],
+    members: Sequence[Node],
+    voting: Sequence[Node],
+    count: int,
+    dead_after: float,
+    now: float,
+    leftover_since: Mapping[str, float] | None,
+) -> Step | None:
+    """Step 2 of `plan_step` for leftover members (workers still in Raft): the removal of the
+    first one seen for `dead_after` whose removal keeps the quorum, else a wait saying why;
+    None when there is none."""
+    leftovers = sorted((n for n in nodes if is_leftover(n)), key=lambda n: str(n.get("name")))
+    if not leftovers:
+        return None
+    names = ", ".join(str(n.get("name")) for n in leftovers)
+    counts = (
+        f"Raft counts {_plural(len(members), 'manager')}, the nodes' roles "
+        f"{_plural(count, 'manager')}"
+    )
+    unsafe: Step | None = None
+    for node in leftovers:
+        name = str(node.get("name"))
+        seen = now - (leftover_since or {}).get(name, now)
+        if seen < dead_after:
+            continue
+        after = len(voting) - (1 if is_reachable_member(node) else 0)
+        if after < quorum(len(members) - 1):
+            unsafe = unsafe or Step(
+                "wait",
+                None,
+                f"{name} is a worker still in Raft ({node.get('reachability')}; {counts}), but "
+                f"removing it would leave {after} of {len(members) - 1} reachable, fewer than "
+                f"the quorum of {quorum(len(members) - 1)}: waiting for the other managers",
+            )
+            continue
+        return Step(
+            "remove",
+            name,
+            f"{name} is a worker but still a Raft member ({node.get('reachability')}) for "
+            f"{seen:.0f} s, left over by a demotion ({counts}): removing the node so Swarm "
+            "drops the member; its agent joins the cloud again",
+            node.get("id"),
+        )
+    return unsafe or Step(
+        "wait",
+        None,
+        f"{names} {'is a worker' if len(leftovers) == 1 else 'are workers'} but still in Raft "
+        f"({counts}): removed once seen for {dead_after:g} s; no other change meanwhile",
+    )
+
+
 def plan_step(
     nodes: Sequence[Node],
     managers_spec: Mapping[str, Any],
@@ -413,6 +494,7 @@ def plan_step(
     demoted_since: Mapping[str, float] | None = None,
     reachable_since: Mapping[str, float] | None = None,
     not_ready_since: Mapping[str, float] | None = None,
+    leftover_since: Mapping[str, float] | None = None,
 ) -> Step:
     """The one membership change to make now (or why none), as a pure function.
 
@@ -422,8 +504,15 @@ def plan_step(
 
     1. quorum lost: change nothing (Raft could not commit it; recovery is an operator's job and
        the autopilot never forces a new cluster); the quorum is counted over Raft members, not
-       over managers still joining;
-    2. a manager unreachable for `dead_after`: demote it (only where quorum stays), mark it;
+       over managers still joining, and a leftover worker's member counts (`is_leftover`);
+    2. a leftover member (a worker still in Raft) seen for `dead_after` (`leftover_since`):
+       remove its node from the swarm, which is how Swarm drops the member (its role manager
+       evicts the members of removed nodes, never below quorum: an unreachable one always, a
+       reachable one only while the others keep the quorum); its agent joins the cloud again.
+       Until then, and while a removal would lose the quorum, only the dead managers' steps
+       below (2 and 3) may be taken, which never lower the margin; nothing else changes (the
+       target and the odd count would be judged on managers the engines do not count);
+       then a manager unreachable for `dead_after`: demote it (only where quorum stays), mark it;
        a joining manager that never got into Raft (down after `dead_after`, or still out after
        `JOIN_GIVE_UP`): remove it, so its agent joins again through a current manager (dockerd
        joins Raft only through the manager it first joined by, which may be gone);
@@ -446,20 +535,26 @@ def plan_step(
        5 promotes the better node.
     """
     managers = [n for n in nodes if is_manager(n)]
-    members = [n for n in managers if is_member(n)]
+    # the Raft members as the engines count them: a leftover worker's member too
+    members = [n for n in nodes if is_member(n)]
+    voting = [n for n in members if is_reachable_member(n)]
+    # the managers a demoted engine or a promoted one may follow: reachable, and managers
     reachable = [n for n in members if is_reachable_manager(n)]
     count = len(managers)
     if not members:
         return Step("wait", None, "no manager is known: nothing can be changed")
-    if len(reachable) < quorum(len(members)):
+    if len(voting) < quorum(len(members)):
         return Step(
             "wait",
             None,
-            f"quorum lost: {len(reachable)} of {len(members)} managers reachable, "
+            f"quorum lost: {len(voting)} of {len(members)} managers reachable, "
             f"{quorum(len(members))} needed; an operator must bring managers back (the "
             "autopilot never forces a new cluster)",
         )
     dead_after = float(managers_spec["dead_after"])
+    leftover = _leftover_step(nodes, members, voting, count, dead_after, now, leftover_since)
+    if leftover is not None and leftover.action == "remove":
+        return leftover
     unreachable = [n for n in managers if not is_reachable_manager(n)]
     for node in sorted(unreachable, key=lambda n: str(n.get("name"))):
         if not is_joining(node):
@@ -503,6 +598,8 @@ def plan_step(
                 f"{node.get('name')} was a dead manager and is demoted: removing it from the swarm",
                 node.get("id"),
             )
+    if leftover is not None:
+        return leftover
     settling = sorted(
         str(n.get("name"))
         for n in nodes

@@ -15,6 +15,7 @@ from wire.policy import (
     DEMOTED_SETTLE,
     LABEL_DEAD,
     Step,
+    is_leftover,
     is_manager,
     is_reachable_manager,
     plan_step,
@@ -43,6 +44,7 @@ class Managers:
         self.demoted_since: dict[str, float] = {}  # nodes this autopilot demoted, and when
         self.reachable_since: dict[str, float] = {}  # managers reachable without a break since
         self.not_ready_since: dict[str, float] = {}  # nodes not ready without a break since
+        self.leftover_since: dict[str, float] = {}  # workers still in Raft without a break since
 
     def forget(self) -> None:
         """Start the clocks afresh (this node just began to lead)."""
@@ -51,9 +53,11 @@ class Managers:
         self.demoted_since.clear()
         self.reachable_since.clear()
         self.not_ready_since.clear()
+        self.leftover_since.clear()
 
     def observe(self, records: list[dict[str, Any]], now: float) -> None:
-        """Note since when each node is ready and each manager unreachable (by `now`)."""
+        """Note since when each node is ready, each manager unreachable and each worker still a
+        Raft member (a leftover, `wire.policy.is_leftover`), by `now`."""
         names = {r["name"] for r in records}
         for r in records:
             name = r["name"]
@@ -71,12 +75,19 @@ class Managers:
                 self.reachable_since.setdefault(name, now)
             else:
                 self.reachable_since.pop(name, None)
+        # by name, over all the entries of that name (a machine that joined again has two)
+        leftovers = {r["name"] for r in records if is_leftover(r)}
+        for name in leftovers:
+            self.leftover_since.setdefault(name, now)
+        for name in set(self.leftover_since) - leftovers:
+            del self.leftover_since[name]
         tables = (
             self.ready_since,
             self.unreachable_since,
             self.demoted_since,
             self.reachable_since,
             self.not_ready_since,
+            self.leftover_since,
         )
         for table in tables:
             for name in set(table) - names:
@@ -97,6 +108,7 @@ class Managers:
             self.demoted_since,
             self.reachable_since,
             self.not_ready_since,
+            self.leftover_since,
         )
 
     async def act(self, step: Step) -> bool:

@@ -120,7 +120,8 @@ function renderSummary(view) {
   const rows = [
     ["Leader", leader ? leader.name : "none (no leader: changes are stopped)"],
     ["Managers", `${s.reachable} of ${s.managers} reachable` +
-      (s.joining.length ? `, ${s.joining.join(", ")} joining` : "")],
+      (s.joining.length ? `, ${s.joining.join(", ")} joining` : "") +
+      (s.leftover && s.leftover.length ? `, ${s.leftover.join(", ")} a worker still in Raft` : "")],
     ["Quorum", `${s.quorum} managers needed`],
     ["Margin", s.margin < 0 ? `${s.margin}: quorum LOST, no change can be made`
       : s.margin === 0 ? "0: losing one more manager stops every change"
