@@ -93,7 +93,9 @@ def start_console(
         timeout=20,
     )
     console = Console(child)
-    console.wait_for(f"hyops console: workspace {re.escape(str(workspace.root))}")
+    # a start compiles every ops module again where bytecode is not written (CI's
+    # PYTHONDONTWRITEBYTECODE): seconds on a busy machine, so the first screen gets longer
+    console.wait_for(f"hyops console: workspace {re.escape(str(workspace.root))}", timeout=60)
     console.wait_for("=>")
     return console
 
