@@ -317,7 +317,10 @@ def test_a_follower_stands_in_while_the_leaders_agent_is_dead(
     leader = next(n["name"] for n in ready if n["leader"])
     stand_in, other = sorted(n["name"] for n in ready if n["role"] == "manager" and not n["leader"])
     worker = next(n["name"] for n in ready if n["role"] == "worker")
-    assert own_autopilot(cloud, stand_in)["stand_in"]["acting"] is False
+    looked = wait_until(  # a manager promoted a moment ago has not looked yet (None)
+        lambda: own_autopilot(cloud, stand_in)["stand_in"], 15, f"{stand_in}'s first look"
+    )
+    assert looked["acting"] is False
     # a hang shorter than stand_in_after (a slow agent, not a dead one): nobody stands in
     cloud.pause(leader, agent_only=True)
     time.sleep(1.5)  # the hang's length, not a wait for something
