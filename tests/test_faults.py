@@ -139,12 +139,9 @@ def engine_nodes(cloud: LocalCloud, node: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in out.stdout.splitlines()]
 
 
-@pytest.mark.cloud
-def test_a_worker_whose_way_into_raft_is_gone_joins_again_before_it_is_promoted(
-    make_cloud: MakeCloud,
-) -> None:
-    cloud = make_cloud(nodes=4, spec=FAST)
-    ready = wait_until(
+def four_ready_three_managers(cloud: LocalCloud) -> list[dict[str, Any]]:
+    """The node records once 4 nodes are ready and 3 of them reachable managers."""
+    return wait_until(
         lambda: (
             (nodes := api_get(cloud, "/v1/nodes"))
             and sum(n["state"] == "ready" for n in nodes) == 4
@@ -154,6 +151,14 @@ def test_a_worker_whose_way_into_raft_is_gone_joins_again_before_it_is_promoted(
         120,
         "4 ready nodes, 3 of them reachable managers",
     )
+
+
+@pytest.mark.cloud
+def test_a_worker_whose_way_into_raft_is_gone_joins_again_before_it_is_promoted(
+    make_cloud: MakeCloud,
+) -> None:
+    cloud = make_cloud(nodes=4, spec=FAST)
+    ready = four_ready_three_managers(cloud)
     leader = next(n for n in ready if n["leader"])
     worker = next(n for n in ready if n["role"] == "worker")
     # the precondition of the hole: the worker's engine joined through the leader
@@ -304,16 +309,7 @@ def test_a_follower_stands_in_while_the_leaders_agent_is_dead(
     stands in: when the other follower's machine is lost, it is replaced by the worker and the
     list stops naming it, the leader's agent still dead. That agent back, the stand-in stops."""
     cloud = make_cloud(nodes=4, spec=STAND_IN)
-    ready = wait_until(
-        lambda: (
-            (nodes := api_get(cloud, "/v1/nodes"))
-            and sum(n["state"] == "ready" for n in nodes) == 4
-            and sum(n["reachability"] == "reachable" for n in nodes) == 3
-            and nodes
-        ),
-        120,
-        "4 ready nodes, 3 of them reachable managers",
-    )
+    ready = four_ready_three_managers(cloud)
     leader = next(n["name"] for n in ready if n["leader"])
     stand_in, other = sorted(n["name"] for n in ready if n["role"] == "manager" and not n["leader"])
     worker = next(n["name"] for n in ready if n["role"] == "worker")
@@ -422,16 +418,7 @@ def test_a_demoted_manager_that_joined_raft_again_as_a_worker_is_removed_from_ra
     the node's agent joins again, and the engines count the managers the roles show."""
     cloud = make_cloud(nodes=4, spec=FAST)
     key = Path(cloud.record["operator_key"])
-    ready = wait_until(
-        lambda: (
-            (nodes := api_get(cloud, "/v1/nodes"))
-            and sum(n["state"] == "ready" for n in nodes) == 4
-            and sum(n["reachability"] == "reachable" for n in nodes) == 3
-            and nodes
-        ),
-        120,
-        "4 ready nodes, 3 of them reachable managers",
-    )
+    ready = four_ready_three_managers(cloud)
     leader = next(n for n in ready if n["leader"])
     spare = next(n for n in ready if n["role"] == "worker")
     # the manager to demote: not the leader, and not the one the worker joined by (so that
