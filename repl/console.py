@@ -272,6 +272,9 @@ def main(args: argparse.Namespace) -> int:
         print(f"hyops: {e}", file=sys.stderr)
         return 1
     vi_mode = bool(getattr(args, "vi", False)) or os.environ.get("HYOPS_VI_MODE") == "1"
+    # an interactive session completes names from the first key: Clojure's macros (hyrule,
+    # loaded lazily for one-shots, decision 0032) are taken in now, not during the first Tab
+    session.namespace["_hy_macros"].load()
     console = HyRepl(session, history_filename=history_file(session.workspace), vi_mode=vi_mode)
     print(banner(session), flush=True)
     try:
