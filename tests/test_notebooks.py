@@ -118,6 +118,13 @@ def changes_of(cloud: LocalCloud, report: Path) -> list[dict]:
 
 def test_tour_runs_green_and_reports_every_node(cloud: LocalCloud) -> None:
     wait_until(lambda: hyops(cloud, "eval", "(len (nodes))").stdout.strip() == "4", 90, "4 nodes")
+    # the node API answers from its live model, whose task counts follow the engine's within a
+    # bounded wait (node/model.py: task changes emit no event): the tour reads them too
+    wait_until(
+        lambda: hyops(cloud, "eval", '(get (get (services) 0) "running")').stdout.strip() == "2",
+        30,
+        "the node API to count web's 2 running tasks",
+    )
     before = cloud_state(cloud)
     result = hyops(cloud, "run", "notebooks/tour.hy")
     assert result.returncode == 0, result.stdout + result.stderr
