@@ -318,8 +318,14 @@ def write_list(cloud: LocalCloud, text: str) -> None:
 
 
 def health(cloud: LocalCloud, node: str) -> dict:
+    """The node's `/v1/health`; an agent that has just started may log (and try the list)
+    before its API serves (decision 0032): a refused connection is waited out, briefly."""
     url = cloud.node_info(node)["api"] + "/v1/health"
-    return httpx.get(url, timeout=5, verify=agents_tls()).json()
+
+    def answer() -> dict:
+        return httpx.get(url, timeout=5, verify=agents_tls()).json()
+
+    return wait_until(answer, 30, f"{node}'s agent to answer /v1/health")
 
 
 def agent_log(cloud: LocalCloud, node: str) -> str:
