@@ -390,6 +390,17 @@ def test_drain_moves_the_tasks_away_and_activate_takes_them_again(
     target = names.w2
     # Swarm spreads three replicas over three active nodes: one runs on the target
     wait_until(lambda: running_on().get(target) == 1, 60, f"a web task on {target}")
+    # the node API answers from its live model, whose tasks follow the engine's within a
+    # bounded wait (node/model.py: task changes emit no event); the plan reads them there
+    wait_until(
+        lambda: [
+            t
+            for t in ev(session, '(tasks "web")')
+            if t["node"] == target and t["state"] == "running"
+        ],
+        30,
+        f"the node API to show web's task running on {target}",
+    )
     plan = ev(session, f'(drain! "{target}" :dry-run True)')
     assert any(f"1 running task(s) move off {target}: web." in n for n in plan["notes"])
     done = ev(session, f'(drain! "{target}" :yes True)')
