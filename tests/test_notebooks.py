@@ -250,6 +250,17 @@ def test_replace_dead_manager_demotes_it_and_promotes_a_worker(cloud: LocalCloud
         return (node.get("ManagerStatus") or {}).get("Reachability") == "reachable"
 
     wait_until(lambda: all(reachable(n) for n in others[:2]), 90, "three reachable managers")
+    # the runbook reads (nodes) from the node API's live model, which follows a reachability
+    # change within a bounded wait (no event announces it): wait as a user would
+    wait_until(
+        lambda: all(
+            json.loads(hyops(cloud, "eval", f'(:reachability (node "{n}"))').stdout or "null")
+            == "reachable"
+            for n in others[:2]
+        ),
+        60,
+        "the node API to show three reachable managers",
+    )
     cloud.kill_agent(victim)
     cloud.kill_dockerd(victim)
     wait_until(
