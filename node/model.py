@@ -8,8 +8,9 @@ says *which collection changed*, and that collection is then read again from the
 - the engine's event stream (`GET /events`, types node, service, container, daemon): each event
   marks its collection dirty and a refresher re-reads it within `DEBOUNCE` seconds;
 - a periodic correction: every collection is read again every `CORRECT_EVERY` seconds (events
-  can be missed across reconnects), services and tasks every `TASKS_EVERY` seconds (Swarm
-  emits no event when a task on another node changes state);
+  can be missed across reconnects), services, tasks and nodes every `TASKS_EVERY` seconds
+  (Swarm emits no event when a task on another node changes state, nor when a manager's
+  reachability or a node's readiness does);
 - a dropped stream (dockerd restarted or gone) makes the model *unfed* at once: reads go through
   to the engine again until the stream is back and a full read has rebuilt every collection.
 
@@ -58,7 +59,7 @@ log = logging.getLogger("hyops.model")
 
 DEBOUNCE = 0.05  # seconds a burst of events is gathered before the re-read
 CORRECT_EVERY = 10.0  # seconds between full reads while the stream runs
-TASKS_EVERY = 2.0  # seconds between reads of services and tasks (task changes emit no event)
+TASKS_EVERY = 2.0  # seconds between reads of services, tasks and nodes (changes with no event)
 RECONNECT = (0.1, 2.0)  # first and longest wait before reconnecting a dropped stream
 
 # what the model keeps; the swarm's collections answer only on a manager
@@ -302,7 +303,9 @@ class Model:
                 self._mark(COLLECTIONS)
                 last_full = last_tasks = now
             elif now - last_tasks >= self.tasks_every:
-                self._mark(("services", "tasks"))
+                # nodes too: a manager's reachability and a node's readiness change with no
+                # event (a promoted manager read "unreachable" until the 10 s correction)
+                self._mark(("services", "tasks", "nodes"))
                 last_tasks = now
             self._dirty.clear()
             rebuilding = self.fed_since is None
