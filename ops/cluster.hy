@@ -29,13 +29,20 @@
   connection as it was. Returns what (cloud) returns for the new connection."
   (connect target :key key :via via))
 
-(defn nodes []
+(defn _fresh [fresh]
+  "The query that makes an agent read through to the engine instead of its live model."
+  (when fresh {"fresh" "true"}))
+
+(defn nodes [* [fresh False]]
   "The cloud's nodes, managers first, as records: name, role, state, leader, availability, addr.
 
   Also: id, reachability (managers), cpus, memory, labels, engine version, api.
   Each node is a dict with string keys, so `(:role n)` works:
-    (->> (nodes) (filter (fn [n] (= (:role n) \"manager\"))) (list))"
-  (call "GET" "/v1/nodes"))
+    (->> (nodes) (filter (fn [n] (= (:role n) \"manager\"))) (list))
+  Reads come from the session's warm copy or the agent's live model, which follow the engine
+  within a couple of seconds; :fresh True asks the engine itself (the ops that change the cloud
+  plan from such reads)."
+  (call "GET" "/v1/nodes" :params (_fresh fresh)))
 
 (defn node [name]
   "One node's record, by name or id: (node \"node-2\"). An unknown name suggests the close ones."
@@ -68,14 +75,17 @@
   read again."
   (follow-changes kinds :seconds seconds :changes changes))
 
-(defn services []
-  "The cloud's services: name, id, mode, replicas (desired), running, image, labels."
-  (call "GET" "/v1/services"))
+(defn services [* [fresh False]]
+  "The cloud's services: name, id, mode, replicas (desired), running, image, labels.
+  :fresh True reads through to the engine, as for (nodes)."
+  (call "GET" "/v1/services" :params (_fresh fresh)))
 
-(defn tasks [service]
+(defn tasks [service * [fresh False]]
   "The tasks of one service (name or id): slot, node, state, desired state, message, container.
-  An unknown service suggests the close ones."
-  (call "GET" (+ "/v1/services/" (url-quote (str service) :safe "") "/tasks")))
+  An unknown service suggests the close ones. :fresh True reads through to the engine, as for
+  (nodes)."
+  (call "GET" (+ "/v1/services/" (url-quote (str service) :safe "") "/tasks")
+        :params (_fresh fresh)))
 
 (defn _summary [about records services]
   "The (status) summary from a (cloud) answer, node records and service records (pure).

@@ -106,9 +106,10 @@ and writes who/what/when/result to the workspace's audit log (.hyops/audit.jsonl
   (fn [] (call "POST" path :body body)))
 
 (defn _running-on [target]
-  "Task records running on node `target`, with their service's name."
-  (lfor s (services)
-        t (tasks (get s "name"))
+  "Task records running on node `target`, with their service's name, read through to the
+  engine: a plan of a change must not miss a task that started a moment ago."
+  (lfor s (services :fresh True)
+        t (tasks (get s "name") :fresh True)
         :if (and (= (get t "node") target) (= (get t "state") "running"))
         (| t {"service" (get s "name")})))
 
@@ -120,7 +121,7 @@ and writes who/what/when/result to the workspace's audit log (.hyops/audit.jsonl
   Without a terminal, :yes True is needed. Every outcome is written to the audit log.
     (promote! \"node-3\" :dry-run True)
     (promote! \"node-3\" :yes True)"
-  (setv plan (plan-role (nodes) name "manager"))
+  (setv plan (plan-role (nodes :fresh True) name "manager"))
   (perform plan (_post plan.target "promote") :yes yes :dry-run dry-run))
 
 (defn demote! [name * [yes False] [dry-run False]]
@@ -129,7 +130,7 @@ and writes who/what/when/result to the workspace's audit log (.hyops/audit.jsonl
   A refusal says why and what to do instead (e.g. promote another node first). Plan, y/N,
   :yes, :dry-run and the audit log as for promote!.
     (demote! \"node-2\" :dry-run True)"
-  (setv plan (plan-role (nodes) name "worker"))
+  (setv plan (plan-role (nodes :fresh True) name "worker"))
   (perform plan (_post plan.target "demote") :yes yes :dry-run dry-run))
 
 (defn drain! [name * [yes False] [dry-run False]]
@@ -138,7 +139,7 @@ and writes who/what/when/result to the workspace's audit log (.hyops/audit.jsonl
   The plan lists the running tasks that will move. Managers stay managers. Undo with activate!.
   Plan, y/N, :yes, :dry-run and the audit log as for promote!.
     (drain! \"node-3\" :yes True)"
-  (setv records (nodes)
+  (setv records (nodes :fresh True)
         plan (plan-availability records name "drain" (_running-on (get (_find records name) "name"))))
   (perform plan (_post plan.target "availability" {"availability" "drain"})
            :yes yes :dry-run dry-run))
@@ -148,7 +149,7 @@ and writes who/what/when/result to the workspace's audit log (.hyops/audit.jsonl
 
   Plan, y/N, :yes, :dry-run and the audit log as for promote!.
     (activate! \"node-3\" :yes True)"
-  (setv plan (plan-availability (nodes) name "active" []))
+  (setv plan (plan-availability (nodes :fresh True) name "active" []))
   (perform plan (_post plan.target "availability" {"availability" "active"})
            :yes yes :dry-run dry-run))
 
@@ -158,7 +159,7 @@ and writes who/what/when/result to the workspace's audit log (.hyops/audit.jsonl
   hyops.* labels belong to the node's agent and are refused. Plan, y/N, :yes, :dry-run and
   the audit log as for promote!.
     (label! \"node-2\" \"zone\" \"eu-1\" :yes True)"
-  (setv plan (plan-label (nodes) name key value))
+  (setv plan (plan-label (nodes :fresh True) name key value))
   (perform plan (_post plan.target "labels" {"labels" {(get plan.args "key") (get plan.args "value")}})
            :yes yes :dry-run dry-run))
 
@@ -197,7 +198,7 @@ and writes who/what/when/result to the workspace's audit log (.hyops/audit.jsonl
   Plan, y/N, :yes, :dry-run and the audit log as for promote!.
     (remove-node! \"node-3\" :yes True)"
   (import time)
-  (setv records (nodes)
+  (setv records (nodes :fresh True)
         n (_find records name)
         target (get n "name")
         plan (plan-remove records target (_running-on target)))
@@ -219,7 +220,7 @@ and writes who/what/when/result to the workspace's audit log (.hyops/audit.jsonl
     (when (is-manager n)
       (print f"{target}: demoting")
       (call "POST" (+ "/v1/nodes/" (url-quote target :safe "") "/demote"))
-      (wait-for "the demotion" (fn [] (not (is-manager (_find (nodes) target))))))
+      (wait-for "the demotion" (fn [] (not (is-manager (_find (nodes :fresh True) target))))))
     (print f"{target}: removing")
     (call "DELETE" (+ "/v1/nodes/" (url-quote target :safe ""))))
   (perform plan act :yes yes :dry-run dry-run))

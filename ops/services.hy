@@ -47,7 +47,7 @@ one line to the workspace's audit log, as every change does. Swarm does the work
                ["placement" placement] ["limits" limits] ["reservations" reservations]
                ["health" health] ["update" update] ["mode" mode] ["volumes" volumes]]]
     (when (is-not v None) (setv (get given k) v)))
-  (setv plan (deploy-plan name given (lfor s (services) (get s "name"))))
+  (setv plan (deploy-plan name given (lfor s (services :fresh True) (get s "name"))))
   (_follow-after
     (perform plan (fn [] (call "POST" "/v1/services" :body {"name" name "definition" given}))
              :yes yes :dry-run dry-run)
