@@ -1,7 +1,8 @@
 """The autopilot against Consul Autopilot's anchor, and the policy's decision time.
 
 1. Seconds from a manager's death (its dockerd and agent killed) to a replacement being a
-   reachable manager, on a 4-node local cloud (3 managers, 1 spare) with the default spec times
+   reachable manager by a live manager's engine (`docker node ls`), on a 4-node local cloud
+   (3 managers, 1 spare) with the default spec times
    (dead_after 10 s, stabilization 10 s). Consul Autopilot's anchor: a new server waits
    `ServerStabilizationTime` = 10 s before it may vote.
 2. Seconds from a better node's join (8 CPUs against 1) to the swap being done: it is a reachable
@@ -76,6 +77,23 @@ def reachable(found: dict[str, dict]) -> set[str]:
     return {n for n, m in found.items() if m["reachability"] == "reachable"}
 
 
+def engine_reachable(cloud: LocalCloud, skip: tuple[str, ...]) -> set[str]:
+    """The reachable managers as a live manager's engine lists them (`docker node ls`): what
+    the replacement time is judged by (the node API answers from its live model, which may
+    learn a reachability change up to a couple of seconds later)."""
+    import json
+
+    for entry in cloud.nodes:
+        if entry["name"] in skip:
+            continue
+        out = cloud.docker(entry["name"], "node", "ls", "--format", "{{json .}}", check=False)
+        if out.returncode == 0:
+            rows = [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+            up = ("Leader", "Reachable")
+            return {r["Hostname"] for r in rows if r.get("ManagerStatus") in up}
+    return set()
+
+
 def one_round(workspace: Path, index: int) -> tuple[float, float]:
     cloud = LocalCloud(workspace / ".hyops", f"bench{index}")
     one = {f"node-{i}": (1.0, 2**30) for i in range(1, 5)}
@@ -87,9 +105,9 @@ def one_round(workspace: Path, index: int) -> tuple[float, float]:
         cloud.kill_agent(victim)
         cloud.kill_dockerd(victim)
         replaced = wait(
-            lambda: len(reachable(managers(cloud, (victim,))) - {victim}) == 3,
+            lambda: len(engine_reachable(cloud, (victim,)) - {victim}) == 3,
             120,
-            "a replacement manager",
+            "a replacement manager (by the engines)",
         )
         joined = time.monotonic()
         better = cloud.add_node(cpus=8, memory=2**30)["name"]

@@ -334,26 +334,46 @@ class Model:
         for kind, (raw, error) in zip(kinds, results, strict=True):
             self.collections[kind].done = seen[kind]
             self._store(kind, raw, error, time.monotonic())
+        self._restore_tasks(kinds)
+
+    def _restore_tasks(self, kinds: list[str] | tuple[str, ...]) -> None:
         if "nodes" in kinds or "services" in kinds:
             # tasks' records name their node and service: refresh their answer
             tasks = self.collections["tasks"]
             if "tasks" not in kinds and tasks.raw is not None:
                 self._store("tasks", tasks.raw, tasks.error, tasks.read_at, force=True)
 
+    async def read_through(self, kind: str) -> Any:
+        """`kind` read from the engine now (raises EngineError as the engine does), and stored
+        as the model's newest read, so readers and subscribers see it too. For a reader that
+        decides on a read no older than a moment (the autopilot: a manager's reachability
+        changes with no event)."""
+        c = self.collections[kind]
+        seen = c.wanted
+        raw = await self._fetch(kind)
+        if self.streaming and seen >= c.done:
+            c.done = seen
+            self._store(kind, raw, "", time.monotonic())
+            self._restore_tasks((kind,))
+        return raw
+
+    async def _fetch(self, kind: str) -> Any:
+        engine = self.engine
+        if kind == "info":
+            return await engine.info()
+        if kind == "containers":
+            return await engine.containers(all=True)
+        if kind == "nodes":
+            return await engine.nodes()
+        if kind == "services":
+            return await engine.services(status=True)
+        return await engine.tasks()
+
     async def _read(self, kind: str) -> tuple[Any, str]:
         """One collection from the engine: (its objects, "") or (None, why not: a worker's
         engine refuses the swarm's collections, an engine away answers nothing)."""
-        engine = self.engine
         try:
-            if kind == "info":
-                return await engine.info(), ""
-            if kind == "containers":
-                return await engine.containers(all=True), ""
-            if kind == "nodes":
-                return await engine.nodes(), ""
-            if kind == "services":
-                return await engine.services(status=True), ""
-            return await engine.tasks(), ""
+            return await self._fetch(kind), ""
         except EngineError as exc:
             log.debug("model: reading %s failed: %s", kind, exc)
             return None, str(exc) or "unreadable"

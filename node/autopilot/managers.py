@@ -21,9 +21,13 @@ from wire.policy import (
     plan_step,
 )
 
-__all__ = ["Managers", "still_joining"]
+__all__ = ["LOOK_GAP", "Managers", "still_joining"]
 
 log = logging.getLogger("hyops.autopilot")
+
+# the longest gap between two looks for the earlier one to date a manager's going away (looks
+# are a tick apart; a longer gap, e.g. a hung agent, dates it by the later look)
+LOOK_GAP = 2.0
 
 
 def still_joining(error: EngineError) -> bool:
@@ -45,6 +49,7 @@ class Managers:
         self.reachable_since: dict[str, float] = {}  # managers reachable without a break since
         self.not_ready_since: dict[str, float] = {}  # nodes not ready without a break since
         self.leftover_since: dict[str, float] = {}  # workers still in Raft without a break since
+        self.looked: float | None = None  # the previous look's time
 
     def forget(self) -> None:
         """Start the clocks afresh (this node just began to lead)."""
@@ -54,11 +59,18 @@ class Managers:
         self.reachable_since.clear()
         self.not_ready_since.clear()
         self.leftover_since.clear()
+        self.looked = None
 
     def observe(self, records: list[dict[str, Any]], now: float) -> None:
         """Note since when each node is ready, each manager unreachable and each worker still a
-        Raft member (a leftover, `wire.policy.is_leftover`), by `now`."""
+        Raft member (a leftover, `wire.policy.is_leftover`), by `now`.
+
+        A manager is unreachable since the previous look when that look saw it reachable and
+        was at most `LOOK_GAP` ago (it went away after that look; Swarm takes a second or two
+        to notice, so counting from this look would add that to `dead_after`), else since now."""
         names = {r["name"] for r in records}
+        looked = self.looked
+        previous = looked if looked is not None and now - looked <= LOOK_GAP else None
         for r in records:
             name = r["name"]
             if r["state"] == "ready":
@@ -68,7 +80,8 @@ class Managers:
                 self.ready_since.pop(name, None)
                 self.not_ready_since.setdefault(name, now)
             if is_manager(r) and not is_reachable_manager(r):
-                self.unreachable_since.setdefault(name, now)
+                seen = previous if previous is not None and name in self.reachable_since else now
+                self.unreachable_since.setdefault(name, seen)
             else:
                 self.unreachable_since.pop(name, None)
             if is_reachable_manager(r):
@@ -95,6 +108,14 @@ class Managers:
         for name, since in list(self.demoted_since.items()):
             if now - since >= DEMOTED_SETTLE:
                 del self.demoted_since[name]
+        self.looked = now
+
+    def next_due(self, spec: dict[str, Any], now: float) -> float | None:
+        """When (monotonic) the first unreachable manager's `dead_after` is up, if later than
+        `now` (None: none is counting): the next look is made then, not up to a tick later."""
+        dead_after = float(spec["managers"]["dead_after"])
+        ahead = [t for t in (s + dead_after for s in self.unreachable_since.values()) if t > now]
+        return min(ahead) if ahead else None
 
     def plan(self, records: list[dict[str, Any]], spec: dict[str, Any], now: float) -> Step:
         """The one membership change to make now, or why none (wire.policy.plan_step)."""

@@ -55,6 +55,11 @@ TICK = 1.0  # seconds between the leader's looks at the cloud
 # seconds to the next look after a change was made: a replacement takes several changes in a
 # row (demote the dead, remove it, promote), and each waiting a whole tick cost seconds
 AFTER_CHANGE = 0.2
+# the oldest nodes' read a look decides on: the live model re-reads nodes every 2 s (a manager's
+# reachability changes with no event), and a look on an older read started a dead manager's
+# `dead_after` clock, or saw its replacement reachable, up to 2 s late; older: the model reads
+# them through now (Model.read_through), for the look and for every reader of the model
+NODES_FRESH_FOR = 0.5
 
 
 def view(records: list[dict[str, Any]], spec: dict[str, Any]) -> dict[str, Any]:
@@ -114,6 +119,7 @@ class Autopilot:
         self._last_wait = ""
         self._last_error = ""
         self._changed = False  # the last look made a membership change
+        self._due: float | None = None  # when a dead manager's `dead_after` is up (monotonic)
 
     # --- the spec (the node API's PUT and GET /v1/spec) -------------------------------------
 
@@ -146,7 +152,10 @@ class Autopilot:
             except Exception:  # the loop must outlive any surprise; the next tick tries again
                 log.exception("autopilot: unexpected error in this look at the cloud")
             changed, self._changed = self._changed, False
-            await asyncio.sleep(AFTER_CHANGE if changed else TICK)
+            pause = AFTER_CHANGE if changed else TICK
+            if self._due is not None:  # a dead manager's clock runs out before the next tick
+                pause = min(pause, max(0.0, self._due - time.monotonic()) + 0.01)
+            await asyncio.sleep(pause)
 
     async def tick(self) -> Step | None:
         """One look: on the leader (or a stand-in), plan and make one membership step, then the
@@ -162,18 +171,22 @@ class Autopilot:
 
     async def _nodes(self) -> list[dict[str, Any]]:
         """The nodes' records this look starts from: the live model's (node/model.py) when it
-        can answer, which is only from a read begun after the previous look (see `tick`) and
-        with no change known since, else the engine's, read now."""
+        can answer, which is only from a read begun after the previous look (see `tick`), with
+        no change known since, else the engine's, read now; at most `NODES_FRESH_FOR` old."""
         raw = self.model.settled("nodes") if self.model is not None else None
         age = self.model.age("nodes") if raw is not None and self.model is not None else None
         if raw is None or age is None:
             self.inputs = {"from": "engine", "age": 0.0}
             raw = await self.engine.nodes()
+        elif age > NODES_FRESH_FOR and self.model is not None:
+            self.inputs = {"from": "model", "age": 0.0, "read": "through"}
+            raw = await self.model.read_through("nodes")
         else:
             self.inputs = {"from": "model", "age": round(age, 3)}
         return [node_record(n) for n in raw]
 
     async def _tick(self) -> Step | None:
+        self._due = None
         if not self._active():
             return None
         manager, leader = await self.swarm.manager_state(fresh=True)
@@ -212,6 +225,7 @@ class Autopilot:
         twins = stale_twins(every)
         records = [r for r in every if not any(r is t for t in twins)]
         self.managers.observe(records, now)
+        self._due = self.managers.next_due(spec, now)
         step = self._unless_raft_address_moved(self.managers.plan(records, spec, now), records)
         self.last_step = step
         self.last_view = view(records, spec)
