@@ -21,10 +21,10 @@ import time
 from pathlib import Path
 
 from localcloud.cloud import LocalCloud
+from wire.client import audience_for
 from wire.keys import load_private_key
 from wire.policy import plan_step
-from wire.ports import MANAGERS
-from wire.signing import audience, sign_headers
+from wire.signing import sign_headers
 from wire.spec import check_spec
 
 REPO = Path(__file__).resolve().parent.parent
@@ -67,8 +67,9 @@ def signed(
     body: object = None,
     timeout: float = 5.0,
 ):
-    """`method path` at one node's agent, signed with the operator's key for its cloud's
-    managers (the workspace's path); None when the agent is away or not in a cloud yet."""
+    """`method path` at one node's agent, signed with the operator's key as the workspace signs
+    it (for the cloud's managers, or that node); None when the agent is away or not in a cloud
+    yet."""
     import json
 
     import httpx
@@ -78,12 +79,13 @@ def signed(
     data = b"" if body is None else json.dumps(body).encode()
     try:
         health = httpx.get(entry["api"] + "/v1/health", timeout=5, verify=tls).json()
-        to = audience(health["cloud_id"], MANAGERS)
-        headers = sign_headers(key, method, path, data, audience=to)
+        to = audience_for(path, health["cloud_id"], health["name"])
+        url = httpx.URL(entry["api"] + path)  # signed as it goes on the wire
+        headers = sign_headers(key, method, url.raw_path.decode(), data, audience=to)
         if body is not None:
             headers["Content-Type"] = "application/json"
         return httpx.request(
-            method, entry["api"] + path, content=data or None, headers=headers, timeout=timeout,
+            method, url, content=data or None, headers=headers, timeout=timeout,
             verify=tls,
         )  # fmt: skip
     except (httpx.HTTPError, ValueError, KeyError, TypeError):

@@ -275,7 +275,12 @@ def store_write(cloud: LocalCloud, away: set[str], kvs: dict[str, str]) -> str:
 
 
 def check_store(
-    cloud: LocalCloud, live: list[str], away: set[str], acked: dict[str, str], number: int
+    cloud: LocalCloud,
+    live: list[str],
+    away: set[str],
+    acked: dict[str, str],
+    number: int,
+    store: dict = STORE_SYSTEM,
 ) -> tuple[str, list[str]]:
     """When the store can have a quorum, it answers a read within STORE_WITHIN and every
     acknowledged key is there; then KEYS_A_ROUND more are written (kept in `acked` once the
@@ -283,7 +288,7 @@ def check_store(
     deadline = time.monotonic() + STORE_WITHIN
     while True:
         status = get(cloud, "/v1/store", tuple(away))
-        if why := store_can_have_quorum(status, live, STORE_SYSTEM["min_nodes"]):
+        if why := store_can_have_quorum(status, live, store["min_nodes"]):
             return f"store not judged ({why})", []
         read, error = store_read(cloud, away)
         if read is not None:
