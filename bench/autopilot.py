@@ -22,10 +22,10 @@ import time
 from pathlib import Path
 
 from localcloud.cloud import LocalCloud
+from wire.client import audience_for
 from wire.keys import load_private_key
 from wire.policy import plan_step
-from wire.ports import MANAGERS
-from wire.signing import audience, sign_headers
+from wire.signing import sign_headers
 from wire.spec import check_spec
 
 REPO = Path(__file__).resolve().parent.parent
@@ -33,27 +33,64 @@ SPEC = {"managers": {"targets": [[1, 1], [3, 3]]}, "resources": {"cpus": 1.0, "m
 
 
 def get(cloud: LocalCloud, path: str, skip: tuple[str, ...] = ()) -> object:
+    """The answer of the first node's agent that answers `GET path` with 200, or None."""
+    for entry in cloud.nodes:
+        if entry["name"] in skip:
+            continue
+        answer = signed(cloud, entry, "GET", path)
+        if answer is not None and answer.status_code == 200:
+            return answer.json()
+    return None
+
+
+def call(
+    cloud: LocalCloud, method: str, path: str, body: object = None, skip: tuple[str, ...] = ()
+) -> tuple[int, object] | None:
+    """(status, answer) of the first node's agent that answers `method path` as itself (below
+    500, or 503: the cloud's own refusal, e.g. a store without quorum); None when none does."""
+    for entry in cloud.nodes:
+        if entry["name"] in skip:
+            continue
+        answer = signed(cloud, entry, method, path, body, timeout=30.0)
+        if answer is not None and (answer.status_code < 500 or answer.status_code == 503):
+            try:
+                return answer.status_code, answer.json()
+            except ValueError:
+                return answer.status_code, answer.text
+    return None
+
+
+def signed(
+    cloud: LocalCloud,
+    entry: dict,
+    method: str,
+    path: str,
+    body: object = None,
+    timeout: float = 5.0,
+):
+    """`method path` at one node's agent, signed with the operator's key as the workspace signs
+    it (for the cloud's managers, or that node); None when the agent is away or not in a cloud
+    yet."""
+    import json
+
     import httpx
 
     key = load_private_key(Path(cloud.record["operator_key"]))
     tls = cloud.tls_context()
-    for entry in cloud.nodes:
-        if entry["name"] in skip:
-            continue
-        try:
-            health = httpx.get(entry["api"] + "/v1/health", timeout=5, verify=tls).json()
-            to = audience(health["cloud_id"], MANAGERS)
-            answer = httpx.get(
-                entry["api"] + path,
-                headers=sign_headers(key, "GET", path, audience=to),
-                timeout=5,
-                verify=tls,
-            )
-        except (httpx.HTTPError, ValueError, KeyError, TypeError):
-            continue  # away, or not in a cloud yet (its health names none)
-        if answer.status_code == 200:
-            return answer.json()
-    return None
+    data = b"" if body is None else json.dumps(body).encode()
+    try:
+        health = httpx.get(entry["api"] + "/v1/health", timeout=5, verify=tls).json()
+        to = audience_for(path, health["cloud_id"], health["name"])
+        url = httpx.URL(entry["api"] + path)  # signed as it goes on the wire
+        headers = sign_headers(key, method, url.raw_path.decode(), data, audience=to)
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        return httpx.request(
+            method, url, content=data or None, headers=headers, timeout=timeout,
+            verify=tls,
+        )  # fmt: skip
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        return None  # away, or not in a cloud yet (its health names none)
 
 
 def wait(condition, timeout: float, what: str) -> float:

@@ -11,9 +11,22 @@ live node Ready within a bounded time; the bootstrap list in git naming exactly 
 managers within a bounded time. While it settles, the agents' view is sampled for a moment
 without a manager or above 7.
 
-The first violation stops the run: the nodes' logs and the agents' decisions are kept and the
-command that replays the run (same seed) is printed. At the end: rounds, faults of each kind,
-the slowest recovery.
+The spec runs two systems whose min_nodes the faults take the cloud below and back above: a
+busybox web server (`web`, 3 replicas, min_nodes 6, stopped below) and the store (etcd, 3
+members, min_nodes 5, stopped below with its data kept). After the invariants above, each round
+judges two more:
+- the web: by every live node's engine (its running containers of the service), 3 replicas
+  when at least 6 live nodes are Ready, none below, within SYSTEM_WITHIN;
+- the store: keys written through the node API (signed with the operator's key, as the
+  workspace writes) at the start and after each round it answers are read back (every
+  acknowledged key, with its value) when it can have a quorum (at least min_nodes live nodes
+  and a quorum of its members' nodes live), within STORE_WITHIN. Without a quorum a read may
+  fail with the cloud's error; losing a key is a violation.
+The round line says what was checked: `web 3/3, store 24 keys`, or why the store was not judged.
+
+The first violation stops the run: the nodes' logs, the agents' decisions, the store's state and
+the web's tasks are kept and the command that replays the run (same seed) is printed. At the
+end: rounds, faults of each kind, the slowest recovery, the keys the store kept.
 
 Run: .venv/bin/python bench/chaos.py [ROUNDS] [SEED] [MINUTES]   (default 8 rounds, a random
 seed, no time limit; root). With MINUTES, no round starts after that long: the rounds run are
@@ -36,19 +49,37 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as a script: `bench` is a folder of the repo, not a package
 
-from bench.autopilot import get  # noqa: E402
+from bench.autopilot import call, get  # noqa: E402
 from localcloud.cloud import LocalCloud  # noqa: E402
 from wire.policy import fault_tolerance, quorum  # noqa: E402
 from wire.spec import check_spec  # noqa: E402
 
+WEB = "web"  # the system run from the spec: a busybox web server, stopped below its min_nodes
+# min_nodes: one machine away keeps the web running, two stop it (5 live of 7); the store stops
+# at three away (4 live, the fewest the managers allow)
+WEB_SYSTEM = {
+    "image": "local/busybox:1",
+    "command": "echo ok > /tmp/index.html; exec httpd -f -p 8080 -h /tmp",
+    "replicas": 3,
+    "min_nodes": 6,
+}
+STORE_SYSTEM = {"kind": "store", "min_nodes": 5, "targets": [[1, 1], [3, 3]],
+                "maximum": 3, "dead_after": "5s"}  # fmt: skip
 SPEC = {
     "managers": {"targets": [[1, 1], [3, 3], [5, 5], [7, 7]], "stabilization": "2s",
                  "dead_after": "5s"},
     "resources": {"cpus": 1.0, "memory": 0.0},
+    "systems": {WEB: WEB_SYSTEM, "store": STORE_SYSTEM},
 }  # fmt: skip
 SETTLE = 90.0  # seconds a round may take to come to rest
 READY_WITHIN = 90.0  # seconds for every live node to be Ready again (a forgotten node rejoins)
 LIST_WITHIN = 30.0  # seconds for the list to name exactly the reachable managers
+SYSTEM_WITHIN = 90.0  # seconds for the engines to run the web's replicas (or none, below)
+STORE_WITHIN = 90.0  # seconds for a store that can have a quorum to answer a read
+STORE_START_WITHIN = 300.0  # seconds for the store's first members to answer at the start
+KEYS = "chaos/"  # the prefix of the keys written through the node API
+KEYS_AT_START = 10  # keys written in one transaction before the first round
+KEYS_A_ROUND = 2  # keys written in one transaction after each round the store answers
 
 
 def list_managers(cloud: LocalCloud, tmp: Path) -> list[str]:
@@ -150,7 +181,154 @@ def engine_problems(view: dict, live: list[str]) -> list[str]:
     return problems
 
 
-def keep_logs(cloud: LocalCloud) -> Path:
+def system_want(system: dict, ready: int) -> int:
+    """The replicas the engines must run: all at `min_nodes` ready nodes and above, none below
+    (`below = "stop"`: scaled to zero)."""
+    return system["replicas"] if ready >= system["min_nodes"] else 0
+
+
+def system_running(cloud: LocalCloud, live: list[str], name: str) -> dict[str, int]:
+    """Per live node, its engine's running containers of service `name` (-1: no answer)."""
+    counts = {}
+    for node in live:
+        out = cloud.docker(node, "ps", "-q", "--filter", "status=running", "--filter",
+                           f"label=com.docker.swarm.service.name={name}", check=False)  # fmt: skip
+        counts[node] = len(out.stdout.split()) if out.returncode == 0 else -1
+    return counts
+
+
+def system_problems(name: str, want: int, running: dict[str, int]) -> list[str]:
+    """The system runs exactly `want` replicas by the live nodes' engines."""
+    silent = sorted(n for n, c in running.items() if c < 0)
+    if silent:
+        return [f"{name}: the engines of {', '.join(silent)} did not answer"]
+    have = sum(running.values())
+    if have != want:
+        where = ", ".join(f"{n} {c}" for n, c in sorted(running.items()) if c)
+        why = "at min_nodes or above" if want else "below min_nodes (scaled to 0)"
+        return [f"{name}: {have} running by the engines ({where or 'none'}), not {want} {why}"]
+    return []
+
+
+def check_system(cloud: LocalCloud, live: list[str], name: str, system: dict) -> tuple[str, list]:
+    """Within SYSTEM_WITHIN the live nodes' engines run the system's wanted replicas; every live
+    node is Ready by the engines by now, so the ready nodes are the live ones."""
+    want = system_want(system, len(live))
+    deadline = time.monotonic() + SYSTEM_WITHIN
+    while problems := system_problems(name, want, running := system_running(cloud, live, name)):
+        if time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    return f"{name} {sum(c for c in running.values() if c > 0)}/{want}", problems
+
+
+def store_can_have_quorum(status: dict | None, live: list[str], min_nodes: int) -> str | None:
+    """None when the store can have a quorum (it must answer a read), else why not: below
+    `min_nodes` it is stopped on purpose; a quorum of its members' nodes away cannot vote."""
+    if len(live) < min_nodes:
+        return f"stopped below min_nodes {min_nodes}"
+    if not status:
+        return None  # no agent answered (GET /v1/store): the reads will say why
+    members = status.get("members") or []
+    listed = [m for m in members if m.get("in_store")] or members  # no quorum: etcd says none
+    here = sum(1 for m in listed if m.get("node") in live)
+    if listed and here < quorum(len(listed)):
+        return f"{here} of its {len(listed)} members' nodes live"
+    return None
+
+
+def lost_keys(acked: dict[str, str], read: dict[str, str]) -> list[str]:
+    """Every write the store acknowledged is still there, with its value."""
+    missing = sorted(k for k in acked if k not in read)
+    changed = sorted(k for k in acked if k in read and read[k] != acked[k])
+    problems = []
+    if missing:
+        more = " ..." if len(missing) > 5 else ""
+        problems.append(f"store: {len(missing)} of {len(acked)} acknowledged keys lost: "
+                        f"{', '.join(missing[:5])}{more}")  # fmt: skip
+    if changed:
+        problems.append(f"store: {len(changed)} keys with another value: {', '.join(changed[:5])}")
+    return problems
+
+
+def store_read(cloud: LocalCloud, away: set[str]) -> tuple[dict[str, str] | None, str]:
+    """Every key under KEYS through the node API, or None and the cloud's error."""
+    answer = call(
+        cloud, "GET", f"/v1/store/kv?key={KEYS}&prefix=true&limit=10000", skip=tuple(away)
+    )
+    if answer is None:
+        return None, "no agent answered"
+    status, body = answer
+    if status != 200 or not isinstance(body, dict):
+        return None, f"{status} {str(body)[:300]}"
+    return {kv["key"]: kv["value"] for kv in body["kvs"]}, ""
+
+
+def store_write(cloud: LocalCloud, away: set[str], kvs: dict[str, str]) -> str:
+    """Write `kvs` in one transaction through the node API: "" when acknowledged, else why not."""
+    body = {"kvs": [[k, v] for k, v in kvs.items()]}
+    answer = call(cloud, "PUT", "/v1/store/kv", body, skip=tuple(away))
+    if answer is None:
+        return "no agent answered"
+    status, reply = answer
+    if status == 200 and isinstance(reply, dict) and reply.get("written") == len(kvs):
+        return ""
+    return f"{status} {str(reply)[:300]}"
+
+
+def check_store(
+    cloud: LocalCloud,
+    live: list[str],
+    away: set[str],
+    acked: dict[str, str],
+    number: int,
+    store: dict = STORE_SYSTEM,
+) -> tuple[str, list[str]]:
+    """When the store can have a quorum, it answers a read within STORE_WITHIN and every
+    acknowledged key is there; then KEYS_A_ROUND more are written (kept in `acked` once the
+    store acknowledged them). Without a quorum a read may fail; a lost key may not."""
+    deadline = time.monotonic() + STORE_WITHIN
+    while True:
+        status = get(cloud, "/v1/store", tuple(away))
+        if why := store_can_have_quorum(status, live, store["min_nodes"]):
+            return f"store not judged ({why})", []
+        read, error = store_read(cloud, away)
+        if read is not None:
+            break
+        if time.monotonic() > deadline:
+            health = (status or {}).get("health")
+            return "store unread", [f"store: no read within {STORE_WITHIN:.0f} s while it "
+                                    f"can have a quorum (health {health}): {error}"]  # fmt: skip
+        time.sleep(1)
+    if problems := lost_keys(acked, read):
+        return f"store {len(acked)} keys", problems
+    fresh = {f"{KEYS}r{number:04d}-{i}": f"round {number} key {i}" for i in range(KEYS_A_ROUND)}
+    refused = store_write(cloud, away, fresh)
+    if not refused:
+        acked.update(fresh)
+    return f"store {len(acked)} keys" + (f" (write refused: {refused[:80]})" if refused else ""), []
+
+
+def start_systems(cloud: LocalCloud) -> dict[str, str]:
+    """Before the first round: the web at its replicas by the engines, the store answering, and
+    KEYS_AT_START keys it acknowledged (returned: the writes every later read must find)."""
+    live = [n["name"] for n in cloud.nodes]
+    note, problems = check_system(cloud, live, WEB, WEB_SYSTEM)
+    if problems:
+        raise SystemExit(f"chaos: at the start: {problems}")
+    acked = {f"{KEYS}start-{i:02d}": f"start key {i}" for i in range(KEYS_AT_START)}
+    refused = "not tried"
+    deadline = time.monotonic() + STORE_START_WITHIN
+    while refused and time.monotonic() < deadline:
+        if refused := store_write(cloud, set(), acked):
+            time.sleep(2)
+    if refused:
+        raise SystemExit(f"chaos: the store took no write in {STORE_START_WITHIN:.0f} s: {refused}")
+    print(f"chaos: at the start: {note}, store {len(acked)} keys", flush=True)
+    return acked
+
+
+def keep_logs(cloud: LocalCloud, away: set[str]) -> Path:
     kept = Path(tempfile.mkdtemp(prefix="hyops-chaos-logs-"))
     for entry in cloud.nodes:
         for log_name in ("agent.log", "dockerd.log"):
@@ -160,6 +338,14 @@ def keep_logs(cloud: LocalCloud) -> Path:
                 shutil.copy(source, kept / entry["name"] / log_name)
     status = get(cloud, "/v1/autopilot")
     (kept / "autopilot.json").write_text(json.dumps(status, indent=2))
+    (kept / "store.json").write_text(json.dumps(get(cloud, "/v1/store"), indent=2))
+    for entry in cloud.nodes:  # the web's tasks by the first manager's engine that answers
+        if entry["name"] in away:
+            continue
+        out = cloud.docker(entry["name"], "service", "ps", "--no-trunc", WEB, check=False)
+        if out.returncode == 0:
+            (kept / f"{WEB}-tasks.txt").write_text(out.stdout)
+            break
     return kept
 
 
@@ -180,6 +366,7 @@ def main() -> int:
     counts: dict[str, int] = {}
     slowest = (0.0, "")
     survived = 0
+    acked: dict[str, str] = {}  # the keys the store acknowledged, and their values
     with tempfile.TemporaryDirectory(prefix="hyops-chaos-") as tmp:
         workspace = Path(tmp)
         (workspace / "ops").symlink_to(REPO / "ops")
@@ -187,11 +374,12 @@ def main() -> int:
         away: dict[str, str] = {}  # node -> its fault (kill, kill-dockerd, pause, cut)
         agent_down: set[str] = set()  # agent killed, engine still in the swarm
         try:
-            cloud.up(nodes=7, spec=check_spec(SPEC))
+            cloud.up(nodes=7, spec=check_spec(SPEC), timeout=900)  # the etcd image: 7 loads
             if not wait_for(
                 lambda: ready_count(cloud, set()) == 7 and settled(cloud, set(), 7), ""
             ):
                 raise SystemExit(f"chaos: no 7 settled managers after 120 s: {look(cloud, set())}")
+            acked.update(start_systems(cloud))
             for number in range(1, rounds + 1):
                 if stop_at is not None and time.monotonic() > stop_at:
                     print(f"chaos: {minutes:g} minutes are up after {ran} rounds", flush=True)
@@ -305,19 +493,28 @@ def main() -> int:
                             problems.append(f"the git list names {named}, not {reach}")
                             break
                         time.sleep(1)
+                checked: list[str] = []
+                if not problems:
+                    note, problems = check_system(cloud, live, WEB, WEB_SYSTEM)
+                    checked.append(note)
+                if not problems:
+                    note, problems = check_store(cloud, live, out, acked, number)
+                    checked.append(note)
                 took = time.monotonic() - started
                 if took > slowest[0]:
                     slowest = (took, f"round {number} ({what})")
                 managers = sum(1 for e in view.get("nodes", {}).values() if e.get("ManagerStatus"))
                 print(f"round {number}: {what}: {managers} managers, {len(live)} live, "
-                      f"{took:.1f} s {'ok' if not problems else problems}", flush=True)  # fmt: skip
+                      f"{''.join(c + ', ' for c in checked)}{took:.1f} s "
+                      f"{'ok' if not problems else problems}", flush=True)  # fmt: skip
                 if problems:
                     violations += [f"round {number} ({what}): {p}" for p in problems]
                     break
                 survived += 1
         finally:
             if violations:  # keep what the nodes said and decided, for whoever looks into it
-                print(f"chaos: the nodes' logs and the autopilot's decisions: {keep_logs(cloud)}")
+                kept = keep_logs(cloud, set(away))
+                print(f"chaos: the nodes' logs and the autopilot's decisions: {kept}")
             for node, fault in away.items():
                 if fault == "pause":
                     cloud.resume(node)  # a stopped process would hold `down` up
@@ -326,7 +523,8 @@ def main() -> int:
     load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     print(f"chaos: load average {load} at the end")
     print(f"chaos: {survived} of {ran} rounds run survived, {len(violations)} violations; "
-          f"faults: {kinds}; slowest recovery {slowest[0]:.1f} s ({slowest[1]})")  # fmt: skip
+          f"faults: {kinds}; slowest recovery {slowest[0]:.1f} s ({slowest[1]}); "
+          f"{len(acked)} keys acknowledged by the store")  # fmt: skip
     for v in violations:
         print(f"  VIOLATION {v}")
     if violations:
