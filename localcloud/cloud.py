@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import importlib.util
 import ipaddress
+import json
 import os
 import re
 import shutil
@@ -92,6 +93,15 @@ _NODE = re.compile(r"node-(\d+)")
 _IN_NEW_UTS = ["unshare", "--uts", "--", "sh", "-c", 'hostname "$1" && shift && exec "$@"', "sh"]
 
 
+def _cmdline_has(pid: int, *needles: str) -> bool:
+    """Whether process `pid`'s command line contains every one of `needles`."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except (OSError, UnicodeDecodeError):
+        return False
+    return all(n in cmdline for n in needles)
+
+
 def toml_dumps(data: dict[str, Any]) -> str:
     """TOML for the cloud record and the agents' configs (wire.toml: tomli_w, one `[[node]]`
     block per node). `None` values are left out, at any depth (TOML has no null)."""
@@ -152,6 +162,7 @@ class LocalCloud:
         self.cloud_dir = self.state_dir / "clouds" / name
         self._record: dict[str, Any] | None = None
         self._spawned: dict[tuple[str, str], subprocess.Popen] = {}  # (what, node) -> latest
+        self._forked: dict[str, int] = {}  # node -> its agent's pid, from start_agents
 
     def __repr__(self) -> str:
         return f"LocalCloud({str(self.state_dir)!r}, {self.name!r})"
@@ -336,9 +347,7 @@ class LocalCloud:
         self._import_image(names, deadline)
         phase("image")
         if agents:
-            for name in names:
-                if not self._agent_pid(name):
-                    self.start_agent(name)
+            self.start_agents(names)
             self.wait_ready(max(1.0, deadline - time.monotonic()), agents=True)
             phase("agents and swarm")
             if is_new and spec is not None:
@@ -604,26 +613,71 @@ class LocalCloud:
     def _agent_pid(self, node: str) -> int | None:
         if pid := self._spawned_pid("agent", node):
             return pid
-        config = self.node_dir(node) / "agent.toml"
-        pids = pids_matching("node.agent", str(config))
+        config = str(self.node_dir(node) / "agent.toml")
+        forked = self._forked.get(node)
+        if forked and pid_alive(forked) and _cmdline_has(forked, "node.agent", config):
+            return forked
+        pids = pids_matching("node.agent", config)
         return pids[0] if pids else None
+
+    def _write_agent_config(self, node: str) -> Path:
+        config = self.node_dir(node) / "agent.toml"
+        write_private(config, toml_dumps(self.agent_config(node)))
+        (self.node_dir(node) / "agent").mkdir(exist_ok=True, mode=0o700)
+        self.run_dir(node).mkdir(parents=True, exist_ok=True, mode=0o700)
+        return config
 
     def start_agent(self, node: str) -> None:
         """Write the node's agent.toml and start its agent inside the node's namespaces."""
         entry = self.node_info(node)
         if self._agent_pid(node):
             return
-        config = self.node_dir(node) / "agent.toml"
-        write_private(config, toml_dumps(self.agent_config(node)))
-        (self.node_dir(node) / "agent").mkdir(exist_ok=True, mode=0o700)
+        config = self._write_agent_config(node)
         cmd = [
             "nsenter", f"--net={NETNS_DIR / entry['netns']}",
             sys.executable, "-m", "node.agent", "--config", str(config),
         ]  # fmt: skip
         proc = self._spawn_in_uts(node, cmd, self.node_dir(node) / "agent.log")
         self._spawned["agent", node] = proc
-        self.run_dir(node).mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._forked.pop(node, None)
         write_private(self.run_dir(node) / "agent.pid", f"{proc.pid}\n")
+
+    def start_agents(self, nodes: list[str]) -> None:
+        """Start the agents of `nodes` that do not run. Two or more come from one process that
+        imports the agent once and forks one per node into its namespaces (node/forkserver.py,
+        decision 0036): they look like `start_agent`'s (own pid, agent.log, agent.pid, the
+        command line `python -m node.agent --config ...`). `HYOPS_AGENT_FORK=0` starts each
+        with `start_agent` instead."""
+        todo = [n for n in nodes if not self._agent_pid(n)]
+        if len(todo) < 2 or os.environ.get("HYOPS_AGENT_FORK") == "0":
+            for node in todo:
+                self.start_agent(node)
+            return
+        cmd = [sys.executable, "-m", "node.forkserver"]
+        for node in todo:
+            entry = self.node_info(node)
+            config = self._write_agent_config(node)
+            cmd += [
+                "--agent", node, str(NETNS_DIR / entry["netns"]), str(config),
+                str(self.node_dir(node) / "agent.log"), str(self.run_dir(node) / "agent.pid"),
+            ]  # fmt: skip
+        result = subprocess.run(
+            cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, cwd="/", timeout=120
+        )
+        try:
+            answer = json.loads(result.stdout.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            answer = {"pids": {}, "errors": {}}
+        for node, pid in answer["pids"].items():
+            self._spawned.pop(("agent", node), None)
+            self._forked[node] = int(pid)
+        if result.returncode != 0:
+            why = "; ".join(f"{n}: {e}" for n, e in answer["errors"].items())
+            why = why or redact_tokens(result.stderr.strip()[-600:]) or "no answer"
+            raise DevCloudError(
+                f"the agents could not be started (node.forkserver, exit {result.returncode}): "
+                f"{why}; with HYOPS_AGENT_FORK=0 each agent is started on its own"
+            )
 
     def kill_agent(self, node: str, sig: int = signal.SIGKILL) -> None:
         pid = self._agent_pid(node)
