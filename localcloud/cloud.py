@@ -338,18 +338,27 @@ class LocalCloud:
         for entry in record["node"]:
             self._ensure_node_network(entry)
         phase("network")
-        for entry in record["node"]:
-            if not self._dockerd_pid(entry["name"]):
-                self._spawn_dockerd(entry["name"])
         names = [n["name"] for n in record["node"]]
-        self._wait_engines(names, deadline)
-        phase("engines")
-        self._import_image(names, deadline)
-        phase("image")
+        # the agents' fork server imports the agent while the dockerds start (decision 0036)
+        server, todo = self._fork_server(names) if agents else (None, [])
+        try:
+            for entry in record["node"]:
+                if not self._dockerd_pid(entry["name"]):
+                    self._spawn_dockerd(entry["name"])
+            self._wait_engines(names, deadline)
+            phase("engines")
+            self._import_image(names, deadline)
+            phase("image")
+        except BaseException:
+            if server is not None:
+                server.kill()
+                server.communicate()
+            raise
         if agents:
-            self.start_agents(names)
+            self._forks(server, todo)
+            phase("agents started")
             self.wait_ready(max(1.0, deadline - time.monotonic()), agents=True)
-            phase("agents and swarm")
+            phase("swarm and agents ready")
             if is_new and spec is not None:
                 self.apply_spec(spec, timeout=max(5.0, deadline - time.monotonic()))
                 phase("spec")
@@ -648,34 +657,59 @@ class LocalCloud:
         decision 0036): they look like `start_agent`'s (own pid, agent.log, agent.pid, the
         command line `python -m node.agent --config ...`). `HYOPS_AGENT_FORK=0` starts each
         with `start_agent` instead."""
+        self._forks(*self._fork_server(nodes))
+
+    def _fork_server(self, nodes: list[str]) -> tuple[subprocess.Popen | None, list[str]]:
+        """The fork server for the agents of `nodes` that do not run (started now: it imports,
+        then waits to be told to fork, by `_forks`), and those nodes. No server when one or
+        none is to start, or with `HYOPS_AGENT_FORK=0`."""
         todo = [n for n in nodes if not self._agent_pid(n)]
         if len(todo) < 2 or os.environ.get("HYOPS_AGENT_FORK") == "0":
-            for node in todo:
-                self.start_agent(node)
-            return
-        cmd = [sys.executable, "-m", "node.forkserver"]
+            return None, todo
+        cmd = [sys.executable, "-m", "node.forkserver", "--when-told"]
         for node in todo:
             entry = self.node_info(node)
-            config = self._write_agent_config(node)
             cmd += [
-                "--agent", node, str(NETNS_DIR / entry["netns"]), str(config),
-                str(self.node_dir(node) / "agent.log"), str(self.run_dir(node) / "agent.pid"),
+                "--agent", node, str(NETNS_DIR / entry["netns"]),
+                str(self.node_dir(node) / "agent.toml"), str(self.node_dir(node) / "agent.log"),
+                str(self.run_dir(node) / "agent.pid"),
             ]  # fmt: skip
-        result = subprocess.run(
-            cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, cwd="/", timeout=120
+        server = subprocess.Popen(
+            cmd,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd="/",
         )
+        return server, todo
+
+    def _forks(self, server: subprocess.Popen | None, nodes: list[str]) -> None:
+        """Write the agents' configs and tell `server` to fork them (each started alone when
+        there is no server); DevCloudError naming what failed."""
+        if server is None:
+            for node in nodes:
+                self.start_agent(node)
+            return
+        for node in nodes:
+            self._write_agent_config(node)
         try:
-            answer = json.loads(result.stdout.strip().splitlines()[-1])
+            out, err = server.communicate("go\n", timeout=120)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            out, err = server.communicate()
+        try:
+            answer = json.loads(out.strip().splitlines()[-1])
         except (ValueError, IndexError):
             answer = {"pids": {}, "errors": {}}
         for node, pid in answer["pids"].items():
             self._spawned.pop(("agent", node), None)
             self._forked[node] = int(pid)
-        if result.returncode != 0:
+        if server.returncode != 0:
             why = "; ".join(f"{n}: {e}" for n, e in answer["errors"].items())
-            why = why or redact_tokens(result.stderr.strip()[-600:]) or "no answer"
+            why = why or redact_tokens(err.strip()[-600:]) or "no answer"
             raise DevCloudError(
-                f"the agents could not be started (node.forkserver, exit {result.returncode}): "
+                f"the agents could not be started (node.forkserver, exit {server.returncode}): "
                 f"{why}; with HYOPS_AGENT_FORK=0 each agent is started on its own"
             )
 
@@ -709,15 +743,27 @@ class LocalCloud:
             agents if agents is not None else any(self._agent_pid(n["name"]) for n in nodes)
         )
 
+        async def swarm_of(entry: dict[str, Any]) -> dict[str, Any] | str:
+            try:
+                async with Engine(entry["docker_socket"], timeout=5) as engine:
+                    return (await engine.info()).get("Swarm", {})
+            except EngineError as exc:
+                return exc.message
+
+        async def health_of(http: httpx.AsyncClient, entry: dict[str, Any]) -> str:
+            try:
+                health = (await http.get(entry["api"] + "/v1/health")).json()
+            except (httpx.HTTPError, ValueError) as exc:
+                return f"{entry['name']}: agent: {type(exc).__name__}"
+            return "" if health.get("ok") else f"{entry['name']}: agent health {health}"
+
         async def check() -> list[str]:
             problems, cluster_ids, member_ids = [], set(), {}
             manager_socket = None
-            for entry in nodes:
-                try:
-                    async with Engine(entry["docker_socket"], timeout=5) as engine:
-                        swarm = (await engine.info()).get("Swarm", {})
-                except EngineError as exc:
-                    problems.append(f"{entry['name']}: engine: {exc.message}")
+            swarms = await asyncio.gather(*(swarm_of(entry) for entry in nodes))  # at once
+            for entry, swarm in zip(nodes, swarms, strict=True):
+                if isinstance(swarm, str):
+                    problems.append(f"{entry['name']}: engine: {swarm}")
                     continue
                 if swarm.get("LocalNodeState") != "active":
                     problems.append(
@@ -743,13 +789,8 @@ class LocalCloud:
             if with_agents:
                 verify = self.tls_context()
                 async with httpx.AsyncClient(timeout=3, trust_env=False, verify=verify) as http:
-                    for entry in nodes:
-                        try:
-                            health = (await http.get(entry["api"] + "/v1/health")).json()
-                            if not health.get("ok"):
-                                problems.append(f"{entry['name']}: agent health {health}")
-                        except (httpx.HTTPError, ValueError) as exc:
-                            problems.append(f"{entry['name']}: agent: {type(exc).__name__}")
+                    answers = await asyncio.gather(*(health_of(http, entry) for entry in nodes))
+                    problems += [answer for answer in answers if answer]
             return problems
 
         problems = ["not checked"]

@@ -1,9 +1,12 @@
 """Several node agents from one process: the agent is imported once, then forked per node.
 
-`python -m node.forkserver --agent HOSTNAME NETNS CONFIG LOG PIDFILE [--agent ...]` imports
+`python -m node.forkserver --agent HOSTNAME NETNS CONFIG LOG PIDFILE [--agent ...] [--when-told]`
+imports
 the agent and what its API is built from (FastAPI, pydantic, uvicorn, httpx, cryptography,
 asyncssh: most of an agent's start-up CPU, decision 0032) once, then forks one child per
-`--agent`, before any thread or event loop exists. Each child, before it reports back:
+`--agent` (with `--when-told`, once a line comes on stdin: the caller starts it early, so the
+imports overlap its other waits), before any thread or event loop exists. Each child, before
+it reports back:
 - enters the network namespace at NETNS (what `nsenter --net=NETNS` does) and a new UTS
   namespace whose hostname is HOSTNAME (`unshare --uts` + `hostname`), in a session of its own;
 - shows `PYTHON -m node.agent --config CONFIG` as its command line (written over its argv in
@@ -152,8 +155,15 @@ def main(argv: list[str] | None = None) -> int:
         "--agent", nargs=5, action="append", required=True,
         metavar=("HOSTNAME", "NETNS", "CONFIG", "LOG", "PIDFILE"),
     )  # fmt: skip
-    children = [Child(*a) for a in parser.parse_args(argv).agent]
+    parser.add_argument(
+        "--when-told", action="store_true",
+        help="after the imports, wait for a line on stdin; fork nothing if stdin ends first",
+    )  # fmt: skip
+    args = parser.parse_args(argv)
+    children = [Child(*a) for a in args.agent]
     preload()
+    if args.when_told and not sys.stdin.readline().strip():
+        return 0  # the caller gave up (its `up` failed): nothing was started
     if threading.active_count() != 1:  # a fork copies only the forking thread
         print("node.forkserver: a thread runs after the imports; not forking", file=sys.stderr)
         return 2
