@@ -942,29 +942,43 @@ class LocalCloud:
 
     # -- down ---------------------------------------------------------------------------------
 
-    def down(self, clean: bool = False) -> None:
+    def down(self, clean: bool = False) -> dict[str, float]:
         """Stop agents, then every container at once (SIGTERM, SIGKILL after STOP_GRACE s),
         then dockerds, then remove the namespaces and the bridge. Data stays for the next `up`
-        unless `clean`. Idempotent."""
+        unless `clean`. Idempotent. Returns where its seconds went (phase -> seconds)."""
         prefix = self.prefix
         hold_cloud_lock(prefix)
+        phases: dict[str, float] = {}
+        mark = time.monotonic()
+
+        def phase(name: str) -> None:
+            nonlocal mark
+            now = time.monotonic()
+            phases[name] = round(now - mark, 2)
+            mark = now
+
         try:
             record = self.load_record()
             names = [n["name"] for n in (record or {}).get("node", [])]
             agents = [p for n in names if (p := self._agent_pid(n))]
             stop(agents, grace=10)
-            live = [n for n in names if self._dockerd_pid(n)]
-            stop_containers([self.node_info(n)["docker_socket"] for n in live], STOP_GRACE)
-            dockerds = [p for n in names if (p := self._dockerd_pid(n))]
-            stop(dockerds, grace=45)
+            phase("agents")
+            dockerds = {n: p for n in names if (p := self._dockerd_pid(n))}
+            stop_containers([self.node_info(n)["docker_socket"] for n in dockerds], STOP_GRACE)
+            phase("containers")
+            stop([p for p in dockerds.values() if pid_alive(p)], grace=45)
+            phase("dockerds")
             remove_prefix_network(prefix)
+            phase("network")
             if clean:
                 remove_tree(self.cloud_dir)
                 default = self.state_dir / "default-cloud"
                 with contextlib.suppress(OSError):
                     if default.read_text().strip() == self.name:
                         default.unlink()
+                phase("files")
             self._record = None
+            return phases
         finally:
             release_cloud_lock(prefix)
 

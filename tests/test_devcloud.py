@@ -440,3 +440,29 @@ def test_a_command_line_is_rewritten_in_place_only_when_it_fits() -> None:
     ).stdout
     assert out.splitlines()[0] == "[b'py', b'-m', b'node.agent']"
     assert out.splitlines()[1].startswith("refused command line of 10001 bytes does not fit")
+
+
+def test_down_does_not_wait_out_a_task_that_ignores_sigterm(make_cloud: MakeCloud) -> None:
+    """A service whose program ignores SIGTERM, with a 10-minute grace period: `down` gives it
+    STOP_GRACE seconds, then SIGKILL (dockerd's own shutdown would wait the grace period out)."""
+    import threading
+
+    cloud = make_cloud(nodes=1, agents=False)
+    cloud.form_swarm()
+    cloud.docker(
+        "node-1", "service", "create", "--detach", "--name", "stubborn",
+        "--stop-grace-period", "600s", "local/busybox:1",
+        "sh", "-c", "trap '' TERM; while true; do sleep 1; done",
+    )  # fmt: skip
+    wait_until(lambda: cloud.docker("node-1", "ps", "-q").stdout.strip(), 90, "the task runs")
+    done = threading.Event()
+    phases: dict[str, float] = {}
+
+    def down() -> None:
+        phases.update(cloud.down())
+        done.set()
+
+    threading.Thread(target=down, daemon=True).start()
+    wait_until(done.is_set, 150, "down, long before the task's 600 s grace period")
+    assert list(phases) == ["agents", "containers", "dockerds", "network"]
+    assert not cloud._dockerd_pid("node-1")
