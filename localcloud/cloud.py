@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import importlib.util
 import ipaddress
+import json
 import os
 import re
 import shutil
@@ -92,6 +93,15 @@ _NODE = re.compile(r"node-(\d+)")
 _IN_NEW_UTS = ["unshare", "--uts", "--", "sh", "-c", 'hostname "$1" && shift && exec "$@"', "sh"]
 
 
+def _cmdline_has(pid: int, *needles: str) -> bool:
+    """Whether process `pid`'s command line contains every one of `needles`."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except (OSError, UnicodeDecodeError):
+        return False
+    return all(n in cmdline for n in needles)
+
+
 def toml_dumps(data: dict[str, Any]) -> str:
     """TOML for the cloud record and the agents' configs (wire.toml: tomli_w, one `[[node]]`
     block per node). `None` values are left out, at any depth (TOML has no null)."""
@@ -152,6 +162,7 @@ class LocalCloud:
         self.cloud_dir = self.state_dir / "clouds" / name
         self._record: dict[str, Any] | None = None
         self._spawned: dict[tuple[str, str], subprocess.Popen] = {}  # (what, node) -> latest
+        self._forked: dict[str, int] = {}  # node -> its agent's pid, from start_agents
 
     def __repr__(self) -> str:
         return f"LocalCloud({str(self.state_dir)!r}, {self.name!r})"
@@ -327,20 +338,27 @@ class LocalCloud:
         for entry in record["node"]:
             self._ensure_node_network(entry)
         phase("network")
-        for entry in record["node"]:
-            if not self._dockerd_pid(entry["name"]):
-                self._spawn_dockerd(entry["name"])
         names = [n["name"] for n in record["node"]]
-        self._wait_engines(names, deadline)
-        phase("engines")
-        self._import_image(names, deadline)
-        phase("image")
+        # the agents' fork server imports the agent while the dockerds start (decision 0036)
+        server, todo = self._fork_server(names) if agents else (None, [])
+        try:
+            for entry in record["node"]:
+                if not self._dockerd_pid(entry["name"]):
+                    self._spawn_dockerd(entry["name"])
+            self._wait_engines(names, deadline)
+            phase("engines")
+            self._import_image(names, deadline)
+            phase("image")
+        except BaseException:
+            if server is not None:
+                server.kill()
+                server.communicate()
+            raise
         if agents:
-            for name in names:
-                if not self._agent_pid(name):
-                    self.start_agent(name)
+            self._forks(server, todo)
+            phase("agents started")
             self.wait_ready(max(1.0, deadline - time.monotonic()), agents=True)
-            phase("agents and swarm")
+            phase("swarm and agents ready")
             if is_new and spec is not None:
                 self.apply_spec(spec, timeout=max(5.0, deadline - time.monotonic()))
                 phase("spec")
@@ -604,26 +622,96 @@ class LocalCloud:
     def _agent_pid(self, node: str) -> int | None:
         if pid := self._spawned_pid("agent", node):
             return pid
-        config = self.node_dir(node) / "agent.toml"
-        pids = pids_matching("node.agent", str(config))
+        config = str(self.node_dir(node) / "agent.toml")
+        forked = self._forked.get(node)
+        if forked and pid_alive(forked) and _cmdline_has(forked, "node.agent", config):
+            return forked
+        pids = pids_matching("node.agent", config)
         return pids[0] if pids else None
+
+    def _write_agent_config(self, node: str) -> Path:
+        config = self.node_dir(node) / "agent.toml"
+        write_private(config, toml_dumps(self.agent_config(node)))
+        (self.node_dir(node) / "agent").mkdir(exist_ok=True, mode=0o700)
+        self.run_dir(node).mkdir(parents=True, exist_ok=True, mode=0o700)
+        return config
 
     def start_agent(self, node: str) -> None:
         """Write the node's agent.toml and start its agent inside the node's namespaces."""
         entry = self.node_info(node)
         if self._agent_pid(node):
             return
-        config = self.node_dir(node) / "agent.toml"
-        write_private(config, toml_dumps(self.agent_config(node)))
-        (self.node_dir(node) / "agent").mkdir(exist_ok=True, mode=0o700)
+        config = self._write_agent_config(node)
         cmd = [
             "nsenter", f"--net={NETNS_DIR / entry['netns']}",
             sys.executable, "-m", "node.agent", "--config", str(config),
         ]  # fmt: skip
         proc = self._spawn_in_uts(node, cmd, self.node_dir(node) / "agent.log")
         self._spawned["agent", node] = proc
-        self.run_dir(node).mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._forked.pop(node, None)
         write_private(self.run_dir(node) / "agent.pid", f"{proc.pid}\n")
+
+    def start_agents(self, nodes: list[str]) -> None:
+        """Start the agents of `nodes` that do not run. Two or more come from one process that
+        imports the agent once and forks one per node into its namespaces (node/forkserver.py,
+        decision 0036): they look like `start_agent`'s (own pid, agent.log, agent.pid, the
+        command line `python -m node.agent --config ...`). `HYOPS_AGENT_FORK=0` starts each
+        with `start_agent` instead."""
+        self._forks(*self._fork_server(nodes))
+
+    def _fork_server(self, nodes: list[str]) -> tuple[subprocess.Popen | None, list[str]]:
+        """The fork server for the agents of `nodes` that do not run (started now: it imports,
+        then waits to be told to fork, by `_forks`), and those nodes. No server when one or
+        none is to start, or with `HYOPS_AGENT_FORK=0`."""
+        todo = [n for n in nodes if not self._agent_pid(n)]
+        if len(todo) < 2 or os.environ.get("HYOPS_AGENT_FORK") == "0":
+            return None, todo
+        cmd = [sys.executable, "-m", "node.forkserver", "--when-told"]
+        for node in todo:
+            entry = self.node_info(node)
+            cmd += [
+                "--agent", node, str(NETNS_DIR / entry["netns"]),
+                str(self.node_dir(node) / "agent.toml"), str(self.node_dir(node) / "agent.log"),
+                str(self.run_dir(node) / "agent.pid"),
+            ]  # fmt: skip
+        server = subprocess.Popen(
+            cmd,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd="/",
+        )
+        return server, todo
+
+    def _forks(self, server: subprocess.Popen | None, nodes: list[str]) -> None:
+        """Write the agents' configs and tell `server` to fork them (each started alone when
+        there is no server); DevCloudError naming what failed."""
+        if server is None:
+            for node in nodes:
+                self.start_agent(node)
+            return
+        for node in nodes:
+            self._write_agent_config(node)
+        try:
+            out, err = server.communicate("go\n", timeout=120)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            out, err = server.communicate()
+        try:
+            answer = json.loads(out.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            answer = {"pids": {}, "errors": {}}
+        for node, pid in answer["pids"].items():
+            self._spawned.pop(("agent", node), None)
+            self._forked[node] = int(pid)
+        if server.returncode != 0:
+            why = "; ".join(f"{n}: {e}" for n, e in answer["errors"].items())
+            why = why or redact_tokens(err.strip()[-600:]) or "no answer"
+            raise DevCloudError(
+                f"the agents could not be started (node.forkserver, exit {server.returncode}): "
+                f"{why}; with HYOPS_AGENT_FORK=0 each agent is started on its own"
+            )
 
     def kill_agent(self, node: str, sig: int = signal.SIGKILL) -> None:
         pid = self._agent_pid(node)
@@ -655,15 +743,27 @@ class LocalCloud:
             agents if agents is not None else any(self._agent_pid(n["name"]) for n in nodes)
         )
 
+        async def swarm_of(entry: dict[str, Any]) -> dict[str, Any] | str:
+            try:
+                async with Engine(entry["docker_socket"], timeout=5) as engine:
+                    return (await engine.info()).get("Swarm", {})
+            except EngineError as exc:
+                return exc.message
+
+        async def health_of(http: httpx.AsyncClient, entry: dict[str, Any]) -> str:
+            try:
+                health = (await http.get(entry["api"] + "/v1/health")).json()
+            except (httpx.HTTPError, ValueError) as exc:
+                return f"{entry['name']}: agent: {type(exc).__name__}"
+            return "" if health.get("ok") else f"{entry['name']}: agent health {health}"
+
         async def check() -> list[str]:
             problems, cluster_ids, member_ids = [], set(), {}
             manager_socket = None
-            for entry in nodes:
-                try:
-                    async with Engine(entry["docker_socket"], timeout=5) as engine:
-                        swarm = (await engine.info()).get("Swarm", {})
-                except EngineError as exc:
-                    problems.append(f"{entry['name']}: engine: {exc.message}")
+            swarms = await asyncio.gather(*(swarm_of(entry) for entry in nodes))  # at once
+            for entry, swarm in zip(nodes, swarms, strict=True):
+                if isinstance(swarm, str):
+                    problems.append(f"{entry['name']}: engine: {swarm}")
                     continue
                 if swarm.get("LocalNodeState") != "active":
                     problems.append(
@@ -689,13 +789,8 @@ class LocalCloud:
             if with_agents:
                 verify = self.tls_context()
                 async with httpx.AsyncClient(timeout=3, trust_env=False, verify=verify) as http:
-                    for entry in nodes:
-                        try:
-                            health = (await http.get(entry["api"] + "/v1/health")).json()
-                            if not health.get("ok"):
-                                problems.append(f"{entry['name']}: agent health {health}")
-                        except (httpx.HTTPError, ValueError) as exc:
-                            problems.append(f"{entry['name']}: agent: {type(exc).__name__}")
+                    answers = await asyncio.gather(*(health_of(http, entry) for entry in nodes))
+                    problems += [answer for answer in answers if answer]
             return problems
 
         problems = ["not checked"]
@@ -847,29 +942,43 @@ class LocalCloud:
 
     # -- down ---------------------------------------------------------------------------------
 
-    def down(self, clean: bool = False) -> None:
+    def down(self, clean: bool = False) -> dict[str, float]:
         """Stop agents, then every container at once (SIGTERM, SIGKILL after STOP_GRACE s),
         then dockerds, then remove the namespaces and the bridge. Data stays for the next `up`
-        unless `clean`. Idempotent."""
+        unless `clean`. Idempotent. Returns where its seconds went (phase -> seconds)."""
         prefix = self.prefix
         hold_cloud_lock(prefix)
+        phases: dict[str, float] = {}
+        mark = time.monotonic()
+
+        def phase(name: str) -> None:
+            nonlocal mark
+            now = time.monotonic()
+            phases[name] = round(now - mark, 2)
+            mark = now
+
         try:
             record = self.load_record()
             names = [n["name"] for n in (record or {}).get("node", [])]
             agents = [p for n in names if (p := self._agent_pid(n))]
             stop(agents, grace=10)
-            live = [n for n in names if self._dockerd_pid(n)]
-            stop_containers([self.node_info(n)["docker_socket"] for n in live], STOP_GRACE)
-            dockerds = [p for n in names if (p := self._dockerd_pid(n))]
-            stop(dockerds, grace=45)
+            phase("agents")
+            dockerds = {n: p for n in names if (p := self._dockerd_pid(n))}
+            stop_containers([self.node_info(n)["docker_socket"] for n in dockerds], STOP_GRACE)
+            phase("containers")
+            stop([p for p in dockerds.values() if pid_alive(p)], grace=45)
+            phase("dockerds")
             remove_prefix_network(prefix)
+            phase("network")
             if clean:
                 remove_tree(self.cloud_dir)
                 default = self.state_dir / "default-cloud"
                 with contextlib.suppress(OSError):
                     if default.read_text().strip() == self.name:
                         default.unlink()
+                phase("files")
             self._record = None
+            return phases
         finally:
             release_cloud_lock(prefix)
 

@@ -215,10 +215,11 @@ def down_main(args: argparse.Namespace) -> int:
             return 0
         if os.geteuid() != 0:
             raise DevCloudError("stopping the local cloud needs root: run it as root")
-        cloud.down(clean=args.clean)
+        phases = cloud.down(clean=args.clean)
     except DevCloudError as exc:
         print(f"hyops down: {exc}", file=sys.stderr)
         return 1
     kept = "and removed its data" if args.clean else "(data kept: `hyops up` brings it back)"
     print(f"local cloud {args.name!r} stopped {kept}")
+    print("  where the seconds went: " + ", ".join(f"{k} {v:.1f} s" for k, v in phases.items()))
     return 0

@@ -502,6 +502,15 @@ class Engine:
             raise self._unreachable(operation, exc) from None
         return said
 
+    async def image_tag(self, name_or_id: str, repo: str, tag: str) -> None:
+        """Tag image `name_or_id` as `repo:tag` (`POST /images/{name}/tag`, like `docker tag`)."""
+        await self._request(
+            "POST",
+            f"/images/{name_or_id}/tag",
+            f"tag image {name_or_id} as {repo}:{tag}",
+            params={"repo": repo, "tag": tag},
+        )
+
     async def containers(self, all: bool = False, filters: dict | None = None) -> list[dict]:
         """This engine's containers (running only unless `all`)."""
         params = {"all": str(all).lower(), **_filters(filters)}

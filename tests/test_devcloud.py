@@ -19,7 +19,7 @@ import pytest
 
 from localcloud.cloud import DevCloudError, LocalCloud, check_prerequisites, toml_dumps
 from localcloud.commands import parse_memory, parse_resources
-from localcloud.host import RUN_ROOT, hold_cloud_lock, release_cloud_lock
+from localcloud.host import RUN_ROOT, hold_cloud_lock, pid_alive, release_cloud_lock
 from localcloud.network import choose_subnet, cleanup_stale, cloud_prefix, netns_pids
 from tests.conftest import MakeCloud
 from tests.helpers import wait_until
@@ -379,3 +379,90 @@ def test_a_killed_agent_can_be_started_again_at_once(make_cloud: MakeCloud) -> N
     cloud.start_agent("node-1")
     health = wait_until(lambda: http.get(api).json(), 30, "the new agent")
     assert health["ok"] is True and health["name"] == "node-1"
+
+
+def test_agents_started_together_are_each_a_process_in_its_node(make_cloud: MakeCloud) -> None:
+    """`up` forks its agents from one process that imported the agent once (node/forkserver.py,
+    decision 0036); each is still what a spawned agent is: its own process in its node's
+    namespaces, with its pid file, log and command line, found and stopped from another
+    process that never started it."""
+    cloud = make_cloud(nodes=3, agents=True)
+    other = LocalCloud(cloud.state_dir, cloud.name)  # knows nothing it started: finds by /proc
+    pids = set()
+    for entry in cloud.nodes:
+        name = entry["name"]
+        pid = other._agent_pid(name)
+        assert pid is not None and pid == cloud._agent_pid(name)
+        assert (cloud.run_dir(name) / "agent.pid").read_text().strip() == str(pid)
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+        config = str(cloud.node_dir(name) / "agent.toml")
+        assert [os.fsdecode(a) for a in argv[1:]] == ["-m", "node.agent", "--config", config]
+        netns_file = Path("/run/netns") / entry["netns"]
+        assert os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat(netns_file).st_ino
+        hostname = subprocess.run(
+            ["nsenter", "-t", str(pid), "-u", "hostname"], capture_output=True, text=True
+        ).stdout.strip()
+        assert hostname == name
+        assert f"agent {name} starting" in (cloud.node_dir(name) / "agent.log").read_text()
+        pids.add(pid)
+    assert len(pids) == 3
+    other.kill_agent("node-2")
+    assert other._agent_pid("node-2") is None and cloud._agent_pid("node-2") is None
+    other.down()
+    assert not [p for p in pids if pid_alive(p)]
+
+
+def test_the_fork_server_says_which_agent_could_not_start(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-netns"
+    args = [str(missing), str(tmp_path / "agent.toml"), str(tmp_path / "agent.log")]
+    result = subprocess.run(
+        [sys.executable, "-m", "node.forkserver", "--agent", "node-9", *args,
+         str(tmp_path / "agent.pid")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 1
+    answer = json.loads(result.stdout)
+    assert answer["pids"] == {}
+    assert "FileNotFoundError" in answer["errors"]["node-9"]
+    assert str(missing) in answer["errors"]["node-9"]
+    assert not (tmp_path / "agent.pid").exists()
+
+
+def test_a_command_line_is_rewritten_in_place_only_when_it_fits() -> None:
+    code = (
+        "from node.forkserver import set_cmdline; import sys\n"
+        "set_cmdline(['py', '-m', 'node.agent'])\n"
+        "print(open('/proc/self/cmdline', 'rb').read().rstrip(b'\\0').split(b'\\0'))\n"
+        "try:\n    set_cmdline(['x' * 10000])\nexcept ValueError as e:\n    print('refused', e)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, "padding" * 10], capture_output=True, text=True, timeout=60
+    ).stdout
+    assert out.splitlines()[0] == "[b'py', b'-m', b'node.agent']"
+    assert out.splitlines()[1].startswith("refused command line of 10001 bytes does not fit")
+
+
+def test_down_does_not_wait_out_a_task_that_ignores_sigterm(make_cloud: MakeCloud) -> None:
+    """A service whose program ignores SIGTERM, with a 10-minute grace period: `down` gives it
+    STOP_GRACE seconds, then SIGKILL (dockerd's own shutdown would wait the grace period out)."""
+    import threading
+
+    cloud = make_cloud(nodes=1, agents=False)
+    cloud.form_swarm()
+    cloud.docker(
+        "node-1", "service", "create", "--detach", "--name", "stubborn",
+        "--stop-grace-period", "600s", "local/busybox:1",
+        "sh", "-c", "trap '' TERM; while true; do sleep 1; done",
+    )  # fmt: skip
+    wait_until(lambda: cloud.docker("node-1", "ps", "-q").stdout.strip(), 90, "the task runs")
+    done = threading.Event()
+    phases: dict[str, float] = {}
+
+    def down() -> None:
+        phases.update(cloud.down())
+        done.set()
+
+    threading.Thread(target=down, daemon=True).start()
+    wait_until(done.is_set, 150, "down, long before the task's 600 s grace period")
+    assert list(phases) == ["agents", "containers", "dockerds", "network"]
+    assert not cloud._dockerd_pid("node-1")
