@@ -20,10 +20,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
+import hashlib
 import json
 import logging
+import os
 import secrets
 import sys
+import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,6 +36,7 @@ from typing import Any
 import httpx
 
 from node.autopilot import Autopilot
+from node.clock import ClockWatch
 from node.config import AgentConfig, ConfigError, load_config
 from node.engine import Engine, EngineError
 from node.model import ManagerCopy, Model
@@ -151,6 +156,7 @@ class Agent:
         self._labelling: asyncio.Task[None] | None = None
         self._published: tuple[tuple[str, str, str], ...] | None = None
         self._state_file = config.data_dir / "state.json"
+        self._state_unsaved = False  # its disk was full: saved again when it has room
         state = self._load_state()
         self.cloud_id = state.get("cloud_id")
         # the swarm node ID last seen: an engine whose swarm is in error reports none
@@ -183,6 +189,15 @@ class Agent:
             api_port=config.api_port,
             api_url=self.api_url,
         )
+        # the cloud's time as the other agents' clocks tell it (node/clock.py, decision 0035):
+        # signed requests are checked and signed with it
+        self.clock = ClockWatch(
+            self.http,
+            self._other_managers,
+            self.api_url,
+            active=lambda: self.state == "active",
+        )
+        self.verifier.clock = self.clock.now
         # the live model of the cloud (node/model.py): reads are answered from it; a change of
         # this engine's own state (a promotion) makes the Swarm view look again
         self.model = Model(
@@ -208,7 +223,11 @@ class Agent:
             is_manager=self.swarm.is_manager,
             managers=self.swarm.manager_apis,
             client=lambda url: NodeClient(
-                url, self.key, self.http, audience=audience(str(self.cloud_id), MANAGERS)
+                url,
+                self.key,
+                self.http,
+                audience=audience(str(self.cloud_id), MANAGERS),
+                clock=self.clock.now,
             ),
             active=lambda: self.state == "active" and self.cloud_id is not None,
         )
@@ -236,7 +255,23 @@ class Agent:
             "joined_via": self.joined_via,
             "leader": self.was_leader,
         }
-        write_atomic(self._state_file, json.dumps(state), PRIVATE)
+        try:
+            write_atomic(self._state_file, json.dumps(state), PRIVATE)
+        except OSError as exc:
+            # a full disk must not stop the agent: the state is kept in memory and written
+            # on its next look (check_membership) once there is room
+            if not self._state_unsaved:
+                log.warning(
+                    "cannot save this agent's state to %s (%s): kept in memory, saved as soon "
+                    "as its disk has room",
+                    self._state_file,
+                    exc.strerror or exc,
+                )
+            self._state_unsaved = True
+            return
+        if self._state_unsaved:
+            log.warning("this agent's state is saved again to %s", self._state_file)
+            self._state_unsaved = False
 
     # --- running ---------------------------------------------------------------------------
 
@@ -249,6 +284,7 @@ class Agent:
         pilot = asyncio.create_task(self.autopilot.run(), name="autopilot")
         model = asyncio.create_task(self.model.run(), name="model")
         copy = asyncio.create_task(self.copy.run(), name="manager-copy")
+        clock = asyncio.create_task(self.clock.run(), name="clock")
         ssh = None
         try:
             server = await asyncio.to_thread(self._server)
@@ -260,6 +296,7 @@ class Agent:
             pilot.cancel()
             model.cancel()
             copy.cancel()
+            clock.cancel()
             if ssh is not None:
                 ssh.close()
                 with contextlib.suppress(Exception):
@@ -269,6 +306,17 @@ class Agent:
             await self.http.aclose()
             await self.engine.aclose()
             log.info("agent %s stopped", self.config.name)
+
+    async def _other_managers(self) -> list[str]:
+        """The API URLs of the agents beside the other managers this engine knows (no list
+        read: the clocks' look comes every few seconds)."""
+        info = await self.engine.info()
+        urls = []
+        for remote in (info.get("Swarm") or {}).get("RemoteManagers") or []:
+            url = self.swarm.api_of(remote.get("Addr"))
+            if url and url != self.api_url:
+                urls.append(url)
+        return list(dict.fromkeys(urls))
 
     def _api_started(self) -> bool:
         """Whether this agent's API serves (its framework is built in a thread while the
@@ -431,6 +479,8 @@ class Agent:
         """Between steps: notice a swarm membership that stopped working (or a worker whose
         manager's copy of the nodes no longer has it) and, once it has been so for
         FORGOTTEN_AFTER seconds and the cloud confirms it forgot this node, rejoin."""
+        if self._state_unsaved:
+            self._save_state()  # its disk was full: try again
         try:
             info = await self.engine.info()
         except EngineError:
@@ -498,9 +548,9 @@ class Agent:
                 continue
             to = audience(lst.cloud_id, manager.name)
             try:
-                nodes = await NodeClient(manager.api, self.key, self.http, audience=to).get(
-                    "/v1/nodes"
-                )
+                nodes = await NodeClient(
+                    manager.api, self.key, self.http, audience=to, clock=self.clock.now
+                ).get("/v1/nodes")
             except NodeApiError:
                 continue
             if any(n.get("id") == node_id for n in nodes):
@@ -586,9 +636,9 @@ class Agent:
             return None
         to = audience(self.cloud_id, str(record.get("name")))
         try:
-            answer = await NodeClient(url, self.key, self.http, audience=to).request(
-                "GET", "/v1/node", timeout=3.0
-            )
+            answer = await NodeClient(
+                url, self.key, self.http, audience=to, clock=self.clock.now
+            ).request("GET", "/v1/node", timeout=3.0)
         except NodeApiError as exc:
             log.info("could not ask %s which managers its engine knows: %s", record["name"], exc)
             return None
@@ -785,7 +835,7 @@ class Agent:
         assert lst.cloud_id is not None  # a list naming managers names their cloud
         for manager in lst.managers:
             to = audience(lst.cloud_id, manager.name)
-            client = NodeClient(manager.api, self.key, self.http, audience=to)
+            client = NodeClient(manager.api, self.key, self.http, audience=to, clock=self.clock.now)
             try:
                 answer, signer = await client.signed_answer(
                     "POST", "/v1/join-token", {"role": "worker"}, self.trust
@@ -880,7 +930,7 @@ class Agent:
                     continue
                 tried.add(url)
                 try:
-                    client = NodeClient(url, self.key, self.http, audience=to)
+                    client = NodeClient(url, self.key, self.http, audience=to, clock=self.clock.now)
                     return await client.request(method, path, body=body)
                 except NodeApiError as exc:
                     if exc.status is not None and exc.status < 500:
@@ -944,9 +994,44 @@ class Agent:
             )
         )
         message = "managers: " + ", ".join(m.name for m in managers)
-        if await asyncio.to_thread(self.lists.publish, lst, self.config.name, message):
+        if await asyncio.to_thread(self._publish_list, lst, message):
             log.info("published to the bootstrap list: %s", message)
         self._published = key
+
+    def _publish_list(self, lst: BootstrapList, message: str) -> bool:
+        """Publish `lst` through the clone in the data folder; when that folder's disk is full
+        (git cannot write the commit there), through a clone in memory (`scratch_dir`): the
+        managers the cloud finds in the list must not wait for this machine's disk."""
+        try:
+            return self.lists.publish(lst, self.config.name, message)
+        except ListError as exc:
+            if not disk_full(exc):
+                raise
+            scratch = scratch_dir(self.config.data_dir)
+            log.warning(
+                "the data folder %s is full (no space left on its disk): publishing the list "
+                "through a clone in %s until it has room again",
+                self.config.data_dir,
+                scratch,
+            )
+            return open_list(self.config.list_url, scratch).publish(lst, self.config.name, message)
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether `exc` says a disk is full (an OSError's ENOSPC, or git's own words for it)."""
+    return getattr(exc, "errno", None) == errno.ENOSPC or "No space left on device" in str(exc)
+
+
+def scratch_dir(data_dir: Path) -> Path:
+    """A folder in memory (/dev/shm, else the temporary folder) for what cannot wait for a full
+    data folder: one per data folder, private to root."""
+    base = Path("/dev/shm")
+    if not (base.is_dir() and os.access(base, os.W_OK)):
+        base = Path(tempfile.gettempdir())
+    digest = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:12]
+    folder = base / f"hyops-{digest}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    return folder
 
 
 def swarm_listen_addr(advertise_addr: str) -> str:
