@@ -210,7 +210,7 @@ def main() -> int:
                 )
                 live = [n["name"] for n in cloud.nodes if n["name"] not in away]
                 budget = fault_tolerance(count) - len(away)
-                moves = [UNDO[f] for f in set(away.values()) | set(troubled.values())]
+                moves = [UNDO[f] for f in sorted(set(away.values()) | set(troubled.values()))]
                 untroubled = sorted(set(live) - set(troubled))
                 moves += [t for t in TROUBLES if untroubled]
                 if agent_down:
