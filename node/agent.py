@@ -139,7 +139,8 @@ class Agent:
         self._said_unsigned = False  # logged once that this node publishes unsigned lists
         # the unconfirmed claim this agent is watching, and since when (monotonic)
         self._claim_seen: tuple[tuple[Any, ...], float] | None = None
-        self.lists = open_list(config.list_url, config.data_dir / "list")
+        # through the clone in the data folder; when its disk is full, one in memory
+        self.lists = RoomyList(config.list_url, config.data_dir)
         # other agents are called over HTTPS, trusting the cloud CA only ([tls] ca)
         tls = config.tls
         if tls is not None:
@@ -195,7 +196,9 @@ class Agent:
             self.http,
             self._other_managers,
             self.api_url,
-            active=lambda: self.state == "active",
+            # joining too: a machine whose clock is off asks for its join token with the
+            # cloud's time
+            active=lambda: self.state in ("joining", "active"),
         )
         self.verifier.clock = self.clock.now
         # the live model of the cloud (node/model.py): reads are answered from it; a change of
@@ -308,14 +311,17 @@ class Agent:
             log.info("agent %s stopped", self.config.name)
 
     async def _other_managers(self) -> list[str]:
-        """The API URLs of the agents beside the other managers this engine knows (no list
-        read: the clocks' look comes every few seconds)."""
+        """The API URLs of the agents beside the other managers this engine knows; while this
+        node is not in the swarm yet (joining), the ones the bootstrap list names (a list read
+        only then: the clocks' look comes every few seconds)."""
         info = await self.engine.info()
         urls = []
         for remote in (info.get("Swarm") or {}).get("RemoteManagers") or []:
             url = self.swarm.api_of(remote.get("Addr"))
             if url and url != self.api_url:
                 urls.append(url)
+        if not urls and self.state == "joining":
+            urls = await self.swarm.listed_manager_apis()
         return list(dict.fromkeys(urls))
 
     def _api_started(self) -> bool:
@@ -994,27 +1000,58 @@ class Agent:
             )
         )
         message = "managers: " + ", ".join(m.name for m in managers)
-        if await asyncio.to_thread(self._publish_list, lst, message):
+        if await asyncio.to_thread(self.lists.publish, lst, self.config.name, message):
             log.info("published to the bootstrap list: %s", message)
         self._published = key
 
-    def _publish_list(self, lst: BootstrapList, message: str) -> bool:
-        """Publish `lst` through the clone in the data folder; when that folder's disk is full
-        (git cannot write the commit there), through a clone in memory (`scratch_dir`): the
-        managers the cloud finds in the list must not wait for this machine's disk."""
+
+class RoomyList:
+    """The bootstrap list through the clone in the agent's data folder; when git cannot write
+    there (its disk is full: ENOSPC, "No space left on device"), through a clone in memory
+    (`scratch_dir`) until the data folder has room again. Reading the list to join again and
+    publishing the managers must not wait for this machine's disk (decision 0035)."""
+
+    def __init__(self, url: str, data_dir: Path) -> None:
+        self.url = url
+        self.data_dir = data_dir
+        self.primary = open_list(url, data_dir / "list")
+        self.writable = self.primary.writable
+        self._spare: Any = None
+        self._spared = False  # the last operation went through the clone in memory
+
+    def _do(self, operation: str, *args: Any) -> Any:
         try:
-            return self.lists.publish(lst, self.config.name, message)
+            answer = getattr(self.primary, operation)(*args)
         except ListError as exc:
             if not disk_full(exc):
                 raise
-            scratch = scratch_dir(self.config.data_dir)
-            log.warning(
-                "the data folder %s is full (no space left on its disk): publishing the list "
-                "through a clone in %s until it has room again",
-                self.config.data_dir,
-                scratch,
-            )
-            return open_list(self.config.list_url, scratch).publish(lst, self.config.name, message)
+            if self._spare is None:
+                self._spare = open_list(self.url, scratch_dir(self.data_dir))
+            if not self._spared:
+                log.warning(
+                    "the data folder %s is full (no space left on its disk): the bootstrap list "
+                    "is read and written through a clone in %s until it has room again",
+                    self.data_dir,
+                    scratch_dir(self.data_dir),
+                )
+                self._spared = True
+            return getattr(self._spare, operation)(*args)
+        if self._spared:
+            log.warning("the data folder %s has room again for the list's clone", self.data_dir)
+            self._spared = False
+        return answer
+
+    def read(self) -> BootstrapList:
+        return self._do("read")
+
+    def claim(self, lst: BootstrapList, by: str, replacing: BootstrapList | None = None) -> bool:
+        return self._do("claim", lst, by, replacing)
+
+    def publish(self, lst: BootstrapList, by: str, message: str) -> bool:
+        return self._do("publish", lst, by, message)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.primary, name)
 
 
 def disk_full(exc: BaseException) -> bool:
