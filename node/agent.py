@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import sys
 import tempfile
 import time
@@ -1039,6 +1040,9 @@ class RoomyList:
         if self._spared:
             log.warning("the data folder %s has room again for the list's clone", self.data_dir)
             self._spared = False
+        if self._spare is not None:  # not kept in memory longer than needed
+            shutil.rmtree(scratch_dir(self.data_dir), ignore_errors=True)
+            self._spare = None
         return answer
 
     def read(self) -> BootstrapList:
