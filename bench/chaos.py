@@ -3,7 +3,9 @@
 Each round does one random thing a machine really does, never taking away more machines than the
 managers can lose: `kill -9` of a node's agent, of its dockerd, or of both; a node's links down
 (cut); a node hung (SIGSTOP of its dockerd and agent); the leader's machine lost; two machines
-lost at once when the managers can afford it; or it undoes one of these (restart, heal, resume).
+lost at once when the managers can afford it; a live node's wall clock stepped 5 minutes ahead or
+back (its agent's: localcloud/clockstep.c); a live node's data disk full (its agent's data folder
+on a small filesystem, filled); or it undoes one of these (restart, heal, resume, unstep, free).
 After every round the cloud gets a bounded time to settle, then the invariants are judged by the
 engines themselves (each live node's Docker API, not the agents): one swarm (one cluster id); at
 least 1 and at most 7 managers, an odd count at rest; a quorum of the managers reachable; every
@@ -350,7 +352,9 @@ def keep_logs(cloud: LocalCloud, away: set[str]) -> Path:
 
 
 UNDO = {"kill": "restart", "kill-dockerd": "restart", "pause": "resume", "cut": "heal",
-        "kill-agent": "start-agent"}  # fmt: skip
+        "kill-agent": "start-agent", "step-clock": "unstep-clock",
+        "fill-disk": "free-disk"}  # fmt: skip
+TROUBLES = ("step-clock", "fill-disk")  # the node stays live: no machine is taken away
 
 
 def main() -> int:
@@ -373,8 +377,10 @@ def main() -> int:
         cloud = LocalCloud(workspace / ".hyops", "chaos")
         away: dict[str, str] = {}  # node -> its fault (kill, kill-dockerd, pause, cut)
         agent_down: set[str] = set()  # agent killed, engine still in the swarm
+        troubled: dict[str, str] = {}  # node -> step-clock or fill-disk (it stays live)
         try:
-            cloud.up(nodes=7, spec=check_spec(SPEC), timeout=900)  # the etcd image: 7 loads
+            # the etcd image goes to 7 nodes; agents run with a steppable wall clock
+            cloud.up(nodes=7, spec=check_spec(SPEC), timeout=900, clock_faults=True)
             if not wait_for(
                 lambda: ready_count(cloud, set()) == 7 and settled(cloud, set(), 7), ""
             ):
@@ -393,7 +399,9 @@ def main() -> int:
                 )
                 live = [n["name"] for n in cloud.nodes if n["name"] not in away]
                 budget = fault_tolerance(count) - len(away)
-                moves = [UNDO[f] for f in set(away.values())]
+                moves = [UNDO[f] for f in sorted(set(away.values()) | set(troubled.values()))]
+                untroubled = sorted(set(live) - set(troubled))
+                moves += [t for t in TROUBLES if untroubled]
                 if agent_down:
                     moves.append("start-agent")
                 if budget > 0 and len(live) > 1:
@@ -410,10 +418,12 @@ def main() -> int:
                     targets = [str(leader)]
                 elif move == "lose-two":
                     targets = rng.sample(live, 2)
+                elif move in TROUBLES:
+                    targets = [rng.choice(untroubled)]
                 elif move != "none":
                     wanted = {v: k for k, v in UNDO.items()}[move] if move != "restart" else None
                     pool = (sorted(agent_down) if move == "start-agent" else
-                            sorted(n for n, f in away.items()
+                            sorted(n for n, f in [*away.items(), *troubled.items()]
                                    if (f in ("kill", "kill-dockerd") if move == "restart"
                                        else f == wanted)))  # fmt: skip
                     targets = [rng.choice(pool)]
@@ -449,6 +459,18 @@ def main() -> int:
                     elif move == "heal":
                         cloud.heal(node)
                         away.pop(node)
+                    elif move == "step-clock":
+                        cloud.step_clock(node, rng.choice([-300, 300]))
+                        troubled[node] = move
+                    elif move == "fill-disk":
+                        cloud.fill_disk(node)
+                        troubled[node] = move
+                    elif move == "unstep-clock":
+                        cloud.unstep_clock(node)
+                        troubled.pop(node)
+                    elif move == "free-disk":
+                        cloud.free_disk(node)
+                        troubled.pop(node)
                 counts[move] = counts.get(move, 0) + 1
                 what = f"{move} {', '.join(targets) or '-'}"
                 started = time.monotonic()

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import hashlib
 import importlib.util
 import ipaddress
 import json
@@ -275,13 +277,16 @@ class LocalCloud:
         agents: bool = True,
         timeout: float = 180,
         spec: dict[str, Any] | None = None,
+        clock_faults: bool = False,
     ) -> dict[str, Any]:
         """Create this cloud with `nodes` nodes (default 3), or restart it when it is recorded
         (same prefix, subnet, addresses and dockerd data: the same swarm, with all its recorded
         nodes; a larger `nodes` adds the missing ones). `resources` maps node names to
         (cpus, memory bytes) figures. With `agents`, waits until the swarm is formed and every
         agent answers; without, until every dockerd answers. A new cloud with agents is given
-        `spec` (checked spec data), or else the workspace's `cloud/` spec when there is one."""
+        `spec` (checked spec data), or else the workspace's `cloud/` spec when there is one.
+        With `clock_faults`, its agents run (from now on, restarts included) with a wall clock
+        `step_clock` can step (decision 0035)."""
         started = time.monotonic()
         deadline = started + timeout
         if nodes is None:
@@ -314,6 +319,10 @@ class LocalCloud:
         if spec is not None and _has_store(spec):
             self.cloud_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             self._store_marker.write_text(STORE_IMAGE + "\n")  # its nodes get the etcd image
+        if clock_faults:
+            self.cloud_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            clock_shim()  # no C compiler: refused before anything starts
+            self._clock_marker.write_text("agents run with a steppable wall clock\n")
         record = self.record
         indexes = {int(_NODE.fullmatch(n["name"]).group(1)) for n in record["node"]}
         for i in range(1, nodes + 1):
@@ -642,8 +651,17 @@ class LocalCloud:
         if self._agent_pid(node):
             return
         config = self._write_agent_config(node)
+        clock: list[str] = []
+        if self._clock_marker.is_file():
+            if not self.clock_file(node).exists():
+                write_private(self.clock_file(node), "0\n")
+            clock = [
+                "env",
+                f"LD_PRELOAD={clock_shim()}",
+                f"HYOPS_CLOCK_FILE={self.clock_file(node)}",
+            ]
         cmd = [
-            "nsenter", f"--net={NETNS_DIR / entry['netns']}",
+            "nsenter", f"--net={NETNS_DIR / entry['netns']}", *clock,
             sys.executable, "-m", "node.agent", "--config", str(config),
         ]  # fmt: skip
         proc = self._spawn_in_uts(node, cmd, self.node_dir(node) / "agent.log")
@@ -662,9 +680,12 @@ class LocalCloud:
     def _fork_server(self, nodes: list[str]) -> tuple[subprocess.Popen | None, list[str]]:
         """The fork server for the agents of `nodes` that do not run (started now: it imports,
         then waits to be told to fork, by `_forks`), and those nodes. No server when one or
-        none is to start, or with `HYOPS_AGENT_FORK=0`."""
+        none is to start, with `HYOPS_AGENT_FORK=0`, or when the agents run with a steppable
+        clock (`clock_faults`: the shim is preloaded into a process when it starts)."""
         todo = [n for n in nodes if not self._agent_pid(n)]
         if len(todo) < 2 or os.environ.get("HYOPS_AGENT_FORK") == "0":
+            return None, todo
+        if self._clock_marker.is_file():  # the clock shim is preloaded when a process starts
             return None, todo
         cmd = [sys.executable, "-m", "node.forkserver", "--when-told"]
         for node in todo:
@@ -831,6 +852,101 @@ class LocalCloud:
 
         return run_async(form)
 
+    # -- a stepped clock, a full disk ---------------------------------------------------------
+
+    @property
+    def _clock_marker(self) -> Path:
+        """Present when this cloud's agents run with a steppable wall clock (clock_faults)."""
+        return self.cloud_dir / "clock-faults"
+
+    def clock_file(self, node: str) -> Path:
+        """The seconds that node's agent's wall clock is off by (read by localcloud/clockstep.c)."""
+        return self.run_dir(node) / "clock"
+
+    def step_clock(self, node: str, seconds: float) -> None:
+        """A machine whose wall clock is stepped: from now on that node's agent (and what it
+        runs, git and ssh included) reads the real time plus `seconds` (0: right again, which
+        `unstep_clock` does). Its monotonic clock runs on untouched, as a stepped machine's
+        does, and so does its dockerd (Go reads the clock through the vDSO, not libc: a real
+        machine's dockerd would be stepped too). Needs a cloud brought up with
+        `clock_faults=True`; takes effect within 0.2 s, and lasts over agent restarts."""
+        pid = self._agent_pid(node)
+        if not self._clock_marker.is_file():
+            raise DevCloudError(
+                f"the agents of local cloud {self.name!r} run with the real clock: bring it up "
+                "with clock_faults=True (LocalCloud.up) to step a node's clock"
+            )
+        if pid and f"HYOPS_CLOCK_FILE={self.clock_file(node)}" not in _environ(pid):
+            raise DevCloudError(
+                f"{node}'s agent was started before clock faults were on: restart it "
+                f"(kill_agent, start_agent), then step its clock"
+            )
+        write_private(self.clock_file(node), f"{round(seconds)}\n")
+
+    def unstep_clock(self, node: str) -> None:
+        """Undo `step_clock`: that node's agent reads the real time again."""
+        self.step_clock(node, 0)
+
+    def _disk_stage(self, node: str) -> Path:
+        return self.run_dir(node) / "disk"
+
+    def disk_full(self, node: str) -> bool:
+        """Whether `fill_disk` holds that node's data folder."""
+        return os.path.ismount(self.node_dir(node) / "agent")
+
+    def fill_disk(self, node: str, size: int = 32 << 20) -> None:
+        """A full disk under that node's agent: its data folder (state, spec, nonce journal,
+        the bootstrap list's clone, images on their way) moves onto a filesystem of its own,
+        `size` bytes (a tmpfs, what the folder held copied in), and a file fills that to the
+        last byte. `free_disk` undoes it, what the agent wrote meanwhile kept. dockerd's data
+        root is left alone."""
+        data = self.node_dir(node) / "agent"
+        data.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not self.disk_full(node):
+            stage = self._disk_stage(node)
+            stage.mkdir(parents=True, exist_ok=True, mode=0o700)
+            run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "hyops-disk", str(stage)])
+            try:
+                run(["cp", "-a", f"{data}/.", f"{stage}/"])
+                run(["mount", "--bind", str(stage), str(data)])
+            finally:
+                run(["umount", str(stage)], check=False)
+        fd = os.open(data / ".fill", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            chunk = b"\0" * (1 << 20)
+            while chunk:
+                try:
+                    os.write(fd, chunk)
+                except OSError as exc:
+                    if exc.errno != errno.ENOSPC:
+                        raise
+                    chunk = chunk[: len(chunk) // 2]
+        finally:
+            os.close(fd)
+
+    def free_disk(self, node: str) -> None:
+        """Undo `fill_disk`: the filling file goes, what the folder holds is copied back to the
+        node's own disk and the small filesystem is unmounted."""
+        data = self.node_dir(node) / "agent"
+        if not self.disk_full(node):
+            return
+        (data / ".fill").unlink(missing_ok=True)
+        stage = self._disk_stage(node)
+        stage.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # the node's folder without the mount on it: a bind mount does not carry submounts
+        run(["mount", "--bind", str(self.node_dir(node)), str(stage)])
+        try:
+            under = stage / "agent"
+            for child in under.iterdir():
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child)
+                else:
+                    child.unlink()
+            run(["cp", "-a", f"{data}/.", f"{under}/"])
+        finally:
+            run(["umount", str(stage)], check=False)
+        run(["umount", "--lazy", str(data)])
+
     # -- levers for tests and operators -------------------------------------------------------
 
     def docker(self, node: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -963,6 +1079,8 @@ class LocalCloud:
             agents = [p for n in names if (p := self._agent_pid(n))]
             stop(agents, grace=10)
             phase("agents")
+            for n in names:
+                self.free_disk(n)  # what a full node's agent wrote goes back to its own disk
             dockerds = {n: p for n in names if (p := self._dockerd_pid(n))}
             stop_containers([self.node_info(n)["docker_socket"] for n in dockerds], STOP_GRACE)
             phase("containers")
@@ -981,6 +1099,38 @@ class LocalCloud:
             return phases
         finally:
             release_cloud_lock(prefix)
+
+
+def _environ(pid: int) -> str:
+    try:
+        return (
+            Path(f"/proc/{pid}/environ").read_bytes().replace(b"\0", b"\n").decode(errors="replace")
+        )
+    except OSError:
+        return ""
+
+
+def clock_shim() -> Path:
+    """localcloud/clockstep.c built (once per version of it) into a preloadable library under
+    RUN_ROOT: it steps an agent's wall clock by what its node's clock file says."""
+    source = Path(__file__).with_name("clockstep.c")
+    text = source.read_bytes()
+    target = RUN_ROOT / f"clockstep-{hashlib.sha256(text).hexdigest()[:12]}.so"
+    if target.exists():
+        return target
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if not compiler:
+        raise DevCloudError(
+            "clock faults need a C compiler for localcloud/clockstep.c: apt-get install gcc "
+            "(scripts/setup.sh --tests installs it)"
+        )
+    RUN_ROOT.mkdir(parents=True, exist_ok=True, mode=0o755)
+    with flock(RUN_ROOT / ".clockstep.lock", 60, "building the clock shim"):
+        if not target.exists():
+            tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+            run([compiler, "-shared", "-fPIC", "-O2", "-o", str(tmp), str(source), "-ldl"])
+            os.replace(tmp, target)
+    return target
 
 
 STOP_GRACE = 2  # seconds a container has between SIGTERM and SIGKILL when the cloud goes down

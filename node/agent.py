@@ -20,10 +20,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
+import hashlib
 import json
 import logging
+import os
 import secrets
+import shutil
 import sys
+import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,6 +37,7 @@ from typing import Any
 import httpx
 
 from node.autopilot import Autopilot
+from node.clock import ClockWatch
 from node.config import AgentConfig, ConfigError, load_config
 from node.engine import Engine, EngineError
 from node.model import ManagerCopy, Model
@@ -134,7 +140,8 @@ class Agent:
         self._said_unsigned = False  # logged once that this node publishes unsigned lists
         # the unconfirmed claim this agent is watching, and since when (monotonic)
         self._claim_seen: tuple[tuple[Any, ...], float] | None = None
-        self.lists = open_list(config.list_url, config.data_dir / "list")
+        # through the clone in the data folder; when its disk is full, one in memory
+        self.lists = RoomyList(config.list_url, config.data_dir)
         # other agents are called over HTTPS, trusting the cloud CA only ([tls] ca)
         tls = config.tls
         if tls is not None:
@@ -151,6 +158,7 @@ class Agent:
         self._labelling: asyncio.Task[None] | None = None
         self._published: tuple[tuple[str, str, str], ...] | None = None
         self._state_file = config.data_dir / "state.json"
+        self._state_unsaved = False  # its disk was full: saved again when it has room
         state = self._load_state()
         self.cloud_id = state.get("cloud_id")
         # the swarm node ID last seen: an engine whose swarm is in error reports none
@@ -183,6 +191,17 @@ class Agent:
             api_port=config.api_port,
             api_url=self.api_url,
         )
+        # the cloud's time as the other agents' clocks tell it (node/clock.py, decision 0035):
+        # signed requests are checked and signed with it
+        self.clock = ClockWatch(
+            self.http,
+            self._other_managers,
+            self.api_url,
+            # joining too: a machine whose clock is off asks for its join token with the
+            # cloud's time
+            active=lambda: self.state in ("joining", "active"),
+        )
+        self.verifier.clock = self.clock.now
         # the live model of the cloud (node/model.py): reads are answered from it; a change of
         # this engine's own state (a promotion) makes the Swarm view look again
         self.model = Model(
@@ -208,7 +227,11 @@ class Agent:
             is_manager=self.swarm.is_manager,
             managers=self.swarm.manager_apis,
             client=lambda url: NodeClient(
-                url, self.key, self.http, audience=audience(str(self.cloud_id), MANAGERS)
+                url,
+                self.key,
+                self.http,
+                audience=audience(str(self.cloud_id), MANAGERS),
+                clock=self.clock.now,
             ),
             active=lambda: self.state == "active" and self.cloud_id is not None,
         )
@@ -236,7 +259,23 @@ class Agent:
             "joined_via": self.joined_via,
             "leader": self.was_leader,
         }
-        write_atomic(self._state_file, json.dumps(state), PRIVATE)
+        try:
+            write_atomic(self._state_file, json.dumps(state), PRIVATE)
+        except OSError as exc:
+            # a full disk must not stop the agent: the state is kept in memory and written
+            # on its next look (check_membership) once there is room
+            if not self._state_unsaved:
+                log.warning(
+                    "cannot save this agent's state to %s (%s): kept in memory, saved as soon "
+                    "as its disk has room",
+                    self._state_file,
+                    exc.strerror or exc,
+                )
+            self._state_unsaved = True
+            return
+        if self._state_unsaved:
+            log.warning("this agent's state is saved again to %s", self._state_file)
+            self._state_unsaved = False
 
     # --- running ---------------------------------------------------------------------------
 
@@ -249,6 +288,7 @@ class Agent:
         pilot = asyncio.create_task(self.autopilot.run(), name="autopilot")
         model = asyncio.create_task(self.model.run(), name="model")
         copy = asyncio.create_task(self.copy.run(), name="manager-copy")
+        clock = asyncio.create_task(self.clock.run(), name="clock")
         ssh = None
         try:
             server = await asyncio.to_thread(self._server)
@@ -260,6 +300,7 @@ class Agent:
             pilot.cancel()
             model.cancel()
             copy.cancel()
+            clock.cancel()
             if ssh is not None:
                 ssh.close()
                 with contextlib.suppress(Exception):
@@ -269,6 +310,20 @@ class Agent:
             await self.http.aclose()
             await self.engine.aclose()
             log.info("agent %s stopped", self.config.name)
+
+    async def _other_managers(self) -> list[str]:
+        """The API URLs of the agents beside the other managers this engine knows; while this
+        node is not in the swarm yet (joining), the ones the bootstrap list names (a list read
+        only then: the clocks' look comes every few seconds)."""
+        info = await self.engine.info()
+        urls = []
+        for remote in (info.get("Swarm") or {}).get("RemoteManagers") or []:
+            url = self.swarm.api_of(remote.get("Addr"))
+            if url and url != self.api_url:
+                urls.append(url)
+        if not urls and self.state == "joining":
+            urls = await self.swarm.listed_manager_apis()
+        return list(dict.fromkeys(urls))
 
     def _api_started(self) -> bool:
         """Whether this agent's API serves (its framework is built in a thread while the
@@ -431,6 +486,8 @@ class Agent:
         """Between steps: notice a swarm membership that stopped working (or a worker whose
         manager's copy of the nodes no longer has it) and, once it has been so for
         FORGOTTEN_AFTER seconds and the cloud confirms it forgot this node, rejoin."""
+        if self._state_unsaved:
+            self._save_state()  # its disk was full: try again
         try:
             info = await self.engine.info()
         except EngineError:
@@ -498,9 +555,9 @@ class Agent:
                 continue
             to = audience(lst.cloud_id, manager.name)
             try:
-                nodes = await NodeClient(manager.api, self.key, self.http, audience=to).get(
-                    "/v1/nodes"
-                )
+                nodes = await NodeClient(
+                    manager.api, self.key, self.http, audience=to, clock=self.clock.now
+                ).get("/v1/nodes")
             except NodeApiError:
                 continue
             if any(n.get("id") == node_id for n in nodes):
@@ -586,9 +643,9 @@ class Agent:
             return None
         to = audience(self.cloud_id, str(record.get("name")))
         try:
-            answer = await NodeClient(url, self.key, self.http, audience=to).request(
-                "GET", "/v1/node", timeout=3.0
-            )
+            answer = await NodeClient(
+                url, self.key, self.http, audience=to, clock=self.clock.now
+            ).request("GET", "/v1/node", timeout=3.0)
         except NodeApiError as exc:
             log.info("could not ask %s which managers its engine knows: %s", record["name"], exc)
             return None
@@ -785,7 +842,7 @@ class Agent:
         assert lst.cloud_id is not None  # a list naming managers names their cloud
         for manager in lst.managers:
             to = audience(lst.cloud_id, manager.name)
-            client = NodeClient(manager.api, self.key, self.http, audience=to)
+            client = NodeClient(manager.api, self.key, self.http, audience=to, clock=self.clock.now)
             try:
                 answer, signer = await client.signed_answer(
                     "POST", "/v1/join-token", {"role": "worker"}, self.trust
@@ -880,7 +937,7 @@ class Agent:
                     continue
                 tried.add(url)
                 try:
-                    client = NodeClient(url, self.key, self.http, audience=to)
+                    client = NodeClient(url, self.key, self.http, audience=to, clock=self.clock.now)
                     return await client.request(method, path, body=body)
                 except NodeApiError as exc:
                     if exc.status is not None and exc.status < 500:
@@ -947,6 +1004,75 @@ class Agent:
         if await asyncio.to_thread(self.lists.publish, lst, self.config.name, message):
             log.info("published to the bootstrap list: %s", message)
         self._published = key
+
+
+class RoomyList:
+    """The bootstrap list through the clone in the agent's data folder; when git cannot write
+    there (its disk is full: ENOSPC, "No space left on device"), through a clone in memory
+    (`scratch_dir`) until the data folder has room again. Reading the list to join again and
+    publishing the managers must not wait for this machine's disk (decision 0035)."""
+
+    def __init__(self, url: str, data_dir: Path) -> None:
+        self.url = url
+        self.data_dir = data_dir
+        self.primary = open_list(url, data_dir / "list")
+        self.writable = self.primary.writable
+        self._spare: Any = None
+        self._spared = False  # the last operation went through the clone in memory
+
+    def _do(self, operation: str, *args: Any) -> Any:
+        try:
+            answer = getattr(self.primary, operation)(*args)
+        except ListError as exc:
+            if not disk_full(exc):
+                raise
+            if self._spare is None:
+                self._spare = open_list(self.url, scratch_dir(self.data_dir))
+            if not self._spared:
+                log.warning(
+                    "the data folder %s is full (no space left on its disk): the bootstrap list "
+                    "is read and written through a clone in %s until it has room again",
+                    self.data_dir,
+                    scratch_dir(self.data_dir),
+                )
+                self._spared = True
+            return getattr(self._spare, operation)(*args)
+        if self._spared:
+            log.warning("the data folder %s has room again for the list's clone", self.data_dir)
+            self._spared = False
+        if self._spare is not None:  # not kept in memory longer than needed
+            shutil.rmtree(scratch_dir(self.data_dir), ignore_errors=True)
+            self._spare = None
+        return answer
+
+    def read(self) -> BootstrapList:
+        return self._do("read")
+
+    def claim(self, lst: BootstrapList, by: str, replacing: BootstrapList | None = None) -> bool:
+        return self._do("claim", lst, by, replacing)
+
+    def publish(self, lst: BootstrapList, by: str, message: str) -> bool:
+        return self._do("publish", lst, by, message)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.primary, name)
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether `exc` says a disk is full (an OSError's ENOSPC, or git's own words for it)."""
+    return getattr(exc, "errno", None) == errno.ENOSPC or "No space left on device" in str(exc)
+
+
+def scratch_dir(data_dir: Path) -> Path:
+    """A folder in memory (/dev/shm, else the temporary folder) for what cannot wait for a full
+    data folder: one per data folder, private to root."""
+    base = Path("/dev/shm")
+    if not (base.is_dir() and os.access(base, os.W_OK)):
+        base = Path(tempfile.gettempdir())
+    digest = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:12]
+    folder = base / f"hyops-{digest}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    return folder
 
 
 def swarm_listen_addr(advertise_addr: str) -> str:

@@ -18,7 +18,10 @@ import asyncio
 import contextlib
 import json
 import logging
+import shutil
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import httpx
@@ -30,6 +33,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from node.autopilot import Autopilot
 from node.autopilot.specs import spec_for_role
+from node.clock import ClockWatch
 from node.engine import EngineError
 from node.errors import AgentError, Kind
 from node.image_api import add_image_routes
@@ -86,11 +90,38 @@ class NodeAgent(Protocol):
     store: StoreOps
     autopilot: Autopilot
     copy: ManagerCopy  # a worker's copy of the nodes and services, from a manager's stream
+    clock: ClockWatch  # the cloud's time as the other agents' clocks tell it
 
     @property
     def state(self) -> str: ...
     @property
     def cloud_id(self) -> str | None: ...
+
+
+DISK_LOW = 1 << 20  # bytes: a data folder with less free is full for the agent's purposes
+
+
+def machine_problems(agent: NodeAgent) -> list[str]:
+    """What `GET /v1/health` says is wrong with this machine: its data folder's disk full, its
+    clock off the time the other agents agree on."""
+    problems = []
+    data = Path(agent.config.data_dir)
+    try:
+        free = shutil.disk_usage(data).free
+    except OSError:
+        free = None
+    if free is not None and free < DISK_LOW:
+        problems.append(
+            f"the data folder {data} has {free} bytes free: the agent cannot keep its state, "
+            "its nonce journal (changes are refused) or the list's clone there; free space "
+            "on its disk"
+        )
+    if agent.clock.offset:
+        problems.append(
+            f"this machine's clock is {-agent.clock.offset:+.0f} s off the time the other agents "
+            "agree on: the agent signs and checks requests with theirs; set the clock right (NTP)"
+        )
+    return problems
 
 
 def error_response(status: int, code: str, message: str, hint: str = "") -> JSONResponse:
@@ -241,6 +272,19 @@ class Health(BaseModel):
     version: str
     state: str = Field(description="starting | joining | originating | active | error")
     cloud_id: str | None = None
+    clock: float | None = Field(
+        None, description="this machine's wall clock (Unix seconds) as it answered"
+    )
+    clock_offset: float = Field(
+        0.0,
+        description="seconds this agent adds to its machine's clock to read the time most of "
+        "the cloud's agents agree on (0: they agree); decision 0035",
+    )
+    problems: list[str] = Field(
+        default_factory=list,
+        description="what is wrong with this machine that the agent works around (a full data "
+        "disk, a clock off the cloud's), each with what to do",
+    )
 
 
 class LabelsBody(BaseModel):
@@ -515,6 +559,9 @@ def create_app(agent: NodeAgent) -> FastAPI:
             version=__version__,
             state=agent.state,
             cloud_id=agent.cloud_id,
+            clock=time.time(),
+            clock_offset=round(agent.clock.offset, 1),
+            problems=machine_problems(agent),
         )
 
     @app.get("/v1/node", tags=["state"])

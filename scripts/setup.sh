@@ -7,7 +7,8 @@
 #       python: a virtualenv in .venv with hyops installed in editable mode
 #   scripts/setup.sh --tests  the above, and what the tests need (`make test`, CI)
 #       system: chromium (report rendering tests), clojure + libnrepl-clojure (reference nREPL
-#               client), iptables (a test closes the API port), tmux (console tests),
+#               client), iptables (a test closes the API port), tmux (console tests), gcc
+#               (the local cloud's clock faults: localcloud/clockstep.c),
 #               emacs-nox + neovim (real editors for (edit x))
 #       python: the dev tools (pytest, pexpect, ruff, import-linter, …)
 #
@@ -51,6 +52,8 @@ command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
 if [ "$tests" = 1 ]; then
   command -v iptables >/dev/null || need+=(iptables)
   command -v tmux >/dev/null || need+=(tmux)
+  # a C compiler: the local cloud builds localcloud/clockstep.c for its clock faults
+  command -v cc >/dev/null || need+=(gcc libc6-dev)
   command -v chromium >/dev/null || need+=(chromium)
   # real editors that (edit x) hands files to in the tests (emacsclient, nvim --remote)
   command -v emacsclient >/dev/null || need+=(emacs-nox)

@@ -69,12 +69,20 @@ class _Clouds:
         name: str = "local",
         timeout: float = 180,
         spec: dict[str, Any] | None = None,
+        clock_faults: bool = False,
     ) -> LocalCloud:
         workspace = self.tmp.mktemp("ws")
         (workspace / "ops").symlink_to(REPO / "ops")
         cloud = LocalCloud(workspace / ".hyops", name)
         self.made.append(cloud)  # before up: a half-made cloud is taken down too
-        cloud.up(nodes=nodes, resources=resources, agents=agents, timeout=timeout, spec=spec)
+        cloud.up(
+            nodes=nodes,
+            resources=resources,
+            agents=agents,
+            timeout=timeout,
+            spec=spec,
+            clock_faults=clock_faults,
+        )
         return trust_cloud(cloud)  # its agents' certificates are checked against its CA
 
     def close(self) -> None:

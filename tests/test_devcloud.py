@@ -248,6 +248,34 @@ def test_a_partition_cuts_a_node_off_until_healed(cloud: LocalCloud) -> None:
     wait_until(lambda: reachable(addr), 20, "node-1 reachable again")
 
 
+def test_a_clock_fault_is_refused_on_a_cloud_not_brought_up_for_it(cloud: LocalCloud) -> None:
+    with pytest.raises(DevCloudError, match="bring it up with clock_faults=True"):
+        cloud.step_clock("node-1", 300)
+    assert not cloud.clock_file("node-1").exists()
+
+
+def test_a_full_disk_fills_the_agents_folder_and_freeing_it_keeps_what_was_written(
+    cloud: LocalCloud,
+) -> None:
+    folder = cloud.node_dir("node-3") / "agent"
+    folder.mkdir(exist_ok=True)
+    (folder / "before").write_text("kept\n")
+    cloud.fill_disk("node-3", size=4 << 20)
+    try:
+        assert cloud.disk_full("node-3") and (folder / "before").read_text() == "kept\n"
+        with pytest.raises(OSError, match="No space left on device"):
+            with (folder / "more").open("w") as f:
+                f.write("x" * 8192)
+        (folder / "more").unlink(missing_ok=True)
+        (folder / ".fill").unlink()
+        (folder / "during").write_text("written while it was mounted\n")
+    finally:
+        cloud.free_disk("node-3")
+    assert not cloud.disk_full("node-3")
+    assert sorted(p.name for p in folder.iterdir()) == ["before", "during"]
+    assert (folder / "during").read_text() == "written while it was mounted\n"
+
+
 def test_add_node_gives_the_next_name_and_address(cloud: LocalCloud) -> None:
     entry = cloud.add_node(cpus=1, memory=GIB, agent=False)
     assert entry["name"] == "node-4"

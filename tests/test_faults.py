@@ -503,3 +503,90 @@ def test_a_demoted_manager_that_joined_raft_again_as_a_worker_is_removed_from_ra
     assert len(mine) == 1 and mine[0]["ID"] != victim["id"] and not mine[0]["ManagerStatus"]
     log = (cloud.node_dir(name) / "agent.log").read_text()
     assert "no longer knows this node's swarm ID" in log
+
+
+# --- a machine's clock stepped by minutes; a machine's data disk full (decision 0035) ----------
+
+
+def reachable_by_engines(cloud: LocalCloud, node: str) -> list[str]:
+    up = ("Leader", "Reachable")
+    return sorted(e["Hostname"] for e in engine_nodes(cloud, node) if e.get("ManagerStatus") in up)
+
+
+def listed(cloud: LocalCloud, work: Path) -> list[str]:
+    return sorted(m.name for m in the_list(cloud, work).managers)
+
+
+@pytest.mark.cloud
+@pytest.mark.parametrize("step", [300, -300])
+def test_the_leaders_clock_stepped_by_five_minutes_reckons_with_the_clouds_time(
+    make_cloud: MakeCloud, step: int
+) -> None:
+    """The leader's machine's wall clock is stepped 5 minutes ahead (or back): its agent hears
+    the other agents' clocks, says its own is off, and checks and signs requests with the
+    cloud's time, so the operator still reads the leader's autopilot through any manager and
+    the leader's own API answers signed requests. Stepped back, it reads its own clock again."""
+    cloud = make_cloud(nodes=4, spec=FAST, clock_faults=True)
+    ready = four_ready_three_managers(cloud)
+    leader = next(n["name"] for n in ready if n["leader"])
+    follower = next(n["name"] for n in ready if n["role"] == "manager" and not n["leader"])
+    cloud.step_clock(leader, step)
+    seen = wait_until(
+        lambda: (h := health(cloud, leader))["clock_offset"] and h,
+        60,
+        f"{leader}'s agent to find its clock off the cloud's",
+    )
+    assert abs(seen["clock_offset"] + step) < 5, seen
+    assert abs(seen["clock"] - time.time() - step) < 5, seen  # its machine's clock is stepped
+    assert any("clock is" in p and "NTP" in p for p in seen["problems"]), seen
+    assert health(cloud, follower)["clock_offset"] == 0  # the majority keeps its own
+    key = Path(cloud.record["operator_key"])
+    # the operator's request, signed with the real time, relayed by a follower to the leader
+    via = signed("GET", f"{cloud.api(follower)}/v1/autopilot", key, timeout=10)
+    assert via.status_code == 200 and via.json()["node"] == leader, via.text
+    own = signed("GET", f"{cloud.api(leader)}/v1/nodes", key, timeout=10)
+    assert own.status_code == 200, own.text
+    log = (cloud.node_dir(leader) / "agent.log").read_text()
+    assert f"this machine's clock is {step:+d} s off the time 2 of 2 other agents agree on" in log
+    cloud.unstep_clock(leader)
+    wait_until(lambda: health(cloud, leader)["clock_offset"] == 0, 60, "the clocks to agree")
+    assert health(cloud, leader)["problems"] == []
+    assert (
+        "this machine's clock agrees with the cloud's again"
+        in (cloud.node_dir(leader) / "agent.log").read_text()
+    )
+
+
+@pytest.mark.cloud
+def test_the_leaders_full_data_disk_still_publishes_the_managers(
+    make_cloud: MakeCloud, tmp_path: Path
+) -> None:
+    """The leader's data disk fills up; then a manager's machine is lost. The leader's agent
+    says its disk is full, replaces the lost manager and still publishes the managers (through
+    a clone in memory); its disk freed, it goes on with its own data, which nothing lost."""
+    cloud = make_cloud(nodes=4, spec=FAST)
+    ready = four_ready_three_managers(cloud)
+    leader = next(n["name"] for n in ready if n["leader"])
+    lost = next(n["name"] for n in ready if n["role"] == "manager" and not n["leader"])
+    cloud_id = health(cloud, leader)["cloud_id"]
+    cloud.fill_disk(leader)
+    assert cloud.disk_full(leader)
+    problems = health(cloud, leader)["problems"]
+    assert any("bytes free" in p and "free space" in p for p in problems), problems
+    cloud.kill_agent(lost)
+    cloud.kill_dockerd(lost)
+    wanted = sorted(n["name"] for n in ready if n["name"] != lost)
+    wait_until(lambda: reachable_by_engines(cloud, leader) == wanted, 90, f"{wanted} in Raft")
+    wait_until(lambda: listed(cloud, tmp_path / "r") == wanted, 60, f"the list to name {wanted}")
+    log = (cloud.node_dir(leader) / "agent.log").read_text()
+    assert "is full (no space left on its disk): the bootstrap list is read and written" in log
+    assert health(cloud, leader)["ok"]  # it works on, full disk and all
+    cloud.free_disk(leader)
+    assert not cloud.disk_full(leader)
+    assert health(cloud, leader)["problems"] == []
+    state = json.loads((cloud.node_dir(leader) / "agent" / "state.json").read_text())
+    assert state["cloud_id"] == cloud_id and state["leader"] is True
+    key = Path(cloud.record["operator_key"])
+    took = signed("PUT", f"{cloud.api(leader)}/v1/spec", key, body=FAST, timeout=10)
+    assert took.status_code == 200, took.text  # its nonce journal writes again
+    assert listed(cloud, tmp_path / "r2") == wanted

@@ -162,6 +162,7 @@ class NodeClient:
         audience: str | None = None,
         cloud_id: str | None = None,
         name: str | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.key = key
@@ -169,6 +170,9 @@ class NodeClient:
         self.audience = audience
         self.cloud_id = cloud_id
         self.name = name
+        # the time requests are signed with (an agent's: the cloud's time, node/clock.py);
+        # None: this machine's clock
+        self.clock = clock
 
     async def _audience(self, path: str) -> str:
         """The audience to sign a request for `path` with (asking /v1/health once if needed)."""
@@ -216,8 +220,9 @@ class NodeClient:
         data = b"" if body is None else json.dumps(body, separators=(",", ":")).encode()
         to = await self._audience(path)
         headers = sign_headers(
-            self.key, method, path_with_query, data, audience=to, body_digest=body_digest
-        )
+            self.key, method, path_with_query, data, audience=to, body_digest=body_digest,
+            now=self.clock() if self.clock is not None else None,
+        )  # fmt: skip
         if body is not None:
             headers["Content-Type"] = "application/json"
         return self.base_url + path_with_query, data, headers
