@@ -150,6 +150,20 @@ def workspace_spec(state_dir: Path) -> dict[str, Any] | None:
 # --- the cloud ------------------------------------------------------------------------------------
 
 
+class _Phases:
+    """Where a long operation's seconds went: `phase(name)` ends a phase begun at the last one
+    (or at the start); `seconds` maps each phase to its seconds."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._mark = time.monotonic()
+
+    def __call__(self, name: str) -> None:
+        now = time.monotonic()
+        self.seconds[name] = round(now - self._mark, 2)
+        self._mark = now
+
+
 class LocalCloud:
     """One local cloud of a workspace: `up`, `down`, and the levers tests pull (kill a dockerd,
     cut a node off, run the real docker CLI against a node)."""
@@ -331,15 +345,7 @@ class LocalCloud:
         for entry in record["node"]:
             if entry["name"] in resources:
                 entry["cpus"], entry["memory"] = resources[entry["name"]]
-        phases: dict[str, float] = {}
-        mark = time.monotonic()
-
-        def phase(name: str) -> None:
-            nonlocal mark
-            now = time.monotonic()
-            phases[name] = round(now - mark, 2)
-            mark = now
-
+        phase = _Phases()
         self._prepare_files()
         self._save_record()
         phase("files")
@@ -372,7 +378,7 @@ class LocalCloud:
                 self.apply_spec(spec, timeout=max(5.0, deadline - time.monotonic()))
                 phase("spec")
         seconds = round(time.monotonic() - started, 2)
-        return {**self.describe(), "seconds": seconds, "phases": phases}
+        return {**self.describe(), "seconds": seconds, "phases": phase.seconds}
 
     def describe(self) -> dict[str, Any]:
         """What `hyops up` prints and tests read: the record plus where it lives."""
@@ -1064,15 +1070,7 @@ class LocalCloud:
         unless `clean`. Idempotent. Returns where its seconds went (phase -> seconds)."""
         prefix = self.prefix
         hold_cloud_lock(prefix)
-        phases: dict[str, float] = {}
-        mark = time.monotonic()
-
-        def phase(name: str) -> None:
-            nonlocal mark
-            now = time.monotonic()
-            phases[name] = round(now - mark, 2)
-            mark = now
-
+        phase = _Phases()
         try:
             record = self.load_record()
             names = [n["name"] for n in (record or {}).get("node", [])]
@@ -1096,7 +1094,7 @@ class LocalCloud:
                         default.unlink()
                 phase("files")
             self._record = None
-            return phases
+            return phase.seconds
         finally:
             release_cloud_lock(prefix)
 
