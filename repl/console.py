@@ -22,9 +22,16 @@ from collections.abc import Iterable
 from typing import Any
 
 from prompt_toolkit.completion import CompleteEvent, Completer, Completion
+from prompt_toolkit.completion.base import get_common_complete_suffix
 from prompt_toolkit.document import Document
 from prompt_toolkit.enums import DEFAULT_BUFFER
-from prompt_toolkit.filters import emacs_insert_mode, has_focus, has_selection, vi_insert_mode
+from prompt_toolkit.filters import (
+    Condition,
+    emacs_insert_mode,
+    has_focus,
+    has_selection,
+    vi_insert_mode,
+)
 from prompt_toolkit.formatted_text import ANSI, AnyFormattedText, FormattedText, PygmentsTokens
 from prompt_toolkit.key_binding import KeyPressEvent
 from prompt_toolkit.lexers import PygmentsLexer
@@ -156,6 +163,7 @@ class HyRepl(PythonRepl):
         self.prompt_style = "hy"
         self.default_buffer.tempfile_suffix = ".hy"
         self._bind_enter()
+        self._bind_tab()
 
     def _bind_enter(self) -> None:
         @self.add_key_binding(
@@ -177,6 +185,39 @@ class HyRepl(PythonRepl):
                 buffer.validate_and_handle()
             else:
                 buffer.insert_text("\n" + " " * indentation(doc.text_before_cursor))
+
+    def _bind_tab(self) -> None:
+        @Condition
+        def after_a_word() -> bool:  # ptpython's own Tab indents after only whitespace
+            before = self.default_buffer.document.current_line_before_cursor
+            return bool(before) and not before.isspace()
+
+        @self.add_key_binding(
+            "tab", filter=~has_selection & has_focus(DEFAULT_BUFFER) & after_a_word
+        )
+        def _(event: KeyPressEvent) -> None:
+            """Complete now, from the Session's names (in memory, so at once).
+
+            prompt_toolkit's own Tab starts the asynchronous completer, and drops the key when
+            the one started by typing is still running: on a busy machine a quick Tab did
+            nothing at all. Here the first Tab completes the common part, or opens the menu
+            when there is none; a Tab in the menu moves to the next name."""
+            buffer = event.current_buffer
+            if buffer.complete_state:
+                buffer.complete_next()
+                return
+            document = buffer.document
+            found = list(
+                self.completer.get_completions(document, CompleteEvent(completion_requested=True))
+            )
+            if len(found) == 1:
+                buffer.apply_completion(found[0])
+                return
+            common = get_common_complete_suffix(document, found)
+            if common:
+                buffer.insert_text(common)
+            elif found:
+                buffer.set_completions(found)
 
     # ptpython hooks that are Python-specific: signatures come from jedi, and it adds Python
     # helpers (`exit`, `get_ptpython`) to the namespace.

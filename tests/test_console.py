@@ -139,8 +139,9 @@ def test_multi_line_defn_typed_line_by_line(workspace: Workspace) -> None:
 
 def test_tab_completes_ops_in_hy_spelling(workspace: Workspace) -> None:
     c = start_console(workspace)
-    c.send("(reloa")
-    c.send("\t")
+    # typed as fast as a paste: the Tab arrives while the completion that typing started is
+    # still running (prompt_toolkit's own Tab was dropped then, CI's run of 2026-12-01)
+    c.send("(reloa\t")
     c.wait_for("reload!")
     c.submit(")")
     # (reload!) ran: it answers with the modules it reloaded.
