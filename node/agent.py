@@ -226,15 +226,14 @@ class Agent:
         self.copy = ManagerCopy(
             is_manager=self.swarm.is_manager,
             managers=self.swarm.manager_apis,
-            client=lambda url: NodeClient(
-                url,
-                self.key,
-                self.http,
-                audience=audience(str(self.cloud_id), MANAGERS),
-                clock=self.clock.now,
-            ),
+            client=lambda url: self.client(url, audience(str(self.cloud_id), MANAGERS)),
             active=lambda: self.state == "active" and self.cloud_id is not None,
         )
+
+    def client(self, url: str, to: str) -> NodeClient:
+        """A client of another agent at `url`, signing as this node for audience `to`, with the
+        cloud's time (the one the others check a signature's age against)."""
+        return NodeClient(url, self.key, self.http, audience=to, clock=self.clock.now)
 
     # --- state kept across restarts -------------------------------------------------------
 
@@ -555,9 +554,7 @@ class Agent:
                 continue
             to = audience(lst.cloud_id, manager.name)
             try:
-                nodes = await NodeClient(
-                    manager.api, self.key, self.http, audience=to, clock=self.clock.now
-                ).get("/v1/nodes")
+                nodes = await self.client(manager.api, to).get("/v1/nodes")
             except NodeApiError:
                 continue
             if any(n.get("id") == node_id for n in nodes):
@@ -643,9 +640,7 @@ class Agent:
             return None
         to = audience(self.cloud_id, str(record.get("name")))
         try:
-            answer = await NodeClient(
-                url, self.key, self.http, audience=to, clock=self.clock.now
-            ).request("GET", "/v1/node", timeout=3.0)
+            answer = await self.client(url, to).request("GET", "/v1/node", timeout=3.0)
         except NodeApiError as exc:
             log.info("could not ask %s which managers its engine knows: %s", record["name"], exc)
             return None
@@ -842,7 +837,7 @@ class Agent:
         assert lst.cloud_id is not None  # a list naming managers names their cloud
         for manager in lst.managers:
             to = audience(lst.cloud_id, manager.name)
-            client = NodeClient(manager.api, self.key, self.http, audience=to, clock=self.clock.now)
+            client = self.client(manager.api, to)
             try:
                 answer, signer = await client.signed_answer(
                     "POST", "/v1/join-token", {"role": "worker"}, self.trust
@@ -937,7 +932,7 @@ class Agent:
                     continue
                 tried.add(url)
                 try:
-                    client = NodeClient(url, self.key, self.http, audience=to, clock=self.clock.now)
+                    client = self.client(url, to)
                     return await client.request(method, path, body=body)
                 except NodeApiError as exc:
                     if exc.status is not None and exc.status < 500:
@@ -1018,6 +1013,7 @@ class RoomyList:
         self.primary = open_list(url, data_dir / "list")
         self.writable = self.primary.writable
         self._spare: Any = None
+        self._spare_dir: Path | None = None  # where the clone in memory is, while there is one
         self._spared = False  # the last operation went through the clone in memory
 
     def _do(self, operation: str, *args: Any) -> Any:
@@ -1027,22 +1023,23 @@ class RoomyList:
             if not disk_full(exc):
                 raise
             if self._spare is None:
-                self._spare = open_list(self.url, scratch_dir(self.data_dir))
+                self._spare_dir = scratch_dir(self.data_dir)
+                self._spare = open_list(self.url, self._spare_dir)
             if not self._spared:
                 log.warning(
                     "the data folder %s is full (no space left on its disk): the bootstrap list "
                     "is read and written through a clone in %s until it has room again",
                     self.data_dir,
-                    scratch_dir(self.data_dir),
+                    self._spare_dir,
                 )
                 self._spared = True
             return getattr(self._spare, operation)(*args)
         if self._spared:
             log.warning("the data folder %s has room again for the list's clone", self.data_dir)
             self._spared = False
-        if self._spare is not None:  # not kept in memory longer than needed
-            shutil.rmtree(scratch_dir(self.data_dir), ignore_errors=True)
-            self._spare = None
+        if self._spare_dir is not None:  # not kept in memory longer than needed
+            shutil.rmtree(self._spare_dir, ignore_errors=True)
+            self._spare, self._spare_dir = None, None
         return answer
 
     def read(self) -> BootstrapList:
