@@ -197,9 +197,9 @@ class Agent:
             self.http,
             self._other_managers,
             self.api_url,
-            # joining too: a machine whose clock is off asks for its join token with the
-            # cloud's time
-            active=lambda: self.state in ("joining", "active"),
+            # joining and pending too: a machine whose clock is off asks for its join token,
+            # and whether the cloud still knows it, with the cloud's time
+            active=lambda: self.state in ("joining", "pending", "active"),
         )
         self.verifier.clock = self.clock.now
         # the live model of the cloud (node/model.py): reads are answered from it; a change of
@@ -312,15 +312,17 @@ class Agent:
 
     async def _other_managers(self) -> list[str]:
         """The API URLs of the agents beside the other managers this engine knows; while this
-        node is not in the swarm yet (joining), the ones the bootstrap list names (a list read
-        only then: the clocks' look comes every few seconds)."""
+        node is not in the swarm yet (joining) or its membership is stuck (pending: a stepped
+        clock's node restarted after the cloud removed it, chaos seed 43 round 12), the ones
+        the bootstrap list names (a list read only then: the clocks' look comes every few
+        seconds)."""
         info = await self.engine.info()
         urls = []
         for remote in (info.get("Swarm") or {}).get("RemoteManagers") or []:
             url = self.swarm.api_of(remote.get("Addr"))
             if url and url != self.api_url:
                 urls.append(url)
-        if not urls and self.state == "joining":
+        if not urls and self.state in ("joining", "pending"):
             urls = await self.swarm.listed_manager_apis()
         return list(dict.fromkeys(urls))
 

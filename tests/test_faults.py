@@ -558,6 +558,49 @@ def test_the_leaders_clock_stepped_by_five_minutes_reckons_with_the_clouds_time(
 
 
 @pytest.mark.cloud
+def test_a_stepped_clocks_node_removed_while_away_joins_again(make_cloud: MakeCloud) -> None:
+    """A manager's machine with its clock 5 minutes ahead is lost, and the autopilot removes it
+    from the swarm; the machine comes back (engine and agent restarted). Its engine still holds
+    the old membership (pending); its agent, a new process that has not heard the others' clocks
+    yet, must ask the cloud whether it still knows this node with the cloud's time, not its own
+    (chaos seed 43 round 12: refused as "expired" at every manager, it waited forever)."""
+    cloud = make_cloud(nodes=4, spec=FAST, clock_faults=True)
+    ready = four_ready_three_managers(cloud)
+    leader = next(n["name"] for n in ready if n["leader"])
+    name = next(n["name"] for n in ready if n["role"] == "manager" and not n["leader"])
+    cloud.step_clock(name, 300)
+    wait_until(
+        lambda: health(cloud, name)["clock_offset"], 60, f"{name} to reckon the cloud's time"
+    )
+    cloud.kill_agent(name)
+    cloud.kill_dockerd(name)
+    wait_until(
+        lambda: name not in [e["Hostname"] for e in engine_nodes(cloud, leader)],
+        90,
+        f"the autopilot to remove the lost {name} from the swarm",
+    )
+    cloud.start_dockerd(name)
+    cloud.start_agent(name)
+    seen: list[Any] = []
+
+    def back_and_ready() -> bool:
+        entries = engine_nodes(cloud, leader)
+        seen[:] = [(e["Hostname"], e["Status"], e["ManagerStatus"]) for e in entries]
+        return sorted(e["Hostname"] for e in entries if e["Status"] == "Ready") == sorted(
+            n["name"] for n in ready
+        )
+
+    try:
+        wait_until(back_and_ready, 120, f"{name} Ready in the swarm again")
+    except AssertionError as exc:
+        tail = (cloud.node_dir(name) / "agent.log").read_text().splitlines()[-10:]
+        raise AssertionError(f"{exc}; the engines: {seen}; its agent: {tail}") from None
+    log = (cloud.node_dir(name) / "agent.log").read_text()
+    assert "no longer knows this node's swarm ID" in log
+    assert abs(health(cloud, name)["clock_offset"] + 300) < 5
+
+
+@pytest.mark.cloud
 def test_the_leaders_full_data_disk_still_publishes_the_managers(
     make_cloud: MakeCloud, tmp_path: Path
 ) -> None:
