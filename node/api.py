@@ -225,7 +225,10 @@ async def autopilot_answer(agent: NodeAgent, request: Request) -> Any:
 
 SSE = "text/event-stream"
 WATCHABLE = ("nodes", "services", "tasks", "info", "containers")
-KEEPALIVE = 15.0  # seconds between comments on a quiet watch stream (proxies keep it open)
+# seconds between comments on a quiet watch stream (proxies keep it open): a quarter of the
+# silence its readers take for a cut (20 s: repl/cloud.py, node/model.py), so a loaded machine's
+# late keep-alive is not taken for one (CI's run of 2026-12-02 at load 7: 15 s left 5 s of slack)
+KEEPALIVE = 5.0
 
 
 async def sse(

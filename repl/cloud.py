@@ -646,7 +646,7 @@ class Connection:
 # reads the workspace answers from its warm copy (kept by the watch stream), by collection
 WARM_PATHS = {"/v1/nodes": "nodes", "/v1/services": "services"}
 WATCH_SECONDS = 300  # the warm copy's stream is opened again after this long
-# an agent's stream says something at least every 15 s: silence this long means it is cut off
+# an agent's stream says something at least every 5 s: silence this long means it is cut off
 # (the warm copy is dropped, reads go over the network again)
 WATCH_SILENCE = 20.0
 WATCH_KINDS = ("nodes", "services", "tasks", "info", "containers")
