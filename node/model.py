@@ -332,8 +332,11 @@ class Model:
         seen = {kind: self.collections[kind].wanted for kind in kinds}
         results = await asyncio.gather(*(self._read(kind) for kind in kinds))
         for kind, (raw, error) in zip(kinds, results, strict=True):
-            self.collections[kind].done = seen[kind]
-            self._store(kind, raw, error, time.monotonic())
+            c = self.collections[kind]
+            # answerable again after a change made here: subscribers that were sent `null`
+            # meanwhile get the records even when the engine's answer did not change
+            waited, c.done = c.done < c.wanted <= seen[kind], seen[kind]
+            self._store(kind, raw, error, time.monotonic(), force=waited)
         self._restore_tasks(kinds)
 
     def _restore_tasks(self, kinds: list[str] | tuple[str, ...]) -> None:
@@ -352,8 +355,8 @@ class Model:
         seen = c.wanted
         raw = await self._fetch(kind)
         if self.streaming and seen >= c.done:
-            c.done = seen
-            self._store(kind, raw, "", time.monotonic())
+            waited, c.done = c.done < c.wanted <= seen, seen
+            self._store(kind, raw, "", time.monotonic(), force=waited)
             self._restore_tasks((kind,))
         return raw
 
