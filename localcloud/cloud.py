@@ -164,6 +164,30 @@ class _Phases:
         self._mark = now
 
 
+class _Background:
+    """`fn(*args)` run in a thread from now on; `join()` waits for it and raises what it
+    raised (once: later joins return)."""
+
+    def __init__(self, fn: Any, *args: Any) -> None:
+        import threading
+
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(fn, args), daemon=True)
+        self._thread.start()
+
+    def _run(self, fn: Any, args: tuple[Any, ...]) -> None:
+        try:
+            fn(*args)
+        except BaseException as exc:  # handed to join()
+            self._error = exc
+
+    def join(self) -> None:
+        self._thread.join()
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+
+
 class LocalCloud:
     """One local cloud of a workspace: `up`, `down`, and the levers tests pull (kill a dockerd,
     cut a node off, run the real docker CLI against a node)."""
@@ -362,18 +386,32 @@ class LocalCloud:
                     self._spawn_dockerd(entry["name"])
             self._wait_engines(names, deadline)
             phase("engines")
-            self._import_image(names, deadline)
-            phase("image")
+            # A new cloud's images load while its swarm forms: its agents need none of them,
+            # its spec's systems do, and the spec is applied once both are done. A recorded
+            # cloud's agents may run systems at once (its spec is in the cloud): images first.
+            image = _Background(self._import_image, names, deadline)
+            overlapped = agents and is_new
+            if not overlapped:
+                image.join()
+                phase("image")
         except BaseException:
             if server is not None:
                 server.kill()
                 server.communicate()
             raise
         if agents:
-            self._forks(server, todo)
-            phase("agents started")
-            self.wait_ready(max(1.0, deadline - time.monotonic()), agents=True)
-            phase("swarm and agents ready")
+            try:
+                self._forks(server, todo)
+                phase("agents started")
+                self.wait_ready(max(1.0, deadline - time.monotonic()), agents=True)
+                phase("swarm and agents ready")
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    image.join()  # what the swarm's failure says comes first
+                raise
+            if overlapped:
+                image.join()
+                phase("image (while the swarm formed)")
             if is_new and spec is not None:
                 self.apply_spec(spec, timeout=max(5.0, deadline - time.monotonic()))
                 phase("spec")
