@@ -31,8 +31,10 @@ the web's tasks are kept and the command that replays the run (same seed) is pri
 end: rounds, faults of each kind, the slowest recovery, the keys the store kept.
 
 Run: .venv/bin/python bench/chaos.py [ROUNDS] [SEED] [MINUTES]   (default 8 rounds, a random
-seed, no time limit; root). With MINUTES, no round starts after that long: the rounds run are
-reported (a replay with that many rounds and the seed does the same faults).
+seed, no time limit; root). With HYOPS_CHAOS_HOLD=SECONDS (at most 3600) a violation leaves the
+cloud up that long before it is taken down, to look at it live. With MINUTES, no round starts
+after that long: the rounds run are reported (a replay with that many rounds and the seed does
+the same faults).
 """
 
 from __future__ import annotations
@@ -529,7 +531,8 @@ def main() -> int:
                 if took > slowest[0]:
                     slowest = (took, f"round {number} ({what})")
                 managers = sum(1 for e in view.get("nodes", {}).values() if e.get("ManagerStatus"))
-                print(f"round {number}: {what}: {managers} managers, {len(live)} live, "
+                print(f"{time.strftime('%H:%M:%S', time.gmtime(time.time() - took))} "
+                      f"round {number}: {what}: {managers} managers, {len(live)} live, "
                       f"{''.join(c + ', ' for c in checked)}{took:.1f} s "
                       f"{'ok' if not problems else problems}", flush=True)  # fmt: skip
                 if problems:
@@ -540,6 +543,12 @@ def main() -> int:
             if violations:  # keep what the nodes said and decided, for whoever looks into it
                 kept = keep_logs(cloud, set(away))
                 print(f"chaos: the nodes' logs and the autopilot's decisions: {kept}")
+                hold = min(float(os.environ.get("HYOPS_CHAOS_HOLD") or 0), 3600.0)
+                if hold > 0:  # the cloud as the violation left it, for whoever looks into it
+                    print(f"chaos: the cloud stays up {hold:.0f} s (HYOPS_CHAOS_HOLD): "
+                          f"HYOPS_WORKSPACE={workspace} hyops repl --cloud {cloud.name}",
+                          flush=True)  # fmt: skip
+                    time.sleep(hold)
             for node, fault in away.items():
                 if fault == "pause":
                     cloud.resume(node)  # a stopped process would hold `down` up
