@@ -45,7 +45,7 @@ from node.operations import Operations
 from node.readdress import Recovery
 from node.resources import own_limits
 from node.store import StoreOps, gateway_http
-from node.swarm import SwarmView
+from node.swarm import SELF_LOOK_WITHIN, SwarmView
 from wire.client import NodeApiError, NodeClient
 from wire.files import PRIVATE, write_atomic
 from wire.lists import BootstrapList, ListError, Manager, open_list
@@ -489,6 +489,7 @@ class Agent:
         FORGOTTEN_AFTER seconds and the cloud confirms it forgot this node, rejoin."""
         if self._state_unsaved:
             self._save_state()  # its disk was full: try again
+        looked = time.monotonic()  # a failing look counts from when it began
         try:
             info = await self.engine.info()
         except EngineError:
@@ -499,7 +500,7 @@ class Agent:
             # a manager that finds no leader (e.g. one the cloud removed while it was away and
             # that now holds a Raft group of its own) says "active" but cannot answer
             try:
-                await self.engine.node(swarm["NodeID"])
+                await self.engine.node(swarm["NodeID"], timeout=SELF_LOOK_WITHIN)
             except EngineError:
                 working = False
         elif working and self._forgotten_by_copy(swarm.get("NodeID")):
@@ -512,7 +513,7 @@ class Agent:
             return
         now = time.monotonic()
         if self._inactive_since is None:
-            self._inactive_since = now
+            self._inactive_since = looked
         elif now - self._inactive_since > FORGOTTEN_AFTER and (
             await self._recover_after_move(self._inactive_since)
             or await self._rejoin_if_forgotten()

@@ -238,8 +238,10 @@ class Engine:
             raise EngineError(operation, _engine_message(response), status=response.status_code)
         return response
 
-    async def _get(self, path: str, operation: str, params: dict | None = None) -> Any:
-        response = await self._request("GET", path, operation, params=params)
+    async def _get(
+        self, path: str, operation: str, params: dict | None = None, timeout: float | None = None
+    ) -> Any:
+        response = await self._request("GET", path, operation, params=params, timeout=timeout)
         return response.json() if response.content else None
 
     # -- system -----------------------------------------------------------------------------
@@ -346,8 +348,11 @@ class Engine:
         """The swarm's nodes as raw Engine `Node` objects (managers only)."""
         return await self._get("/nodes", "list nodes", _filters(filters))
 
-    async def node(self, node_id_or_name: str) -> dict:
-        return await self._get(f"/nodes/{node_id_or_name}", f"inspect node {node_id_or_name}")
+    async def node(self, node_id_or_name: str, timeout: float | None = None) -> dict:
+        """A node's record; within `timeout` seconds (default: the engine's) or EngineError (a
+        manager that lost its Raft group answers only when swarmkit's own 20 s are up)."""
+        what = f"inspect node {node_id_or_name}"
+        return await self._get(f"/nodes/{node_id_or_name}", what, timeout=timeout)
 
     async def node_update(self, node_id: str, version: int, spec: dict) -> None:
         """Replace a node's spec (role, availability, labels); `version` is its `Version.Index`."""

@@ -22,6 +22,11 @@ from wire.tls import api_url as make_api_url
 __all__ = ["CACHE_FOR", "SwarmView"]
 
 CACHE_FOR = 1.0  # seconds a look at this node's role is trusted
+# seconds a manager's engine gets to describe its own node: a healthy one answers in
+# milliseconds; one the cloud removed while it was away (paused, cut off) waits out swarmkit's
+# 20 s for a Raft group it is no longer in, and every look at it would hold the agent's
+# checks that long (chaos seed 44 round 43: a resumed node rejoined only after 90 s)
+SELF_LOOK_WITHIN = 5.0
 
 
 class SwarmView:
@@ -68,7 +73,7 @@ class SwarmView:
         manager = bool(swarm.get("ControlAvailable"))
         leader = False
         if manager:
-            me = await self.engine.node(swarm.get("NodeID"))
+            me = await self.engine.node(swarm.get("NodeID"), timeout=SELF_LOOK_WITHIN)
             leader = bool((me.get("ManagerStatus") or {}).get("Leader"))
         self._cache = (now, manager, leader)
         return manager, leader

@@ -446,6 +446,36 @@ def test_a_removed_dead_manager_that_comes_back_joins_again(make_cloud) -> None:
     wait_until(lambda: settled(cloud, 3, ready=4), 90, "3 managers of 4 ready nodes again")
 
 
+def test_a_removed_manager_that_was_paused_joins_again_within_a_minute(make_cloud) -> None:
+    """A manager hung (SIGSTOP) long enough to be removed, then resumed: its dockerd was not
+    restarted and still thinks it is a manager, and asking it about its own node waits out
+    swarmkit's 20 s. Its agent's checks must not wait that long on each look: it asks the
+    cloud after FORGOTTEN_AFTER (30 s) of failing looks and joins again within a minute of
+    the resume (chaos seed 44 round 43: 90 s were not enough with 20 s looks)."""
+    small = {n: (1.0, 2**30) for n in ("node-1", "node-2", "node-3", "node-4")}
+    cloud = make_cloud(nodes=4, resources=small)
+    cloud.apply_spec(SMALL)
+    found = wait_until(lambda: settled(cloud, 3, ready=4), 90, "3 managers of 4 nodes")
+    victim = sorted(n for n, m in found.items() if not m["leader"])[-1]
+    old_id = found[victim]["id"]
+    cloud.pause(victim)
+    try:
+        wait_until(lambda: settled(cloud, 3, (victim,), ready=3), 90, f"{victim} replaced")
+        assert victim not in [n["name"] for n in api_get(cloud, "/v1/nodes", (victim,))]
+    finally:
+        cloud.resume(victim)
+
+    def back() -> list[dict] | None:
+        mine = [n for n in api_get(cloud, "/v1/nodes", (victim,)) if n["name"] == victim]
+        return mine if len(mine) == 1 and mine[0]["state"] == "ready" else None
+
+    (entry,) = wait_until(back, 60, f"{victim} to be a member again within a minute")
+    assert entry["id"] != old_id
+    log = (cloud.node_dir(victim) / "agent.log").read_text()
+    assert "no longer knows this node" in log
+    wait_until(lambda: settled(cloud, 3, ready=4), 90, "3 managers of 4 ready nodes again")
+
+
 def list_history(cloud: LocalCloud) -> list[list[str]]:
     """The managers named by each commit of the git list, oldest first ("(claim)" first in
     the origin's claim, which its first publish as the leader confirms)."""
