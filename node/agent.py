@@ -411,16 +411,18 @@ class Agent:
             membership = RepeatedWarning("checking this node's membership")
             way_in = RepeatedWarning("refreshing this node's way into Raft")
             while True:
-                try:
-                    await self.publish_managers()
-                    publishing.ok()
-                except (EngineError, ListError, OSError) as exc:
-                    publishing.failed(exc)
+                # membership first: a node the cloud removed while it was away (hung, cut off)
+                # starts counting its failing looks at once, not after publishing's look
                 try:
                     await self.check_membership()
                     membership.ok()
                 except (EngineError, ListError, OSError) as exc:
                     membership.failed(exc)
+                try:
+                    await self.publish_managers()
+                    publishing.ok()
+                except (EngineError, ListError, OSError) as exc:
+                    publishing.failed(exc)
                 try:
                     await self.refresh_way_in()
                     way_in.ok()
