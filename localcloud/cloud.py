@@ -19,6 +19,7 @@ processes, locks, mounts), `localcloud.network` (namespaces, bridge, addresses, 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import errno
 import hashlib
@@ -162,30 +163,6 @@ class _Phases:
         now = time.monotonic()
         self.seconds[name] = round(now - self._mark, 2)
         self._mark = now
-
-
-class _Background:
-    """`fn(*args)` run in a thread from now on; `join()` waits for it and raises what it
-    raised (once: later joins return)."""
-
-    def __init__(self, fn: Any, *args: Any) -> None:
-        import threading
-
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(fn, args), daemon=True)
-        self._thread.start()
-
-    def _run(self, fn: Any, args: tuple[Any, ...]) -> None:
-        try:
-            fn(*args)
-        except BaseException as exc:  # handed to join()
-            self._error = exc
-
-    def join(self) -> None:
-        self._thread.join()
-        error, self._error = self._error, None
-        if error is not None:
-            raise error
 
 
 class LocalCloud:
@@ -389,10 +366,12 @@ class LocalCloud:
             # A new cloud's images load while its swarm forms: its agents need none of them,
             # its spec's systems do, and the spec is applied once both are done. A recorded
             # cloud's agents may run systems at once (its spec is in the cloud): images first.
-            image = _Background(self._import_image, names, deadline)
+            loader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="images")
+            image = loader.submit(self._import_image, names, deadline)
+            loader.shutdown(wait=False)  # its one thread ends with the load
             overlapped = agents and is_new
             if not overlapped:
-                image.join()
+                image.result()
                 phase("image")
         except BaseException:
             if server is not None:
@@ -407,10 +386,10 @@ class LocalCloud:
                 phase("swarm and agents ready")
             except BaseException:
                 with contextlib.suppress(Exception):
-                    image.join()  # what the swarm's failure says comes first
+                    image.result()  # what the swarm's failure says comes first
                 raise
             if overlapped:
-                image.join()
+                image.result()
                 phase("image (while the swarm formed)")
             if is_new and spec is not None:
                 self.apply_spec(spec, timeout=max(5.0, deadline - time.monotonic()))
